@@ -1,0 +1,71 @@
+"""rexec: run shell commands on remote hosts over a small framed protocol.
+
+The public API::
+
+    async with rexec.Client("web1:7878", token=...) as c:
+        result = await c.run("uname -a")
+
+    result = rexec.run("web1:7878", "uname -a", token=...)   # blocking, for scripts
+
+Clients are imported lazily so that ``import rexec`` stays cheap for the command-line tool.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rexec.errors import (
+    AuthenticationError,
+    CommandFailed,
+    CommandNotStarted,
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    ProtocolError,
+    RemoteError,
+    RexecError,
+)
+from rexec.result import Result
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from rexec.blocking import BlockingClient, run
+    from rexec.client import Client, CommandStream
+    from rexec.core import Output
+
+__all__ = [
+    "AuthenticationError",
+    "BlockingClient",
+    "Client",
+    "CommandFailed",
+    "CommandNotStarted",
+    "CommandStream",
+    "ConfigError",
+    "ConnectError",
+    "ConnectionLost",
+    "Output",
+    "ProtocolError",
+    "RemoteError",
+    "Result",
+    "RexecError",
+    "__version__",
+    "run",
+]
+
+_LAZY = {
+    "Client": "rexec.client",
+    "CommandStream": "rexec.client",
+    "Output": "rexec.core",
+    "BlockingClient": "rexec.blocking",
+    "run": "rexec.blocking",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rexec' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,336 @@
+"""The blocking client: plain sockets and poll(), on the same ClientCore as the async Client.
+
+It never imports asyncio, so the one-shot ``rexec run`` starts fast. One loop does everything: it
+reads the server, writes queued frames, and forwards local stdin only while the send queue is
+small, so neither side can deadlock on a full buffer and memory stays constant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from rexec.config import client_settings, parse_address
+from rexec.core import Authenticated, ClientCore, Event, Finished, Output
+from rexec.errors import (
+    CommandFailed,
+    ConnectError,
+    ConnectionLost,
+    RexecError,
+    map_socket_errors,
+)
+from rexec.result import Result
+
+READ_SIZE = 256 * 1024
+STDIN_CHUNK = 256 * 1024
+SEND_HIGH_WATER = 1024 * 1024  # stop reading local stdin while this much waits to be sent
+CANCEL_WAIT = 10.0
+_IN, _OUT = select.POLLIN | select.POLLHUP | select.POLLERR, select.POLLOUT
+
+OutputCallback = Callable[[bytes | memoryview], object]
+BlockingStdin = bytes | str | int | IO[bytes]
+
+
+class BlockingClient:
+    """An authenticated connection for scripts: ``with BlockingClient(addr) as c: c.run(...)``."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        token_file: str | Path | None = None,
+        config: str | Path | None = None,
+        connect_timeout: float | None = None,
+    ) -> None:
+        self.address = address
+        self.host, self.port = parse_address(address)
+        self.settings, self._token = client_settings(
+            token,
+            Path(token_file) if token_file is not None else None,
+            Path(config) if config is not None else None,
+            connect_timeout,
+        )
+        self._sock: socket.socket | None = None
+        self._core: ClientCore | None = None
+        self._out = bytearray()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._cancel_requested = False
+        self.server_agent = ""
+
+    def __enter__(self) -> BlockingClient:
+        self.connect()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Open the connection and authenticate."""
+        timeout = self.settings.connect_timeout
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        except TimeoutError:
+            raise ConnectError(
+                f"timed out connecting to {self.address} after {timeout:g} s") from None
+        except socket.gaierror as exc:
+            raise ConnectError(f"cannot resolve host {self.host!r}: {exc.strerror}") from None
+        except OSError as exc:
+            raise ConnectError(
+                f"cannot connect to {self.address}: {exc.strerror or exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        self._sock = sock
+        self._core = ClientCore(self._token)
+        try:
+            event = self._drive(deadline=time.monotonic() + timeout)
+        except BaseException:
+            self.close()
+            raise
+        if event is None:
+            self.close()
+            raise ConnectError(
+                f"{self.address} accepted the connection but did not complete the handshake"
+                f" within {timeout:g} s (is it a rexec server?)")
+        assert isinstance(event, Authenticated)
+        self.server_agent = event.server_agent
+
+    def close(self) -> None:
+        """Close the connection and the wake-up pipe."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def request_cancel(self) -> None:
+        """Ask for the running command to be cancelled; safe to call from a signal handler."""
+        self._cancel_requested = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def run(
+        self,
+        command: str,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: BlockingStdin | None = None,
+        check: bool = False,
+        capture: bool = True,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> Result:
+        """Run ``command`` remotely and return its Result (see ``rexec.Client.run``).
+
+        ``stdin`` may be bytes, text, a file descriptor or a binary file; it is streamed.
+        """
+        core = self._core
+        if core is None:
+            raise RexecError("the client is not connected: use 'with BlockingClient(...)'")
+        core.start(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin is not None,
+                   capture=capture)
+        self._cancel_requested = False
+        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        source = _StdinSource(stdin) if stdin is not None else None
+        event = self._drive(source=source, callbacks=callbacks)
+        assert isinstance(event, Finished)
+        if check and not event.result.ok:
+            raise CommandFailed(event.result)
+        return event.result
+
+    def _drive(
+        self,
+        deadline: float | None = None,
+        source: _StdinSource | None = None,
+        callbacks: dict[str, OutputCallback | None] | None = None,
+    ) -> Event | None:
+        """Move bytes until an Authenticated or Finished event (None: the deadline passed)."""
+        core, sock = self._core, self._sock
+        assert core is not None and sock is not None
+        poller = select.poll()
+        poller.register(self._wake_r, _IN)
+        cancel_sent = False
+        while True:
+            event = self._dispatch(core, sock, callbacks or {})
+            if event is not None:
+                return event
+            if self._cancel_requested and not cancel_sent:
+                core.cancel()
+                cancel_sent = True
+                deadline = time.monotonic() + CANCEL_WAIT
+            self._queue(core, source)
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if wait == 0.0:
+                if cancel_sent:
+                    raise ConnectionLost(
+                        "the server did not end the command after it was cancelled", core.received)
+                return None
+            self._poll(poller, sock, core, source, wait)
+
+    def _dispatch(
+        self, core: ClientCore, sock: socket.socket, callbacks: dict[str, OutputCallback | None]
+    ) -> Event | None:
+        """Hand decoded output to the callbacks; return the first other event."""
+        while (event := core.next_event()) is not None:
+            if not isinstance(event, Output):
+                self._out += core.data_to_send()
+                self._flush_now(sock, core)
+                return event
+            callback = callbacks.get(event.stream)
+            if callback is not None:
+                callback(event.data)
+        return None
+
+    def _queue(self, core: ClientCore, source: _StdinSource | None) -> None:
+        """Collect what the core wants sent, plus stdin that needs no polling, if there is room."""
+        self._out += core.data_to_send()
+        if source is not None and source.ready_without_poll and len(self._out) < SEND_HIGH_WATER:
+            source.pump(core)
+            self._out += core.data_to_send()
+
+    def _poll(self, poller: select.poll, sock: socket.socket, core: ClientCore,
+              source: _StdinSource | None, wait: float | None) -> None:
+        """Wait for the socket, stdin or a wake-up, and serve whichever is ready."""
+        poller.register(sock, _IN | (_OUT if self._out else 0))
+        if source is not None and source.fd is not None:
+            if len(self._out) < SEND_HIGH_WATER and core.running:
+                poller.register(source.fd, _IN)
+            else:
+                with contextlib.suppress(KeyError):
+                    poller.unregister(source.fd)
+        for fd, mask in poller.poll(None if wait is None else wait * 1000):
+            if fd == sock.fileno():
+                if mask & _OUT:
+                    self._flush_now(sock, core)
+                if mask & _IN:
+                    self._receive(sock, core)
+            elif fd == self._wake_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 64)
+            elif source is not None and fd == source.fd:
+                with contextlib.suppress(KeyError):
+                    poller.unregister(fd)
+                source.pump(core)
+
+    def _receive(self, sock: socket.socket, core: ClientCore) -> None:
+        try:
+            with map_socket_errors("connection to the server broke", core.received):
+                count = sock.recv_into(core.get_buffer(), READ_SIZE)
+        except ConnectionLost:
+            core.receive_eof()  # let the core say what was lost, and when
+            return
+        except BlockingIOError:
+            return
+        if count:
+            core.buffer_updated(count)
+        else:
+            core.receive_eof()
+
+    def _flush_now(self, sock: socket.socket, core: ClientCore) -> None:
+        if not self._out:
+            return
+        try:
+            with map_socket_errors("connection to the server broke", core.received):
+                sent = sock.send(self._out)
+        except BlockingIOError:
+            return
+        except ConnectionLost:
+            self._out.clear()  # the peer is gone; reading will report how
+            return
+        del self._out[:sent]
+
+
+class _StdinSource:
+    """Local standard input for a command: a file descriptor to poll, or data already in hand."""
+
+    def __init__(self, stdin: BlockingStdin) -> None:
+        self.fd: int | None = None
+        self._data: memoryview | None = None
+        self._file: IO[bytes] | None = None
+        if isinstance(stdin, int):
+            self.fd = stdin
+        elif isinstance(stdin, str):
+            self._data = memoryview(stdin.encode())
+        elif isinstance(stdin, bytes | bytearray | memoryview):
+            self._data = memoryview(bytes(stdin))
+        else:
+            self._file = stdin
+        self.ready_without_poll = self.fd is None
+        if self.fd is not None and _is_regular_file(self.fd):
+            self.ready_without_poll = True  # a file is always readable; poll says so too
+
+    def pump(self, core: ClientCore) -> None:
+        """Move one chunk of stdin into the core; send EOF at its end."""
+        if not core.running:
+            self._finish()
+            return
+        chunk = self._read()
+        if chunk is None:
+            return  # a non-blocking descriptor with nothing to read yet
+        if chunk:
+            core.send_stdin(chunk)
+        else:
+            core.send_stdin_eof()
+            self._finish()
+
+    def _read(self) -> bytes | None:
+        if self._data is not None:
+            chunk, self._data = bytes(self._data[:STDIN_CHUNK]), self._data[STDIN_CHUNK:]
+            return chunk
+        if self._file is not None:
+            return self._file.read(STDIN_CHUNK) or b""
+        assert self.fd is not None
+        try:
+            return os.read(self.fd, STDIN_CHUNK)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""  # an unreadable stdin ends like an empty one
+
+    def _finish(self) -> None:
+        self.fd = None
+        self._data = None
+        self._file = None
+        self.ready_without_poll = False
+
+
+def _is_regular_file(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def run(
+    address: str,
+    command: str,
+    *,
+    token: str | None = None,
+    token_file: str | Path | None = None,
+    config: str | Path | None = None,
+    connect_timeout: float | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    stdin: BlockingStdin | None = None,
+    check: bool = False,
+) -> Result:
+    """Connect, run one command, and return its Result: the blocking one-liner for scripts."""
+    with BlockingClient(address, token=token, token_file=token_file, config=config,
+                        connect_timeout=connect_timeout) as client:
+        return client.run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin, check=check)

@@ -1,0 +1,1 @@
+"""The command-line tools: ``rexec`` (client) and ``rexec-server``, built with typer."""

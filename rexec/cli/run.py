@@ -1,0 +1,193 @@
+"""``rexec run ADDRESS -- COMMAND...``: run one command, as ``ssh host command`` does."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+EXIT_FAILURE = 255
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="'--env'")
+        env[name] = value
+    return env
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _stdin_fd() -> int | None:
+    """fd 0 when it is open and not a terminal (as ssh forwards only redirected input)."""
+    try:
+        os.fstat(0)
+    except OSError:
+        return None
+    return None if os.isatty(0) else 0
+
+
+def _text_or_base64(data: bytes) -> tuple[str, str]:
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def result_json(result: Any) -> str:
+    """The --json document for a Result."""
+    stdout, stdout_encoding = _text_or_base64(result.stdout)
+    stderr, stderr_encoding = _text_or_base64(result.stderr)
+    return json.dumps({
+        "command": result.command,
+        "exit_code": result.exit_code,
+        "signal": result.signal,
+        "timed_out": result.timed_out,
+        "exit_status": result.exit_status,
+        "duration": result.duration,
+        "stdout": stdout,
+        "stdout_encoding": stdout_encoding,
+        "stderr": stderr,
+        "stderr_encoding": stderr_encoding,
+        "stdout_bytes": result.stdout_bytes,
+        "stderr_bytes": result.stderr_bytes,
+    })
+
+
+class _Outputs:
+    """Writes remote output to local stdout/stderr; a closed stdout cancels the command."""
+
+    def __init__(self, cancel: Any) -> None:
+        self.cancel = cancel
+        self.broken_pipe = False
+
+    def stdout(self, data: bytes | memoryview) -> None:
+        if self.broken_pipe:
+            return
+        try:
+            _write_all(1, data)
+        except BrokenPipeError:
+            self.broken_pipe = True
+            self.cancel()
+
+    def stderr(self, data: bytes | memoryview) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            _write_all(2, data)
+
+
+def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and options
+    address: Annotated[str, typer.Argument(help="The server, as HOST:PORT.", show_default=False)],
+    command: Annotated[
+        list[str],
+        typer.Argument(help="The command; its words are joined with spaces, as ssh does.",
+                       show_default=False),
+    ],
+    timeout: Annotated[
+        float | None, typer.Option(help="Kill the command after SECONDS (exit status 124).")
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="Set KEY=VALUE (repeatable).")
+    ] = None,
+    cwd: Annotated[str | None, typer.Option(help="Remote working directory.")] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with the whole result.")
+    ] = False,
+    no_stdin: Annotated[
+        bool, typer.Option("--no-stdin", "-n", help="Do not forward local stdin.")
+    ] = False,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="Read the token from FILE.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Client config file (TOML, [client] table).")
+    ] = None,
+    connect_timeout: Annotated[
+        float | None, typer.Option(help="Seconds to connect and authenticate.  [default: 10]")
+    ] = None,
+) -> None:
+    """Run COMMAND on the server at ADDRESS and exit with its status.
+
+    Exit status: the remote exit code; 128+N if it died of signal N; 124 if it timed out;
+    130 if interrupted; 255 if the connection, authentication or protocol failed.
+    """
+    if not command:
+        raise typer.BadParameter("no command given", param_hint="COMMAND")
+    if timeout is not None and timeout <= 0:
+        raise typer.BadParameter("must be a positive number of seconds", param_hint="'--timeout'")
+    code = execute(
+        address, " ".join(command), timeout=timeout, env=_parse_env(env or []), cwd=cwd,
+        json_output=json_output, stdin_fd=None if no_stdin else _stdin_fd(),
+        token_file=token_file, config=config, connect_timeout=connect_timeout,
+    )
+    raise typer.Exit(code)
+
+
+def execute(
+    address: str,
+    command: str,
+    *,
+    timeout: float | None,
+    env: dict[str, str],
+    cwd: str | None,
+    json_output: bool,
+    stdin_fd: int | None,
+    token_file: Path | None,
+    config: Path | None,
+    connect_timeout: float | None,
+) -> int:
+    """Run one command through the blocking client; return the CLI's exit status."""
+    from rexec.blocking import BlockingClient
+    from rexec.errors import RexecError
+
+    interrupts = 0
+    try:
+        with BlockingClient(address, token_file=token_file, config=config,
+                            connect_timeout=connect_timeout) as client:
+            outputs = _Outputs(client.request_cancel)
+
+            def on_sigint(signum: int, frame: FrameType | None) -> None:
+                nonlocal interrupts
+                interrupts += 1
+                if interrupts > 1:
+                    raise KeyboardInterrupt
+                client.request_cancel()
+
+            previous = signal.signal(signal.SIGINT, on_sigint)
+            try:
+                result = client.run(
+                    command, env=env, cwd=cwd, timeout=timeout, stdin=stdin_fd,
+                    capture=json_output,
+                    on_stdout=None if json_output else outputs.stdout,
+                    on_stderr=None if json_output else outputs.stderr,
+                )
+            finally:
+                signal.signal(signal.SIGINT, previous)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except RexecError as exc:
+        print(f"rexec: {exc}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED if interrupts else EXIT_FAILURE
+    if json_output:
+        _write_all(1, result_json(result).encode() + b"\n")
+    if interrupts:
+        return EXIT_INTERRUPTED
+    if outputs.broken_pipe:
+        return EXIT_BROKEN_PIPE
+    return result.exit_status

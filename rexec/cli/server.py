@@ -1,0 +1,51 @@
+"""``rexec-server``: serve commands to authenticated clients."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rexec.errors import ConfigError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on.  [default: 127.0.0.1]")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="TCP port; 0 picks a free one.  [default: 7878]")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="Read the shared token from FILE.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML config file (see config/server.toml).")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error.  [default: info]")
+    ] = None,
+) -> None:
+    """Run the rexec server until SIGTERM or Ctrl-C.
+
+    The token comes from --token-file, then REXEC_TOKEN, then the config file; with none of
+    them the server generates one into ~/.rexec/token (or reuses the one it generated before).
+    """
+    from rexec.serve import run_server, server_setup
+
+    try:
+        settings, token = server_setup(config, host, port, token_file, log_level)
+    except ConfigError as exc:
+        print(f"rexec-server: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    raise typer.Exit(run_server(settings, token))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

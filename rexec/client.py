@@ -1,0 +1,255 @@
+"""The async client: ``async with Client("host:port") as c: result = await c.run("cmd")``.
+
+One Client is one authenticated connection; commands on it run one after another (concurrent
+``run`` calls queue on a lock). The protocol logic lives in ``rexec.core.ClientCore``, shared with
+the blocking client; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from rexec.config import client_settings, parse_address
+from rexec.core import Authenticated, ClientCore, Event, Finished, Output
+from rexec.errors import CommandFailed, ConnectError, RexecError, map_socket_errors
+from rexec.result import Result
+from rexec.transport import READ_SIZE, STREAM_LIMIT
+
+StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
+OutputCallback = Callable[[bytes | memoryview], object]
+CANCEL_WAIT = 10.0  # how long to wait for the exit frame after cancelling, before closing
+STDIN_CHUNK = 256 * 1024
+
+
+async def _stdin_chunks(source: StdinSource) -> AsyncIterator[bytes]:
+    if isinstance(source, str):
+        yield source.encode()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        yield bytes(source)
+    elif hasattr(source, "read"):
+        while chunk := source.read(STDIN_CHUNK):
+            yield chunk
+    elif isinstance(source, AsyncIterable):
+        async for chunk in source:
+            yield chunk
+    else:
+        for chunk in source:
+            yield chunk
+
+
+class Client:
+    """An authenticated connection to a rexec server."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        token_file: str | Path | None = None,
+        config: str | Path | None = None,
+        connect_timeout: float | None = None,
+    ) -> None:
+        self.address = address
+        self.host, self.port = parse_address(address)
+        self.settings, self._token = client_settings(
+            token,
+            Path(token_file) if token_file is not None else None,
+            Path(config) if config is not None else None,
+            connect_timeout,
+        )
+        self._core: ClientCore | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+        self.server_agent = ""
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the connection and authenticate (ConnectError, AuthenticationError...)."""
+        timeout = self.settings.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                self._reader, self._writer = await asyncio.open_connection(
+                    self.host, self.port, limit=STREAM_LIMIT
+                )
+        except TimeoutError:
+            raise ConnectError(f"timed out connecting to {self.address} after {timeout:g} s")\
+                from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConnectError(f"cannot connect to {self.address}: {reason}") from None
+        self._core = ClientCore(self._token)
+        try:
+            async with asyncio.timeout(timeout):
+                event = await self._next_event()
+        except TimeoutError:
+            await self.close()
+            raise ConnectError(
+                f"{self.address} accepted the connection but did not complete the handshake"
+                f" within {timeout:g} s (is it a rexec server?)") from None
+        except BaseException:
+            await self.close()
+            raise
+        assert isinstance(event, Authenticated)
+        self.server_agent = event.server_agent
+
+    async def close(self) -> None:
+        """Close the connection (a running command's process group is killed by the server)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()
+
+    def _flush(self, core: ClientCore) -> None:
+        if core.pending and self._writer is not None:
+            self._writer.write(core.data_to_send())
+
+    async def _next_event(self) -> Event:
+        core, reader = self._core, self._reader
+        if core is None or reader is None:
+            raise RexecError("the client is not connected: use 'async with Client(...)'")
+        while True:
+            event = core.next_event()
+            self._flush(core)
+            if event is not None:
+                return event
+            with map_socket_errors("connection to the server broke", core.received):
+                data = await reader.read(READ_SIZE)
+            if data:
+                core.receive_data(data)
+            else:
+                core.receive_eof()
+
+    async def run(
+        self,
+        command: str,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: StdinSource | None = None,
+        check: bool = False,
+        capture: bool = True,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> Result:
+        """Run ``command`` under the remote ``/bin/sh -c`` and return its Result.
+
+        With ``check=True`` a failed command raises CommandFailed (carrying the Result).
+        ``on_stdout``/``on_stderr`` see each chunk as it arrives; ``capture=False`` keeps memory
+        constant by not storing output in the Result.
+        """
+        stream = self.stream(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin,
+                             capture=capture)
+        async for chunk in stream:
+            callback = on_stdout if chunk.stream == "stdout" else on_stderr
+            if callback is not None:
+                callback(chunk.data)
+        assert stream.result is not None
+        if check and not stream.result.ok:
+            raise CommandFailed(stream.result)
+        return stream.result
+
+    def stream(
+        self,
+        command: str,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: StdinSource | None = None,
+        capture: bool = False,
+    ) -> CommandStream:
+        """Run ``command`` and iterate over its output chunks as they arrive.
+
+        ``async for chunk in c.stream("cmd")`` yields Output(stream, data); afterwards the stream's
+        ``result`` holds the Result. Leaving the loop early cancels the remote command.
+        """
+        return CommandStream(self, command, env, cwd, timeout, stdin, capture)
+
+
+class CommandStream:
+    """Live output of one command; ``result`` is set once the iteration ends."""
+
+    def __init__(self, client: Client, command: str, env: dict[str, str] | None,  # noqa: PLR0917
+                 cwd: str | None, timeout: float | None, stdin: StdinSource | None,
+                 capture: bool) -> None:
+        self._client = client
+        self._args = (command, env, cwd, timeout, capture)
+        self._stdin = stdin
+        self.result: Result | None = None
+
+    def __aiter__(self) -> AsyncIterator[Output]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Output]:
+        client = self._client
+        command, env, cwd, timeout, capture = self._args
+        async with client._lock:
+            core = client._core
+            if core is None or client._writer is None:
+                raise RexecError("the client is not connected: use 'async with Client(...)'")
+            core.start(command, env=env, cwd=cwd, timeout=timeout,
+                       stdin=self._stdin is not None, capture=capture)
+            client._flush(core)
+            feeder = None
+            if self._stdin is not None:
+                feeder = asyncio.create_task(self._feed(core, self._stdin))
+            try:
+                while True:
+                    event = await client._next_event()
+                    if isinstance(event, Finished):
+                        self.result = event.result
+                        return
+                    if isinstance(event, Output):
+                        yield Output(event.stream, bytes(event.data))
+            finally:
+                if feeder is not None:
+                    feeder.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, RexecError, OSError):
+                        await feeder
+                if core.running:
+                    await self._cancel(core)
+
+    async def _feed(self, core: ClientCore, source: StdinSource) -> None:
+        writer = self._client._writer
+        assert writer is not None
+        async for chunk in _stdin_chunks(source):
+            if not core.running:
+                return
+            core.send_stdin(chunk)
+            self._client._flush(core)
+            with map_socket_errors("connection broke while sending stdin"):
+                await writer.drain()
+        if core.running:
+            core.send_stdin_eof()
+            self._client._flush(core)
+
+    async def _cancel(self, core: ClientCore) -> None:
+        """Stop the remote command; close the connection if it does not end in time."""
+        core.cancel()
+        self._client._flush(core)
+        try:
+            async with asyncio.timeout(CANCEL_WAIT):
+                while not isinstance(await self._client._next_event(), Finished):
+                    pass
+        except (TimeoutError, RexecError):
+            await self._client.close()  # the server kills the group when the connection drops
+        except asyncio.CancelledError:
+            await self._client.close()
+            raise

@@ -1,0 +1,226 @@
+"""Sans-I/O framing: bytes in -> frames out, frames in -> bytes out. No sockets here.
+
+A frame on the wire is::
+
+    +----------------+-------------------------+------------------+
+    | 4 bytes, u32 BE| header: UTF-8 JSON      | body: size bytes |
+    | header length  | object, one of frames.* |                  |
+    +----------------+-------------------------+------------------+
+
+The decoder checks the declared header length against its cap as soon as the 4 length bytes are
+in, and the body size (a validated header field) against its cap before waiting for the body, so a
+hostile length never makes it allocate or wait for more than the caps.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from rexec.errors import ProtocolError
+from rexec.frames import MAX_BODY_SIZE, MAX_HEADER_SIZE, Header, parse_header
+
+_LENGTH = struct.Struct(">I")
+_EMPTY = memoryview(b"")
+RECEIVE_SIZE = 256 * 1024
+"""The most bytes a reader should receive at once into ``get_buffer()``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame: its validated header and its body (empty for control frames).
+
+    ``body`` is a view into the decoder's receive buffer, valid until the decoder is next fed
+    (``feed``/``get_buffer``): use it at once, or copy it with ``bytes(frame.body)``.
+    """
+
+    header: Header
+    body: memoryview = _EMPTY
+
+
+def encode_prefix(header: Header) -> bytes:
+    """The bytes that go before a frame's body: the header length and the header."""
+    raw = header.model_dump_json().encode()
+    return _LENGTH.pack(len(raw)) + raw
+
+
+def encode(header: Header, body: bytes | bytearray | memoryview = b"") -> bytes:
+    """Return the wire bytes of one frame; ``header.size`` must equal ``len(body)``."""
+    if header.size != len(body):
+        raise ValueError(f"header says size={header.size} but the body has {len(body)} bytes")
+    return encode_prefix(header) + body if body else encode_prefix(header)
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ProtocolError(f"frame header has the key {key!r} twice", "bad_header")
+        obj[key] = value
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"frame header contains {name}, which is not JSON", "bad_header")
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each field that failed and why, for an error frame or a log line."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "header"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode_header(raw: bytes) -> Header:
+    """Parse and validate header bytes (UTF-8 JSON object); raise ProtocolError if malformed."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"frame header is not UTF-8 (byte {exc.start})", "bad_header") from None
+    try:
+        obj = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"frame header is not JSON: {exc}", "bad_header") from None
+    except RecursionError:
+        raise ProtocolError("frame header is nested too deeply", "bad_header") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("frame header is not a JSON object", "bad_header")
+    try:
+        return parse_header(obj)
+    except ValidationError as exc:
+        raise ProtocolError(
+            f"invalid frame header: {describe_validation_error(exc)}", "bad_header"
+        ) from None
+
+
+class FrameDecoder:
+    """Turns a byte stream, fed in pieces of any size, into whole frames.
+
+    Give it bytes with ``feed(data)``, or receive straight into it with ``get_buffer()`` and
+    ``buffer_updated(n)``; then call ``next_frame()`` until it returns None. After a ProtocolError
+    the decoder is broken for good: the connection has to close.
+
+    It owns one receive buffer, big enough for the largest frame plus one read, and reuses it:
+    a stream of any length is decoded without allocating memory per frame.
+    """
+
+    def __init__(self, max_header: int = MAX_HEADER_SIZE, max_body: int = MAX_BODY_SIZE) -> None:
+        self.max_header = max_header
+        self.max_body = max_body
+        self._default_capacity = 4 + max_header + max_body + RECEIVE_SIZE
+        self._capacity = self._default_capacity
+        self._buf = bytearray(self._capacity)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first byte not yet consumed
+        self._end = 0  # end of the bytes received
+        self._header: Header | None = None  # header of the frame whose body we are waiting for
+        self._header_len: int | None = None
+        self._eof = False
+        self._broken: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a frame."""
+        return self._end - self._start
+
+    def _reserve(self, n: int) -> None:
+        """Make room for ``n`` more bytes after the data: compact in place, or grow."""
+        if self._eof:
+            raise RuntimeError("the decoder was fed after feed_eof()")
+        pending = self._end - self._start
+        if pending == 0 and self._capacity > self._default_capacity:
+            self._set_buffer(bytearray(self._default_capacity))  # shrink after a big feed
+        if self._capacity - self._end >= n:
+            return
+        if self._capacity - pending >= n:
+            # bytes() first: the two ranges may overlap, and slice assignment may not memmove
+            self._buf[:pending] = bytes(self._view[self._start : self._end])
+        else:
+            grown = bytearray(max(2 * self._capacity, pending + n))
+            grown[:pending] = self._view[self._start : self._end]
+            self._set_buffer(grown)  # views handed out before keep the old buffer alive
+        self._start, self._end = 0, pending
+
+    def _set_buffer(self, buf: bytearray) -> None:
+        self._buf, self._view, self._capacity = buf, memoryview(buf), len(buf)
+        self._start = self._end = 0
+
+    def get_buffer(self) -> memoryview:
+        """Writable space for the next receive (at least RECEIVE_SIZE bytes)."""
+        self._reserve(RECEIVE_SIZE)
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Record that ``nbytes`` were written at the start of the last ``get_buffer()``."""
+        self._end += nbytes
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes received from the peer (copied into the receive buffer)."""
+        self._reserve(len(data))
+        self._buf[self._end : self._end + len(data)] = data
+        self._end += len(data)
+
+    def feed_eof(self) -> None:
+        """Record that the peer closed; a partial frame left over becomes an error."""
+        self._eof = True
+
+    def next_frame(self) -> Frame | None:
+        """Return the next complete frame, or None if more bytes are needed."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            frame = self._next_frame()
+        except ProtocolError as exc:
+            self._broken = exc
+            raise
+        if frame is None and self._eof and (self.buffered or self._header is not None):
+            self._broken = ProtocolError(
+                f"connection closed in the middle of a frame ({self.buffered} bytes "
+                "of it received)",
+                "truncated",
+            )
+            raise self._broken
+        return frame
+
+    def _take(self, n: int) -> memoryview:
+        piece = self._view[self._start : self._start + n]
+        self._start += n
+        return piece
+
+    def _next_frame(self) -> Frame | None:
+        if self._header is None:
+            if self._header_len is None:
+                if self.buffered < 4:
+                    return None
+                (length,) = _LENGTH.unpack(self._take(4))
+                if length == 0 or length > self.max_header:
+                    raise ProtocolError(
+                        f"declared header length {length} is outside 1..{self.max_header}"
+                        " (is the peer a rexec endpoint?)",
+                        "bad_length",
+                    )
+                self._header_len = length
+            if self.buffered < self._header_len:
+                return None
+            header = decode_header(bytes(self._take(self._header_len)))
+            self._header_len = None
+            if header.size > self.max_body:
+                raise ProtocolError(
+                    f"declared body size {header.size} exceeds the cap of {self.max_body}",
+                    "bad_length",
+                )
+            self._header = header
+        size = self._header.size
+        if self.buffered < size:
+            return None
+        frame = Frame(self._header, self._take(size))
+        self._header = None
+        return frame

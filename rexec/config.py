@@ -1,0 +1,179 @@
+"""Settings from TOML files, the environment and the command line, merged in one order.
+
+The merge order, lowest to highest, is the same for the server and the client:
+
+1. built-in defaults (the model fields below);
+2. the config file's table (``[server]`` or ``[client]``);
+3. the environment (``REXEC_TOKEN``);
+4. command-line options.
+
+Validation errors name the file and the field. Token values are kept as ``SecretStr`` so they never
+show in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from rexec.auth import check_token, default_home, default_token_path, read_token_file
+from rexec.errors import ConfigError
+
+DEFAULT_PORT = 7878
+KNOWN_TABLES = ("server", "client")
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+
+class ServerSettings(_Settings):
+    """What ``rexec-server`` runs with."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    kill_grace: float = Field(5.0, ge=0, le=3600, description="SIGTERM to SIGKILL, seconds")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ClientSettings(_Settings):
+    """What ``rexec`` and ``rexec.Client`` run with."""
+
+    connect_timeout: float = Field(10.0, gt=0, le=3600)
+
+
+SettingsT = TypeVar("SettingsT", bound=_Settings)
+
+
+def read_toml_table(path: Path, table: str) -> dict[str, Any]:
+    """Return one table of a TOML config file, resolving relative paths against its folder."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    unknown = sorted(set(data) - set(KNOWN_TABLES))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown table(s) {', '.join(unknown)}"
+            f" (expected: {', '.join(KNOWN_TABLES)})"
+        )
+    section = data.get(table, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: '{table}' must be a table")
+    if isinstance(section.get("token_file"), str):
+        section["token_file"] = str(path.parent / Path(section["token_file"]).expanduser())
+    return section
+
+
+def load_settings(
+    model: type[SettingsT],
+    table: str,
+    path: Path | None = None,
+    cli: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> SettingsT:
+    """Merge defaults, the file's table, the environment and CLI options into ``model``."""
+    environ = dict(os.environ) if environ is None else environ
+    merged: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        merged.update(read_toml_table(path, table))
+        source = f"config file {path}, table [{table}]"
+    if environ.get("REXEC_TOKEN"):
+        merged["token"] = environ["REXEC_TOKEN"]
+        merged.pop("token_file", None)
+    for key, value in (cli or {}).items():
+        if value is not None:
+            merged[key] = value
+            if key == "token_file":
+                merged.pop("token", None)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+        raise ConfigError(f"invalid settings ({source}): {problems}") from None
+
+
+def resolve_token(settings: _Settings, fallback: Path | None = None) -> str | None:
+    """The token the settings name (inline, or from their token file), else the fallback file's.
+
+    Returns None when nothing names a token and the fallback file does not exist.
+    """
+    if settings.token is not None:
+        return check_token(settings.token.get_secret_value(), "the settings (token)")
+    if settings.token_file is not None:
+        return read_token_file(settings.token_file.expanduser())
+    if fallback is not None and fallback.exists():
+        return read_token_file(fallback)
+    return None
+
+
+def default_client_config() -> Path | None:
+    """The client's config file: $REXEC_CONFIG, else ~/.rexec/client.toml if it exists."""
+    env = os.environ.get("REXEC_CONFIG")
+    if env:
+        return Path(env)
+    path = default_home() / "client.toml"
+    return path if path.exists() else None
+
+
+
+
+def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port``; a bare host takes the default port)."""
+    text = address.strip()
+    if not text:
+        raise ConfigError("empty address: expected HOST:PORT")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"bad address {address!r}: expected [IPV6]:PORT")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        raise ConfigError(f"bad address {address!r}: write an IPv6 address as [ADDR]:PORT")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ConfigError(f"bad address {address!r}: the host is empty")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"bad address {address!r}: port {port_text!r} is not a number 1-65535")
+    return host, int(port_text)
+
+
+def client_settings(
+    token: str | None = None,
+    token_file: Path | None = None,
+    config: Path | None = None,
+    connect_timeout: float | None = None,
+) -> tuple[ClientSettings, str]:
+    """The client's merged settings and its token; ConfigError if no token can be found."""
+    settings = load_settings(
+        ClientSettings,
+        "client",
+        config if config is not None else default_client_config(),
+        cli={"token": token, "token_file": token_file, "connect_timeout": connect_timeout},
+    )
+    resolved = resolve_token(settings, fallback=default_token_path())
+    if resolved is None:
+        raise ConfigError(
+            "no token: set REXEC_TOKEN, pass --token-file FILE, put token_file in the client"
+            f" config, or copy the server's token to {default_token_path()}"
+        )
+    return settings, resolved

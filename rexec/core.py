@@ -1,0 +1,256 @@
+"""The client's side of the conversation, sans-I/O: shared by the async and the blocking client.
+
+Feed it bytes from the server (``receive_data``), take events out (``next_event``) and send what it
+queues (``data_to_send``). It answers the server's challenge by itself, checks the server's proof,
+counts and optionally captures output, verifies the byte counts of the exit frame, and turns the
+server's error frames into exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from rexec import __version__
+from rexec.auth import client_proof, new_nonce, proofs_match, server_proof
+from rexec.errors import (
+    AuthenticationError,
+    CommandNotStarted,
+    ConnectionLost,
+    ProtocolError,
+    RemoteError,
+)
+from rexec.frames import (
+    MAX_BODY_SIZE,
+    PROTOCOL_VERSION,
+    Auth,
+    Cancel,
+    Challenge,
+    Error,
+    Exit,
+    Header,
+    Hello,
+    Run,
+    Signal,
+    Stdin,
+    StdinEof,
+)
+from rexec.protocol import Connection, Role, State
+from rexec.result import Result
+
+AGENT = f"rexec/{__version__}"
+StreamName: TypeAlias = Literal["stdout", "stderr"]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A chunk of a command's output, as it arrived.
+
+    From ``ClientCore`` and in blocking-client callbacks ``data`` is a memoryview valid until
+    more bytes are received; ``Client.stream()`` yields Outputs whose ``data`` is bytes.
+    """
+
+    stream: StreamName
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """The handshake succeeded; both sides proved they hold the token."""
+
+    server_agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The command ended; ``result`` holds everything known about it."""
+
+    result: Result
+
+
+Event: TypeAlias = Authenticated | Output | Finished
+
+
+class ClientCore:
+    """One client connection's protocol logic, with no I/O."""
+
+    def __init__(self, token: str, agent: str = AGENT) -> None:
+        if not token:
+            raise ValueError("an empty token is refused")
+        self.conn = Connection(Role.CLIENT)
+        self.server_agent = ""
+        self.received = 0
+        self._token = token
+        self._nonce = new_nonce()
+        self._server_nonce = ""
+        self._outgoing = bytearray()
+        self._eof = False
+        self._run: Run | None = None
+        self._capture = False
+        self._captured: dict[StreamName, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        self._counts: dict[StreamName, int] = {"stdout": 0, "stderr": 0}
+        self._send(Hello(versions=[PROTOCOL_VERSION], nonce=self._nonce, agent=agent))
+
+    # --- what to send ----------------------------------------------------------------------
+
+    def _send(self, header: Header, body: bytes | memoryview = b"") -> None:
+        self._outgoing += self.conn.send(header, body)
+
+    def data_to_send(self) -> bytes:
+        """Take all the bytes queued for the server."""
+        data = bytes(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    @property
+    def pending(self) -> int:
+        """How many bytes are queued for the server."""
+        return len(self._outgoing)
+
+    def start(self, command: str, *, env: dict[str, str] | None = None, cwd: str | None = None,
+              timeout: float | None = None, stdin: bool = False, capture: bool = True) -> None:
+        """Queue a ``run`` frame (validated here: a bad argument raises before anything is sent)."""
+        if self.conn.state is not State.READY:
+            raise RuntimeError(f"cannot start a command in state {self.conn.state.value}")
+        run = Run(command=command, env=env or {}, cwd=cwd, timeout=timeout, stdin=stdin)
+        self._send(run)
+        self._run = run
+        self._capture = capture
+        self._captured = {"stdout": bytearray(), "stderr": bytearray()}
+        self._counts = {"stdout": 0, "stderr": 0}
+
+    def send_stdin(self, data: bytes | memoryview) -> None:
+        """Queue bytes for the command's standard input."""
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_BODY_SIZE):
+            piece = view[start : start + MAX_BODY_SIZE]
+            self._send(Stdin(size=len(piece)), piece)
+
+    def send_stdin_eof(self) -> None:
+        """Queue the end of the command's standard input."""
+        self._send(StdinEof())
+
+    def cancel(self) -> None:
+        """Ask the server to stop the running command (no-op if none is running)."""
+        if self.conn.state is State.RUNNING:
+            self._send(Cancel())
+
+    def send_signal(self, name: str) -> None:
+        """Ask the server to signal the command's process group (e.g. "INT", "HUP")."""
+        if self.conn.state is State.RUNNING:
+            self._send(Signal(signal=name))  # type: ignore[arg-type]
+
+    # --- what arrives ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes that arrived from the server."""
+        self.received += len(data)
+        self.conn.receive_data(data)
+
+    def get_buffer(self) -> memoryview:
+        """Space to receive into directly, without a copy (then call ``buffer_updated``)."""
+        return self.conn.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Record ``nbytes`` received into the last ``get_buffer()``."""
+        self.received += nbytes
+        self.conn.buffer_updated(nbytes)
+
+    def receive_eof(self) -> None:
+        """Record that the server closed the connection."""
+        self._eof = True
+        self.conn.receive_eof()
+
+    @property
+    def running(self) -> bool:
+        """Whether a command is running."""
+        return self.conn.state is State.RUNNING
+
+    @property
+    def ready(self) -> bool:
+        """Whether the connection is authenticated and idle."""
+        return self.conn.state is State.READY
+
+    def next_event(self) -> Event | None:
+        """The next event, None if more bytes are needed; raises on errors and on EOF."""
+        while True:
+            frame = self.conn.next_frame()
+            if frame is None:
+                if self._eof:
+                    raise ConnectionLost(self._lost_message(), self.received)
+                return None
+            header = frame.header
+            if header.type == "challenge":
+                self._answer(header)
+            elif header.type == "auth_ok":
+                expected = server_proof(
+                    self._token, self._nonce, self._server_nonce, PROTOCOL_VERSION
+                )
+                if not proofs_match(expected, header.mac):
+                    raise AuthenticationError(
+                        "the server's proof of the token is wrong: it is not the server you"
+                        " think it is, or its token differs", "server_auth_failed")
+                return Authenticated(self.server_agent)
+            elif header.type in ("stdout", "stderr"):
+                name: StreamName = header.type
+                self._counts[name] += len(frame.body)
+                if self._capture:
+                    self._captured[name] += frame.body
+                return Output(name, frame.body)
+            elif header.type == "exit":
+                return Finished(self._finish(header))
+            elif header.type == "error":
+                raise self._remote_error(header)
+
+    def _answer(self, challenge: Challenge) -> None:
+        if challenge.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"the server chose protocol version {challenge.version}, which this client"
+                f" does not speak (it speaks {PROTOCOL_VERSION})", "unsupported_version")
+        self._server_nonce = challenge.nonce
+        self.server_agent = challenge.agent
+        mac = client_proof(self._token, self._nonce, challenge.nonce, PROTOCOL_VERSION)
+        self._send(Auth(mac=mac))
+
+    def _finish(self, exit_frame: Exit) -> Result:
+        assert self._run is not None
+        declared = {"stdout": exit_frame.stdout_bytes, "stderr": exit_frame.stderr_bytes}
+        for name, count in self._counts.items():
+            if declared[name] != count:
+                raise ProtocolError(
+                    f"the server reports {declared[name]} bytes of {name} but {count} arrived:"
+                    " output was lost", "byte_count_mismatch")
+        result = Result(
+            command=self._run.command,
+            exit_code=exit_frame.exit_code,
+            signal=exit_frame.signal,
+            timed_out=exit_frame.timed_out,
+            duration=exit_frame.duration,
+            stdout=bytes(self._captured["stdout"]),
+            stderr=bytes(self._captured["stderr"]),
+            stdout_bytes=exit_frame.stdout_bytes,
+            stderr_bytes=exit_frame.stderr_bytes,
+        )
+        self._run = None
+        self._captured = {"stdout": bytearray(), "stderr": bytearray()}
+        return result
+
+    def _remote_error(self, error: Error) -> RemoteError:
+        message = f"server: {error.message}"
+        if error.code == "auth_failed":
+            return AuthenticationError(message, error.code)
+        if not error.fatal:
+            self._run = None
+            return CommandNotStarted(message, error.code)
+        return RemoteError(message, error.code)
+
+    def _lost_message(self) -> str:
+        state = self.conn.state
+        if state in (State.AWAIT_CHALLENGE, State.AWAIT_VERDICT, State.AWAIT_AUTH):
+            return (f"the server closed the connection during the handshake after"
+                    f" {self.received} bytes (is it a rexec server, and plaintext?)")
+        if state is State.RUNNING:
+            got = self._counts["stdout"] + self._counts["stderr"]
+            return (f"the server closed the connection after {got} bytes of output, while the"
+                    " command was running: its outcome is unknown")
+        return "the server closed the connection"

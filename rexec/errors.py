@@ -1,0 +1,93 @@
+"""Every error rexec raises, under one root.
+
+    RexecError                      anything rexec raises on purpose
+    ├── ConfigError                 a bad config file, token file, address or option (local)
+    ├── ProtocolError               bytes that break the wire protocol (either side may detect it)
+    ├── ConnectError                could not open or secure a connection (refused, DNS, timeout)
+    ├── ConnectionLost              the peer closed or vanished mid-conversation
+    ├── RemoteError                 the server answered with an error frame
+    │   ├── AuthenticationError     the server refused our token
+    │   └── CommandNotStarted       the server refused or could not start the command
+    └── CommandFailed               a command ran and did not succeed (only with check=True)
+
+Local failures (ConfigError, ConnectError, ConnectionLost, ProtocolError) are kept apart from what
+the remote side said (RemoteError), so a caller can tell "my network is down" from "the server
+said no". Messages never contain the token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rexec.result import Result
+
+
+class RexecError(Exception):
+    """Root of every exception rexec raises on purpose."""
+
+
+class ConfigError(RexecError):
+    """A configuration file, token file, address or option is invalid."""
+
+
+class ProtocolError(RexecError):
+    """The peer sent bytes that do not follow the rexec protocol.
+
+    ``code`` is the machine-readable reason carried in the error frame sent to the peer.
+    """
+
+    def __init__(self, message: str, code: str = "protocol_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConnectError(RexecError):
+    """A connection to the server could not be opened."""
+
+
+class ConnectionLost(RexecError):
+    """The peer closed the connection, or it broke, before the conversation ended."""
+
+    def __init__(self, message: str, received: int = 0) -> None:
+        super().__init__(message)
+        self.received = received
+
+
+class RemoteError(RexecError):
+    """The server sent an error frame; ``code`` says which kind."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AuthenticationError(RemoteError):
+    """The server rejected the client's proof of the shared token (or the reverse)."""
+
+
+class CommandNotStarted(RemoteError):
+    """The server could not, or would not, start the command (bad cwd, refused, busy)."""
+
+
+class CommandFailed(RexecError):
+    """A command exited non-zero, died of a signal or timed out, and the caller asked for check.
+
+    Carries the full ``result``; the message shows its status and the last lines of stderr.
+    """
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        super().__init__(result.describe_failure())
+
+
+@contextlib.contextmanager
+def map_socket_errors(what: str, received: int = 0) -> Iterator[None]:
+    """Translate OSError (ssl.SSLError included) and EOFError into ConnectionLost."""
+    try:
+        yield
+    except (OSError, EOFError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConnectionLost(f"{what}: {reason or exc.__class__.__name__}", received) from exc

@@ -1,0 +1,208 @@
+"""Frame headers: one pydantic model per frame type, joined in one union discriminated on ``type``.
+
+Headers are validated when built and immutable after (frozen, extra keys forbidden, strict types,
+bounded fields). Every header carries ``size``, the number of body bytes that follow it on the wire;
+control frames have no body, so their ``size`` can only be 0. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+PROTOCOL_VERSION = 1
+"""The one protocol version this implementation speaks."""
+
+MAX_HEADER_SIZE = 64 * 1024
+"""Largest header (JSON bytes) a peer may declare; checked before the header is read."""
+
+MAX_BODY_SIZE = 1024 * 1024
+"""Largest body one frame may carry; checked before the body is read."""
+
+MAX_COMMAND_LENGTH = 32 * 1024
+MAX_ENV_ENTRIES = 256
+NONCE_HEX_LENGTH = 64  # 32 random bytes, hex encoded
+MAC_HEX_LENGTH = 64  # HMAC-SHA256, hex encoded
+
+SIGNAL_NAMES = ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP")
+
+Hex64 = Annotated[str, Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+ShortText = Annotated[str, Field(max_length=200)]
+
+
+def _check_text(value: str, what: str) -> str:
+    """Refuse strings a shell or the OS cannot take: NUL bytes and lone surrogates."""
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid Unicode (lone surrogate at {exc.start})") from None
+    return value
+
+
+class _Header(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class _Control(_Header):
+    size: Literal[0] = 0
+
+
+class _Data(_Header):
+    size: int = Field(ge=0, le=MAX_BODY_SIZE)
+
+
+# --- handshake -----------------------------------------------------------------------------
+
+
+class Hello(_Control):
+    """Client -> server, first frame: the versions the client speaks and its nonce."""
+
+    type: Literal["hello"] = "hello"
+    versions: list[Annotated[int, Field(ge=1, le=65535)]] = Field(min_length=1, max_length=16)
+    nonce: Hex64
+    agent: ShortText = ""
+
+
+class Challenge(_Control):
+    """Server -> client: the chosen version and a fresh nonce to prove the token against."""
+
+    type: Literal["challenge"] = "challenge"
+    version: int = Field(ge=1, le=65535)
+    nonce: Hex64
+    agent: ShortText = ""
+
+
+class Auth(_Control):
+    """Client -> server: HMAC-SHA256 proof that the client holds the token."""
+
+    type: Literal["auth"] = "auth"
+    mac: Hex64
+
+
+class AuthOk(_Control):
+    """Server -> client: accepted, with the server's own proof that it holds the token."""
+
+    type: Literal["auth_ok"] = "auth_ok"
+    mac: Hex64
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+class Run(_Control):
+    """Client -> server: run ``command`` under ``/bin/sh -c``."""
+
+    type: Literal["run"] = "run"
+    command: str = Field(min_length=1, max_length=MAX_COMMAND_LENGTH)
+    env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_ENTRIES)
+    cwd: str | None = Field(default=None, min_length=1, max_length=4096)
+    timeout: float | None = Field(default=None, gt=0, le=10_000_000)
+    stdin: bool = False
+
+    @field_validator("command")
+    @classmethod
+    def _command_text(cls, value: str) -> str:
+        return _check_text(value, "command")
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd_text(cls, value: str | None) -> str | None:
+        return None if value is None else _check_text(value, "cwd")
+
+    @field_validator("env")
+    @classmethod
+    def _env_text(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            _check_text(key, "env name")
+            if not key or "=" in key:
+                raise ValueError(f"env name {key!r} must be non-empty and contain no '='")
+            _check_text(item, f"env value of {key}")
+        return value
+
+
+class Stdin(_Data):
+    """Client -> server: ``size`` bytes for the command's standard input."""
+
+    type: Literal["stdin"] = "stdin"
+
+
+class StdinEof(_Control):
+    """Client -> server: no more standard input; the command's stdin is closed."""
+
+    type: Literal["stdin_eof"] = "stdin_eof"
+
+
+class Signal(_Control):
+    """Client -> server: deliver a signal to the command's whole process group."""
+
+    type: Literal["signal"] = "signal"
+    signal: Literal["HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP"]
+
+
+class Cancel(_Control):
+    """Client -> server: stop the command (SIGTERM to its group, then SIGKILL after a grace)."""
+
+    type: Literal["cancel"] = "cancel"
+
+
+class Stdout(_Data):
+    """Server -> client: ``size`` bytes the command wrote to standard output."""
+
+    type: Literal["stdout"] = "stdout"
+
+
+class Stderr(_Data):
+    """Server -> client: ``size`` bytes the command wrote to standard error."""
+
+    type: Literal["stderr"] = "stderr"
+
+
+class Exit(_Control):
+    """Server -> client: how the command ended, and how many bytes each stream carried."""
+
+    type: Literal["exit"] = "exit"
+    exit_code: int | None = Field(ge=0, le=255)
+    signal: int | None = Field(default=None, ge=1, le=128)
+    timed_out: bool = False
+    duration: float = Field(ge=0)
+    stdout_bytes: int = Field(ge=0)
+    stderr_bytes: int = Field(ge=0)
+
+
+class Error(_Control):
+    """Either way: something went wrong. ``fatal`` errors close the connection."""
+
+    type: Literal["error"] = "error"
+    code: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
+    message: str = Field(max_length=4096)
+    fatal: bool = True
+
+
+Header: TypeAlias = Annotated[
+    Hello
+    | Challenge
+    | Auth
+    | AuthOk
+    | Run
+    | Stdin
+    | StdinEof
+    | Signal
+    | Cancel
+    | Stdout
+    | Stderr
+    | Exit
+    | Error,
+    Field(discriminator="type"),
+]
+
+HEADER_ADAPTER: TypeAdapter[Header] = TypeAdapter(Header)
+
+DATA_FRAMES: frozenset[str] = frozenset({"stdin", "stdout", "stderr"})
+
+
+def parse_header(obj: Any) -> Header:
+    """Validate a decoded JSON object as one of the header models (raises ValidationError)."""
+    return HEADER_ADAPTER.validate_python(obj, strict=True)

@@ -1,0 +1,128 @@
+"""The conversation's states as one table, and a sans-I/O Connection that enforces it.
+
+Both ends keep the same state: every frame either side sends or receives moves it through
+``TRANSITIONS``; a frame the table does not allow is a ProtocolError. Nothing but the handshake is
+possible before ``READY``, which only the server's ``auth_ok`` reaches.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from rexec.codec import Frame, FrameDecoder, encode, encode_prefix
+from rexec.errors import ProtocolError
+from rexec.frames import MAX_BODY_SIZE, MAX_HEADER_SIZE, Header
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    AWAIT_HELLO = "await_hello"  # client must say hello
+    AWAIT_CHALLENGE = "await_challenge"  # server must answer with a challenge
+    AWAIT_AUTH = "await_auth"  # client must prove the token
+    AWAIT_VERDICT = "await_verdict"  # server must accept (auth_ok) or refuse (error)
+    READY = "ready"  # authenticated, no command running
+    RUNNING = "running"  # a command is running
+    CLOSED = "closed"
+
+
+C, S = Role.CLIENT, Role.SERVER
+_LATE_INPUT = ("stdin", "stdin_eof", "signal", "cancel")
+
+# (state, sender, event) -> next state. An event is the frame type, except that errors are
+# "error" (fatal, closes the connection) or "error_nonfatal" (a command could not start).
+TRANSITIONS: dict[tuple[State, Role, str], State] = {
+    (State.AWAIT_HELLO, C, "hello"): State.AWAIT_CHALLENGE,
+    (State.AWAIT_CHALLENGE, S, "challenge"): State.AWAIT_AUTH,
+    (State.AWAIT_AUTH, C, "auth"): State.AWAIT_VERDICT,
+    (State.AWAIT_VERDICT, S, "auth_ok"): State.READY,
+    (State.READY, C, "run"): State.RUNNING,
+    # Input the client sent before it saw the command's exit frame arrives late; it is dropped.
+    **{(State.READY, C, event): State.READY for event in _LATE_INPUT},
+    **{(State.RUNNING, C, event): State.RUNNING for event in _LATE_INPUT},
+    (State.RUNNING, S, "stdout"): State.RUNNING,
+    (State.RUNNING, S, "stderr"): State.RUNNING,
+    (State.RUNNING, S, "exit"): State.READY,
+    (State.RUNNING, S, "error_nonfatal"): State.READY,
+    **{
+        (state, role, "error"): State.CLOSED
+        for state in State
+        if state is not State.CLOSED
+        for role in Role
+    },
+}
+
+
+def event_name(header: Header) -> str:
+    """The table's name for a frame: its type, with errors split into fatal and not."""
+    if header.type == "error" and not header.fatal:
+        return "error_nonfatal"
+    return header.type
+
+
+def transition(state: State, sender: Role, event: str) -> State:
+    """Return the state after ``sender`` sends ``event`` in ``state``, or raise ProtocolError."""
+    try:
+        return TRANSITIONS[(state, sender, event)]
+    except KeyError:
+        raise ProtocolError(
+            f"unexpected {event!r} frame from the {sender.value} in state {state.value!r}",
+            "unexpected_frame",
+        ) from None
+
+
+class Connection:
+    """One end of a rexec conversation: decodes what arrives, encodes what leaves, keeps state."""
+
+    def __init__(
+        self, our_role: Role, max_header: int = MAX_HEADER_SIZE, max_body: int = MAX_BODY_SIZE
+    ) -> None:
+        self.our_role = our_role
+        self.their_role = S if our_role is C else C
+        self.state = State.AWAIT_HELLO
+        self._decoder = FrameDecoder(max_header, max_body)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes that arrived from the peer."""
+        self._decoder.feed(data)
+
+    def get_buffer(self) -> memoryview:
+        """Space to receive into directly (then call ``buffer_updated``)."""
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Record ``nbytes`` received into the last ``get_buffer()``."""
+        self._decoder.buffer_updated(nbytes)
+
+    def receive_eof(self) -> None:
+        """Record that the peer closed its side."""
+        self._decoder.feed_eof()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that do not yet make a whole frame."""
+        return self._decoder.buffered
+
+    def next_frame(self) -> Frame | None:
+        """Return the next whole frame from the peer (None: need more bytes), checking order."""
+        frame = self._decoder.next_frame()
+        if frame is not None:
+            self.state = transition(self.state, self.their_role, event_name(frame.header))
+        return frame
+
+    def send(self, header: Header, body: bytes | bytearray | memoryview = b"") -> bytes:
+        """Return the wire bytes for a frame we send, after checking the table allows it."""
+        new_state = transition(self.state, self.our_role, event_name(header))
+        data = encode(header, body)
+        self.state = new_state
+        return data
+
+    def send_prefix(self, header: Header, body_size: int) -> bytes:
+        """Like ``send``, but return only the bytes before the body, which the caller writes."""
+        if header.size != body_size:
+            raise ValueError(f"header says size={header.size} but the body has {body_size} bytes")
+        self.state = transition(self.state, self.our_role, event_name(header))
+        return encode_prefix(header)

@@ -1,0 +1,59 @@
+"""Result: everything known about one finished command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TIMEOUT_STATUS = 124  # as coreutils timeout(1)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one remote command.
+
+    ``stdout`` and ``stderr`` hold the captured output (empty when it was streamed elsewhere and
+    not captured); ``stdout_bytes`` and ``stderr_bytes`` always count everything the server sent.
+    """
+
+    command: str
+    exit_code: int | None
+    signal: int | None = None
+    timed_out: bool = False
+    duration: float = 0.0
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0 and did not time out."""
+        return self.exit_code == 0 and not self.timed_out
+
+    @property
+    def failed(self) -> bool:
+        """The opposite of ``ok``."""
+        return not self.ok
+
+    @property
+    def exit_status(self) -> int:
+        """A shell-style status: 124 if timed out, 128+N if killed by signal N, else the code."""
+        if self.timed_out:
+            return TIMEOUT_STATUS
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.exit_code if self.exit_code is not None else 255
+
+    def describe_failure(self, lines: int = 10) -> str:
+        """A message saying how the command failed, with the last lines of its stderr."""
+        if self.timed_out:
+            what = "timed out"
+        elif self.signal is not None:
+            what = f"was killed by signal {self.signal}"
+        else:
+            what = f"exited with status {self.exit_code}"
+        message = f"command {self.command!r} {what}"
+        tail = self.stderr.decode("utf-8", "replace").rstrip("\n").splitlines()[-lines:]
+        if tail:
+            message += "\nstderr (last lines):\n" + "\n".join("  " + line for line in tail)
+        return message

@@ -1,0 +1,215 @@
+"""Starting and supervising the child process of one command.
+
+A command runs as ``/bin/sh -c COMMAND`` in a new session, so it leads its own process group and
+every signal rexec sends (timeout, cancel, lost client) reaches the whole group, grandchildren
+included. Its pipes are non-blocking and read on the event loop; its exit is watched through a
+pidfd, so no thread or child watcher is involved. ``Runner.start`` is the one place a process is
+made: a test can swap in another Runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+READ_CHUNK = 256 * 1024
+PIPE_SIZE = 1024 * 1024  # asked of the kernel for stdout/stderr pipes; best effort
+SHELL = "/bin/sh"
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a child ended: its exit code, or the signal that killed it."""
+
+    exit_code: int | None
+    signal: int | None
+
+    @classmethod
+    def from_returncode(cls, returncode: int) -> ExitStatus:
+        """Turn Popen's returncode (negative for a signal) into an ExitStatus."""
+        if returncode < 0:
+            return cls(exit_code=None, signal=-returncode)
+        return cls(exit_code=returncode, signal=None)
+
+
+def _grow_pipe(fd: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+
+async def _wait_ready(
+    add: Callable[[int, Callable[[], None]], None], remove: Callable[[int], object], fd: int
+) -> None:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    add(fd, ready)
+    try:
+        await fut
+    finally:
+        remove(fd)
+
+
+class ChildProcess:
+    """A running command: its pipes, its process group, and how it ended."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], kill_grace: float) -> None:
+        self._popen = popen
+        self._loop = asyncio.get_running_loop()
+        self.pid = popen.pid
+        self.kill_grace = kill_grace
+        self.timed_out = False
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self._fds: dict[int, int | None] = {}
+        for stream_no, pipe in ((0, popen.stdin), (1, popen.stdout), (2, popen.stderr)):
+            if pipe is not None:
+                fd = pipe.fileno()
+                os.set_blocking(fd, False)
+                self._fds[stream_no] = fd
+        self._exited: asyncio.Future[ExitStatus] = self._loop.create_future()
+        self._watch_exit()
+
+    def _watch_exit(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (OSError, AttributeError):
+            # No pidfd (old kernel): wait in a thread instead.
+            waiter = self._loop.run_in_executor(None, self._popen.wait)
+            waiter.add_done_callback(lambda f: self._set_exited(f.result()))
+            return
+
+        def on_exit() -> None:
+            self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._set_exited(self._popen.wait())
+
+        self._loop.add_reader(pidfd, on_exit)
+
+    def _set_exited(self, returncode: int) -> None:
+        if not self._exited.done():
+            self._exited.set_result(ExitStatus.from_returncode(returncode))
+
+    @property
+    def stdin_open(self) -> bool:
+        """Whether the child's standard input is a pipe that is still open."""
+        return self._fds.get(0) is not None
+
+    async def read_into(self, stream_no: int, buffer: bytearray) -> int:
+        """Read the child's stdout (1) or stderr (2) into ``buffer``; 0 at end of file.
+
+        Reading into a buffer the caller reuses keeps a stream of any size from allocating (and
+        faulting in) fresh memory for every chunk.
+        """
+        fd = self._fds.get(stream_no)
+        if fd is None:
+            return 0
+        while True:
+            try:
+                count = os.readv(fd, [buffer])
+            except BlockingIOError:
+                await _wait_ready(self._loop.add_reader, self._loop.remove_reader, fd)
+                continue
+            if not count:
+                self._close(stream_no)
+            return count
+
+    async def write_stdin(self, data: bytes | memoryview) -> bool:
+        """Write all of ``data`` to the child's stdin; False if the child closed its end."""
+        view = memoryview(data)
+        while view:
+            fd = self._fds.get(0)
+            if fd is None:
+                return False
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                await _wait_ready(self._loop.add_writer, self._loop.remove_writer, fd)
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                self._close(0)
+                return False
+            view = view[written:]
+        return True
+
+    def close_stdin(self) -> None:
+        """Close the child's standard input (the client sent EOF)."""
+        self._close(0)
+
+    def _close(self, stream_no: int) -> None:
+        fd = self._fds.get(stream_no)
+        if fd is not None:
+            self._fds[stream_no] = None
+            pipe = (self._popen.stdin, self._popen.stdout, self._popen.stderr)[stream_no]
+            if pipe is not None:
+                pipe.close()
+
+    async def wait(self) -> ExitStatus:
+        """Wait for the child (the group's leader) to exit."""
+        return await asyncio.shield(self._exited)
+
+    @property
+    def exited(self) -> bool:
+        """Whether the group's leader has exited and been reaped."""
+        return self._exited.done()
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the command's whole process group, if any of it is left."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def terminate(self) -> None:
+        """SIGTERM the whole group now, SIGKILL it after the grace period."""
+        self.signal_group(signal.SIGTERM)
+        if self._kill_timer is None:
+            self._kill_timer = self._loop.call_later(
+                self.kill_grace, self.signal_group, signal.SIGKILL
+            )
+
+    def expire(self) -> None:
+        """The command ran out of time: mark it timed out and terminate its group."""
+        self.timed_out = True
+        self.terminate()
+
+    def close(self) -> None:
+        """Release the pipes; the exit watcher closes itself."""
+        for stream_no in (0, 1, 2):
+            self._close(stream_no)
+
+
+class Runner:
+    """Starts commands under ``/bin/sh -c`` in their own session."""
+
+    def __init__(self, kill_grace: float = 5.0) -> None:
+        self.kill_grace = kill_grace
+
+    def start(
+        self,
+        command: str,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bool = False,
+    ) -> ChildProcess:
+        """Start ``command``; raises OSError if it cannot (for example a missing cwd)."""
+        popen = subprocess.Popen(  # the shell runs inside: argv is [/bin/sh, -c, command]
+            [SHELL, "-c", command],
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env={**os.environ, **env} if env else None,
+            start_new_session=True,
+            close_fds=True,
+        )
+        for pipe in (popen.stdout, popen.stderr):
+            if pipe is not None:
+                _grow_pipe(pipe.fileno())
+        return ChildProcess(popen, self.kill_grace)

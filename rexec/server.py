@@ -1,0 +1,309 @@
+"""The asyncio server: an accept loop and one Session per connection.
+
+A Session authenticates its client, then runs its commands one after another: it starts the child
+synchronously when the ``run`` frame arrives (so stdin frames right behind it find the child), pumps
+stdout and stderr to the client as they come, feeds stdin frames to the child, and sends one
+``exit`` frame when the child has exited and both pipes are at end of file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from typing import Any
+
+from rexec import __version__
+from rexec.auth import client_proof, new_nonce, proofs_match, server_proof
+from rexec.codec import Frame
+from rexec.config import DEFAULT_PORT
+from rexec.errors import ConnectionLost, ProtocolError
+from rexec.frames import (
+    PROTOCOL_VERSION,
+    AuthOk,
+    Challenge,
+    Error,
+    Exit,
+    Hello,
+    Run,
+    Stderr,
+    Stdout,
+)
+from rexec.protocol import Role
+from rexec.runner import READ_CHUNK, ChildProcess, Runner
+from rexec.transport import STREAM_LIMIT, FramedStream
+
+log = logging.getLogger("rexec.server")
+
+AGENT = f"rexec-server/{__version__}"
+HANDSHAKE_TIMEOUT = 10.0
+ERROR_SEND_TIMEOUT = 2.0
+
+
+class _Refused(Exception):
+    """The handshake failed for a reason the client must be told (sent as a fatal error)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def log_event(level: int, event: str, **fields: Any) -> None:
+    """Write one structured (JSON) log line."""
+    if log.isEnabledFor(level):
+        log.log(level, json.dumps({"event": event, **fields}, default=str))
+
+
+class Server:
+    """Accepts connections and serves each with a Session."""
+
+    def __init__(
+        self,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        runner: Runner | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        if not token:
+            raise ValueError("an empty token is refused")
+        self.token = token
+        self.host = host
+        self.port = port
+        self.runner = runner or Runner()
+        self.handshake_timeout = handshake_timeout
+        self.sessions: set[Session] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Bind and start accepting; return the (host, port) pairs actually bound."""
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, limit=STREAM_LIMIT, reuse_address=True
+        )
+        return self.addresses
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the server listens."""
+        if self._server is None:
+            return []
+        return [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    async def serve_forever(self) -> None:
+        """Accept connections until closed."""
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop accepting, end every session (killing running commands) and wait for them."""
+        if self._server is not None:
+            self._server.close()
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.abort()
+        await asyncio.gather(*(s.done.wait() for s in sessions))
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Session(self, FramedStream(reader, writer, Role.SERVER))
+        self.sessions.add(session)
+        try:
+            await session.serve()
+        finally:
+            self.sessions.discard(session)
+
+
+class Session:
+    """One client connection: handshake, then commands one after another."""
+
+    def __init__(self, server: Server, stream: FramedStream) -> None:
+        self.server = server
+        self.stream = stream
+        self.peer = stream.peer
+        self.child: ChildProcess | None = None
+        self.command_task: asyncio.Task[None] | None = None
+        self.lost = False
+        self.done = asyncio.Event()
+        self._serve_task: asyncio.Task[Any] | None = None
+
+    async def serve(self) -> None:
+        """Run the whole conversation; always ends with the connection closed."""
+        self._serve_task = asyncio.current_task()
+        try:
+            await self._handshake_with_deadline()
+            while True:
+                await self.handle(await self.stream.receive())
+        except _Refused as exc:
+            log_event(logging.WARNING, "refused", peer=self.peer, code=exc.code, reason=str(exc))
+            await self.send_fatal(exc.code, str(exc))
+        except ProtocolError as exc:
+            log_event(logging.WARNING, "protocol_error", peer=self.peer, reason=str(exc))
+            await self.send_fatal(exc.code, str(exc))
+        except ConnectionLost as exc:
+            log_event(logging.DEBUG, "disconnected", peer=self.peer, reason=str(exc))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await self.finish()
+
+    def abort(self) -> None:
+        """End the session now (server shutting down)."""
+        if self._serve_task is not None and not self._serve_task.done():
+            self._serve_task.cancel()
+
+    async def _handshake_with_deadline(self) -> None:
+        try:
+            async with asyncio.timeout(self.server.handshake_timeout):
+                await self.handshake()
+        except TimeoutError:
+            raise _Refused(
+                "handshake_timeout",
+                f"no successful handshake within {self.server.handshake_timeout:g} s",
+            ) from None
+
+    async def handshake(self) -> None:
+        """Negotiate the version and check the client's proof of the token."""
+        hello = (await self.stream.receive()).header
+        assert isinstance(hello, Hello)  # the state table allows nothing else here
+        if PROTOCOL_VERSION not in hello.versions:
+            raise _Refused(
+                "unsupported_version",
+                f"this server speaks protocol version {PROTOCOL_VERSION};"
+                f" the client offered {hello.versions}",
+            )
+        nonce = new_nonce()
+        self.stream.send(Challenge(version=PROTOCOL_VERSION, nonce=nonce, agent=AGENT))
+        await self.stream.drain()
+        auth = (await self.stream.receive()).header
+        assert auth.type == "auth"
+        token = self.server.token
+        expected = client_proof(token, hello.nonce, nonce, PROTOCOL_VERSION)
+        if not proofs_match(expected, auth.mac):
+            raise _Refused("auth_failed", "authentication failed: the token does not match")
+        self.stream.send(AuthOk(mac=server_proof(token, hello.nonce, nonce, PROTOCOL_VERSION)))
+        await self.stream.drain()
+        log_event(logging.INFO, "authenticated", peer=self.peer, agent=hello.agent)
+
+    async def handle(self, frame: Frame) -> None:
+        """Act on one frame from an authenticated client."""
+        header, child = frame.header, self.child
+        if header.type == "run":
+            self.start_command(header)
+        elif header.type == "error":
+            raise ConnectionLost(f"the client reported an error: {header.message}")
+        elif child is None:
+            return  # stdin, eof, signal or cancel that crossed the exit frame: nothing to do
+        elif header.type == "stdin":
+            if child.stdin_open:
+                await child.write_stdin(frame.body)
+        elif header.type == "stdin_eof":
+            child.close_stdin()
+        elif header.type == "signal":
+            child.signal_group(signal.Signals[f"SIG{header.signal}"])
+        elif header.type == "cancel":
+            child.terminate()
+
+    def start_command(self, run: Run) -> None:
+        """Start the child now; supervise it in a task."""
+        started = time.monotonic()
+        try:
+            child = self.server.runner.start(run.command, run.env, run.cwd, run.stdin)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            where = f"working directory {run.cwd!r}: " if run.cwd else ""
+            message = f"cannot start the command: {where}{reason}"
+            log_event(logging.INFO, "command", peer=self.peer, command=run.command,
+                      cwd=run.cwd, started=False, reason=message)
+            self.stream.send(Error(code="spawn_failed", message=message, fatal=False))
+            return
+        self.child = child
+        self.command_task = asyncio.create_task(self.supervise(child, run, started))
+
+    async def supervise(self, child: ChildProcess, run: Run, started: float) -> None:
+        """Pump the child's output, wait for it, then send the exit frame and log it."""
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(run.timeout, child.expire) if run.timeout else None
+        try:
+            out, err, status = await asyncio.gather(
+                self.pump(child, 1), self.pump(child, 2), child.wait()
+            )
+        finally:
+            if timer is not None:
+                timer.cancel()
+            child.close()
+            self.child = None
+        exit_frame = Exit(
+            exit_code=status.exit_code,
+            signal=status.signal,
+            timed_out=child.timed_out,
+            duration=round(time.monotonic() - started, 6),
+            stdout_bytes=out,
+            stderr_bytes=err,
+        )
+        log_event(logging.INFO, "command", peer=self.peer, command=run.command, cwd=run.cwd,
+                  exit_code=status.exit_code, signal=status.signal, timed_out=child.timed_out,
+                  stdout_bytes=out, stderr_bytes=err, duration=exit_frame.duration,
+                  delivered=not self.lost)
+        if not self.lost:
+            try:
+                self.stream.send(exit_frame)
+                await self.stream.drain()
+            except ConnectionLost:
+                self.lost = True
+
+    async def pump(self, child: ChildProcess, stream_no: int) -> int:
+        """Forward one of the child's pipes to the client until EOF; return the bytes read."""
+        kind = Stdout if stream_no == 1 else Stderr
+        buffer = bytearray(READ_CHUNK)
+        view = memoryview(buffer)
+        total = 0
+        while count := await child.read_into(stream_no, buffer):
+            total += count
+            if self.lost:
+                continue  # keep draining so the child is never stuck on a full pipe
+            try:
+                self.stream.send(kind(size=count), view[:count])
+                await self.stream.drain()
+            except ConnectionLost:
+                self.connection_lost()
+        return total
+
+    def connection_lost(self) -> None:
+        """The client is gone: stop sending and terminate any running command's group."""
+        self.lost = True
+        if self.child is not None:
+            self.child.terminate()
+
+    async def send_fatal(self, code: str, message: str) -> None:
+        """Tell the client why the connection is closing (best effort, bounded in time)."""
+        if self.lost or self.stream.closing:
+            return
+        try:
+            self.stream.send(Error(code=code, message=message[:4000], fatal=True))
+            async with asyncio.timeout(ERROR_SEND_TIMEOUT):
+                await self.stream.drain()
+        except (ConnectionLost, ProtocolError, TimeoutError):
+            pass
+
+    async def finish(self) -> None:
+        """Kill what is still running, wait for it within bounds, close the connection."""
+        self.connection_lost()
+        if self.command_task is not None:
+            grace = self.server.runner.kill_grace + 5.0
+            try:
+                await asyncio.wait_for(asyncio.shield(self.command_task), grace)
+            except TimeoutError:
+                log_event(logging.WARNING, "command_stuck", peer=self.peer,
+                          reason="output pipes still open after SIGKILL; giving up on them")
+                self.command_task.cancel()
+            except asyncio.CancelledError:
+                self.command_task.cancel()
+        await self.stream.close()
+        self.done.set()

@@ -1,0 +1,4 @@
+from rexec.cli.server import main
+
+if __name__ == "__main__":
+    main()
