@@ -40,6 +40,9 @@ class ServerSettings(_Settings):
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     kill_grace: float = Field(5.0, ge=0, le=3600, description="SIGTERM to SIGKILL, seconds")
+    handshake_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds a client has to authenticate"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -58,7 +58,8 @@ def run_server(settings: ServerSettings, token: str) -> int:
 async def _serve(settings: ServerSettings, token: str) -> int:
     from rexec.runner import Runner
 
-    server = Server(token, settings.host, settings.port, Runner(settings.kill_grace))
+    server = Server(token, settings.host, settings.port, Runner(settings.kill_grace),
+                    handshake_timeout=settings.handshake_timeout)
     try:
         addresses = await server.start()
     except OSError as exc:

@@ -1,0 +1,160 @@
+"""Shared fixtures: an isolated REXEC_HOME, token files, and real servers on ephemeral ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "test-token-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test gets its own REXEC_HOME and no REXEC_TOKEN/REXEC_CONFIG from outside."""
+    home = tmp_path_factory.mktemp("rexec-home")
+    monkeypatch.setenv("REXEC_HOME", str(home))
+    monkeypatch.delenv("REXEC_TOKEN", raising=False)
+    monkeypatch.delenv("REXEC_CONFIG", raising=False)
+    return home
+
+
+def write_token(path: Path, token: str = TOKEN) -> Path:
+    """Write a token file readable only by its owner."""
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class ServerProcess:
+    """A real ``python server.py`` child listening on an ephemeral loopback port."""
+
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    token: str
+    token_file: Path
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+def start_server(tmp: Path, *extra: str, token: str = TOKEN, env: dict[str, str] | None = None,
+                 timeout: float = 20.0) -> ServerProcess:
+    """Start ``python server.py --port 0`` and wait for its ``listening on`` line."""
+    token_file = write_token(tmp / "server-token", token)
+    log_path = tmp / "server.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--port", "0", "--token-file", str(token_file),
+         "--log-level", "debug", *extra],
+        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    log.close()
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = b""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(b"listening on ") or not line:
+            break
+    if not line.startswith(b"listening on "):
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"server did not start: {line!r}\n{log_path.read_text()}")
+    host, _, port = line.decode().split()[-1].rpartition(":")
+    return ServerProcess(proc, host, int(port), token, token_file, log_path)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server shared by a test module."""
+    tmp = tmp_path_factory.mktemp("server")
+    srv = start_server(tmp, env={"REXEC_HOME": str(tmp)})
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own, for tests that inspect its log or its children."""
+    srv = start_server(tmp_path, env={"REXEC_HOME": str(tmp_path)})
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+@pytest.fixture
+def client_token_file(tmp_path: Path) -> Path:
+    """A client-side token file holding the test token."""
+    return write_token(tmp_path / "client-token")
+
+
+def run_cli(*args: str, token_file: Path | None = None, input: bytes | None = None,
+            timeout: float = 120.0, env: dict[str, str] | None = None,
+            stdin: int | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run ``python client.py ARGS...`` as a user would and capture what it prints."""
+    argv = [sys.executable, str(ROOT / "client.py"), *args]
+    if token_file is not None and args and args[0] == "run":
+        argv[3:3] = ["--token-file", str(token_file)]
+    return subprocess.run(
+        argv, input=input, capture_output=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdin=stdin if input is None else None,
+    )
+
+
+def pids_in_group(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate()`` until it is true or the timeout passes; return its last value."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
