@@ -130,6 +130,7 @@ class Session:
         self.child: ChildProcess | None = None
         self.command_task: asyncio.Task[None] | None = None
         self.lost = False
+        self.finishing = False
         self.done = asyncio.Event()
         self._serve_task: asyncio.Task[Any] | None = None
 
@@ -154,8 +155,8 @@ class Session:
             await self.finish()
 
     def abort(self) -> None:
-        """End the session now (server shutting down)."""
-        if self._serve_task is not None and not self._serve_task.done():
+        """End the session now (server shutting down); a session already finishing goes on."""
+        if self._serve_task is not None and not self._serve_task.done() and not self.finishing:
             self._serve_task.cancel()
 
     async def _handshake_with_deadline(self) -> None:
@@ -294,16 +295,17 @@ class Session:
 
     async def finish(self) -> None:
         """Kill what is still running, wait for it within bounds, close the connection."""
-        self.connection_lost()
-        if self.command_task is not None:
-            grace = self.server.runner.kill_grace + 5.0
-            try:
-                await asyncio.wait_for(asyncio.shield(self.command_task), grace)
-            except TimeoutError:
-                log_event(logging.WARNING, "command_stuck", peer=self.peer,
-                          reason="output pipes still open after SIGKILL; giving up on them")
-                self.command_task.cancel()
-            except asyncio.CancelledError:
-                self.command_task.cancel()
-        await self.stream.close()
-        self.done.set()
+        self.finishing = True
+        try:
+            self.connection_lost()
+            if self.command_task is not None:
+                grace = self.server.runner.kill_grace + 5.0
+                try:
+                    await asyncio.wait_for(asyncio.shield(self.command_task), grace)
+                except TimeoutError:
+                    log_event(logging.WARNING, "command_stuck", peer=self.peer,
+                              reason="output pipes still open after SIGKILL; giving up on them")
+                    self.command_task.cancel()
+            await self.stream.close()
+        finally:
+            self.done.set()

@@ -6,7 +6,6 @@ Socket errors become ConnectionLost through ``rexec.errors.map_socket_errors``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 
 from rexec.codec import Frame
@@ -17,6 +16,7 @@ from rexec.protocol import Connection, Role
 READ_SIZE = 256 * 1024
 STREAM_LIMIT = 1024 * 1024
 WRITE_HIGH_WATER = 1024 * 1024
+CLOSE_TIMEOUT = 2.0
 
 
 def format_peer(writer: asyncio.StreamWriter) -> str:
@@ -80,8 +80,16 @@ class FramedStream:
         """Whether the underlying transport is closing or closed."""
         return self.writer.is_closing()
 
-    async def close(self) -> None:
-        """Close the connection and wait for it to be closed."""
+    async def close(self, flush_timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close the connection, giving queued bytes ``flush_timeout`` seconds to leave.
+
+        A peer that stops reading would otherwise keep a graceful close waiting forever.
+        """
         self.writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await self.writer.wait_closed()
+        try:
+            async with asyncio.timeout(flush_timeout):
+                await self.writer.wait_closed()
+        except TimeoutError:
+            self.writer.transport.abort()
+        except (OSError, ssl.SSLError):
+            pass

@@ -1,0 +1,18 @@
+"""The example config files under config/ load as documented."""
+
+from __future__ import annotations
+
+from rexec.config import ClientSettings, ServerSettings, load_settings
+from tests.conftest import ROOT
+
+
+def test_example_server_config_loads():
+    settings = load_settings(ServerSettings, "server", ROOT / "config" / "server.toml", environ={})
+    assert (settings.host, settings.port) == ("127.0.0.1", 7878)
+    assert settings.token is None
+    assert settings.kill_grace == 5.0
+
+
+def test_example_client_config_loads():
+    settings = load_settings(ClientSettings, "client", ROOT / "config" / "client.toml", environ={})
+    assert settings.connect_timeout == 10.0
