@@ -60,7 +60,8 @@ def main() -> int:
         try:
             assert server.stdout is not None
             address = server.stdout.readline().decode().split()[-1]
-            rexec = [str(BIN / "rexec"), "run", "-n", address, "--", f"head -c {args.size} /dev/zero"]
+            command = f"head -c {args.size} /dev/zero"
+            rexec = [str(BIN / "rexec"), "run", "-n", address, "--", command]
             pipe = [f"head -c {args.size} /dev/zero | cat"]
             timed(rexec, env)  # warm-up: page cache, first connection
             hwm_before = vm_hwm(server.pid)

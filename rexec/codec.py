@@ -15,6 +15,7 @@ hostile length never makes it allocate or wait for more than the caps.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,13 @@ def _reject_constant(name: str) -> Any:
     raise ProtocolError(f"frame header contains {name}, which is not JSON", "bad_header")
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ProtocolError(f"frame header number {text[:20]}... is out of range", "bad_header")
+    return value
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming each field that failed and why, for an error frame or a log line."""
     parts = []
@@ -85,9 +93,12 @@ def decode_header(raw: bytes) -> Header:
         raise ProtocolError(f"frame header is not UTF-8 (byte {exc.start})", "bad_header") from None
     try:
         obj = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_parse_float,
         )
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and integers over Python's digit limit
         raise ProtocolError(f"frame header is not JSON: {exc}", "bad_header") from None
     except RecursionError:
         raise ProtocolError("frame header is nested too deeply", "bad_header") from None
@@ -183,9 +194,7 @@ class FrameDecoder:
             raise
         if frame is None and self._eof and (self.buffered or self._header is not None):
             self._broken = ProtocolError(
-                f"connection closed in the middle of a frame ({self.buffered} bytes "
-                "of it received)",
-                "truncated",
+                "the connection closed in the middle of a frame", "truncated"
             )
             raise self._broken
         return frame

@@ -154,8 +154,10 @@ def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
     if not host:
         raise ConfigError(f"bad address {address!r}: the host is empty")
     if not port_text:
+        if text.endswith(":"):
+            raise ConfigError(f"bad address {address!r}: the port after ':' is empty")
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ConfigError(f"bad address {address!r}: port {port_text!r} is not a number 1-65535")
     return host, int(port_text)
 

@@ -174,7 +174,12 @@ class ClientCore:
     def next_event(self) -> Event | None:
         """The next event, None if more bytes are needed; raises on errors and on EOF."""
         while True:
-            frame = self.conn.next_frame()
+            try:
+                frame = self.conn.next_frame()
+            except ProtocolError as exc:
+                if exc.code == "truncated":  # the server went away mid-frame
+                    raise ConnectionLost(self._lost_message(), self.received) from None
+                raise
             if frame is None:
                 if self._eof:
                     raise ConnectionLost(self._lost_message(), self.received)
@@ -187,6 +192,7 @@ class ClientCore:
                     self._token, self._nonce, self._server_nonce, PROTOCOL_VERSION
                 )
                 if not proofs_match(expected, header.mac):
+                    self.conn.state = State.CLOSED  # never usable: the server is unverified
                     raise AuthenticationError(
                         "the server's proof of the token is wrong: it is not the server you"
                         " think it is, or its token differs", "server_auth_failed")

@@ -43,11 +43,13 @@ def _check_text(value: str, what: str) -> str:
 
 
 class _Header(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _Control(_Header):
-    size: Literal[0] = 0
+    # An int bounded to 0 rather than Literal[0]: a Literal compares by equality and would let
+    # false and 0.0 through, where every other number field is strict.
+    size: int = Field(default=0, ge=0, le=0)
 
 
 class _Data(_Header):

@@ -1,4 +1,4 @@
-"""A child writing faster than the client reads is slowed by its pipe, not buffered by the server."""
+"""A child writing faster than the client reads is slowed by its pipe, not buffered in memory."""
 
 from __future__ import annotations
 

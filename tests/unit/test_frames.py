@@ -1,0 +1,317 @@
+"""Header models: validated when built, immutable after."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from rexec import frames as f
+from rexec.codec import decode_header, encode
+
+NONCE = "ab" * 32
+MODELS: tuple[type[BaseModel], ...] = typing.get_args(typing.get_args(f.Header)[0])
+CONTROL = [m for m in MODELS if m.model_fields["type"].default not in f.DATA_FRAMES]
+DATA = [m for m in MODELS if m.model_fields["type"].default in f.DATA_FRAMES]
+EXIT = {"exit_code": 0, "duration": 0.5, "stdout_bytes": 0, "stderr_bytes": 0}
+
+# One valid header per type, as keyword arguments.
+SAMPLES: dict[str, dict[str, Any]] = {
+    "hello": {"versions": [1], "nonce": NONCE},
+    "challenge": {"version": 1, "nonce": NONCE},
+    "auth": {"mac": NONCE},
+    "auth_ok": {"mac": NONCE},
+    "run": {"command": "true"},
+    "stdin": {"size": 1},
+    "stdin_eof": {},
+    "signal": {"signal": "TERM"},
+    "cancel": {},
+    "stdout": {"size": 1},
+    "stderr": {"size": 1},
+    "exit": EXIT,
+    "error": {"code": "oops", "message": "m"},
+}
+
+
+def build(model: type[BaseModel], **changes: Any) -> BaseModel:
+    return model(**{**SAMPLES[model.model_fields["type"].default], **changes})
+
+
+def field_error(exc: pytest.ExceptionInfo[ValidationError]) -> set[str]:
+    """The names of the fields that failed validation."""
+    return {".".join(str(p) for p in err["loc"]) for err in exc.value.errors()}
+
+
+def test_samples_cover_every_model() -> None:
+    assert {m.model_fields["type"].default for m in MODELS} == set(SAMPLES)
+    assert {"stdin", "stdout", "stderr"} == f.DATA_FRAMES
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_headers_are_frozen(model: type[BaseModel]) -> None:
+    header = build(model)
+    with pytest.raises(ValidationError, match="frozen"):
+        header.size = 5  # type: ignore[attr-defined]
+    assert header.size == SAMPLES[header.type].get("size", 0)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_extra_fields_are_forbidden(model: type[BaseModel]) -> None:
+    with pytest.raises(ValidationError) as info:
+        build(model, surprise=1)
+    assert field_error(info) == {"surprise"}
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_every_sample_round_trips_through_the_codec(model: type[BaseModel]) -> None:
+    header = build(model)
+    body = b"x" * header.size  # type: ignore[attr-defined]
+    raw = encode(header, body)  # type: ignore[arg-type]
+    assert decode_header(raw[4 : len(raw) - len(body)]) == header
+    assert isinstance(f.parse_header(header.model_dump()), model)
+
+
+@pytest.mark.parametrize("model", CONTROL, ids=lambda m: m.__name__)
+def test_control_frames_have_size_zero_only(model: type[BaseModel]) -> None:
+    assert build(model).size == 0  # type: ignore[attr-defined]
+    assert build(model, size=0).size == 0  # type: ignore[attr-defined]
+    for bad in (1, -1, f.MAX_BODY_SIZE, "0"):
+        with pytest.raises(ValidationError) as info:
+            build(model, size=bad)
+        assert field_error(info) == {"size"}
+
+
+@pytest.mark.parametrize("model", DATA, ids=lambda m: m.__name__)
+def test_data_frame_size_bounds(model: type[BaseModel]) -> None:
+    assert build(model, size=0).size == 0  # type: ignore[attr-defined]
+    assert build(model, size=f.MAX_BODY_SIZE).size == f.MAX_BODY_SIZE  # type: ignore[attr-defined]
+    for bad in (-1, f.MAX_BODY_SIZE + 1):
+        with pytest.raises(ValidationError) as info:
+            build(model, size=bad)
+        assert field_error(info) == {"size"}
+    with pytest.raises(ValidationError):
+        model()  # size is required
+
+
+STRICT_CASES = [
+    (f.Stdout, {"size": "1"}, "size"),
+    (f.Stdout, {"size": 1.0}, "size"),
+    (f.Stdout, {"size": True}, "size"),
+    (f.Challenge, {"version": True}, "version"),
+    (f.Challenge, {"version": "1"}, "version"),
+    (f.Hello, {"versions": [True]}, "versions.0"),
+    (f.Hello, {"versions": (1,)}, "versions"),
+    (f.Exit, {"exit_code": "0"}, "exit_code"),
+    (f.Exit, {"exit_code": False}, "exit_code"),
+    (f.Exit, {"duration": "0.5"}, "duration"),
+    (f.Exit, {"duration": True}, "duration"),
+    (f.Exit, {"stdout_bytes": 1.5}, "stdout_bytes"),
+    (f.Exit, {"timed_out": 1}, "timed_out"),
+    (f.Exit, {"signal": "9"}, "signal"),
+    (f.Run, {"stdin": "yes"}, "stdin"),
+    (f.Run, {"timeout": "5"}, "timeout"),
+    (f.Run, {"command": b"true"}, "command"),
+    (f.Error, {"fatal": 0}, "fatal"),
+    (f.Auth, {"mac": 123}, "mac"),
+]
+
+
+@pytest.mark.parametrize(("model", "changes", "field"), STRICT_CASES,
+                         ids=[f"{m.__name__}-{fld}-{next(iter(c.values()))!r}"
+                              for m, c, fld in STRICT_CASES])
+def test_types_are_strict(model: type[BaseModel], changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        build(model, **changes)
+    assert field_error(info) == {field}
+
+
+def test_float_fields_take_ints() -> None:
+    assert f.Exit(**{**EXIT, "duration": 2}).duration == 2.0
+    assert f.Run(command="x", timeout=5).timeout == 5.0
+
+
+# --- handshake fields ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "nonce",
+    ["ab" * 31, "ab" * 33, "AB" * 32, "g" * 64, "ab" * 31 + "a\n", " " + "a" * 63, ""],
+    ids=["short", "long", "upper", "not-hex", "newline", "space", "empty"],
+)
+def test_nonces_and_macs_are_64_lowercase_hex(nonce: str) -> None:
+    for model, name in ((f.Hello, "nonce"), (f.Challenge, "nonce"), (f.Auth, "mac"),
+                        (f.AuthOk, "mac")):
+        with pytest.raises(ValidationError) as info:
+            build(model, **{name: nonce})
+        assert field_error(info) == {name}
+
+
+def test_hello_version_list_bounds() -> None:
+    assert f.Hello(versions=[1] * 16, nonce=NONCE).versions == [1] * 16
+    assert f.Hello(versions=[65535], nonce=NONCE).versions == [65535]
+    for versions in ([], [1] * 17, [0], [65536], [-1]):
+        with pytest.raises(ValidationError):
+            f.Hello(versions=versions, nonce=NONCE)
+    for version in (0, 65536):
+        with pytest.raises(ValidationError):
+            f.Challenge(version=version, nonce=NONCE)
+
+
+def test_agent_is_at_most_200_characters() -> None:
+    assert len(f.Hello(versions=[1], nonce=NONCE, agent="a" * 200).agent) == 200
+    with pytest.raises(ValidationError) as info:
+        f.Hello(versions=[1], nonce=NONCE, agent="a" * 201)
+    assert field_error(info) == {"agent"}
+
+
+# --- run -----------------------------------------------------------------------------------
+
+
+def test_run_accepts_shell_text_and_unicode() -> None:
+    run = f.Run(command="echo 'a b' | cat; x=$(true) \u00e9\U0001f600",
+                env={"A": "x=y", "B_2": "", "\u00c9": "\u2603"}, cwd="/", timeout=0.001)
+    assert run.env["A"] == "x=y"
+    assert run.stdin is False
+
+
+RUN_REJECTS = [
+    ("empty-command", {"command": ""}, "command", "at least 1"),
+    ("long-command", {"command": "x" * (f.MAX_COMMAND_LENGTH + 1)}, "command", "at most"),
+    ("nul-command", {"command": "echo a\x00b"}, "command", "NUL byte"),
+    ("surrogate-command", {"command": "echo \ud800"}, "command", "string"),
+    ("nul-cwd", {"cwd": "/tmp\x00"}, "cwd", "NUL byte"),
+    ("surrogate-cwd", {"cwd": "/\udfff"}, "cwd", "string"),
+    ("empty-cwd", {"cwd": ""}, "cwd", "at least 1"),
+    ("nul-env-name", {"env": {"A\x00": "1"}}, "env", "NUL byte"),
+    ("nul-env-value", {"env": {"A": "1\x00"}}, "env", "NUL byte"),
+    ("surrogate-env-name", {"env": {"A\ud800": "1"}}, "env", "lone surrogate"),
+    ("surrogate-env-value", {"env": {"A": "\udc80"}}, "env", "lone surrogate"),
+    ("equals-env-name", {"env": {"A=B": "1"}}, "env", "no '='"),
+    ("empty-env-name", {"env": {"": "1"}}, "env", "non-empty"),
+    ("too-many-env", {"env": {f"V{i}": "" for i in range(f.MAX_ENV_ENTRIES + 1)}}, "env",
+     "at most"),
+    ("zero-timeout", {"timeout": 0}, "timeout", "greater than 0"),
+    ("negative-timeout", {"timeout": -1.0}, "timeout", "greater than 0"),
+    ("huge-timeout", {"timeout": 10_000_001.0}, "timeout", "less than or equal"),
+    ("nan-timeout", {"timeout": float("nan")}, "timeout", ""),
+    ("inf-timeout", {"timeout": float("inf")}, "timeout", ""),
+]
+
+
+@pytest.mark.parametrize(("name", "changes", "field", "fragment"), RUN_REJECTS,
+                         ids=[r[0] for r in RUN_REJECTS])
+def test_run_rejects(name: str, changes: dict[str, Any], field: str, fragment: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        f.Run(**{"command": "true", **changes})
+    assert field_error(info) == {field}
+    assert fragment in str(info.value)
+
+
+def test_run_env_limit_is_inclusive() -> None:
+    env = {f"V{i}": "" for i in range(f.MAX_ENV_ENTRIES)}
+    assert len(f.Run(command="x", env=env).env) == f.MAX_ENV_ENTRIES
+
+
+# --- signal, exit, error -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", f.SIGNAL_NAMES)
+def test_known_signal_names_are_accepted(name: str) -> None:
+    assert f.Signal(signal=name).signal == name
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "int", "SEGV", "", 2, "INT "])
+def test_other_signal_names_are_refused(name: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        f.Signal(signal=name)
+    assert field_error(info) == {"signal"}
+
+
+@pytest.mark.parametrize(("changes", "ok"), [
+    ({"exit_code": 0}, True),
+    ({"exit_code": 255}, True),
+    ({"exit_code": None, "signal": 9}, True),
+    ({"exit_code": -1}, False),
+    ({"exit_code": 256}, False),
+    ({"signal": 1}, True),
+    ({"signal": 128}, True),
+    ({"signal": 0}, False),
+    ({"signal": 129}, False),
+    ({"duration": 0.0}, True),
+    ({"duration": -0.001}, False),
+    ({"duration": float("nan")}, False),
+    ({"stdout_bytes": -1}, False),
+    ({"stderr_bytes": -1}, False),
+    ({"stdout_bytes": 2**40}, True),
+])
+def test_exit_bounds(changes: dict[str, Any], ok: bool) -> None:
+    if ok:
+        exit_frame = f.Exit(**{**EXIT, **changes})
+        for key, value in changes.items():
+            assert getattr(exit_frame, key) == value
+    else:
+        with pytest.raises(ValidationError) as info:
+            f.Exit(**{**EXIT, **changes})
+        assert field_error(info) == set(changes)
+
+
+def test_exit_code_is_required_even_if_none() -> None:
+    fields = {k: v for k, v in EXIT.items() if k != "exit_code"}
+    with pytest.raises(ValidationError) as info:
+        f.Exit(**fields)
+    assert field_error(info) == {"exit_code"}
+
+
+@pytest.mark.parametrize("code", ["", "Bad", "1x", "_x", "a-b", "a b", "ok\n", "x" * 65])
+def test_error_codes_are_snake_case_identifiers(code: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        f.Error(code=code, message="m")
+    assert field_error(info) == {"code"}
+
+
+def test_error_fields() -> None:
+    error = f.Error(code="bad_cwd2", message="x" * 4096)
+    assert error.fatal is True
+    assert f.Error(code="x" * 64, message="", fatal=False).fatal is False
+    with pytest.raises(ValidationError) as info:
+        f.Error(code="x", message="x" * 4097)
+    assert field_error(info) == {"message"}
+
+
+def test_parse_header_picks_the_model_by_type() -> None:
+    assert isinstance(f.parse_header({"type": "stdout", "size": 3}), f.Stdout)
+    assert isinstance(f.parse_header({"type": "stderr", "size": 3}), f.Stderr)
+    with pytest.raises(ValidationError):
+        f.parse_header({"type": "stdout", "size": 3, "signal": "INT"})
+
+
+# --- bugs: these fail until rexec/frames.py is fixed ---------------------------------------
+
+
+@pytest.mark.parametrize("size", [False, 0.0], ids=["false", "float-zero"])
+def test_control_frame_size_zero_is_strict(size: object) -> None:
+    """``size: Literal[0]`` (frames.py line 50) accepts False and 0.0 even in strict mode.
+
+    Every other numeric field refuses booleans and floats for ints; ``{"type": "cancel",
+    "size": false}`` on the wire is accepted as a cancel frame.
+    """
+    with pytest.raises(ValidationError):
+        f.parse_header({"type": "cancel", "size": size})
+
+
+def test_exit_refuses_an_infinite_duration() -> None:
+    """``Exit.duration`` (frames.py line 170) is ``Field(ge=0)``, so inf is valid.
+
+    pydantic serialises inf as ``null``: the frame this side encodes is refused by the peer's
+    decoder ("exit.duration: Input should be a valid number"). A header that validates should
+    also encode to something that decodes back to it.
+    """
+    header = None
+    try:
+        header = f.Exit(**{**EXIT, "duration": float("inf")})
+    except ValidationError:
+        return  # refused when built: fine
+    raw = encode(header)
+    assert decode_header(raw[4:]) == header
