@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -45,6 +46,13 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def run_server(settings: ServerSettings, token: str) -> int:
     """Serve until SIGTERM or SIGINT; return the process exit status."""
     logging.basicConfig(
@@ -68,6 +76,10 @@ async def _serve(settings: ServerSettings, token: str) -> int:
         return 1
     for host, port in addresses:
         print(f"listening on {format_address(host, port)}", flush=True)
+        if not _is_loopback(host):
+            logging.getLogger("rexec.server").warning(
+                "listening on %s without TLS: the token is never sent, but commands and their"
+                " output cross the network unencrypted; use a trusted network only", host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -36,6 +36,32 @@ def write_token(path: Path, token: str = TOKEN) -> Path:
     return path
 
 
+def live_children(pid: int) -> list[str]:
+    """Command lines of the live (non-zombie) direct children of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_processes_left_behind() -> Iterator[None]:
+    """Fail the run if any test left a process (a server, a client) running."""
+    yield
+    deadline = time.monotonic() + 10
+    while (left := live_children(os.getpid())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes left behind: {left}"
+
+
 @dataclass
 class ServerProcess:
     """A real ``python server.py`` child listening on an ephemeral loopback port."""

@@ -239,3 +239,17 @@ def test_sigterm_stops_the_server_and_its_commands(tmp_path, client_token_file):
         client.wait()
         client.stdout.close()
         client.stderr.close()
+
+
+def test_timeout_sigkills_a_command_that_ignores_sigterm(tmp_path, client_token_file):
+    srv = start_server(tmp_path, "--config", str(_config(tmp_path, "kill_grace = 1")))
+    try:
+        started = time.monotonic()
+        r = run_cli("run", "--timeout", "0.5", "--token-file", str(client_token_file),
+                    srv.address, "--", "trap '' TERM; echo trapped; sleep 30; echo never")
+        elapsed = time.monotonic() - started
+        assert r.returncode == 124
+        assert r.stdout == b"trapped\n"
+        assert elapsed < 10
+    finally:
+        assert srv.stop() == 0
