@@ -199,7 +199,8 @@ class BlockingClient:
     def _queue(self, core: ClientCore, source: _StdinSource | None) -> None:
         """Collect what the core wants sent, plus stdin that needs no polling, if there is room."""
         self._out += core.data_to_send()
-        if source is not None and source.ready_without_poll and len(self._out) < SEND_HIGH_WATER:
+        if (source is not None and source.ready_without_poll and core.stdin_credit
+                and len(self._out) < SEND_HIGH_WATER):
             source.pump(core)
             self._out += core.data_to_send()
 
@@ -208,7 +209,7 @@ class BlockingClient:
         """Wait for the socket, stdin or a wake-up, and serve whichever is ready."""
         poller.register(sock, _IN | (_OUT if self._out else 0))
         if source is not None and source.fd is not None:
-            if len(self._out) < SEND_HIGH_WATER and core.running:
+            if len(self._out) < SEND_HIGH_WATER and core.running and core.stdin_credit:
                 poller.register(source.fd, _IN)
             else:
                 with contextlib.suppress(KeyError):
@@ -275,11 +276,13 @@ class _StdinSource:
             self.ready_without_poll = True  # a file is always readable; poll says so too
 
     def pump(self, core: ClientCore) -> None:
-        """Move one chunk of stdin into the core; send EOF at its end."""
+        """Move one chunk of stdin (within the credit) into the core; send EOF at its end."""
         if not core.running:
             self._finish()
             return
-        chunk = self._read()
+        if not core.stdin_credit:
+            return
+        chunk = self._read(min(STDIN_CHUNK, core.stdin_credit))
         if chunk is None:
             return  # a non-blocking descriptor with nothing to read yet
         if chunk:
@@ -288,15 +291,15 @@ class _StdinSource:
             core.send_stdin_eof()
             self._finish()
 
-    def _read(self) -> bytes | None:
+    def _read(self, size: int) -> bytes | None:
         if self._data is not None:
-            chunk, self._data = bytes(self._data[:STDIN_CHUNK]), self._data[STDIN_CHUNK:]
+            chunk, self._data = bytes(self._data[:size]), self._data[size:]
             return chunk
         if self._file is not None:
-            return self._file.read(STDIN_CHUNK) or b""
+            return self._file.read(size) or b""
         assert self.fd is not None
         try:
-            return os.read(self.fd, STDIN_CHUNK)
+            return os.read(self.fd, size)
         except BlockingIOError:
             return None
         except OSError:

@@ -66,6 +66,7 @@ class Client:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
+        self._credit = asyncio.Event()  # set while the core has stdin credit
         self.server_agent = ""
 
     async def __aenter__(self) -> Client:
@@ -125,6 +126,8 @@ class Client:
             raise RexecError("the client is not connected: use 'async with Client(...)'")
         while True:
             event = core.next_event()
+            if core.stdin_credit:
+                self._credit.set()
             self._flush(core)
             if event is not None:
                 return event
@@ -227,15 +230,24 @@ class CommandStream:
                     await self._cancel(core)
 
     async def _feed(self, core: ClientCore, source: StdinSource) -> None:
-        writer = self._client._writer
+        client = self._client
+        writer = client._writer
         assert writer is not None
         async for chunk in _stdin_chunks(source):
-            if not core.running:
-                return
-            core.send_stdin(chunk)
-            self._client._flush(core)
-            with map_socket_errors("connection broke while sending stdin"):
-                await writer.drain()
+            view = memoryview(chunk)
+            while view:
+                if not core.running:
+                    return
+                if not core.stdin_credit:  # wait for the server to take what it was sent
+                    client._credit.clear()
+                    await client._credit.wait()
+                    continue
+                count = min(len(view), core.stdin_credit)
+                core.send_stdin(view[:count])
+                view = view[count:]
+                client._flush(core)
+                with map_socket_errors("connection broke while sending stdin"):
+                    await writer.drain()
         if core.running:
             core.send_stdin_eof()
             self._client._flush(core)

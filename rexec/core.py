@@ -23,6 +23,7 @@ from rexec.errors import (
 from rexec.frames import (
     MAX_BODY_SIZE,
     PROTOCOL_VERSION,
+    STDIN_WINDOW,
     Auth,
     Cancel,
     Challenge,
@@ -86,6 +87,7 @@ class ClientCore:
         self._outgoing = bytearray()
         self._eof = False
         self._run: Run | None = None
+        self.stdin_credit = 0  # stdin bytes we may still send before the server credits more
         self._capture = False
         self._captured: dict[StreamName, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._counts: dict[StreamName, int] = {"stdout": 0, "stderr": 0}
@@ -115,13 +117,20 @@ class ClientCore:
         run = Run(command=command, env=env or {}, cwd=cwd, timeout=timeout, stdin=stdin)
         self._send(run)
         self._run = run
+        self.stdin_credit = STDIN_WINDOW if stdin else 0
         self._capture = capture
         self._captured = {"stdout": bytearray(), "stderr": bytearray()}
         self._counts = {"stdout": 0, "stderr": 0}
 
     def send_stdin(self, data: bytes | memoryview) -> None:
-        """Queue bytes for the command's standard input."""
+        """Queue bytes for the command's standard input, at most ``stdin_credit`` of them."""
         view = memoryview(data)
+        if len(view) > self.stdin_credit:
+            raise ValueError(
+                f"{len(view)} bytes of stdin exceed the credit of {self.stdin_credit}: wait for"
+                " the server to credit more (flow control, see docs/protocol.md)"
+            )
+        self.stdin_credit -= len(view)
         for start in range(0, len(view), MAX_BODY_SIZE):
             piece = view[start : start + MAX_BODY_SIZE]
             self._send(Stdin(size=len(piece)), piece)
@@ -184,29 +193,37 @@ class ClientCore:
                 if self._eof:
                     raise ConnectionLost(self._lost_message(), self.received)
                 return None
-            header = frame.header
-            if header.type == "challenge":
-                self._answer(header)
-            elif header.type == "auth_ok":
-                expected = server_proof(
-                    self._token, self._nonce, self._server_nonce, PROTOCOL_VERSION
-                )
-                if not proofs_match(expected, header.mac):
-                    self.conn.state = State.CLOSED  # never usable: the server is unverified
-                    raise AuthenticationError(
-                        "the server's proof of the token is wrong: it is not the server you"
-                        " think it is, or its token differs", "server_auth_failed")
-                return Authenticated(self.server_agent)
-            elif header.type in ("stdout", "stderr"):
-                name: StreamName = header.type
-                self._counts[name] += len(frame.body)
-                if self._capture:
-                    self._captured[name] += frame.body
-                return Output(name, frame.body)
-            elif header.type == "exit":
-                return Finished(self._finish(header))
-            elif header.type == "error":
-                raise self._remote_error(header)
+            event = self._handle(frame.header, frame.body)
+            if event is not None:
+                return event
+
+    def _handle(self, header: Header, body: memoryview) -> Event | None:
+        if header.type == "challenge":
+            self._answer(header)
+        elif header.type == "auth_ok":
+            return self._verify_server(header.mac)
+        elif header.type == "stdin_credit":
+            self.stdin_credit += header.amount
+        elif header.type in ("stdout", "stderr"):
+            name: StreamName = header.type
+            self._counts[name] += len(body)
+            if self._capture:
+                self._captured[name] += body
+            return Output(name, body)
+        elif header.type == "exit":
+            return Finished(self._finish(header))
+        elif header.type == "error":
+            raise self._remote_error(header)
+        return None
+
+    def _verify_server(self, mac: str) -> Authenticated:
+        expected = server_proof(self._token, self._nonce, self._server_nonce, PROTOCOL_VERSION)
+        if not proofs_match(expected, mac):
+            self.conn.state = State.CLOSED  # never usable: the server is unverified
+            raise AuthenticationError(
+                "the server's proof of the token is wrong: it is not the server you"
+                " think it is, or its token differs", "server_auth_failed")
+        return Authenticated(self.server_agent)
 
     def _answer(self, challenge: Challenge) -> None:
         if challenge.version != PROTOCOL_VERSION:
@@ -238,6 +255,7 @@ class ClientCore:
             stderr_bytes=exit_frame.stderr_bytes,
         )
         self._run = None
+        self.stdin_credit = 0
         self._captured = {"stdout": bytearray(), "stderr": bytearray()}
         return result
 

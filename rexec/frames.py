@@ -20,6 +20,9 @@ MAX_HEADER_SIZE = 64 * 1024
 MAX_BODY_SIZE = 1024 * 1024
 """Largest body one frame may carry; checked before the body is read."""
 
+STDIN_WINDOW = 1024 * 1024
+"""Stdin bytes a client may send for a command beyond those the server has credited back."""
+
 MAX_COMMAND_LENGTH = 32 * 1024
 MAX_ENV_ENTRIES = 256
 NONCE_HEX_LENGTH = 64  # 32 random bytes, hex encoded
@@ -150,6 +153,13 @@ class Cancel(_Control):
     type: Literal["cancel"] = "cancel"
 
 
+class StdinCredit(_Control):
+    """Server -> client: ``amount`` more bytes of stdin may be sent (the command consumed them)."""
+
+    type: Literal["stdin_credit"] = "stdin_credit"
+    amount: int = Field(ge=1, le=STDIN_WINDOW)
+
+
 class Stdout(_Data):
     """Server -> client: ``size`` bytes the command wrote to standard output."""
 
@@ -191,6 +201,7 @@ Header: TypeAlias = Annotated[
     | Run
     | Stdin
     | StdinEof
+    | StdinCredit
     | Signal
     | Cancel
     | Stdout

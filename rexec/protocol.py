@@ -43,6 +43,7 @@ TRANSITIONS: dict[tuple[State, Role, str], State] = {
     # Input the client sent before it saw the command's exit frame arrives late; it is dropped.
     **{(State.READY, C, event): State.READY for event in _LATE_INPUT},
     **{(State.RUNNING, C, event): State.RUNNING for event in _LATE_INPUT},
+    (State.RUNNING, S, "stdin_credit"): State.RUNNING,
     (State.RUNNING, S, "stdout"): State.RUNNING,
     (State.RUNNING, S, "stderr"): State.RUNNING,
     (State.RUNNING, S, "exit"): State.READY,

@@ -179,6 +179,17 @@ class ChildProcess:
         self.timed_out = True
         self.terminate()
 
+    def forget_group_if_empty(self) -> None:
+        """Cancel a pending SIGKILL if the whole group is gone, so it cannot hit a reused ID."""
+        if self._kill_timer is None:
+            return
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            self._kill_timer.cancel()
+        except PermissionError:
+            pass
+
     def close(self) -> None:
         """Release the pipes; the exit watcher closes itself."""
         for stream_no in (0, 1, 2):

@@ -14,7 +14,9 @@ import json
 import logging
 import signal
 import time
-from typing import Any
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from rexec import __version__
 from rexec.auth import client_proof, new_nonce, proofs_match, server_proof
@@ -23,6 +25,8 @@ from rexec.config import DEFAULT_PORT
 from rexec.errors import ConnectionLost, ProtocolError
 from rexec.frames import (
     PROTOCOL_VERSION,
+    STDIN_WINDOW,
+    Auth,
     AuthOk,
     Challenge,
     Error,
@@ -30,9 +34,10 @@ from rexec.frames import (
     Hello,
     Run,
     Stderr,
+    StdinCredit,
     Stdout,
 )
-from rexec.protocol import Role
+from rexec.protocol import Role, State
 from rexec.runner import READ_CHUNK, ChildProcess, Runner
 from rexec.transport import STREAM_LIMIT, FramedStream
 
@@ -41,6 +46,8 @@ log = logging.getLogger("rexec.server")
 AGENT = f"rexec-server/{__version__}"
 HANDSHAKE_TIMEOUT = 10.0
 ERROR_SEND_TIMEOUT = 2.0
+CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
+HandshakeT = TypeVar("HandshakeT", Hello, Auth)
 
 
 class _Refused(Exception):
@@ -120,6 +127,69 @@ class Server:
             self.sessions.discard(session)
 
 
+class StdinFeeder:
+    """Writes the client's stdin frames to a child, and credits the bytes back as they go.
+
+    The client may have at most STDIN_WINDOW uncredited bytes in flight, so the queue here is
+    bounded, and the session's read loop never waits on a child that does not read its input:
+    a cancel or signal frame behind the stdin is acted on at once.
+    """
+
+    def __init__(self, child: ChildProcess, send_credit: Callable[[int], None]) -> None:
+        self._child = child
+        self._send_credit = send_credit
+        self._queue: deque[bytes] = deque()
+        self._pending = 0
+        self._eof = False
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    def push(self, data: memoryview) -> None:
+        """Queue a stdin frame's body; ProtocolError if the client overran its window."""
+        if self._eof:
+            raise ProtocolError("stdin frame after stdin_eof", "unexpected_frame")
+        if self._pending + len(data) > STDIN_WINDOW:
+            raise ProtocolError(
+                f"the client sent more than {STDIN_WINDOW} bytes of stdin without credit",
+                "stdin_overflow",
+            )
+        self._queue.append(bytes(data))
+        self._pending += len(data)
+        self._wake.set()
+
+    def close(self) -> None:
+        """The client sent stdin_eof: close the child's stdin once the queue is written."""
+        self._eof = True
+        self._wake.set()
+
+    async def _run(self) -> None:
+        credit = 0
+        while True:
+            while not self._queue:
+                if credit:
+                    self._send_credit(credit)
+                    credit = 0
+                if self._eof:
+                    self._child.close_stdin()
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            chunk = self._queue.popleft()
+            if self._child.stdin_open:
+                await self._child.write_stdin(chunk)  # a child that closed stdin: dropped
+            self._pending -= len(chunk)
+            credit += len(chunk)
+            if credit >= CREDIT_BATCH:
+                self._send_credit(credit)
+                credit = 0
+
+    async def stop(self) -> None:
+        """Stop feeding (the command ended); what is still queued is dropped."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
 class Session:
     """One client connection: handshake, then commands one after another."""
 
@@ -128,6 +198,7 @@ class Session:
         self.stream = stream
         self.peer = stream.peer
         self.child: ChildProcess | None = None
+        self.feeder: StdinFeeder | None = None
         self.command_task: asyncio.Task[None] | None = None
         self.lost = False
         self.finishing = False
@@ -171,8 +242,7 @@ class Session:
 
     async def handshake(self) -> None:
         """Negotiate the version and check the client's proof of the token."""
-        hello = (await self.stream.receive()).header
-        assert isinstance(hello, Hello)  # the state table allows nothing else here
+        hello = await self._receive_handshake(Hello)
         if PROTOCOL_VERSION not in hello.versions:
             raise _Refused(
                 "unsupported_version",
@@ -182,8 +252,7 @@ class Session:
         nonce = new_nonce()
         self.stream.send(Challenge(version=PROTOCOL_VERSION, nonce=nonce, agent=AGENT))
         await self.stream.drain()
-        auth = (await self.stream.receive()).header
-        assert auth.type == "auth"
+        auth = await self._receive_handshake(Auth)
         token = self.server.token
         expected = client_proof(token, hello.nonce, nonce, PROTOCOL_VERSION)
         if not proofs_match(expected, auth.mac):
@@ -191,6 +260,15 @@ class Session:
         self.stream.send(AuthOk(mac=server_proof(token, hello.nonce, nonce, PROTOCOL_VERSION)))
         await self.stream.drain()
         log_event(logging.INFO, "authenticated", peer=self.peer, agent=hello.agent)
+
+    async def _receive_handshake(self, kind: type[HandshakeT]) -> HandshakeT:
+        """The client's next handshake frame; its error frame ends the session quietly."""
+        header = (await self.stream.receive()).header
+        if header.type == "error":
+            raise ConnectionLost(f"the client ended the handshake: {header.message}")
+        if not isinstance(header, kind):  # the state table already refuses anything else
+            raise ProtocolError(f"expected {kind.__name__}, got {header.type}", "unexpected_frame")
+        return header
 
     async def handle(self, frame: Frame) -> None:
         """Act on one frame from an authenticated client."""
@@ -202,10 +280,11 @@ class Session:
         elif child is None:
             return  # stdin, eof, signal or cancel that crossed the exit frame: nothing to do
         elif header.type == "stdin":
-            if child.stdin_open:
-                await child.write_stdin(frame.body)
+            if self.feeder is not None:
+                self.feeder.push(frame.body)
         elif header.type == "stdin_eof":
-            child.close_stdin()
+            if self.feeder is not None:
+                self.feeder.close()
         elif header.type == "signal":
             child.signal_group(signal.Signals[f"SIG{header.signal}"])
         elif header.type == "cancel":
@@ -225,20 +304,33 @@ class Session:
             self.stream.send(Error(code="spawn_failed", message=message, fatal=False))
             return
         self.child = child
+        if run.stdin:
+            self.feeder = StdinFeeder(child, self.send_credit)
         self.command_task = asyncio.create_task(self.supervise(child, run, started))
+
+    def send_credit(self, amount: int) -> None:
+        """Let the client send ``amount`` more bytes of stdin."""
+        if not self.lost and self.stream.conn.state is State.RUNNING:
+            self.stream.send(StdinCredit(amount=amount))
 
     async def supervise(self, child: ChildProcess, run: Run, started: float) -> None:
         """Pump the child's output, wait for it, then send the exit frame and log it."""
         loop = asyncio.get_running_loop()
         timer = loop.call_later(run.timeout, child.expire) if run.timeout else None
         try:
+            # gather() waits for all three even if one fails, so no pump is left reading a
+            # pipe that close() below releases.
             out, err, status = await asyncio.gather(
                 self.pump(child, 1), self.pump(child, 2), child.wait()
             )
         finally:
             if timer is not None:
                 timer.cancel()
+            if self.feeder is not None:
+                await self.feeder.stop()
+                self.feeder = None
             child.close()
+            child.forget_group_if_empty()
             self.child = None
         exit_frame = Exit(
             exit_code=status.exit_code,
@@ -272,7 +364,7 @@ class Session:
             try:
                 self.stream.send(kind(size=count), view[:count])
                 await self.stream.drain()
-            except ConnectionLost:
+            except (ConnectionLost, ProtocolError):  # gone, or closed by a fatal error frame
                 self.connection_lost()
         return total
 
@@ -288,10 +380,13 @@ class Session:
             return
         try:
             self.stream.send(Error(code=code, message=message[:4000], fatal=True))
+        except ProtocolError:
+            return
+        finally:
+            self.connection_lost()  # nothing more may be sent after a fatal error
+        with contextlib.suppress(ConnectionLost, TimeoutError):
             async with asyncio.timeout(ERROR_SEND_TIMEOUT):
                 await self.stream.drain()
-        except (ConnectionLost, ProtocolError, TimeoutError):
-            pass
 
     async def finish(self) -> None:
         """Kill what is still running, wait for it within bounds, close the connection."""

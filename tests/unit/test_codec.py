@@ -92,6 +92,7 @@ VALID: list[tuple[str, f.Header, bytes]] = [
     ("stdin-one", f.Stdin(size=1), b"\x00"),
     ("stdin-many", f.Stdin(size=len(MANY)), MANY),
     ("stdin_eof", f.StdinEof(), b""),
+    ("stdin_credit", f.StdinCredit(amount=262144), b""),
     ("signal", f.Signal(signal="INT"), b""),
     ("cancel", f.Cancel(), b""),
     ("stdout-empty", f.Stdout(size=0), b""),
@@ -115,7 +116,7 @@ VALID_IDS = [case[0] for case in VALID]
 def test_valid_table_covers_every_header_type() -> None:
     models = typing.get_args(typing.get_args(f.Header)[0])
     assert {h.type for _, h, _ in VALID} == {m.model_fields["type"].default for m in models}
-    assert len(models) == 13
+    assert len(models) == 14
 
 
 @pytest.mark.parametrize(("name", "header", "body"), VALID, ids=VALID_IDS)
@@ -438,6 +439,7 @@ _control = st.one_of(
     st.builds(f.Signal, signal=st.sampled_from(f.SIGNAL_NAMES)),
     st.just(f.Cancel()),
     st.just(f.StdinEof()),
+    st.builds(f.StdinCredit, amount=st.integers(1, f.STDIN_WINDOW)),
     st.builds(f.Exit, exit_code=st.none() | st.integers(0, 255),
               signal=st.none() | st.integers(1, 128), timed_out=st.booleans(),
               duration=st.floats(0, 1e9), stdout_bytes=st.integers(0, 2**53),

@@ -326,18 +326,25 @@ def test_fatal_error_is_a_remote_error() -> None:
 def test_stdin_signal_and_cancel_are_sent() -> None:
     core, server = handshake()
     start(core, server, "cat", stdin=True)
-    big = bytes(range(256)) * (f.MAX_BODY_SIZE // 256 + 10)
+    assert core.stdin_credit == f.STDIN_WINDOW
+    big = bytes(range(256)) * (f.STDIN_WINDOW // 256)
     core.send_stdin(big)
+    assert core.stdin_credit == 0
+    with pytest.raises(ValueError, match="credit"):
+        core.send_stdin(b"x")  # flow control: nothing beyond the window
+    server.send(f.StdinCredit(amount=1000))
+    assert core.next_event() is None
+    assert core.stdin_credit == 1000
+    core.send_stdin(b"tail")
     core.send_stdin(b"")
     core.send_stdin_eof()
     core.send_signal("INT")
     core.cancel()
     got = server.receive()
     stdin = [body for header, body in got if header.type == "stdin"]
-    assert len(stdin) == 2
     assert all(len(body) <= f.MAX_BODY_SIZE for body in stdin)
-    assert b"".join(stdin) == big
-    assert [h.type for h, _ in got[2:]] == ["stdin_eof", "signal", "cancel"]
+    assert b"".join(stdin) == big + b"tail"
+    assert [h.type for h, _ in got][-3:] == ["stdin_eof", "signal", "cancel"]
     assert got[3][0] == f.Signal(signal="INT")
 
 

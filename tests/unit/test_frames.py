@@ -26,6 +26,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "run": {"command": "true"},
     "stdin": {"size": 1},
     "stdin_eof": {},
+    "stdin_credit": {"amount": 4096},
     "signal": {"signal": "TERM"},
     "cancel": {},
     "stdout": {"size": 1},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import typing
 from collections import deque
 
 import pytest
@@ -16,16 +17,14 @@ from rexec.protocol import TRANSITIONS, Connection, Role, State, event_name, tra
 
 C, S = Role.CLIENT, Role.SERVER
 NONCE = "0f" * 32
-FRAME_TYPES = sorted(m.model_fields["type"].default
-                     for m in (f.Hello, f.Challenge, f.Auth, f.AuthOk, f.Run, f.Stdin,
-                               f.StdinEof, f.Signal, f.Cancel, f.Stdout, f.Stderr, f.Exit,
-                               f.Error))
+MODELS = typing.get_args(typing.get_args(f.Header)[0])  # every model in the union
+FRAME_TYPES = sorted(m.model_fields["type"].default for m in MODELS)
 EVENTS = [*FRAME_TYPES, "error_nonfatal"]
 ALL_INPUTS = list(itertools.product(State, Role, [*EVENTS, "bogus", ""]))
 
 
 def test_events_are_the_frame_types() -> None:
-    assert len(FRAME_TYPES) == 13
+    assert len(FRAME_TYPES) == 14
     assert {event for _, _, event in TRANSITIONS} <= set(EVENTS)
 
 
@@ -106,7 +105,8 @@ def test_closed_is_final_and_fatal_errors_close_from_anywhere() -> None:
 
 def test_each_frame_type_has_one_sender() -> None:
     client_only = {"hello", "auth", "run", "stdin", "stdin_eof", "signal", "cancel"}
-    server_only = {"challenge", "auth_ok", "stdout", "stderr", "exit", "error_nonfatal"}
+    server_only = {"challenge", "auth_ok", "stdin_credit", "stdout", "stderr", "exit",
+                   "error_nonfatal"}
     for _, role, event in TRANSITIONS:
         assert event not in (client_only if role is S else server_only)
 
