@@ -36,19 +36,29 @@ def write_token(path: Path, token: str = TOKEN) -> Path:
     return path
 
 
-def live_children(pid: int) -> list[str]:
-    """Command lines of the live (non-zombie) direct children of ``pid``."""
-    found = []
+def live_processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, /proc/PID/stat fields after the command name) of every non-zombie process."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(f"{entry.name}: {cmdline}")
+        if fields[0] != "Z":
+            yield int(entry.name), fields
+
+
+def live_children(pid: int) -> list[str]:
+    """Command lines of the live (non-zombie) direct children of ``pid``."""
+    found = []
+    for child, fields in live_processes():
+        if int(fields[1]) == pid:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue  # it just ended
+            found.append(f"{child}: {cmdline.decode(errors='replace')}")
     return found
 
 
@@ -160,18 +170,17 @@ def run_cli(*args: str, token_file: Path | None = None, input: bytes | None = No
 
 def pids_in_group(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, fields in live_processes() if int(fields[2]) == pgid]
+
+
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` if it still runs, wait for it and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> bool:

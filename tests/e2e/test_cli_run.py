@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, pids_in_group, run_cli, wait_until
+from tests.conftest import ROOT, pids_in_group, reap, run_cli, wait_until
 
 
 def rexec(server, token_file, *words, **kwargs):
@@ -219,11 +219,7 @@ def test_first_line_arrives_before_the_command_ends(server, client_token_file):
         assert proc.stdout.readline() == b"second\n"
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        reap(proc)
 
 
 def _start_sleeper(server, token_file, tmp_path):
@@ -247,11 +243,7 @@ def test_ctrl_c_stops_the_remote_command_and_exits_130(server, client_token_file
         assert proc.wait(20) == 130
         assert wait_until(lambda: not pids_in_group(pgid))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        reap(proc)
 
 
 def test_client_killed_mid_command_kills_the_process_group(server, client_token_file, tmp_path):
@@ -371,3 +363,16 @@ def test_16_concurrent_clients(server, client_token_file, tmp_path):
     for n, (code, out) in enumerate(results):
         assert code == 0
         assert out == f"{n}:".encode() + expected
+
+
+def test_a_terminal_stdin_is_not_forwarded(server, client_token_file):
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        r = rexec(server, client_token_file, "cat; echo done", stdin=follower, timeout=30)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert r.returncode == 0
+    assert r.stdout == b"done\n"

@@ -14,7 +14,7 @@ import rexec
 from rexec.codec import FrameDecoder, encode
 from rexec.core import Authenticated, ClientCore
 from rexec.frames import Error, Hello
-from tests.conftest import ROOT, pids_in_group, run_cli, wait_until
+from tests.conftest import ROOT, pids_in_group, reap, run_cli, wait_until
 
 
 def test_cancel_is_not_stuck_behind_stdin_the_command_never_reads(server):
@@ -49,11 +49,7 @@ def test_ctrl_c_with_unread_stdin_exits_130_promptly(server, client_token_file, 
         assert proc.wait(15) == 130
         assert wait_until(lambda: not pids_in_group(pgid))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        reap(proc)
 
 
 def _authenticated_socket(server) -> tuple[socket.socket, ClientCore]:
