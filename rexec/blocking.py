@@ -15,8 +15,8 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import IO
+from types import ModuleType, TracebackType
+from typing import IO, Any
 
 from rexec.config import client_settings, parse_address
 from rexec.core import Authenticated, ClientCore, Event, Finished, Output
@@ -25,7 +25,6 @@ from rexec.errors import (
     ConnectError,
     ConnectionLost,
     RexecError,
-    map_socket_errors,
 )
 from rexec.result import Result
 
@@ -50,20 +49,22 @@ class BlockingClient:
         token_file: str | Path | None = None,
         config: str | Path | None = None,
         connect_timeout: float | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         self.address = address
         self.host, self.port = parse_address(address)
         self.settings, self._token = client_settings(
-            token,
-            Path(token_file) if token_file is not None else None,
-            Path(config) if config is not None else None,
-            connect_timeout,
+            token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
         )
         self._sock: socket.socket | None = None
         self._core: ClientCore | None = None
         self._out = bytearray()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._cancel_requested = False
+        self._ssl: ModuleType | None = None  # the ssl module, once the connection uses TLS
         self.server_agent = ""
 
     def __enter__(self) -> BlockingClient:
@@ -90,6 +91,8 @@ class BlockingClient:
             raise ConnectError(
                 f"cannot connect to {self.address}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.settings.tls_ca is not None:
+            sock = self._wrap_tls(sock, self.settings.tls_ca)
         sock.setblocking(False)
         self._sock = sock
         self._core = ClientCore(self._token)
@@ -105,6 +108,25 @@ class BlockingClient:
                 f" within {timeout:g} s (is it a rexec server?)")
         assert isinstance(event, Authenticated)
         self.server_agent = event.server_agent
+
+    def _wrap_tls(self, sock: socket.socket, ca: Path) -> socket.socket:
+        """Do the TLS handshake (blocking, within the connect timeout)."""
+        import ssl
+
+        from rexec.tls import client_context, describe_ssl_error
+
+        context = client_context(ca, self.settings.tls_cert, self.settings.tls_key)
+        try:
+            wrapped = context.wrap_socket(sock, server_hostname=self.host)
+        except ssl.SSLError as exc:
+            sock.close()
+            raise ConnectError(f"{self.address}: {describe_ssl_error(exc)}") from None
+        except OSError as exc:
+            sock.close()
+            raise ConnectError(
+                f"{self.address}: TLS handshake failed: {exc.strerror or exc}") from None
+        self._ssl = ssl
+        return wrapped
 
     def close(self) -> None:
         """Close the connection and the wake-up pipe."""
@@ -207,6 +229,9 @@ class BlockingClient:
     def _poll(self, poller: select.poll, sock: socket.socket, core: ClientCore,
               source: _StdinSource | None, wait: float | None) -> None:
         """Wait for the socket, stdin or a wake-up, and serve whichever is ready."""
+        if self._ssl is not None and sock.pending():  # type: ignore[attr-defined]
+            self._receive(sock, core)  # decrypted bytes poll() cannot see
+            return
         poller.register(sock, _IN | (_OUT if self._out else 0))
         if source is not None and source.fd is not None:
             if len(self._out) < SEND_HIGH_WATER and core.running and core.stdin_credit:
@@ -230,12 +255,13 @@ class BlockingClient:
 
     def _receive(self, sock: socket.socket, core: ClientCore) -> None:
         try:
-            with map_socket_errors("connection to the server broke", core.received):
-                count = sock.recv_into(core.get_buffer(), READ_SIZE)
-        except ConnectionLost:
-            core.receive_eof()  # let the core say what was lost, and when
-            return
+            count = sock.recv_into(core.get_buffer(), READ_SIZE)
         except BlockingIOError:
+            return
+        except OSError as exc:
+            if not self._tls_would_block(exc):
+                self._raise_tls_failure(exc, core)
+                core.receive_eof()  # let the core say what was lost, and when
             return
         if count:
             core.buffer_updated(count)
@@ -246,14 +272,30 @@ class BlockingClient:
         if not self._out:
             return
         try:
-            with map_socket_errors("connection to the server broke", core.received):
-                sent = sock.send(self._out)
+            sent = sock.send(self._out)
         except BlockingIOError:
             return
-        except ConnectionLost:
-            self._out.clear()  # the peer is gone; reading will report how
+        except OSError as exc:
+            if not self._tls_would_block(exc):
+                self._raise_tls_failure(exc, core)
+                self._out.clear()  # the peer is gone; reading will report how
             return
         del self._out[:sent]
+
+    def _tls_would_block(self, exc: OSError) -> bool:
+        """TLS's want-read/want-write: the TLS twin of BlockingIOError."""
+        ssl = self._ssl
+        return ssl is not None and isinstance(exc, ssl.SSLWantReadError | ssl.SSLWantWriteError)
+
+    def _raise_tls_failure(self, exc: OSError, core: ClientCore) -> None:
+        """Raise ConnectionLost explaining a TLS error (an alert, a bad record), if it is one."""
+        ssl = self._ssl
+        if ssl is None or not isinstance(exc, ssl.SSLError) or isinstance(exc, ssl.SSLEOFError):
+            return  # a plain socket error, or a TLS close without close_notify: just lost
+        from rexec.tls import describe_ssl_error
+
+        raise ConnectionLost(f"{self.address}: {describe_ssl_error(exc)}", core.received) \
+            from None
 
 
 class _StdinSource:
@@ -327,13 +369,16 @@ def run(
     token_file: str | Path | None = None,
     config: str | Path | None = None,
     connect_timeout: float | None = None,
-    env: dict[str, str] | None = None,
-    cwd: str | None = None,
-    timeout: float | None = None,
-    stdin: BlockingStdin | None = None,
-    check: bool = False,
+    tls_ca: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    **run_options: Any,
 ) -> Result:
-    """Connect, run one command, and return its Result: the blocking one-liner for scripts."""
+    """Connect, run one command, and return its Result: the blocking one-liner for scripts.
+
+    ``run_options`` are those of ``BlockingClient.run`` (env, cwd, timeout, stdin, check...).
+    """
     with BlockingClient(address, token=token, token_file=token_file, config=config,
-                        connect_timeout=connect_timeout) as client:
-        return client.run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin, check=check)
+                        connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert,
+                        tls_key=tls_key) as client:
+        return client.run(command, **run_options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +19,7 @@ from rexec.config import client_settings, parse_address
 from rexec.core import Authenticated, ClientCore, Event, Finished, Output
 from rexec.errors import CommandFailed, ConnectError, RexecError, map_socket_errors
 from rexec.result import Result
+from rexec.tls import client_context, describe_ssl_error
 from rexec.transport import READ_SIZE, STREAM_LIMIT
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
@@ -53,14 +55,15 @@ class Client:
         token_file: str | Path | None = None,
         config: str | Path | None = None,
         connect_timeout: float | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         self.address = address
         self.host, self.port = parse_address(address)
         self.settings, self._token = client_settings(
-            token,
-            Path(token_file) if token_file is not None else None,
-            Path(config) if config is not None else None,
-            connect_timeout,
+            token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
         )
         self._core: ClientCore | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -82,14 +85,22 @@ class Client:
     async def connect(self) -> None:
         """Open the connection and authenticate (ConnectError, AuthenticationError...)."""
         timeout = self.settings.connect_timeout
+        context = None
+        if self.settings.tls_ca is not None:
+            context = client_context(
+                self.settings.tls_ca, self.settings.tls_cert, self.settings.tls_key
+            )
         try:
             async with asyncio.timeout(timeout):
                 self._reader, self._writer = await asyncio.open_connection(
-                    self.host, self.port, limit=STREAM_LIMIT
+                    self.host, self.port, limit=STREAM_LIMIT, ssl=context,
+                    server_hostname=self.host if context is not None else None,
                 )
         except TimeoutError:
             raise ConnectError(f"timed out connecting to {self.address} after {timeout:g} s")\
                 from None
+        except ssl.SSLError as exc:
+            raise ConnectError(f"{self.address}: {describe_ssl_error(exc)}") from None
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConnectError(f"cannot connect to {self.address}: {reason}") from None

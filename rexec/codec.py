@@ -76,6 +76,17 @@ def _parse_float(text: str) -> float:
     return value
 
 
+def guess_peer(first: bytes) -> str:
+    """What kind of peer sends these first bytes, when they are not a rexec frame."""
+    if len(first) >= 2 and first[0] in (0x15, 0x16) and first[1] == 0x03:
+        return "the peer speaks TLS: use TLS (--tls-ca) to talk to it"
+    if first.startswith(b"SSH-"):
+        return "the peer is an SSH server, not a rexec server"
+    if first[:4] in (b"HTTP", b"GET ", b"POST", b"PUT ", b"HEAD"):
+        return "the peer speaks HTTP, not the rexec protocol"
+    return "is the peer a rexec endpoint?"
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming each field that failed and why, for an error frame or a log line."""
     parts = []
@@ -209,11 +220,12 @@ class FrameDecoder:
             if self._header_len is None:
                 if self.buffered < 4:
                     return None
-                (length,) = _LENGTH.unpack(self._take(4))
+                raw = self._take(4)
+                (length,) = _LENGTH.unpack(raw)
                 if length == 0 or length > self.max_header:
                     raise ProtocolError(
                         f"declared header length {length} is outside 1..{self.max_header}"
-                        " (is the peer a rexec endpoint?)",
+                        f" ({guess_peer(bytes(raw))})",
                         "bad_length",
                     )
                 self._header_len = length

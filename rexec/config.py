@@ -18,13 +18,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from rexec.auth import check_token, default_home, default_token_path, read_token_file
 from rexec.errors import ConfigError
 
 DEFAULT_PORT = 7878
 KNOWN_TABLES = ("server", "client")
+PATH_KEYS = ("token_file", "tls_cert", "tls_key", "tls_ca", "tls_client_ca", "audit_log")
+"""Settings that name files: relative paths in a config file are relative to that file."""
 
 
 class _Settings(BaseModel):
@@ -39,17 +41,42 @@ class ServerSettings(_Settings):
 
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    dangerously_allow_plaintext: bool = Field(
+        False, description="allow listening off loopback without TLS (a trusted network only)"
+    )
     kill_grace: float = Field(5.0, ge=0, le=3600, description="SIGTERM to SIGKILL, seconds")
     handshake_timeout: float = Field(
         10.0, gt=0, le=600, description="seconds a client has to authenticate"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+        return self
+
 
 class ClientSettings(_Settings):
     """What ``rexec`` and ``rexec.Client`` run with."""
 
     connect_timeout: float = Field(10.0, gt=0, le=3600)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> ClientSettings:
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("tls_cert needs tls_ca: a client certificate is only sent over TLS")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert")
+        return self
 
 
 SettingsT = TypeVar("SettingsT", bound=_Settings)
@@ -73,8 +100,9 @@ def read_toml_table(path: Path, table: str) -> dict[str, Any]:
     section = data.get(table, {})
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: '{table}' must be a table")
-    if isinstance(section.get("token_file"), str):
-        section["token_file"] = str(path.parent / Path(section["token_file"]).expanduser())
+    for key in PATH_KEYS:
+        if isinstance(section.get(key), str):
+            section[key] = str(path.parent / Path(section[key]).expanduser())
     return section
 
 
@@ -162,18 +190,31 @@ def parse_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
     return host, int(port_text)
 
 
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value).expanduser()
+
+
 def client_settings(
+    *,
     token: str | None = None,
-    token_file: Path | None = None,
-    config: Path | None = None,
+    token_file: str | Path | None = None,
+    config: str | Path | None = None,
     connect_timeout: float | None = None,
+    tls_ca: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
 ) -> tuple[ClientSettings, str]:
-    """The client's merged settings and its token; ConfigError if no token can be found."""
+    """The client's merged settings and its token; ConfigError if no token can be found.
+
+    The arguments are the command line's (or the API caller's): they override the config file.
+    """
+    config_path = _path(config)
     settings = load_settings(
         ClientSettings,
         "client",
-        config if config is not None else default_client_config(),
-        cli={"token": token, "token_file": token_file, "connect_timeout": connect_timeout},
+        config_path if config_path is not None else default_client_config(),
+        cli={"token": token, "token_file": _path(token_file), "connect_timeout": connect_timeout,
+             "tls_ca": _path(tls_ca), "tls_cert": _path(tls_cert), "tls_key": _path(tls_key)},
     )
     resolved = resolve_token(settings, fallback=default_token_path())
     if resolved is None:

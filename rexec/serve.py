@@ -6,26 +6,19 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 
 from rexec.auth import default_token_path, generate_token, write_token_file
 from rexec.config import ServerSettings, load_settings, resolve_token
 from rexec.server import Server
+from rexec.tls import server_context
 
 
-def server_setup(
-    config: Path | None,
-    host: str | None = None,
-    port: int | None = None,
-    token_file: Path | None = None,
-    log_level: str | None = None,
-) -> tuple[ServerSettings, str]:
-    """Merge the settings and find (or generate) the token; ConfigError if they are bad."""
-    settings = load_settings(
-        ServerSettings, "server", config,
-        cli={"host": host, "port": port, "token_file": token_file, "log_level": log_level},
-    )
+def server_setup(config: Path | None, **cli: object) -> tuple[ServerSettings, str]:
+    """Merge the settings (command-line options in ``cli``) and find or generate the token."""
+    settings = load_settings(ServerSettings, "server", config, cli=cli)
     token = resolve_token(settings)
     if token is None:
         path = default_token_path()
@@ -53,33 +46,49 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run_server(settings: ServerSettings, token: str) -> int:
+def run_server(settings: ServerSettings, token: str, tls: ssl.SSLContext | None = None) -> int:
     """Serve until SIGTERM or SIGINT; return the process exit status."""
     logging.basicConfig(
         stream=sys.stderr,
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    return asyncio.run(_serve(settings, token))
+    return asyncio.run(_serve(settings, token, tls))
 
 
-async def _serve(settings: ServerSettings, token: str) -> int:
+def tls_setup(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The server's TLS context, if the settings turn TLS on (ConfigError on bad files)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+
+
+async def _serve(settings: ServerSettings, token: str, tls: ssl.SSLContext | None) -> int:
     from rexec.runner import Runner
 
-    server = Server(token, settings.host, settings.port, Runner(settings.kill_grace),
-                    handshake_timeout=settings.handshake_timeout)
+    server = Server(token, settings.host, settings.port, runner=Runner(settings.kill_grace),
+                    handshake_timeout=settings.handshake_timeout, tls=tls)
     try:
         addresses = await server.start()
     except OSError as exc:
         where = format_address(settings.host, settings.port)
         print(f"rexec-server: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    exposed = [host for host, _ in addresses if not _is_loopback(host)]
+    if exposed and tls is None:
+        if not settings.dangerously_allow_plaintext:
+            await server.close()
+            print(f"rexec-server: refusing to listen on {', '.join(exposed)} without TLS: anyone"
+                  " on the network could read and alter commands and output. Give --tls-cert and"
+                  " --tls-key, or listen on 127.0.0.1; on a network you fully trust,"
+                  " --dangerously-allow-plaintext overrides this.", file=sys.stderr)
+            return 2
+        logging.getLogger("rexec.server").warning(
+            "DANGER: listening on %s WITHOUT TLS (--dangerously-allow-plaintext): commands and"
+            " their output cross the network unencrypted and can be altered in transit",
+            ", ".join(exposed))
     for host, port in addresses:
         print(f"listening on {format_address(host, port)}", flush=True)
-        if not _is_loopback(host):
-            logging.getLogger("rexec.server").warning(
-                "listening on %s without TLS: the token is never sent, but commands and their"
-                " output cross the network unencrypted; use a trusted network only", host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import signal
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from rexec.frames import (
 )
 from rexec.protocol import Role, State
 from rexec.runner import READ_CHUNK, ChildProcess, Runner
-from rexec.transport import STREAM_LIMIT, FramedStream
+from rexec.transport import STREAM_LIMIT, FramedStream, TLSHandshakeFailed
 
 log = logging.getLogger("rexec.server")
 
@@ -72,12 +73,15 @@ class Server:
         token: str,
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
+        *,
         runner: Runner | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not token:
             raise ValueError("an empty token is refused")
         self.token = token
+        self.tls = tls
         self.host = host
         self.port = port
         self.runner = runner or Runner()
@@ -218,6 +222,9 @@ class Session:
         except ProtocolError as exc:
             log_event(logging.WARNING, "protocol_error", peer=self.peer, reason=str(exc))
             await self.send_fatal(exc.code, str(exc))
+        except TLSHandshakeFailed as exc:
+            log_event(logging.WARNING, "refused", peer=self.peer, code="tls_failed",
+                      reason=str(exc))
         except ConnectionLost as exc:
             log_event(logging.DEBUG, "disconnected", peer=self.peer, reason=str(exc))
         except asyncio.CancelledError:
@@ -231,8 +238,11 @@ class Session:
             self._serve_task.cancel()
 
     async def _handshake_with_deadline(self) -> None:
+        """TLS (when on) and the rexec handshake, both inside one deadline (LoginGraceTime)."""
         try:
             async with asyncio.timeout(self.server.handshake_timeout):
+                if self.server.tls is not None:
+                    await self.stream.accept_tls(self.server.tls)
                 await self.handshake()
         except TimeoutError:
             raise _Refused(
@@ -259,7 +269,8 @@ class Session:
             raise _Refused("auth_failed", "authentication failed: the token does not match")
         self.stream.send(AuthOk(mac=server_proof(token, hello.nonce, nonce, PROTOCOL_VERSION)))
         await self.stream.drain()
-        log_event(logging.INFO, "authenticated", peer=self.peer, agent=hello.agent)
+        log_event(logging.INFO, "authenticated", peer=self.peer, agent=hello.agent,
+                  subject=self.stream.peer_subject)
 
     async def _receive_handshake(self, kind: type[HandshakeT]) -> HandshakeT:
         """The client's next handshake frame; its error frame ends the session quietly."""

@@ -1,22 +1,35 @@
 """The asyncio side of the wire: a framed stream over asyncio's StreamReader and StreamWriter.
 
-Socket errors become ConnectionLost through ``rexec.errors.map_socket_errors``.
+On the server, TLS runs here over memory BIOs rather than inside asyncio, for two reasons: the
+first byte a client sends tells a TLS client from a plaintext one, so a plaintext client can be
+told in its own language that TLS is required; and the TLS handshake then falls inside the same
+pre-authentication deadline as the rexec handshake. Socket errors become ConnectionLost through
+``rexec.errors.map_socket_errors``; TLS errors become ConnectionLost here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 from rexec.codec import Frame
-from rexec.errors import ConnectionLost, map_socket_errors
-from rexec.frames import Header
+from rexec.errors import ConnectionLost, ProtocolError, map_socket_errors
+from rexec.frames import Error, Header
 from rexec.protocol import Connection, Role
+from rexec.tls import TLS_HANDSHAKE_RECORD, subject_of
 
 READ_SIZE = 256 * 1024
 STREAM_LIMIT = 1024 * 1024
 WRITE_HIGH_WATER = 1024 * 1024
 CLOSE_TIMEOUT = 2.0
+TLS_REQUIRED = (
+    "this server requires TLS: connect with --tls-ca CAFILE (or tls_ca in the client config)"
+)
+
+
+class TLSHandshakeFailed(ConnectionLost):
+    """A client's TLS handshake failed (bad certificate, no certificate, garbage)."""
 
 
 def format_peer(writer: asyncio.StreamWriter) -> str:
@@ -29,7 +42,7 @@ def format_peer(writer: asyncio.StreamWriter) -> str:
 
 
 class FramedStream:
-    """Frames over an asyncio stream pair, checked by a protocol Connection."""
+    """Frames over an asyncio stream pair, checked by a protocol Connection, optionally in TLS."""
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: Role
@@ -39,7 +52,65 @@ class FramedStream:
         self.conn = Connection(role)
         self.peer = format_peer(writer)
         self.received = 0  # bytes read from the socket, for "lost after N bytes" messages
+        self.peer_subject: str | None = None  # the verified client certificate's subject
+        self._tls: ssl.SSLObject | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls_eof = False
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    async def _read_raw(self) -> bytes:
+        with map_socket_errors("connection broken", self.received):
+            data = await self.reader.read(READ_SIZE)
+        self.received += len(data)
+        return data
+
+    def _flush_tls(self) -> None:
+        data = self._outgoing.read()
+        if data:
+            self.writer.write(data)
+
+    async def accept_tls(self, context: ssl.SSLContext) -> None:
+        """Server side: complete the TLS handshake, or tell a plaintext client TLS is required."""
+        first = await self._read_raw()
+        if not first:
+            raise ConnectionLost("the client closed the connection before the TLS handshake")
+        if first[0] != TLS_HANDSHAKE_RECORD:
+            self.writer.write(self.conn.send(Error(code="tls_required", message=TLS_REQUIRED)))
+            raise ProtocolError("a plaintext client connected to this TLS server", "tls_required")
+        self._tls = tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._incoming.write(first)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush_tls()
+                data = await self._read_raw()
+                if not data:
+                    raise ConnectionLost(
+                        "the client closed the connection in the TLS handshake") from None
+                self._incoming.write(data)
+            except ssl.SSLError as exc:
+                self._flush_tls()  # the alert tells the client why
+                raise TLSHandshakeFailed(f"TLS handshake failed: {exc.reason or exc}") from None
+        self._flush_tls()
+        self.peer_subject = subject_of(tls.getpeercert())
+
+    def _decrypt(self) -> None:
+        assert self._tls is not None
+        while True:
+            try:
+                data = self._tls.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLError as exc:  # a corrupted or forged record, among others
+                raise ConnectionLost(f"TLS error: {exc.reason or exc}", self.received) from None
+            if not data:  # read() returns b"" (not SSLZeroReturnError) at the peer's close_notify
+                self._tls_eof = True
+                break
+            self.conn.receive_data(data)
+        self._flush_tls()  # TLS 1.3 may answer (key updates) while reading
 
     async def receive(self) -> Frame:
         """The next frame from the peer; ConnectionLost if it closed first."""
@@ -47,8 +118,7 @@ class FramedStream:
             frame = self.conn.next_frame()
             if frame is not None:
                 return frame
-            with map_socket_errors("connection broken", self.received):
-                data = await self.reader.read(READ_SIZE)
+            data = b"" if self._tls_eof else await self._read_raw()
             if not data:
                 self.conn.receive_eof()
                 frame = self.conn.next_frame()  # raises if the peer left half a frame
@@ -57,8 +127,11 @@ class FramedStream:
                 raise ConnectionLost(
                     f"the peer closed the connection after {self.received} bytes", self.received
                 )
-            self.received += len(data)
-            self.conn.receive_data(data)
+            if self._tls is None:
+                self.conn.receive_data(data)
+            else:
+                self._incoming.write(data)
+                self._decrypt()
 
     def send(self, header: Header, body: bytes | bytearray | memoryview = b"") -> None:
         """Queue one frame for sending (call ``drain`` to wait for room).
@@ -66,7 +139,14 @@ class FramedStream:
         The body is written on its own, not joined to the header: the transport sends it at once
         or copies what it cannot send, so the caller may reuse ``body``'s buffer right after.
         """
-        self.writer.write(self.conn.send_prefix(header, len(body)))
+        prefix = self.conn.send_prefix(header, len(body))
+        if self._tls is not None:
+            self._tls.write(prefix)
+            if body:
+                self._tls.write(body)
+            self._flush_tls()
+            return
+        self.writer.write(prefix)
         if body:
             self.writer.write(body)
 
@@ -85,6 +165,10 @@ class FramedStream:
 
         A peer that stops reading would otherwise keep a graceful close waiting forever.
         """
+        if self._tls is not None and not self.writer.is_closing():
+            with contextlib.suppress(ssl.SSLError):
+                self._tls.unwrap()  # close_notify; the peer's reply is not awaited
+            self._flush_tls()
         self.writer.close()
         try:
             async with asyncio.timeout(flush_timeout):

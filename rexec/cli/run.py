@@ -121,6 +121,15 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     connect_timeout: Annotated[
         float | None, typer.Option(help="Seconds to connect and authenticate.  [default: 10]")
     ] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option("--tls-ca", help="Use TLS; trust servers signed by this CA.")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Client certificate (PEM) for mutual TLS.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="The client certificate's private key.")
+    ] = None,
 ) -> None:
     """Run COMMAND on the server at ADDRESS and exit with its status.
 
@@ -134,7 +143,9 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     code = execute(
         address, " ".join(command), timeout=timeout, env=_parse_env(env or []), cwd=cwd,
         json_output=json_output, stdin_fd=None if no_stdin else _stdin_fd(),
-        token_file=token_file, config=config, connect_timeout=connect_timeout,
+        connection={"token_file": token_file, "config": config,
+                    "connect_timeout": connect_timeout, "tls_ca": tls_ca, "tls_cert": tls_cert,
+                    "tls_key": tls_key},
     )
     raise typer.Exit(code)
 
@@ -148,9 +159,7 @@ def execute(
     cwd: str | None,
     json_output: bool,
     stdin_fd: int | None,
-    token_file: Path | None,
-    config: Path | None,
-    connect_timeout: float | None,
+    connection: dict[str, Any],
 ) -> int:
     """Run one command through the blocking client; return the CLI's exit status."""
     from rexec.blocking import BlockingClient
@@ -158,8 +167,7 @@ def execute(
 
     interrupts = 0
     try:
-        with BlockingClient(address, token_file=token_file, config=config,
-                            connect_timeout=connect_timeout) as client:
+        with BlockingClient(address, **connection) as client:
             outputs = _Outputs(client.request_cancel)
 
             def on_sigint(signum: int, frame: FrameType | None) -> None:

@@ -14,7 +14,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 @app.command()
-def serve(
+def serve(  # noqa: PLR0917 - typer maps parameters to options
     host: Annotated[
         str | None, typer.Option(help="Address to listen on.  [default: 127.0.0.1]")
     ] = None,
@@ -30,20 +30,40 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="debug, info, warning or error.  [default: info]")
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Serve TLS with this certificate (PEM).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="The certificate's private key (PEM).")
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-client-ca", help="Require client certificates signed by this CA."),
+    ] = None,
+    dangerously_allow_plaintext: Annotated[
+        bool,
+        typer.Option("--dangerously-allow-plaintext",
+                     help="Listen off loopback WITHOUT TLS. Only on a network you fully trust."),
+    ] = False,
 ) -> None:
     """Run the rexec server until SIGTERM or Ctrl-C.
 
     The token comes from --token-file, then REXEC_TOKEN, then the config file; with none of
     them the server generates one into ~/.rexec/token (or reuses the one it generated before).
     """
-    from rexec.serve import run_server, server_setup
+    from rexec.serve import run_server, server_setup, tls_setup
 
     try:
-        settings, token = server_setup(config, host, port, token_file, log_level)
+        settings, token = server_setup(
+            config, host=host, port=port, token_file=token_file, log_level=log_level,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            dangerously_allow_plaintext=dangerously_allow_plaintext or None,
+        )
+        tls = tls_setup(settings)
     except ConfigError as exc:
         print(f"rexec-server: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
-    raise typer.Exit(run_server(settings, token))
+    raise typer.Exit(run_server(settings, token, tls))
 
 
 def main() -> None:
