@@ -1,8 +1,17 @@
-"""The shared token: loading it, generating it, and the HMAC challenge-response proofs.
+"""Tokens: loading, generating and hashing them, and the challenge-response proofs.
 
-The token never crosses the wire. Each side proves it holds the token by an HMAC-SHA256 over both
-fresh nonces, the protocol version and a context string that differs by direction, so a recorded
-handshake cannot be replayed and one side's proof cannot be reflected back as the other's.
+The handshake is SCRAM-like (RFC 5802, with HMAC-SHA256 and a salted-HMAC key derivation, since
+rexec tokens are long and random): from a token and a salt come a ClientKey and a ServerKey. The
+server stores only ``(salt, StoredKey = SHA256(ClientKey), ServerKey)``, so its configuration does
+not reveal tokens and a stolen copy does not let anyone log in as a client. On each connection:
+
+    AuthMessage  = server_nonce || client_nonce || version (2 bytes) || identity || context
+    ClientProof  = ClientKey XOR HMAC(StoredKey, AuthMessage)          (client -> server)
+    ServerProof  = HMAC(ServerKey, AuthMessage)                        (server -> client)
+
+The server recovers ClientKey from the proof and checks its hash; the token never crosses the
+wire, fresh nonces on both sides make a recorded handshake useless, and the server proves it
+holds the ServerKey. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -12,12 +21,14 @@ import hmac
 import os
 import secrets
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from rexec.errors import ConfigError
 
-CLIENT_CONTEXT = b"rexec-v1 client proof"
-SERVER_CONTEXT = b"rexec-v1 server proof"
+CONTEXT = b"rexec-v1 auth"
+SALT_BYTES = 16
+HASH_SCHEME = "rexec-sha256"
 
 
 def new_nonce() -> str:
@@ -25,31 +36,95 @@ def new_nonce() -> str:
     return secrets.token_hex(32)
 
 
-def _proof(token: str, context: bytes, client_nonce: str, server_nonce: str, version: int) -> str:
-    message = b"".join(
-        (
-            bytes.fromhex(server_nonce),
-            bytes.fromhex(client_nonce),
-            version.to_bytes(2, "big"),
-            context,
+def _hmac(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def derive_keys(token: str, salt: bytes) -> tuple[bytes, bytes]:
+    """(ClientKey, ServerKey) for a token and a salt."""
+    salted = _hmac(token.encode(), b"rexec salted token:" + salt)
+    return _hmac(salted, b"Client Key"), _hmac(salted, b"Server Key")
+
+
+@dataclass(frozen=True)
+class TokenVerifier:
+    """What a server keeps of a token: enough to check proofs, not enough to make one."""
+
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
+
+    @classmethod
+    def from_token(cls, token: str, salt: bytes | None = None) -> TokenVerifier:
+        """Hash a token with a fresh (or the given) salt."""
+        salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+        client_key, server_key = derive_keys(token, salt)
+        return cls(salt, hashlib.sha256(client_key).digest(), server_key)
+
+    @classmethod
+    def parse(cls, text: str) -> TokenVerifier:
+        """Read ``rexec-sha256$SALT$STOREDKEY$SERVERKEY`` (hex); ValueError if malformed."""
+        parts = text.strip().split("$")
+        if len(parts) != 4 or parts[0] != HASH_SCHEME:
+            raise ValueError(f"a token hash looks like {HASH_SCHEME}$SALT$STOREDKEY$SERVERKEY"
+                             " (make one with: rexec token hash)")
+        try:
+            salt, stored, server = (bytes.fromhex(p) for p in parts[1:])
+        except ValueError:
+            raise ValueError("a token hash's fields must be hexadecimal") from None
+        if len(salt) != SALT_BYTES or len(stored) != 32 or len(server) != 32:
+            raise ValueError("a token hash has a 16-byte salt and two 32-byte keys")
+        return cls(salt, stored, server)
+
+    def format(self) -> str:
+        """The text form stored in config files."""
+        return "$".join((HASH_SCHEME, self.salt.hex(), self.stored_key.hex(),
+                         self.server_key.hex()))
+
+    def check(self, message: bytes, proof_hex: str) -> bool:
+        """Whether a client's proof for ``message`` comes from the token (constant time)."""
+        try:
+            proof = bytes.fromhex(proof_hex)
+        except ValueError:
+            return False
+        signature = _hmac(self.stored_key, message)
+        client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=False))
+        return len(proof) == 32 and hmac.compare_digest(
+            hashlib.sha256(client_key).digest(), self.stored_key
         )
-    )
-    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+    def server_proof(self, message: bytes) -> str:
+        """The proof the server sends back in ``auth_ok``."""
+        return _hmac(self.server_key, message).hex()
 
 
-def client_proof(token: str, client_nonce: str, server_nonce: str, version: int) -> str:
-    """The MAC a client sends in its ``auth`` frame."""
-    return _proof(token, CLIENT_CONTEXT, client_nonce, server_nonce, version)
+def auth_message(client_nonce: str, server_nonce: str, version: int, identity: str) -> bytes:
+    """The bytes both proofs cover: both nonces, the version and the identity name."""
+    return b"".join((bytes.fromhex(server_nonce), bytes.fromhex(client_nonce),
+                     version.to_bytes(2, "big"), identity.encode(), b"\0", CONTEXT))
 
 
-def server_proof(token: str, client_nonce: str, server_nonce: str, version: int) -> str:
-    """The MAC a server sends in its ``auth_ok`` frame."""
-    return _proof(token, SERVER_CONTEXT, client_nonce, server_nonce, version)
+def client_proof(token: str, salt: bytes, message: bytes) -> str:
+    """The proof a client sends in ``auth``: ClientKey XOR HMAC(StoredKey, message)."""
+    client_key, _ = derive_keys(token, salt)
+    signature = _hmac(hashlib.sha256(client_key).digest(), message)
+    return bytes(a ^ b for a, b in zip(client_key, signature, strict=True)).hex()
+
+
+def expected_server_proof(token: str, salt: bytes, message: bytes) -> str:
+    """The proof a client expects in ``auth_ok``."""
+    _, server_key = derive_keys(token, salt)
+    return _hmac(server_key, message).hex()
 
 
 def proofs_match(expected: str, received: str) -> bool:
-    """Compare two MACs in constant time."""
+    """Compare two proofs in constant time."""
     return hmac.compare_digest(expected.encode(), received.encode())
+
+
+def decoy_salt(secret: bytes, identity: str) -> bytes:
+    """A stable salt for an identity that does not exist, so challenges do not reveal that."""
+    return _hmac(secret, identity.encode())[:SALT_BYTES]
 
 
 def check_token(token: str, source: str) -> str:

@@ -52,12 +52,13 @@ class BlockingClient:
         tls_ca: str | Path | None = None,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
+        identity: str | None = None,
     ) -> None:
         self.address = address
         self.host, self.port = parse_address(address)
         self.settings, self._token = client_settings(
             token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
-            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, identity=identity,
         )
         self._sock: socket.socket | None = None
         self._core: ClientCore | None = None
@@ -95,7 +96,8 @@ class BlockingClient:
             sock = self._wrap_tls(sock, self.settings.tls_ca)
         sock.setblocking(False)
         self._sock = sock
-        self._core = ClientCore(self._token)
+        self._core = ClientCore(self._token, identity=self.settings.identity,
+                                tls=self.settings.tls_ca is not None)
         try:
             event = self._drive(deadline=time.monotonic() + timeout)
         except BaseException:
@@ -372,6 +374,7 @@ def run(
     tls_ca: str | Path | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
+    identity: str | None = None,
     **run_options: Any,
 ) -> Result:
     """Connect, run one command, and return its Result: the blocking one-liner for scripts.
@@ -380,5 +383,5 @@ def run(
     """
     with BlockingClient(address, token=token, token_file=token_file, config=config,
                         connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert,
-                        tls_key=tls_key) as client:
+                        tls_key=tls_key, identity=identity) as client:
         return client.run(command, **run_options)

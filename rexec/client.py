@@ -58,12 +58,13 @@ class Client:
         tls_ca: str | Path | None = None,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
+        identity: str | None = None,
     ) -> None:
         self.address = address
         self.host, self.port = parse_address(address)
         self.settings, self._token = client_settings(
             token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
-            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, identity=identity,
         )
         self._core: ClientCore | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -104,7 +105,8 @@ class Client:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConnectError(f"cannot connect to {self.address}: {reason}") from None
-        self._core = ClientCore(self._token)
+        self._core = ClientCore(self._token, identity=self.settings.identity,
+                                tls=self.settings.tls_ca is not None)
         try:
             async with asyncio.timeout(timeout):
                 event = await self._next_event()

@@ -14,14 +14,31 @@ show in a repr or a log line.
 from __future__ import annotations
 
 import os
+import pwd
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from rexec.auth import check_token, default_home, default_token_path, read_token_file
+from rexec.auth import (
+    TokenVerifier,
+    check_token,
+    default_home,
+    default_token_path,
+    read_token_file,
+)
 from rexec.errors import ConfigError
+from rexec.identity import Identity, Policy
 
 DEFAULT_PORT = 7878
 KNOWN_TABLES = ("server", "client")
@@ -34,6 +51,80 @@ class _Settings(BaseModel):
 
     token: SecretStr | None = None
     token_file: Path | None = None
+
+
+class IdentitySettings(BaseModel):
+    """One ``[server.identities.NAME]`` table: how the client proves itself, and its policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token_hash: str | None = Field(None, description="from `rexec token hash`; never the token")
+    certificate: str | None = Field(None, description='TLS client subject, e.g. "CN=alice"')
+    allow: list[str] = Field(default_factory=list, description="anchored regexes")
+    deny: list[str] = Field(default_factory=list, description="anchored regexes, checked first")
+    shell: bool = Field(True, description="false: split the command line, run it without a shell")
+    cwd: list[Path] = Field(default_factory=list, description="allowed working directories")
+    max_timeout: float | None = Field(None, gt=0)
+    max_output: int | None = Field(None, gt=0, description="bytes of stdout+stderr per command")
+    run_as: str | None = Field(None, description="user to run commands as (server runs as root)")
+    max_connections: int | None = Field(None, ge=1)
+    max_commands: int | None = Field(None, ge=1)
+
+    @field_validator("token_hash")
+    @classmethod
+    def _hash_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            TokenVerifier.parse(value)
+        return value
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _patterns_compile(cls, values: list[str]) -> list[str]:
+        for pattern in values:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+        return values
+
+    @field_validator("cwd")
+    @classmethod
+    def _absolute(cls, values: list[Path]) -> list[Path]:
+        for path in values:
+            if not path.is_absolute():
+                raise ValueError(f"working directory {str(path)!r} must be absolute")
+        return [Path(os.path.realpath(p)) for p in values]
+
+    @field_validator("run_as")
+    @classmethod
+    def _user_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                pwd.getpwnam(value)
+            except KeyError:
+                raise ValueError(f"no such user {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _some_proof(self) -> IdentitySettings:
+        if self.token_hash is None and self.certificate is None:
+            raise ValueError("an identity needs token_hash, certificate, or both")
+        return self
+
+    def identity(self, name: str) -> Identity:
+        """The runtime Identity for this table."""
+        policy = Policy(
+            allow=tuple(re.compile(p) for p in self.allow),
+            deny=tuple(re.compile(p) for p in self.deny),
+            shell=self.shell, cwd=tuple(self.cwd), max_timeout=self.max_timeout,
+            max_output=self.max_output, run_as=self.run_as,
+            max_connections=self.max_connections, max_commands=self.max_commands,
+        )
+        verifier = TokenVerifier.parse(self.token_hash) if self.token_hash else None
+        return Identity(name, verifier, self.certificate, policy)
+
+
+IdentityKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
 
 
 class ServerSettings(_Settings):
@@ -52,6 +143,7 @@ class ServerSettings(_Settings):
         10.0, gt=0, le=600, description="seconds a client has to authenticate"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    identities: dict[IdentityKey, IdentitySettings] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> ServerSettings:
@@ -66,6 +158,7 @@ class ClientSettings(_Settings):
     """What ``rexec`` and ``rexec.Client`` run with."""
 
     connect_timeout: float = Field(10.0, gt=0, le=3600)
+    identity: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")] | None = None
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -203,10 +296,12 @@ def client_settings(
     tls_ca: str | Path | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
-) -> tuple[ClientSettings, str]:
+    identity: str | None = None,
+) -> tuple[ClientSettings, str | None]:
     """The client's merged settings and its token; ConfigError if no token can be found.
 
     The arguments are the command line's (or the API caller's): they override the config file.
+    The token may be None only when a client certificate is configured (certificate identities).
     """
     config_path = _path(config)
     settings = load_settings(
@@ -214,10 +309,11 @@ def client_settings(
         "client",
         config_path if config_path is not None else default_client_config(),
         cli={"token": token, "token_file": _path(token_file), "connect_timeout": connect_timeout,
-             "tls_ca": _path(tls_ca), "tls_cert": _path(tls_cert), "tls_key": _path(tls_key)},
+             "tls_ca": _path(tls_ca), "tls_cert": _path(tls_cert), "tls_key": _path(tls_key),
+             "identity": identity},
     )
     resolved = resolve_token(settings, fallback=default_token_path())
-    if resolved is None:
+    if resolved is None and settings.tls_cert is None:
         raise ConfigError(
             "no token: set REXEC_TOKEN, pass --token-file FILE, put token_file in the client"
             f" config, or copy the server's token to {default_token_path()}"

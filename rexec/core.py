@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from rexec import __version__
-from rexec.auth import client_proof, new_nonce, proofs_match, server_proof
+from rexec.auth import (
+    auth_message,
+    client_proof,
+    expected_server_proof,
+    new_nonce,
+    proofs_match,
+)
 from rexec.errors import (
     AuthenticationError,
     CommandNotStarted,
@@ -75,15 +81,19 @@ Event: TypeAlias = Authenticated | Output | Finished
 class ClientCore:
     """One client connection's protocol logic, with no I/O."""
 
-    def __init__(self, token: str, agent: str = AGENT) -> None:
-        if not token:
+    def __init__(self, token: str | None, agent: str = AGENT, *, identity: str | None = None,
+                 tls: bool = False) -> None:
+        """``token`` may be None only for certificate identities, which need ``tls``."""
+        if token is not None and not token:
             raise ValueError("an empty token is refused")
         self.conn = Connection(Role.CLIENT)
         self.server_agent = ""
+        self.identity = identity  # the server names the identity it chose in auth_ok
         self.received = 0
         self._token = token
+        self._tls = tls
         self._nonce = new_nonce()
-        self._server_nonce = ""
+        self._expected_server_proof: str | None = None
         self._outgoing = bytearray()
         self._eof = False
         self._run: Run | None = None
@@ -91,7 +101,8 @@ class ClientCore:
         self._capture = False
         self._captured: dict[StreamName, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._counts: dict[StreamName, int] = {"stdout": 0, "stderr": 0}
-        self._send(Hello(versions=[PROTOCOL_VERSION], nonce=self._nonce, agent=agent))
+        self._send(Hello(versions=[PROTOCOL_VERSION], nonce=self._nonce, agent=agent,
+                         identity=identity))
 
     # --- what to send ----------------------------------------------------------------------
 
@@ -201,7 +212,7 @@ class ClientCore:
         if header.type == "challenge":
             self._answer(header)
         elif header.type == "auth_ok":
-            return self._verify_server(header.mac)
+            return self._verify_server(header.mac, header.identity)
         elif header.type == "stdin_credit":
             self.stdin_credit += header.amount
         elif header.type in ("stdout", "stderr"):
@@ -216,13 +227,14 @@ class ClientCore:
             raise self._remote_error(header)
         return None
 
-    def _verify_server(self, mac: str) -> Authenticated:
-        expected = server_proof(self._token, self._nonce, self._server_nonce, PROTOCOL_VERSION)
-        if not proofs_match(expected, mac):
+    def _verify_server(self, mac: str | None, identity: str) -> Authenticated:
+        expected = self._expected_server_proof
+        if expected is not None and (mac is None or not proofs_match(expected, mac)):
             self.conn.state = State.CLOSED  # never usable: the server is unverified
             raise AuthenticationError(
                 "the server's proof of the token is wrong: it is not the server you"
                 " think it is, or its token differs", "server_auth_failed")
+        self.identity = identity
         return Authenticated(self.server_agent)
 
     def _answer(self, challenge: Challenge) -> None:
@@ -230,10 +242,24 @@ class ClientCore:
             raise ProtocolError(
                 f"the server chose protocol version {challenge.version}, which this client"
                 f" does not speak (it speaks {PROTOCOL_VERSION})", "unsupported_version")
-        self._server_nonce = challenge.nonce
         self.server_agent = challenge.agent
-        mac = client_proof(self._token, self._nonce, challenge.nonce, PROTOCOL_VERSION)
-        self._send(Auth(mac=mac))
+        message = auth_message(self._nonce, challenge.nonce, PROTOCOL_VERSION,
+                               self.identity or "")
+        if challenge.method == "certificate":
+            if not self._tls:  # only TLS can have checked a certificate
+                raise ProtocolError("the server offered certificate authentication on a"
+                                    " plaintext connection", "unexpected_frame")
+            self._send(Auth(mac=None))
+            return
+        if challenge.salt is None:
+            raise ProtocolError("the server's token challenge has no salt", "bad_header")
+        if self._token is None:
+            raise AuthenticationError(
+                f"the server asks for a token for identity {self.identity or 'default'!r}, and"
+                " none is configured (REXEC_TOKEN, --token-file)", "no_token")
+        salt = bytes.fromhex(challenge.salt)
+        self._expected_server_proof = expected_server_proof(self._token, salt, message)
+        self._send(Auth(mac=client_proof(self._token, salt, message)))
 
     def _finish(self, exit_frame: Exit) -> Result:
         assert self._run is not None

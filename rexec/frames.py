@@ -62,36 +62,48 @@ class _Data(_Header):
 # --- handshake -----------------------------------------------------------------------------
 
 
+IdentityName = Annotated[str, Field(min_length=1, max_length=64,
+                                    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")]
+
+
 class Hello(_Control):
-    """Client -> server, first frame: the versions the client speaks and its nonce."""
+    """Client -> server, first frame: the versions the client speaks, its nonce, who it is."""
 
     type: Literal["hello"] = "hello"
     versions: list[Annotated[int, Field(ge=1, le=65535)]] = Field(min_length=1, max_length=16)
     nonce: Hex64
     agent: ShortText = ""
+    identity: IdentityName | None = None
 
 
 class Challenge(_Control):
-    """Server -> client: the chosen version and a fresh nonce to prove the token against."""
+    """Server -> client: the chosen version, a fresh nonce, and how to prove who you are.
+
+    ``method`` "token": prove the token, hashed with ``salt``. "certificate": the TLS client
+    certificate already proved it; ``auth`` carries no proof.
+    """
 
     type: Literal["challenge"] = "challenge"
     version: int = Field(ge=1, le=65535)
     nonce: Hex64
     agent: ShortText = ""
+    method: Literal["token", "certificate"] = "token"
+    salt: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
 
 
 class Auth(_Control):
-    """Client -> server: HMAC-SHA256 proof that the client holds the token."""
+    """Client -> server: the proof that the client holds the token (none for certificates)."""
 
     type: Literal["auth"] = "auth"
-    mac: Hex64
+    mac: Hex64 | None = None
 
 
 class AuthOk(_Control):
-    """Server -> client: accepted, with the server's own proof that it holds the token."""
+    """Server -> client: accepted, with the server's own proof (none for certificates)."""
 
     type: Literal["auth_ok"] = "auth_ok"
-    mac: Hex64
+    mac: Hex64 | None = None
+    identity: IdentityName = "default"
 
 
 # --- commands ------------------------------------------------------------------------------

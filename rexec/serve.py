@@ -12,15 +12,20 @@ from pathlib import Path
 
 from rexec.auth import default_token_path, generate_token, write_token_file
 from rexec.config import ServerSettings, load_settings, resolve_token
+from rexec.identity import Identities
 from rexec.server import Server
 from rexec.tls import server_context
 
 
-def server_setup(config: Path | None, **cli: object) -> tuple[ServerSettings, str]:
-    """Merge the settings (command-line options in ``cli``) and find or generate the token."""
+def server_setup(config: Path | None, **cli: object) -> tuple[ServerSettings, str | None]:
+    """Merge the settings (command-line options in ``cli``) and find or generate the token.
+
+    With no token configured, a token is generated, unless the config names identities: then
+    they alone can log in.
+    """
     settings = load_settings(ServerSettings, "server", config, cli=cli)
     token = resolve_token(settings)
-    if token is None:
+    if token is None and not settings.identities:
         path = default_token_path()
         token = resolve_token(settings, fallback=path)
         if token is None:
@@ -46,7 +51,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run_server(settings: ServerSettings, token: str, tls: ssl.SSLContext | None = None) -> int:
+def run_server(
+    settings: ServerSettings, token: str | None, tls: ssl.SSLContext | None = None
+) -> int:
     """Serve until SIGTERM or SIGINT; return the process exit status."""
     logging.basicConfig(
         stream=sys.stderr,
@@ -63,10 +70,15 @@ def tls_setup(settings: ServerSettings) -> ssl.SSLContext | None:
     return server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
-async def _serve(settings: ServerSettings, token: str, tls: ssl.SSLContext | None) -> int:
+async def _serve(
+    settings: ServerSettings, token: str | None, tls: ssl.SSLContext | None
+) -> int:
     from rexec.runner import Runner
 
-    server = Server(token, settings.host, settings.port, runner=Runner(settings.kill_grace),
+    identities = Identities.from_token(token) if token else Identities()
+    for name, table in settings.identities.items():
+        identities.by_name[name] = table.identity(name)
+    server = Server(identities, settings.host, settings.port, runner=Runner(settings.kill_grace),
                     handshake_timeout=settings.handshake_timeout, tls=tls)
     try:
         addresses = await server.start()

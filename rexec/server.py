@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from rexec import __version__
-from rexec.auth import client_proof, new_nonce, proofs_match, server_proof
+from rexec.auth import auth_message, new_nonce
 from rexec.codec import Frame
 from rexec.config import DEFAULT_PORT
 from rexec.errors import ConnectionLost, ProtocolError
@@ -38,6 +38,7 @@ from rexec.frames import (
     StdinCredit,
     Stdout,
 )
+from rexec.identity import Identities, Identity
 from rexec.protocol import Role, State
 from rexec.runner import READ_CHUNK, ChildProcess, Runner
 from rexec.transport import STREAM_LIMIT, FramedStream, TLSHandshakeFailed
@@ -70,7 +71,7 @@ class Server:
 
     def __init__(
         self,
-        token: str,
+        identities: Identities,
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         *,
@@ -78,9 +79,7 @@ class Server:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        if not token:
-            raise ValueError("an empty token is refused")
-        self.token = token
+        self.identities = identities
         self.tls = tls
         self.host = host
         self.port = port
@@ -129,6 +128,15 @@ class Server:
             await session.serve()
         finally:
             self.sessions.discard(session)
+
+
+def _proved(identity: Identity, auth: Auth, message: bytes, subject: str | None) -> bool:
+    """Whether ``auth`` (and the TLS certificate) prove ``identity``."""
+    if identity.certificate is not None and identity.certificate != subject:
+        return False
+    if identity.verifier is None:
+        return auth.mac is None
+    return auth.mac is not None and identity.verifier.check(message, auth.mac)
 
 
 class StdinFeeder:
@@ -201,6 +209,7 @@ class Session:
         self.server = server
         self.stream = stream
         self.peer = stream.peer
+        self.identity: Identity | None = None
         self.child: ChildProcess | None = None
         self.feeder: StdinFeeder | None = None
         self.command_task: asyncio.Task[None] | None = None
@@ -251,7 +260,7 @@ class Session:
             ) from None
 
     async def handshake(self) -> None:
-        """Negotiate the version and check the client's proof of the token."""
+        """Negotiate the version, find the client's identity and check its proof."""
         hello = await self._receive_handshake(Hello)
         if PROTOCOL_VERSION not in hello.versions:
             raise _Refused(
@@ -259,18 +268,25 @@ class Session:
                 f"this server speaks protocol version {PROTOCOL_VERSION};"
                 f" the client offered {hello.versions}",
             )
+        identities, subject = self.server.identities, self.stream.peer_subject
+        identity = identities.resolve(hello.identity, subject)
+        method = identity.method if identity is not None else "token"
+        salt = identities.salt_for(identity, hello.identity).hex() if method == "token" else None
         nonce = new_nonce()
-        self.stream.send(Challenge(version=PROTOCOL_VERSION, nonce=nonce, agent=AGENT))
+        self.stream.send(Challenge(version=PROTOCOL_VERSION, nonce=nonce, agent=AGENT,
+                                   method=method, salt=salt))  # type: ignore[arg-type]
         await self.stream.drain()
         auth = await self._receive_handshake(Auth)
-        token = self.server.token
-        expected = client_proof(token, hello.nonce, nonce, PROTOCOL_VERSION)
-        if not proofs_match(expected, auth.mac):
-            raise _Refused("auth_failed", "authentication failed: the token does not match")
-        self.stream.send(AuthOk(mac=server_proof(token, hello.nonce, nonce, PROTOCOL_VERSION)))
+        message = auth_message(hello.nonce, nonce, PROTOCOL_VERSION, hello.identity or "")
+        if identity is None or not _proved(identity, auth, message, subject):
+            raise _Refused("auth_failed", "authentication failed: unknown identity, wrong token"
+                           " or wrong certificate")
+        proof = identity.verifier.server_proof(message) if identity.verifier else None
+        self.stream.send(AuthOk(mac=proof, identity=identity.name))
         await self.stream.drain()
-        log_event(logging.INFO, "authenticated", peer=self.peer, agent=hello.agent,
-                  subject=self.stream.peer_subject)
+        self.identity = identity
+        log_event(logging.INFO, "authenticated", peer=self.peer, identity=identity.name,
+                  agent=hello.agent, subject=subject)
 
     async def _receive_handshake(self, kind: type[HandshakeT]) -> HandshakeT:
         """The client's next handshake frame; its error frame ends the session quietly."""

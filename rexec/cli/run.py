@@ -130,6 +130,9 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     tls_key: Annotated[
         Path | None, typer.Option("--tls-key", help="The client certificate's private key.")
     ] = None,
+    identity: Annotated[
+        str | None, typer.Option("--identity", "-i", help="Log in as this named identity.")
+    ] = None,
 ) -> None:
     """Run COMMAND on the server at ADDRESS and exit with its status.
 
@@ -145,7 +148,7 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         json_output=json_output, stdin_fd=None if no_stdin else _stdin_fd(),
         connection={"token_file": token_file, "config": config,
                     "connect_timeout": connect_timeout, "tls_ca": tls_ca, "tls_cert": tls_cert,
-                    "tls_key": tls_key},
+                    "tls_key": tls_key, "identity": identity},
     )
     raise typer.Exit(code)
 

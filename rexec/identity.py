@@ -1,0 +1,139 @@
+"""Who a client is, and what it may do: identities, how they authenticate, and command policy.
+
+An identity authenticates with a token (the server keeps only its hash, see ``rexec.auth``), with
+a TLS client certificate subject, or with both. Its policy decides, before anything is started,
+whether a ``run`` is allowed and with which limits. The shared server token, when one is
+configured, is the identity "default", with no restrictions.
+
+What a policy on shell command strings can and cannot do: ``allow``/``deny`` patterns are
+anchored regular expressions matched against the whole command line. With the shell (the
+default), ``allow = ["uptime"]`` admits exactly ``uptime``; but a pattern such as ``ls .*``
+admits ``ls; rm -rf /``, because the shell gives ``;``, ``|``, ``$( )``, redirections and more
+their meaning. Write patterns that exclude shell syntax, or set ``shell = false``: the command
+line is then split like a shell would split words (no expansion, no operators) and run directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rexec.auth import TokenVerifier, decoy_salt
+from rexec.frames import Run
+
+DEFAULT_IDENTITY = "default"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a command is refused: the rule that refused it, for the client and the audit log."""
+
+    rule: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What one identity may run, where, and within which limits."""
+
+    allow: tuple[re.Pattern[str], ...] = ()
+    deny: tuple[re.Pattern[str], ...] = ()
+    shell: bool = True
+    cwd: tuple[Path, ...] = ()
+    max_timeout: float | None = None
+    max_output: int | None = None
+    run_as: str | None = None
+    max_connections: int | None = None
+    max_commands: int | None = None
+
+    def check(self, run: Run) -> Refusal | None:
+        """The first rule ``run`` breaks, or None if it may run."""
+        for n, pattern in enumerate(self.deny):
+            if pattern.fullmatch(run.command):
+                return Refusal(f"deny[{n}]", f"refused by deny[{n}] = {pattern.pattern!r}")
+        if self.allow and not any(p.fullmatch(run.command) for p in self.allow):
+            return Refusal("allow", "refused: the command matches no pattern of the allow list")
+        if not self.shell:
+            try:
+                if not shlex.split(run.command):
+                    return Refusal("shell", "refused: an empty command line")
+            except ValueError as exc:
+                return Refusal("shell", f"refused: cannot split the command line ({exc})")
+        if self.cwd and run.cwd is not None and not self._cwd_allowed(run.cwd):
+            allowed = ", ".join(str(p) for p in self.cwd)
+            return Refusal("cwd", f"refused: working directory {run.cwd!r} is outside {allowed}")
+        return None
+
+    def _cwd_allowed(self, cwd: str) -> bool:
+        real = Path(os.path.realpath(cwd))
+        return any(real == root or root in real.parents for root in self.cwd)
+
+    def working_directory(self, run: Run) -> str | None:
+        """The directory the command runs in: the client's choice, else the first allowed one."""
+        if run.cwd is not None:
+            return run.cwd
+        return str(self.cwd[0]) if self.cwd else None
+
+    def timeout(self, run: Run) -> float | None:
+        """The client's timeout, capped by ``max_timeout`` (which also applies when none is set)."""
+        if self.max_timeout is None:
+            return run.timeout
+        return self.max_timeout if run.timeout is None else min(run.timeout, self.max_timeout)
+
+    def argv(self, run: Run) -> list[str]:
+        """The argument vector to execute."""
+        if self.shell:
+            return ["/bin/sh", "-c", run.command]
+        return shlex.split(run.command)
+
+
+UNRESTRICTED = Policy()
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A named client: how it proves itself, and its policy."""
+
+    name: str
+    verifier: TokenVerifier | None = None
+    certificate: str | None = None  # required TLS client certificate subject, e.g. "CN=alice"
+    policy: Policy = UNRESTRICTED
+
+    @property
+    def method(self) -> str:
+        """How the handshake proves this identity: "token" or "certificate"."""
+        return "token" if self.verifier is not None else "certificate"
+
+
+@dataclass
+class Identities:
+    """The server's identities, and how a connecting client is matched to one."""
+
+    by_name: dict[str, Identity] = field(default_factory=dict)
+    _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+
+    @classmethod
+    def from_token(cls, token: str) -> Identities:
+        """Just the shared token, as the unrestricted identity "default"."""
+        return cls({DEFAULT_IDENTITY: Identity(DEFAULT_IDENTITY, TokenVerifier.from_token(token))})
+
+    def resolve(self, name: str | None, subject: str | None) -> Identity | None:
+        """The identity a client claims (by name), else the one its certificate names, else
+        "default"; None when there is no such identity."""
+        if name is not None:
+            return self.by_name.get(name)
+        if subject is not None:
+            for identity in self.by_name.values():
+                if identity.certificate == subject:
+                    return identity
+        return self.by_name.get(DEFAULT_IDENTITY)
+
+    def salt_for(self, identity: Identity | None, name: str | None) -> bytes:
+        """The salt to send: the identity's, or a stable decoy for a name that does not exist."""
+        if identity is not None and identity.verifier is not None:
+            return identity.verifier.salt
+        return decoy_salt(self._secret, name or "")
