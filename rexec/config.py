@@ -38,6 +38,7 @@ from rexec.auth import (
     read_token_file,
 )
 from rexec.errors import ConfigError
+from rexec.frames import MAX_COMMAND_LENGTH
 from rexec.identity import Identity, Policy
 
 DEFAULT_PORT = 7878
@@ -144,6 +145,10 @@ class ServerSettings(_Settings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     identities: dict[IdentityKey, IdentitySettings] = Field(default_factory=dict)
+    audit_log: Path | None = None
+    max_output: int | None = Field(None, gt=0, description="bytes per command, all identities")
+    max_command_length: int = Field(MAX_COMMAND_LENGTH, ge=1, le=MAX_COMMAND_LENGTH)
+    max_env_bytes: int = Field(64 * 1024, ge=0, le=1024 * 1024)
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> ServerSettings:

@@ -274,6 +274,7 @@ class ClientCore:
             exit_code=exit_frame.exit_code,
             signal=exit_frame.signal,
             timed_out=exit_frame.timed_out,
+            exceeded=exit_frame.exceeded,
             duration=exit_frame.duration,
             stdout=bytes(self._captured["stdout"]),
             stderr=bytes(self._captured["stderr"]),

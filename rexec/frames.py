@@ -191,6 +191,7 @@ class Exit(_Control):
     exit_code: int | None = Field(ge=0, le=255)
     signal: int | None = Field(default=None, ge=1, le=128)
     timed_out: bool = False
+    exceeded: Literal["max_output"] | None = None  # a limit that made the server stop it
     duration: float = Field(ge=0)
     stdout_bytes: int = Field(ge=0)
     stderr_bytes: int = Field(ge=0)

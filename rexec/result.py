@@ -19,6 +19,7 @@ class Result:
     exit_code: int | None
     signal: int | None = None
     timed_out: bool = False
+    exceeded: str | None = None  # the server limit that stopped the command ("max_output")
     duration: float = 0.0
     stdout: bytes = b""
     stderr: bytes = b""
@@ -27,8 +28,8 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        """True when the command exited 0 and did not time out."""
-        return self.exit_code == 0 and not self.timed_out
+        """True when the command exited 0, did not time out and hit no limit."""
+        return self.exit_code == 0 and not self.timed_out and self.exceeded is None
 
     @property
     def failed(self) -> bool:
@@ -48,6 +49,8 @@ class Result:
         """A message saying how the command failed, with the last lines of its stderr."""
         if self.timed_out:
             what = "timed out"
+        elif self.exceeded is not None:
+            what = f"was stopped by the server: it exceeded {self.exceeded}"
         elif self.signal is not None:
             what = f"was killed by signal {self.signal}"
         else:

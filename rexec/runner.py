@@ -13,14 +13,15 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 READ_CHUNK = 256 * 1024
 PIPE_SIZE = 1024 * 1024  # asked of the kernel for stdout/stderr pipes; best effort
-SHELL = "/bin/sh"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class ChildProcess:
         self.pid = popen.pid
         self.kill_grace = kill_grace
         self.timed_out = False
+        self.exceeded: str | None = None  # the limit that made the server stop it
         self._kill_timer: asyncio.TimerHandle | None = None
         self._fds: dict[int, int | None] = {}
         for stream_no, pipe in ((0, popen.stdin), (1, popen.stdout), (2, popen.stderr)):
@@ -174,6 +176,11 @@ class ChildProcess:
                 self.kill_grace, self.signal_group, signal.SIGKILL
             )
 
+    def exceed(self, limit: str) -> None:
+        """The command went over a server limit: record which, and terminate its group."""
+        self.exceeded = limit
+        self.terminate()
+
     def expire(self) -> None:
         """The command ran out of time: mark it timed out and terminate its group."""
         self.timed_out = True
@@ -196,29 +203,50 @@ class ChildProcess:
             self._close(stream_no)
 
 
+def _user_switch(user: str) -> dict[str, Any]:
+    """Popen arguments that make the child (never the server) run as ``user``."""
+    entry = pwd.getpwnam(user)  # KeyError for an unknown user
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise PermissionError(f"running commands as {user!r} needs the server to run as root")
+    return {
+        "user": entry.pw_uid,
+        "group": entry.pw_gid,
+        "extra_groups": os.getgrouplist(user, entry.pw_gid),  # initgroups(), in the child
+        "env_update": {"HOME": entry.pw_dir, "USER": user, "LOGNAME": user},
+    }
+
+
 class Runner:
-    """Starts commands under ``/bin/sh -c`` in their own session."""
+    """Starts commands in their own session: ``/bin/sh -c COMMAND``, or an argv without a shell."""
 
     def __init__(self, kill_grace: float = 5.0) -> None:
         self.kill_grace = kill_grace
 
     def start(
         self,
-        command: str,
+        argv: list[str],
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         stdin: bool = False,
+        user: str | None = None,
     ) -> ChildProcess:
-        """Start ``command``; raises OSError if it cannot (for example a missing cwd)."""
-        popen = subprocess.Popen(  # the shell runs inside: argv is [/bin/sh, -c, command]
-            [SHELL, "-c", command],
+        """Start ``argv``; raises OSError if it cannot (a missing cwd or program, a bad user).
+
+        With ``user``, the child switches user, group and supplementary groups between fork
+        and exec; the server itself never changes identity.
+        """
+        switch = _user_switch(user) if user is not None else {}
+        overrides = {**switch.pop("env_update", {}), **(env or {})}
+        popen = subprocess.Popen(
+            argv,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
-            env={**os.environ, **env} if env else None,
+            env={**os.environ, **overrides} if overrides else None,
             start_new_session=True,
             close_fds=True,
+            **switch,
         )
         for pipe in (popen.stdout, popen.stderr):
             if pipe is not None:

@@ -10,10 +10,11 @@ import ssl
 import sys
 from pathlib import Path
 
+from rexec.audit import AuditLog
 from rexec.auth import default_token_path, generate_token, write_token_file
 from rexec.config import ServerSettings, load_settings, resolve_token
 from rexec.identity import Identities
-from rexec.server import Server
+from rexec.server import Server, ServerLimits
 from rexec.tls import server_context
 
 
@@ -78,8 +79,13 @@ async def _serve(
     identities = Identities.from_token(token) if token else Identities()
     for name, table in settings.identities.items():
         identities.by_name[name] = table.identity(name)
+    limits = ServerLimits(max_output=settings.max_output,
+                          max_command_length=settings.max_command_length,
+                          max_env_bytes=settings.max_env_bytes)
+    audit = AuditLog(settings.audit_log)
     server = Server(identities, settings.host, settings.port, runner=Runner(settings.kill_grace),
-                    handshake_timeout=settings.handshake_timeout, tls=tls)
+                    handshake_timeout=settings.handshake_timeout, tls=tls, limits=limits,
+                    audit=audit)
     try:
         addresses = await server.start()
     except OSError as exc:

@@ -15,16 +15,19 @@ import logging
 import signal
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rexec import __version__
+from rexec.audit import AuditLog
 from rexec.auth import auth_message, new_nonce
 from rexec.codec import Frame
 from rexec.config import DEFAULT_PORT
 from rexec.errors import ConnectionLost, ProtocolError
 from rexec.frames import (
+    MAX_COMMAND_LENGTH,
     PROTOCOL_VERSION,
     STDIN_WINDOW,
     Auth,
@@ -38,7 +41,7 @@ from rexec.frames import (
     StdinCredit,
     Stdout,
 )
-from rexec.identity import Identities, Identity
+from rexec.identity import Identities, Identity, Refusal
 from rexec.protocol import Role, State
 from rexec.runner import READ_CHUNK, ChildProcess, Runner
 from rexec.transport import STREAM_LIMIT, FramedStream, TLSHandshakeFailed
@@ -78,9 +81,15 @@ class Server:
         runner: Runner | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         tls: ssl.SSLContext | None = None,
+        limits: ServerLimits | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.identities = identities
         self.tls = tls
+        self.limits = limits or ServerLimits()
+        self.audit = audit or AuditLog(None)
+        self.active_commands: Counter[str] = Counter()
+        self.active_connections: Counter[str] = Counter()
         self.host = host
         self.port = port
         self.runner = runner or Runner()
@@ -120,6 +129,7 @@ class Server:
         await asyncio.gather(*(s.done.wait() for s in sessions))
         if self._server is not None:
             await self._server.wait_closed()
+        self.audit.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, FramedStream(reader, writer, Role.SERVER))
@@ -137,6 +147,49 @@ def _proved(identity: Identity, auth: Auth, message: bytes, subject: str | None)
     if identity.verifier is None:
         return auth.mac is None
     return auth.mac is not None and identity.verifier.check(message, auth.mac)
+
+
+def _smaller(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+@dataclass
+class Command:
+    """One command being run: what was asked, by whom, and its output budget."""
+
+    run: Run
+    identity: Identity
+    started: float
+    timeout: float | None
+    budget: int | None  # output bytes still allowed (None: no limit)
+
+    def spend(self, count: int) -> int:
+        """How many of ``count`` new output bytes may still be sent."""
+        if self.budget is None:
+            return count
+        allowed = min(count, self.budget)
+        self.budget -= allowed
+        return allowed
+
+
+@dataclass
+class ServerLimits:
+    """Server-wide limits, for every identity (see ServerSettings for their meaning)."""
+
+    max_output: int | None = None
+    max_command_length: int = MAX_COMMAND_LENGTH
+    max_env_bytes: int = 64 * 1024
+
+    def check(self, run: Run) -> Refusal | None:
+        """Refuse a command line or environment over the limits."""
+        if len(run.command.encode()) > self.max_command_length:
+            return Refusal("max_command_length", "refused: the command line is longer than"
+                           f" {self.max_command_length} bytes (max_command_length)")
+        env_bytes = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in run.env.items())
+        if env_bytes > self.max_env_bytes:
+            return Refusal("max_env_bytes", f"refused: the environment takes {env_bytes} bytes,"
+                           f" more than {self.max_env_bytes} (max_env_bytes)")
+        return None
 
 
 class StdinFeeder:
@@ -210,6 +263,7 @@ class Session:
         self.stream = stream
         self.peer = stream.peer
         self.identity: Identity | None = None
+        self.claimed_identity: str | None = None
         self.child: ChildProcess | None = None
         self.feeder: StdinFeeder | None = None
         self.command_task: asyncio.Task[None] | None = None
@@ -227,6 +281,9 @@ class Session:
                 await self.handle(await self.stream.receive())
         except _Refused as exc:
             log_event(logging.WARNING, "refused", peer=self.peer, code=exc.code, reason=str(exc))
+            self.server.audit.record("connection_refused", peer=self.peer, code=exc.code,
+                                     reason=str(exc), claimed_identity=self.claimed_identity,
+                                     subject=self.stream.peer_subject)
             await self.send_fatal(exc.code, str(exc))
         except ProtocolError as exc:
             log_event(logging.WARNING, "protocol_error", peer=self.peer, reason=str(exc))
@@ -269,6 +326,7 @@ class Session:
                 f" the client offered {hello.versions}",
             )
         identities, subject = self.server.identities, self.stream.peer_subject
+        self.claimed_identity = hello.identity
         identity = identities.resolve(hello.identity, subject)
         method = identity.method if identity is not None else "token"
         salt = identities.salt_for(identity, hello.identity).hex() if method == "token" else None
@@ -281,10 +339,15 @@ class Session:
         if identity is None or not _proved(identity, auth, message, subject):
             raise _Refused("auth_failed", "authentication failed: unknown identity, wrong token"
                            " or wrong certificate")
+        limit = identity.policy.max_connections
+        if limit is not None and self.server.active_connections[identity.name] >= limit:
+            raise _Refused("too_many_connections", f"identity {identity.name!r} already has"
+                           f" {limit} connection(s) (max_connections)")
         proof = identity.verifier.server_proof(message) if identity.verifier else None
         self.stream.send(AuthOk(mac=proof, identity=identity.name))
         await self.stream.drain()
         self.identity = identity
+        self.server.active_connections[identity.name] += 1
         log_event(logging.INFO, "authenticated", peer=self.peer, identity=identity.name,
                   agent=hello.agent, subject=subject)
 
@@ -318,37 +381,52 @@ class Session:
             child.terminate()
 
     def start_command(self, run: Run) -> None:
-        """Start the child now; supervise it in a task."""
-        started = time.monotonic()
+        """Check the command against the limits and the identity's policy, start it, supervise."""
+        identity = self.identity
+        assert identity is not None  # the state table allows run only after auth_ok
+        policy = identity.policy
+        command = Command(run, identity, time.monotonic(), policy.timeout(run),
+                          _smaller(policy.max_output, self.server.limits.max_output))
+        refusal = self.server.limits.check(run) or policy.check(run)
+        if refusal is None and policy.max_commands is not None and \
+                self.server.active_commands[identity.name] >= policy.max_commands:
+            refusal = Refusal("max_commands", f"refused: identity {identity.name!r} already runs"
+                              f" {policy.max_commands} command(s) (max_commands)")
+        if refusal is not None:
+            self.report(command, "refused", rule=refusal.rule)
+            self.stream.send(Error(code="refused", message=refusal.message, fatal=False))
+            return
+        cwd = policy.working_directory(run)
         try:
-            child = self.server.runner.start(run.command, run.env, run.cwd, run.stdin)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            where = f"working directory {run.cwd!r}: " if run.cwd else ""
+            child = self.server.runner.start(policy.argv(run), run.env, cwd, run.stdin,
+                                             user=policy.run_as)
+        except (OSError, KeyError) as exc:
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            where = f"working directory {cwd!r}: " if cwd else ""
             message = f"cannot start the command: {where}{reason}"
-            log_event(logging.INFO, "command", peer=self.peer, command=run.command,
-                      cwd=run.cwd, started=False, reason=message)
+            self.report(command, "not_started", reason=message)
             self.stream.send(Error(code="spawn_failed", message=message, fatal=False))
             return
         self.child = child
         if run.stdin:
             self.feeder = StdinFeeder(child, self.send_credit)
-        self.command_task = asyncio.create_task(self.supervise(child, run, started))
+        self.server.active_commands[identity.name] += 1
+        self.command_task = asyncio.create_task(self.supervise(child, command))
 
     def send_credit(self, amount: int) -> None:
         """Let the client send ``amount`` more bytes of stdin."""
         if not self.lost and self.stream.conn.state is State.RUNNING:
             self.stream.send(StdinCredit(amount=amount))
 
-    async def supervise(self, child: ChildProcess, run: Run, started: float) -> None:
-        """Pump the child's output, wait for it, then send the exit frame and log it."""
+    async def supervise(self, child: ChildProcess, command: Command) -> None:
+        """Pump the child's output, wait for it, then send the exit frame and report it."""
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(run.timeout, child.expire) if run.timeout else None
+        timer = loop.call_later(command.timeout, child.expire) if command.timeout else None
         try:
             # gather() waits for all three even if one fails, so no pump is left reading a
             # pipe that close() below releases.
             out, err, status = await asyncio.gather(
-                self.pump(child, 1), self.pump(child, 2), child.wait()
+                self.pump(child, 1, command), self.pump(child, 2, command), child.wait()
             )
         finally:
             if timer is not None:
@@ -359,18 +437,19 @@ class Session:
             child.close()
             child.forget_group_if_empty()
             self.child = None
+            self.server.active_commands[command.identity.name] -= 1
         exit_frame = Exit(
             exit_code=status.exit_code,
             signal=status.signal,
             timed_out=child.timed_out,
-            duration=round(time.monotonic() - started, 6),
+            exceeded=child.exceeded,  # type: ignore[arg-type]
+            duration=round(time.monotonic() - command.started, 6),
             stdout_bytes=out,
             stderr_bytes=err,
         )
-        log_event(logging.INFO, "command", peer=self.peer, command=run.command, cwd=run.cwd,
-                  exit_code=status.exit_code, signal=status.signal, timed_out=child.timed_out,
-                  stdout_bytes=out, stderr_bytes=err, duration=exit_frame.duration,
-                  delivered=not self.lost)
+        self.report(command, "run", exit_code=status.exit_code, signal=status.signal,
+                    timed_out=child.timed_out, exceeded=child.exceeded, stdout_bytes=out,
+                    stderr_bytes=err, duration=exit_frame.duration, delivered=not self.lost)
         if not self.lost:
             try:
                 self.stream.send(exit_frame)
@@ -378,22 +457,36 @@ class Session:
             except ConnectionLost:
                 self.lost = True
 
-    async def pump(self, child: ChildProcess, stream_no: int) -> int:
-        """Forward one of the child's pipes to the client until EOF; return the bytes read."""
+    async def pump(self, child: ChildProcess, stream_no: int, command: Command) -> int:
+        """Forward one of the child's pipes to the client until EOF; return the bytes sent.
+
+        Past the command's output budget the rest is read and dropped, and the group stopped.
+        """
         kind = Stdout if stream_no == 1 else Stderr
         buffer = bytearray(READ_CHUNK)
         view = memoryview(buffer)
-        total = 0
+        sent = 0
         while count := await child.read_into(stream_no, buffer):
-            total += count
-            if self.lost:
+            allowed = command.spend(count)
+            if allowed < count and child.exceeded is None:
+                child.exceed("max_output")
+            if self.lost or not allowed:
                 continue  # keep draining so the child is never stuck on a full pipe
+            sent += allowed
             try:
-                self.stream.send(kind(size=count), view[:count])
+                self.stream.send(kind(size=allowed), view[:allowed])
                 await self.stream.drain()
             except (ConnectionLost, ProtocolError):  # gone, or closed by a fatal error frame
                 self.connection_lost()
-        return total
+        return sent
+
+    def report(self, command: Command, decision: str, **fields: Any) -> None:
+        """The command's one log line, and its audit record."""
+        run = command.run
+        common = {"peer": self.peer, "identity": command.identity.name,
+                  "command": run.command, "cwd": run.cwd, "decision": decision}
+        log_event(logging.INFO, "command", **common, **fields)
+        self.server.audit.record("command", **common, **fields)
 
     def connection_lost(self) -> None:
         """The client is gone: stop sending and terminate any running command's group."""
@@ -430,4 +523,6 @@ class Session:
                     self.command_task.cancel()
             await self.stream.close()
         finally:
+            if self.identity is not None:
+                self.server.active_connections[self.identity.name] -= 1
             self.done.set()

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from rexec import __version__
+from rexec.cli import token
 from rexec.cli.run import run_command
 
 app = typer.Typer(
@@ -16,6 +17,7 @@ app = typer.Typer(
     help="Run commands on rexec servers.",
 )
 app.command("run")(run_command)
+app.add_typer(token.app, name="token")
 
 
 def _version(value: bool) -> None:

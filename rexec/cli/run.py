@@ -60,6 +60,7 @@ def result_json(result: Any) -> str:
         "exit_code": result.exit_code,
         "signal": result.signal,
         "timed_out": result.timed_out,
+        "exceeded": result.exceeded,
         "exit_status": result.exit_status,
         "duration": result.duration,
         "stdout": stdout,
@@ -197,6 +198,9 @@ def execute(
         return EXIT_INTERRUPTED if interrupts else EXIT_FAILURE
     if json_output:
         _write_all(1, result_json(result).encode() + b"\n")
+    if result.exceeded is not None:
+        print(f"rexec: the server stopped the command: its output went over the limit"
+              f" ({result.exceeded})", file=sys.stderr, flush=True)
     if interrupts:
         return EXIT_INTERRUPTED
     if outputs.broken_pipe:

@@ -40,6 +40,9 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
         Path | None,
         typer.Option("--tls-client-ca", help="Require client certificates signed by this CA."),
     ] = None,
+    audit_log: Annotated[
+        Path | None, typer.Option("--audit-log", help="Append one JSON record per decision.")
+    ] = None,
     dangerously_allow_plaintext: Annotated[
         bool,
         typer.Option("--dangerously-allow-plaintext",
@@ -57,7 +60,7 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
         settings, token = server_setup(
             config, host=host, port=port, token_file=token_file, log_level=log_level,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
-            dangerously_allow_plaintext=dangerously_allow_plaintext or None,
+            audit_log=audit_log, dangerously_allow_plaintext=dangerously_allow_plaintext or None,
         )
         tls = tls_setup(settings)
     except ConfigError as exc:

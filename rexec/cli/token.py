@@ -1,0 +1,52 @@
+"""``rexec token``: make tokens for named identities, and the hashes servers keep of them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Make tokens and the hashes a server's identities keep of them.")
+
+
+def _hash_line(token: str) -> str:
+    from rexec.auth import TokenVerifier
+
+    return f'token_hash = "{TokenVerifier.from_token(token).format()}"'
+
+
+@app.command("new")
+def new(
+    output: Annotated[Path, typer.Argument(help="Write the new token to this file (mode 0600).")],
+) -> None:
+    """Generate a token into OUTPUT and print the token_hash line for the server's config."""
+    from rexec.auth import generate_token, write_token_file
+
+    if output.exists():
+        print(f"rexec: {output} exists; not overwriting a token", file=sys.stderr)
+        raise typer.Exit(2)
+    token = generate_token()
+    write_token_file(output, token)
+    print(_hash_line(token))
+
+
+@app.command("hash")
+def hash_token(
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="Read the token from FILE, not stdin.")
+    ] = None,
+) -> None:
+    """Print the token_hash line for a token (read from stdin or --token-file)."""
+    from rexec.auth import check_token, read_token_file
+    from rexec.errors import ConfigError
+
+    try:
+        token = (read_token_file(token_file) if token_file is not None
+                 else check_token(sys.stdin.read(), "standard input"))
+    except ConfigError as exc:
+        print(f"rexec: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(_hash_line(token))
