@@ -81,7 +81,10 @@ async def _serve(
         identities.by_name[name] = table.identity(name)
     limits = ServerLimits(max_output=settings.max_output,
                           max_command_length=settings.max_command_length,
-                          max_env_bytes=settings.max_env_bytes)
+                          max_env_bytes=settings.max_env_bytes,
+                          max_startups=settings.max_startups,
+                          idle_timeout=settings.idle_timeout or None,
+                          auth_penalty_max=settings.auth_penalty_max)
     audit = AuditLog(settings.audit_log)
     server = Server(identities, settings.host, settings.port, runner=Runner(settings.kill_grace),
                     handshake_timeout=settings.handshake_timeout, tls=tls, limits=limits,

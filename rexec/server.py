@@ -52,6 +52,7 @@ AGENT = f"rexec-server/{__version__}"
 HANDSHAKE_TIMEOUT = 10.0
 ERROR_SEND_TIMEOUT = 2.0
 CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
+PENALTY_WINDOW = 30.0  # seconds a failed authentication counts against its source
 HandshakeT = TypeVar("HandshakeT", Hello, Auth)
 
 
@@ -90,6 +91,8 @@ class Server:
         self.audit = audit or AuditLog(None)
         self.active_commands: Counter[str] = Counter()
         self.active_connections: Counter[str] = Counter()
+        self.unauthenticated: dict[Session, None] = {}  # oldest first
+        self.penalty = AuthPenalty(self.limits.auth_penalty_max)
         self.host = host
         self.port = port
         self.runner = runner or Runner()
@@ -134,10 +137,27 @@ class Server:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, FramedStream(reader, writer, Role.SERVER))
         self.sessions.add(session)
+        self._admit(session)
         try:
             await session.serve()
         finally:
             self.sessions.discard(session)
+            self.unauthenticated.pop(session, None)
+
+    def _admit(self, session: Session) -> None:
+        """Count a new unauthenticated connection; at the cap, drop the oldest ones.
+
+        Refusing newcomers instead (as sshd's MaxStartups does) would let whoever holds the
+        slots with idle connections lock everyone else out.
+        """
+        while len(self.unauthenticated) >= self.limits.max_startups:
+            oldest = next(iter(self.unauthenticated))
+            del self.unauthenticated[oldest]
+            log_event(logging.WARNING, "dropped", peer=oldest.peer,
+                      reason=f"over {self.limits.max_startups} unauthenticated connections:"
+                             " the oldest makes room")
+            oldest.abort()
+        self.unauthenticated[session] = None
 
 
 def _proved(identity: Identity, auth: Auth, message: bytes, subject: str | None) -> bool:
@@ -179,6 +199,9 @@ class ServerLimits:
     max_output: int | None = None
     max_command_length: int = MAX_COMMAND_LENGTH
     max_env_bytes: int = 64 * 1024
+    max_startups: int = 64  # unauthenticated connections at once; the oldest make room
+    idle_timeout: float | None = 900.0  # authenticated, no command running
+    auth_penalty_max: float = 3.0  # the longest a source with recent failures waits
 
     def check(self, run: Run) -> Refusal | None:
         """Refuse a command line or environment over the limits."""
@@ -190,6 +213,45 @@ class ServerLimits:
             return Refusal("max_env_bytes", f"refused: the environment takes {env_bytes} bytes,"
                            f" more than {self.max_env_bytes} (max_env_bytes)")
         return None
+
+
+class AuthPenalty:
+    """A per-source delay that grows with recent failed authentications, and is capped.
+
+    A source's failures count for PENALTY_WINDOW seconds; each new connection from it waits
+    0.25 s x 2^(failures-1), at most ``max_delay``, before it is challenged. So every attempt
+    is answered within seconds, and the right token works again (with no delay) once a source
+    has had no failure for PENALTY_WINDOW seconds.
+    """
+
+    def __init__(self, max_delay: float, max_sources: int = 10_000) -> None:
+        self.max_delay = max_delay
+        self.max_sources = max_sources
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, source: str) -> deque[float]:
+        times = self._failures.get(source, deque())
+        horizon = time.monotonic() - PENALTY_WINDOW
+        while times and times[0] < horizon:
+            times.popleft()
+        if not times:
+            self._failures.pop(source, None)
+        return times
+
+    def delay(self, source: str) -> float:
+        """Seconds this source waits before its challenge."""
+        count = len(self._recent(source))
+        return 0.0 if count == 0 else min(self.max_delay, 0.25 * 2 ** (count - 1))
+
+    def failed(self, source: str) -> int:
+        """Record a failure; return the source's recent failure count."""
+        times = self._recent(source)
+        if source not in self._failures:
+            if len(self._failures) >= self.max_sources:  # bounded: forget the oldest source
+                self._failures.pop(next(iter(self._failures)))
+            self._failures[source] = times
+        times.append(time.monotonic())
+        return len(times)
 
 
 class StdinFeeder:
@@ -268,6 +330,8 @@ class Session:
         self.feeder: StdinFeeder | None = None
         self.command_task: asyncio.Task[None] | None = None
         self.lost = False
+        self.last_activity = time.monotonic()
+        self._watchdog: asyncio.Task[None] | None = None
         self.finishing = False
         self.done = asyncio.Event()
         self._serve_task: asyncio.Task[Any] | None = None
@@ -277,8 +341,12 @@ class Session:
         self._serve_task = asyncio.current_task()
         try:
             await self._handshake_with_deadline()
+            if self.server.limits.idle_timeout:
+                self._watchdog = asyncio.create_task(self._idle_watchdog())
             while True:
-                await self.handle(await self.stream.receive())
+                frame = await self.stream.receive()
+                self.last_activity = time.monotonic()
+                await self.handle(frame)
         except _Refused as exc:
             log_event(logging.WARNING, "refused", peer=self.peer, code=exc.code, reason=str(exc))
             self.server.audit.record("connection_refused", peer=self.peer, code=exc.code,
@@ -297,6 +365,18 @@ class Session:
             pass
         finally:
             await self.finish()
+
+    async def _idle_watchdog(self) -> None:
+        """Close the connection after idle_timeout seconds with no frame and no command."""
+        idle = self.server.limits.idle_timeout
+        assert idle is not None
+        while True:
+            await asyncio.sleep(max(0.05, self.last_activity + idle - time.monotonic()))
+            if self.child is None and time.monotonic() - self.last_activity >= idle:
+                log_event(logging.INFO, "idle_timeout", peer=self.peer, seconds=idle)
+                await self.send_fatal("idle_timeout", f"no command for {idle:g} s: closing")
+                self.abort()
+                return
 
     def abort(self) -> None:
         """End the session now (server shutting down); a session already finishing goes on."""
@@ -330,6 +410,9 @@ class Session:
         identity = identities.resolve(hello.identity, subject)
         method = identity.method if identity is not None else "token"
         salt = identities.salt_for(identity, hello.identity).hex() if method == "token" else None
+        delay = self.server.penalty.delay(self.stream.peer_host)
+        if delay:
+            await asyncio.sleep(delay)  # recent failures from this source slow it down
         nonce = new_nonce()
         self.stream.send(Challenge(version=PROTOCOL_VERSION, nonce=nonce, agent=AGENT,
                                    method=method, salt=salt))  # type: ignore[arg-type]
@@ -337,6 +420,10 @@ class Session:
         auth = await self._receive_handshake(Auth)
         message = auth_message(hello.nonce, nonce, PROTOCOL_VERSION, hello.identity or "")
         if identity is None or not _proved(identity, auth, message, subject):
+            failures = self.server.penalty.failed(self.stream.peer_host)
+            log_event(logging.WARNING, "auth_failed", peer=self.peer,
+                      claimed_identity=hello.identity, recent_failures=failures,
+                      next_delay=self.server.penalty.delay(self.stream.peer_host))
             raise _Refused("auth_failed", "authentication failed: unknown identity, wrong token"
                            " or wrong certificate")
         limit = identity.policy.max_connections
@@ -348,6 +435,7 @@ class Session:
         await self.stream.drain()
         self.identity = identity
         self.server.active_connections[identity.name] += 1
+        self.server.unauthenticated.pop(self, None)
         log_event(logging.INFO, "authenticated", peer=self.peer, identity=identity.name,
                   agent=hello.agent, subject=subject)
 
@@ -438,6 +526,7 @@ class Session:
             child.forget_group_if_empty()
             self.child = None
             self.server.active_commands[command.identity.name] -= 1
+            self.last_activity = time.monotonic()
         exit_frame = Exit(
             exit_code=status.exit_code,
             signal=status.signal,
@@ -512,6 +601,8 @@ class Session:
         """Kill what is still running, wait for it within bounds, close the connection."""
         self.finishing = True
         try:
+            if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+                self._watchdog.cancel()
             self.connection_lost()
             if self.command_task is not None:
                 grace = self.server.runner.kill_grace + 5.0

@@ -51,6 +51,8 @@ class FramedStream:
         self.writer = writer
         self.conn = Connection(role)
         self.peer = format_peer(writer)
+        peername = writer.get_extra_info("peername")
+        self.peer_host: str = peername[0] if peername else "unknown"
         self.received = 0  # bytes read from the socket, for "lost after N bytes" messages
         self.peer_subject: str | None = None  # the verified client certificate's subject
         self._tls: ssl.SSLObject | None = None
@@ -96,6 +98,9 @@ class FramedStream:
                 raise TLSHandshakeFailed(f"TLS handshake failed: {exc.reason or exc}") from None
         self._flush_tls()
         self.peer_subject = subject_of(tls.getpeercert())
+        # Application data may have come in the same read as the end of the handshake: it is
+        # inside the TLS object already, and the socket will not signal it again.
+        self._decrypt()
 
     def _decrypt(self) -> None:
         assert self._tls is not None
