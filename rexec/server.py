@@ -348,19 +348,19 @@ class Session:
                 self.last_activity = time.monotonic()
                 await self.handle(frame)
         except _Refused as exc:
-            log_event(logging.WARNING, "refused", peer=self.peer, code=exc.code, reason=str(exc))
+            self.log(logging.WARNING, "refused", code=exc.code, reason=str(exc))
             self.server.audit.record("connection_refused", peer=self.peer, code=exc.code,
                                      reason=str(exc), claimed_identity=self.claimed_identity,
                                      subject=self.stream.peer_subject)
             await self.send_fatal(exc.code, str(exc))
         except ProtocolError as exc:
-            log_event(logging.WARNING, "protocol_error", peer=self.peer, reason=str(exc))
+            self.log(logging.WARNING, "protocol_error", reason=str(exc))
             await self.send_fatal(exc.code, str(exc))
         except TLSHandshakeFailed as exc:
-            log_event(logging.WARNING, "refused", peer=self.peer, code="tls_failed",
+            self.log(logging.WARNING, "refused", code="tls_failed",
                       reason=str(exc))
         except ConnectionLost as exc:
-            log_event(logging.DEBUG, "disconnected", peer=self.peer, reason=str(exc))
+            self.log(logging.DEBUG, "disconnected", reason=str(exc))
         except asyncio.CancelledError:
             pass
         finally:
@@ -373,10 +373,15 @@ class Session:
         while True:
             await asyncio.sleep(max(0.05, self.last_activity + idle - time.monotonic()))
             if self.child is None and time.monotonic() - self.last_activity >= idle:
-                log_event(logging.INFO, "idle_timeout", peer=self.peer, seconds=idle)
+                self.log(logging.INFO, "idle_timeout", seconds=idle)
                 await self.send_fatal("idle_timeout", f"no command for {idle:g} s: closing")
                 self.abort()
                 return
+
+    def log(self, level: int, event: str, **fields: Any) -> None:
+        """One structured log line about this session, naming the peer and the identity."""
+        identity = self.identity.name if self.identity is not None else None
+        log_event(level, event, peer=self.peer, identity=identity, **fields)
 
     def abort(self) -> None:
         """End the session now (server shutting down); a session already finishing goes on."""
@@ -421,9 +426,9 @@ class Session:
         message = auth_message(hello.nonce, nonce, PROTOCOL_VERSION, hello.identity or "")
         if identity is None or not _proved(identity, auth, message, subject):
             failures = self.server.penalty.failed(self.stream.peer_host)
-            log_event(logging.WARNING, "auth_failed", peer=self.peer,
-                      claimed_identity=hello.identity, recent_failures=failures,
-                      next_delay=self.server.penalty.delay(self.stream.peer_host))
+            self.log(logging.WARNING, "auth_failed", claimed_identity=hello.identity,
+                     recent_failures=failures,
+                     next_delay=self.server.penalty.delay(self.stream.peer_host))
             raise _Refused("auth_failed", "authentication failed: unknown identity, wrong token"
                            " or wrong certificate")
         limit = identity.policy.max_connections
@@ -436,8 +441,7 @@ class Session:
         self.identity = identity
         self.server.active_connections[identity.name] += 1
         self.server.unauthenticated.pop(self, None)
-        log_event(logging.INFO, "authenticated", peer=self.peer, identity=identity.name,
-                  agent=hello.agent, subject=subject)
+        self.log(logging.INFO, "authenticated", agent=hello.agent, subject=subject)
 
     async def _receive_handshake(self, kind: type[HandshakeT]) -> HandshakeT:
         """The client's next handshake frame; its error frame ends the session quietly."""
@@ -609,8 +613,8 @@ class Session:
                 try:
                     await asyncio.wait_for(asyncio.shield(self.command_task), grace)
                 except TimeoutError:
-                    log_event(logging.WARNING, "command_stuck", peer=self.peer,
-                              reason="output pipes still open after SIGKILL; giving up on them")
+                    self.log(logging.WARNING, "command_stuck",
+                             reason="output pipes still open after SIGKILL; giving up on them")
                     self.command_task.cancel()
             await self.stream.close()
         finally:
