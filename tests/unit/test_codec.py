@@ -18,6 +18,7 @@ from rexec.errors import ProtocolError
 
 NONCE = "0123456789abcdef" * 4
 MAC = "fedcba9876543210" * 4
+SALT = "0123456789abcdef" * 2
 MANY = bytes(range(256)) * 4 + b"\x00\xff\xfe\xc3\x28\xed\xa0\x80"  # NUL and invalid UTF-8
 
 Decoded = tuple[f.Header, bytes]
@@ -73,9 +74,15 @@ def decode_via_buffer(data: bytes, chunk_size: int) -> list[Decoded]:
 VALID: list[tuple[str, f.Header, bytes]] = [
     ("hello", f.Hello(versions=[1], nonce=NONCE, agent="rexec/0.1.0"), b""),
     ("hello-many-versions", f.Hello(versions=[1, 2, 65535], nonce=NONCE), b""),
+    ("hello-identity", f.Hello(versions=[1], nonce=NONCE, identity="ops@example.com"), b""),
     ("challenge", f.Challenge(version=1, nonce=NONCE, agent="srv \u00e9\u2603"), b""),
+    ("challenge-token", f.Challenge(version=1, nonce=NONCE, method="token", salt=SALT), b""),
+    ("challenge-certificate", f.Challenge(version=1, nonce=NONCE, method="certificate"), b""),
     ("auth", f.Auth(mac=MAC), b""),
+    ("auth-certificate", f.Auth(mac=None), b""),
     ("auth_ok", f.AuthOk(mac=MAC), b""),
+    ("auth_ok-identity", f.AuthOk(mac=MAC, identity="alice"), b""),
+    ("auth_ok-certificate", f.AuthOk(mac=None, identity="robot"), b""),
     ("run-minimal", f.Run(command="true"), b""),
     (
         "run-full",
@@ -107,6 +114,8 @@ VALID: list[tuple[str, f.Header, bytes]] = [
                stderr_bytes=7),
         b"",
     ),
+    ("exit-exceeded", f.Exit(exit_code=None, signal=15, exceeded="max_output", duration=1.0,
+                             stdout_bytes=100, stderr_bytes=0), b""),
     ("error-fatal", f.Error(code="auth_failed", message="no \u00e9"), b""),
     ("error-nonfatal", f.Error(code="bad_cwd", message="", fatal=False), b""),
 ]
@@ -247,6 +256,21 @@ MALFORMED: list[tuple[str, bytes, dict[str, int], str, str]] = [
      "exit.duration"),
     ("bool-version", raw_frame(f'{{"type":"hello","versions":[true],"nonce":"{NONCE}"}}'), {},
      "bad_header", "hello.versions.0"),
+    ("bad-identity", raw_frame(f'{{"type":"hello","versions":[1],"nonce":"{NONCE}",'
+                               '"identity":"-x"}'), {}, "bad_header", "hello.identity"),
+    ("empty-identity", raw_frame(f'{{"type":"hello","versions":[1],"nonce":"{NONCE}",'
+                                 '"identity":""}'), {}, "bad_header", "hello.identity"),
+    ("null-auth_ok-identity", raw_frame('{"type":"auth_ok","identity":null}'), {},
+     "bad_header", "auth_ok.identity"),
+    ("unknown-method", raw_frame(f'{{"type":"challenge","version":1,"nonce":"{NONCE}",'
+                                 '"method":"password"}'), {}, "bad_header", "challenge.method"),
+    ("upper-case-salt", raw_frame(f'{{"type":"challenge","version":1,"nonce":"{NONCE}",'
+                                  f'"salt":"{SALT.upper()}"}}'), {}, "bad_header",
+     "challenge.salt"),
+    ("short-salt", raw_frame(f'{{"type":"challenge","version":1,"nonce":"{NONCE}",'
+                             f'"salt":"{SALT[:-2]}"}}'), {}, "bad_header", "challenge.salt"),
+    ("short-mac", raw_frame(f'{{"type":"auth","mac":"{MAC[:-2]}"}}'), {}, "bad_header",
+     "auth.mac"),
     ("int-for-bool", raw_frame(f'{{"type":"exit",{EXIT_FIELDS},"timed_out":1}}'), {},
      "bad_header", "exit.timed_out"),
     ("negative-size", raw_frame('{"type":"stdout","size":-1}'), {}, "bad_header",
@@ -417,6 +441,8 @@ _text = st.text(
     alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40
 )
 _hex64 = st.binary(min_size=32, max_size=32).map(bytes.hex)
+_hex32 = st.binary(min_size=16, max_size=16).map(bytes.hex)
+_identity = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 _small_body = st.binary(max_size=64)
 _big_body = st.builds(  # hypothesis favours small integers: draw KiB and the rest apart
     lambda kib, extra, seed: random.Random(seed).randbytes(kib * 1024 + extra),
@@ -429,10 +455,11 @@ _data_frame = st.tuples(
 ).map(lambda mb: (mb[0](size=len(mb[1])), mb[1]))
 _control = st.one_of(
     st.builds(f.Hello, versions=st.lists(st.integers(1, 65535), min_size=1, max_size=16),
-              nonce=_hex64, agent=_text),
-    st.builds(f.Challenge, version=st.integers(1, 65535), nonce=_hex64, agent=_text),
-    st.builds(f.Auth, mac=_hex64),
-    st.builds(f.AuthOk, mac=_hex64),
+              nonce=_hex64, agent=_text, identity=st.none() | _identity),
+    st.builds(f.Challenge, version=st.integers(1, 65535), nonce=_hex64, agent=_text,
+              method=st.sampled_from(["token", "certificate"]), salt=st.none() | _hex32),
+    st.builds(f.Auth, mac=st.none() | _hex64),
+    st.builds(f.AuthOk, mac=st.none() | _hex64, identity=_identity),
     st.builds(f.Run, command=_text.filter(bool),
               env=st.dictionaries(_text.filter(lambda k: k and "=" not in k), _text, max_size=4),
               timeout=st.none() | st.floats(0.001, 1e6), stdin=st.booleans()),
@@ -442,6 +469,7 @@ _control = st.one_of(
     st.builds(f.StdinCredit, amount=st.integers(1, f.STDIN_WINDOW)),
     st.builds(f.Exit, exit_code=st.none() | st.integers(0, 255),
               signal=st.none() | st.integers(1, 128), timed_out=st.booleans(),
+              exceeded=st.sampled_from([None, "max_output"]),
               duration=st.floats(0, 1e9), stdout_bytes=st.integers(0, 2**53),
               stderr_bytes=st.integers(0, 2**53)),
     st.builds(f.Error, code=st.from_regex(r"\A[a-z][a-z0-9_]{0,20}\Z"), message=_text,

@@ -20,17 +20,32 @@ from rexec.result import TIMEOUT_STATUS, Result
 
 TOKEN = "core-test-token"
 SERVER_NONCE = "5a" * 32
+SALT = bytes.fromhex("00112233445566778899aabbccddeeff")
 
 
 class FakeServer:
-    """The server's end: a real server-role Connection, frames built from rexec.frames."""
+    """The server's end: a real server-role Connection, frames built from rexec.frames.
+
+    It holds only a TokenVerifier, as a real server does, and proves itself with it.
+    """
 
     def __init__(self, core: ClientCore, token: str = TOKEN) -> None:
         self.core = core
-        self.token = token
+        self.verifier = auth.TokenVerifier.from_token(token, SALT)
         self.conn = Connection(Role.SERVER)
-        self.client_nonce = ""
-        self.client_mac = ""
+        self.hello: f.Hello | None = None
+        self.client_mac: str | None = None
+
+    @property
+    def client_nonce(self) -> str:
+        assert self.hello is not None
+        return self.hello.nonce
+
+    @property
+    def message(self) -> bytes:
+        """The AuthMessage both proofs cover, as the server computes it."""
+        assert self.hello is not None
+        return auth.auth_message(self.hello.nonce, SERVER_NONCE, 1, self.hello.identity or "")
 
     def receive(self) -> list[tuple[f.Header, bytes]]:
         """Take what the client queued and return the frames in it."""
@@ -43,12 +58,17 @@ class FakeServer:
     def send(self, header: f.Header, body: bytes = b"") -> None:
         self.core.receive_data(self.conn.send(header, body))
 
-    def challenge(self, version: int = 1) -> None:
+    def challenge(self, version: int = 1, method: str = "token",
+                  salt: str | None = SALT.hex()) -> None:
         [(hello, _)] = self.receive()
         assert isinstance(hello, f.Hello)
         assert hello.versions == [f.PROTOCOL_VERSION]
-        self.client_nonce = hello.nonce
-        self.send(f.Challenge(version=version, nonce=SERVER_NONCE, agent="fake-server/9"))
+        self.hello = hello
+        self.send(f.Challenge(version=version, nonce=SERVER_NONCE, agent="fake-server/9",
+                              method=method, salt=salt))  # type: ignore[arg-type]
+
+    def certificate_challenge(self) -> None:
+        self.challenge(method="certificate", salt=None)
 
     def read_auth(self) -> None:
         assert self.core.next_event() is None  # the core answers the challenge by itself
@@ -56,9 +76,13 @@ class FakeServer:
         assert isinstance(auth_frame, f.Auth)
         self.client_mac = auth_frame.mac
 
-    def accept(self, mac: str | None = None) -> None:
-        proof = auth.server_proof(self.token, self.client_nonce, SERVER_NONCE, 1)
-        self.send(f.AuthOk(mac=proof if mac is None else mac))
+    def accept(self, mac: str | None = None, identity: str = "default") -> None:
+        """Send auth_ok with the server proof (or ``mac`` instead)."""
+        proof = self.verifier.server_proof(self.message)
+        self.send(f.AuthOk(mac=proof if mac is None else mac, identity=identity))
+
+    def accept_without_mac(self, identity: str = "default") -> None:
+        self.send(f.AuthOk(mac=None, identity=identity))
 
 
 def handshake(core: ClientCore | None = None) -> tuple[ClientCore, FakeServer]:
@@ -103,11 +127,14 @@ def test_successful_handshake() -> None:
     server = FakeServer(core)
     server.challenge()
     server.read_auth()
-    assert server.client_mac == auth.client_proof(TOKEN, server.client_nonce, SERVER_NONCE, 1)
+    assert server.client_mac is not None
+    assert server.verifier.check(server.message, server.client_mac)
+    assert server.client_mac == auth.client_proof(TOKEN, SALT, server.message)
     server.accept()
     event = core.next_event()
     assert event == Authenticated("fake-server/9")
     assert core.server_agent == "fake-server/9"
+    assert core.identity == "default"
     assert core.ready
     assert not core.running
     assert server.conn.state is State.READY
@@ -122,24 +149,83 @@ def test_hello_carries_the_agent_and_a_fresh_nonce() -> None:
         assert frame is not None
         hellos.append(frame.header)
     assert all(isinstance(h, f.Hello) and h.agent == "me/1" for h in hellos)
+    assert all(isinstance(h, f.Hello) and h.identity is None for h in hellos)
     assert hellos[0].nonce != hellos[1].nonce  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("mac", [
-    auth.server_proof("another-token", "00" * 32, SERVER_NONCE, 1),
-    "0" * 64,
-], ids=["wrong-token", "zeros"])
-def test_a_wrong_server_proof_raises_authentication_error(mac: str) -> None:
+def test_a_named_identity_is_in_hello_and_covered_by_the_proof() -> None:
+    core = ClientCore(TOKEN, identity="alice")
+    server = FakeServer(core)
+    server.challenge()
+    assert server.hello is not None
+    assert server.hello.identity == "alice"
+    server.read_auth()
+    assert server.client_mac is not None
+    assert server.message == auth.auth_message(server.client_nonce, SERVER_NONCE, 1, "alice")
+    assert server.verifier.check(server.message, server.client_mac)
+    for name in ("", "bob", "default"):  # the same proof claimed for another identity fails
+        other = auth.auth_message(server.client_nonce, SERVER_NONCE, 1, name)
+        assert not server.verifier.check(other, server.client_mac)
+    server.accept(identity="alice")
+    assert core.next_event() == Authenticated("fake-server/9")
+    assert core.identity == "alice"
+
+
+def test_the_core_records_the_identity_the_server_names() -> None:
+    core = ClientCore(TOKEN)
+    assert core.identity is None
+    server = FakeServer(core)
+    server.challenge()
+    server.read_auth()
+    server.accept(identity="ops@example.com")
+    assert core.next_event() == Authenticated("fake-server/9")
+    assert core.identity == "ops@example.com"
+
+
+def test_the_proof_uses_the_salt_from_the_challenge() -> None:
+    core = ClientCore(TOKEN)
+    server = FakeServer(core)
+    other_salt = "ff" * 16
+    server.challenge(salt=other_salt)
+    server.read_auth()
+    assert server.client_mac == auth.client_proof(TOKEN, bytes.fromhex(other_salt),
+                                                  server.message)
+    assert not server.verifier.check(server.message, server.client_mac)  # SALT's verifier
+    verifier = auth.TokenVerifier.from_token(TOKEN, bytes.fromhex(other_salt))
+    server.accept(mac=verifier.server_proof(server.message))
+    assert core.next_event() == Authenticated("fake-server/9")
+
+
+WRONG_SERVER_PROOFS = {
+    "wrong-token": lambda s: auth.TokenVerifier.from_token("another-token", SALT)
+    .server_proof(s.message),
+    "wrong-salt": lambda s: auth.TokenVerifier.from_token(TOKEN, bytes(16)).server_proof(s.message),
+    "wrong-nonce": lambda s: s.verifier.server_proof(
+        auth.auth_message(s.client_nonce, "00" * 32, 1, "")),
+    "wrong-identity": lambda s: s.verifier.server_proof(
+        auth.auth_message(s.client_nonce, SERVER_NONCE, 1, "alice")),
+    "wrong-version": lambda s: s.verifier.server_proof(
+        auth.auth_message(s.client_nonce, SERVER_NONCE, 2, "")),
+    "zeros": lambda s: "0" * 64,
+}
+
+
+@pytest.mark.parametrize("make_mac", WRONG_SERVER_PROOFS.values(), ids=WRONG_SERVER_PROOFS.keys())
+def test_a_wrong_server_proof_raises_authentication_error(make_mac: object) -> None:
+    assert callable(make_mac)
     core = ClientCore(TOKEN)
     server = FakeServer(core)
     server.challenge()
     server.read_auth()
+    mac = make_mac(server)
+    assert mac != server.verifier.server_proof(server.message)
     server.accept(mac)
     with pytest.raises(AuthenticationError) as info:
         core.next_event()
     assert info.value.code == "server_auth_failed"
     assert "proof" in str(info.value)
     assert TOKEN not in str(info.value)
+    assert not core.ready
 
 
 def test_a_server_with_another_token_fails_and_reflecting_the_client_proof_fails() -> None:
@@ -147,6 +233,8 @@ def test_a_server_with_another_token_fails_and_reflecting_the_client_proof_fails
     server = FakeServer(core, token="not-the-token")
     server.challenge()
     server.read_auth()
+    assert server.client_mac is not None
+    assert not server.verifier.check(server.message, server.client_mac)  # it would refuse us
     server.accept()
     with pytest.raises(AuthenticationError):
         core.next_event()
@@ -160,12 +248,23 @@ def test_a_server_with_another_token_fails_and_reflecting_the_client_proof_fails
         core.next_event()
 
 
-def test_core_is_closed_after_a_wrong_server_proof() -> None:
-    """After the server's proof fails, ``ready`` is True and ``start()`` sends a command.
+def test_auth_ok_without_a_mac_after_a_token_challenge_is_refused() -> None:
+    core = ClientCore(TOKEN)
+    server = FakeServer(core)
+    server.challenge()
+    server.read_auth()
+    server.accept_without_mac()
+    with pytest.raises(AuthenticationError) as info:
+        core.next_event()
+    assert info.value.code == "server_auth_failed"
+    assert not core.ready
+    assert core.conn.state is State.CLOSED
+    with pytest.raises(RuntimeError):
+        core.start("true")
 
-    core.py next_event: the Connection moves to READY on the auth_ok frame before the MAC is
-    checked, and nothing moves it out when the check fails; ``ready`` says "authenticated".
-    """
+
+def test_core_is_closed_after_a_wrong_server_proof() -> None:
+    """After the server's proof fails, ``ready`` is False and ``start()`` refuses to send."""
     core = ClientCore(TOKEN)
     server = FakeServer(core)
     server.challenge()
@@ -176,6 +275,7 @@ def test_core_is_closed_after_a_wrong_server_proof() -> None:
     assert not core.ready
     with pytest.raises(RuntimeError):
         core.start("cat /etc/secret")
+    assert core.pending == 0
 
 
 def test_unsupported_version_in_challenge() -> None:
@@ -186,6 +286,73 @@ def test_unsupported_version_in_challenge() -> None:
         core.next_event()
     assert info.value.code == "unsupported_version"
     assert "version 2" in str(info.value)
+
+
+def test_a_token_challenge_without_a_salt_is_a_protocol_error() -> None:
+    core = ClientCore(TOKEN)
+    server = FakeServer(core)
+    server.challenge(salt=None)
+    with pytest.raises(ProtocolError) as info:
+        core.next_event()
+    assert info.value.code == "bad_header"
+    assert "salt" in str(info.value)
+    assert core.pending == 0  # no proof was sent
+
+
+def test_a_token_challenge_when_the_core_has_no_token_raises_authentication_error() -> None:
+    core = ClientCore(None, identity="robot", tls=True)
+    server = FakeServer(core)
+    server.challenge()
+    with pytest.raises(AuthenticationError) as info:
+        core.next_event()
+    assert info.value.code == "no_token"
+    assert "'robot'" in str(info.value)
+    assert "REXEC_TOKEN" in str(info.value)
+    assert core.pending == 0  # nothing was sent
+    assert not core.ready
+
+
+@pytest.mark.parametrize("token", [TOKEN, None], ids=["with-token", "no-token"])
+def test_the_certificate_method_on_a_plaintext_core_is_a_protocol_error(
+    token: str | None
+) -> None:
+    core = ClientCore(token)
+    server = FakeServer(core)
+    server.certificate_challenge()
+    with pytest.raises(ProtocolError) as info:
+        core.next_event()
+    assert info.value.code == "unexpected_frame"
+    assert "plaintext" in str(info.value)
+    assert core.pending == 0  # no auth frame: a plaintext server cannot have seen a certificate
+    assert not core.ready
+
+
+def test_the_certificate_method_over_tls_sends_no_proof_and_needs_none_back() -> None:
+    core = ClientCore(None, identity="robot", tls=True)
+    server = FakeServer(core)
+    server.certificate_challenge()
+    server.read_auth()
+    assert server.client_mac is None
+    server.accept_without_mac(identity="robot")
+    assert core.next_event() == Authenticated("fake-server/9")
+    assert core.identity == "robot"
+    assert core.ready
+    assert server.conn.state is State.READY
+    run = start(core, server, "echo hi")
+    assert run.command == "echo hi"
+
+
+def test_the_certificate_method_identity_can_come_from_the_server() -> None:
+    core = ClientCore(None, tls=True)  # no name: the server matched the certificate subject
+    server = FakeServer(core)
+    server.certificate_challenge()
+    assert server.hello is not None
+    assert server.hello.identity is None
+    server.read_auth()
+    assert server.client_mac is None
+    server.accept_without_mac(identity="robot")
+    assert core.next_event() == Authenticated("fake-server/9")
+    assert core.identity == "robot"
 
 
 def test_server_refusing_the_token_raises_authentication_error() -> None:
@@ -200,9 +367,17 @@ def test_server_refusing_the_token_raises_authentication_error() -> None:
     assert str(info.value) == "server: bad token"
 
 
-def test_empty_token_is_refused() -> None:
+def test_empty_token_is_refused_and_no_token_is_allowed() -> None:
     with pytest.raises(ValueError, match="empty token"):
         ClientCore("")
+    core = ClientCore(None, tls=True)
+    assert core.pending > 0  # hello queued
+
+
+def test_a_bad_identity_name_is_refused_before_anything_is_sent() -> None:
+    for name in ("", "-x", "a b", "x" * 65):
+        with pytest.raises(ValidationError):
+            ClientCore(TOKEN, identity=name)
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -446,6 +621,36 @@ def test_result_exit_status(kwargs: dict[str, object], status: int, ok: bool) ->
     assert result.exit_status == status
     assert result.ok is ok
     assert result.failed is not ok
+
+
+def test_exit_frame_exceeded_reaches_the_result() -> None:
+    core, server = handshake()
+    start(core, server)
+    server.send(f.Stdout(size=3), b"abc")
+    server.send(exit_frame(stdout=3, exit_code=None, signal=15, exceeded="max_output"))
+    finished = events(core)[-1]
+    assert isinstance(finished, Finished)
+    assert finished.result.exceeded == "max_output"
+    assert not finished.result.ok
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"exit_code": 0},
+    {"exit_code": 0, "timed_out": True},
+    {"exit_code": None, "signal": 15, "exceeded": "max_output"},
+    {"exit_code": 0, "exceeded": "max_output"},
+], ids=["ok", "timed-out", "exceeded-killed", "exceeded-exit-0"])
+def test_exit_status_is_zero_exactly_when_ok(kwargs: dict[str, object]) -> None:
+    """``rexec run`` exits with ``exit_status``; ``ok`` says whether the command succeeded.
+
+    result.py: ``ok`` is False when ``exceeded`` is set, but ``exit_status`` ignores
+    ``exceeded``. A command that exits 0 by itself after its output went over ``max_output``
+    (``head -c 2000 /dev/zero`` with max_output = 1000: the pipe holds it all and the shell has
+    exited before the server reads past the limit) gets exit_code 0, so ``rexec run`` exits 0
+    although the output was cut short (timed_out is mapped to 124 for the same reason).
+    """
+    result = Result(command="c", **kwargs)  # type: ignore[arg-type]
+    assert (result.exit_status == 0) is result.ok
 
 
 @pytest.mark.parametrize(("kwargs", "what"), [

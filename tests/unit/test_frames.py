@@ -116,6 +116,11 @@ STRICT_CASES = [
     (f.Run, {"command": b"true"}, "command"),
     (f.Error, {"fatal": 0}, "fatal"),
     (f.Auth, {"mac": 123}, "mac"),
+    (f.AuthOk, {"mac": 123}, "mac"),
+    (f.Hello, {"identity": 5}, "identity"),
+    (f.AuthOk, {"identity": None}, "identity"),
+    (f.Challenge, {"salt": 1234}, "salt"),
+    (f.Challenge, {"method": None}, "method"),
 ]
 
 
@@ -165,6 +170,79 @@ def test_agent_is_at_most_200_characters() -> None:
     with pytest.raises(ValidationError) as info:
         f.Hello(versions=[1], nonce=NONCE, agent="a" * 201)
     assert field_error(info) == {"agent"}
+
+
+SALT = "0f" * 16
+GOOD_NAMES = ["a", "alice", "0", "x" * 64, "ops@example.com", "svc-1.prod_2", "A.B-C_D@E"]
+BAD_NAMES = ["", "x" * 65, "-alice", ".alice", "_alice", "@alice", "al ice", "alice\n",
+             "al/ice", "al$ice", "al\u00efce", "alice\x00", "CN=alice"]
+
+
+def test_handshake_defaults() -> None:
+    hello = f.Hello(versions=[1], nonce=NONCE)
+    assert hello.identity is None
+    challenge = f.Challenge(version=1, nonce=NONCE)
+    assert (challenge.method, challenge.salt) == ("token", None)
+    assert f.Auth().mac is None
+    auth_ok = f.AuthOk()
+    assert (auth_ok.mac, auth_ok.identity) == (None, "default")
+
+
+def test_the_new_handshake_fields_round_trip_through_the_codec() -> None:
+    for header in (
+        f.Hello(versions=[1], nonce=NONCE, identity="alice"),
+        f.Challenge(version=1, nonce=NONCE, method="token", salt=SALT),
+        f.Challenge(version=1, nonce=NONCE, method="certificate", salt=None),
+        f.Auth(mac=None),
+        f.AuthOk(mac=None, identity="robot"),
+        f.AuthOk(mac=NONCE, identity="alice"),
+    ):
+        raw = encode(header)
+        assert decode_header(raw[4:]) == header
+    assert b'"mac":null' in encode(f.Auth())  # every field is written, null included
+
+
+@pytest.mark.parametrize("name", GOOD_NAMES)
+def test_identity_names_accepted(name: str) -> None:
+    assert f.Hello(versions=[1], nonce=NONCE, identity=name).identity == name
+    assert f.AuthOk(identity=name).identity == name
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n)[:20] for n in BAD_NAMES])
+def test_identity_names_refused(name: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        f.Hello(versions=[1], nonce=NONCE, identity=name)
+    assert field_error(info) == {"identity"}
+    with pytest.raises(ValidationError) as info:
+        f.AuthOk(identity=name)
+    assert field_error(info) == {"identity"}
+
+
+@pytest.mark.parametrize("method", ["token", "certificate"])
+def test_challenge_methods(method: str) -> None:
+    assert f.Challenge(version=1, nonce=NONCE, method=method).method == method
+
+
+@pytest.mark.parametrize("method", ["", "Token", "password", "cert", "certificate "])
+def test_other_challenge_methods_are_refused(method: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        f.Challenge(version=1, nonce=NONCE, method=method)
+    assert field_error(info) == {"method"}
+
+
+@pytest.mark.parametrize(
+    "salt",
+    ["0f" * 15, "0f" * 17, "0F" * 16, "g" * 32, "0f" * 16 + "\n", "", "0f" * 32],
+    ids=["short", "long", "upper", "not-hex", "newline", "empty", "hex64"],
+)
+def test_salts_are_32_lowercase_hex(salt: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        f.Challenge(version=1, nonce=NONCE, salt=salt)
+    assert field_error(info) == {"salt"}
+
+
+def test_salt_accepted() -> None:
+    assert f.Challenge(version=1, nonce=NONCE, salt=SALT).salt == SALT
 
 
 # --- run -----------------------------------------------------------------------------------
@@ -246,6 +324,10 @@ def test_other_signal_names_are_refused(name: object) -> None:
     ({"stdout_bytes": -1}, False),
     ({"stderr_bytes": -1}, False),
     ({"stdout_bytes": 2**40}, True),
+    ({"exceeded": "max_output"}, True),
+    ({"exceeded": None}, True),
+    ({"exceeded": "max_time"}, False),
+    ({"exceeded": ""}, False),
 ])
 def test_exit_bounds(changes: dict[str, Any], ok: bool) -> None:
     if ok:

@@ -155,6 +155,28 @@ class Pair:
         assert self.client.state is self.server.state is State.READY
 
 
+def test_the_handshake_fields_do_not_change_the_states() -> None:
+    """A certificate handshake (no proofs) and a named token one move the states alike."""
+    for hello, challenge, auth, auth_ok in (
+        (f.Hello(versions=[1], nonce=NONCE, identity="robot"),
+         f.Challenge(version=1, nonce=NONCE, method="certificate"),
+         f.Auth(mac=None), f.AuthOk(mac=None, identity="robot")),
+        (f.Hello(versions=[1], nonce=NONCE, identity="alice"),
+         f.Challenge(version=1, nonce=NONCE, method="token", salt="ab" * 16),
+         f.Auth(mac=NONCE), f.AuthOk(mac=NONCE, identity="alice")),
+    ):
+        pair = Pair()
+        assert pair.send(pair.client, hello) == [(hello, b"")]
+        assert pair.send(pair.server, challenge) == [(challenge, b"")]
+        assert pair.client.state is State.AWAIT_AUTH
+        assert pair.send(pair.client, auth) == [(auth, b"")]
+        assert pair.server.state is State.AWAIT_VERDICT
+        with pytest.raises(ProtocolError):  # still nothing but the handshake before auth_ok
+            pair.client.send(f.Run(command="true"))
+        assert pair.send(pair.server, auth_ok) == [(auth_ok, b"")]
+        assert pair.client.state is pair.server.state is State.READY
+
+
 def test_full_conversation_between_linked_connections() -> None:
     pair = Pair()
     pair.handshake()
@@ -262,7 +284,9 @@ def test_unexpected_frames_are_refused_on_receipt(
 
 def test_unexpected_frames_are_refused_on_send() -> None:
     client = Connection(C)
-    for header in (f.Stdout(size=0), f.AuthOk(mac=NONCE), f.Challenge(version=1, nonce=NONCE)):
+    for header in (f.Stdout(size=0), f.AuthOk(mac=NONCE), f.AuthOk(),
+                   f.Challenge(version=1, nonce=NONCE),
+                   f.Challenge(version=1, nonce=NONCE, method="certificate")):
         with pytest.raises(ProtocolError) as info:
             client.send(header)
         assert info.value.code == "unexpected_frame"

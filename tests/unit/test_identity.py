@@ -1,0 +1,454 @@
+"""Identities and command policy (rexec/identity.py), and their settings (IdentitySettings)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from rexec import auth
+from rexec.config import IdentitySettings, ServerSettings, load_settings
+from rexec.errors import ConfigError
+from rexec.frames import Run
+from rexec.identity import (
+    DEFAULT_IDENTITY,
+    UNRESTRICTED,
+    Identities,
+    Identity,
+    Policy,
+    Refusal,
+)
+
+TOKEN = "identity-test-token"
+
+
+def run(command: str = "true", **kwargs: object) -> Run:
+    return Run(command=command, **kwargs)  # type: ignore[arg-type]
+
+
+def patterns(*texts: str) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(t) for t in texts)
+
+
+# --- Policy.check: allow and deny ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["true", "rm -rf /", "ls; id", "echo $(id) > /tmp/x"])
+def test_the_unrestricted_policy_allows_anything(command: str) -> None:
+    assert UNRESTRICTED.check(run(command)) is None
+    assert Policy() == UNRESTRICTED
+
+
+def test_deny_is_checked_before_allow() -> None:
+    policy = Policy(allow=patterns(r"rm .*", r"ls"), deny=patterns(r"rm -rf .*", r"rm -r .*"))
+    assert policy.check(run("rm old.log")) is None
+    refusal = policy.check(run("rm -rf /"))  # allowed by allow[0], denied by deny[0]
+    assert refusal == Refusal("deny[0]", "refused by deny[0] = 'rm -rf .*'")
+    refusal = policy.check(run("rm -r /srv"))
+    assert refusal is not None
+    assert refusal.rule == "deny[1]"
+    assert "'rm -r .*'" in refusal.message
+
+
+def test_deny_alone_allows_everything_else() -> None:
+    policy = Policy(deny=patterns(r"reboot"))
+    assert policy.check(run("uptime")) is None
+    assert policy.check(run("reboot now")) is None  # anchored: "reboot" is not "reboot now"
+    refusal = policy.check(run("reboot"))
+    assert refusal is not None
+    assert refusal.rule == "deny[0]"
+
+
+@pytest.mark.parametrize(("command", "allowed"), [
+    ("uptime", True),
+    ("uptime; id", False),
+    ("uptime && id", False),
+    ("xuptime", False),
+    ("uptimex", False),
+    (" uptime", False),
+    ("uptime\nid", False),
+    ("uptime\n", False),  # fullmatch, not match with "$": no trailing newline slips in
+])
+def test_allow_patterns_are_anchored_at_both_ends(command: str, allowed: bool) -> None:
+    policy = Policy(allow=patterns(r"uptime"))
+    refusal = policy.check(run(command))
+    if allowed:
+        assert refusal is None
+    else:
+        assert refusal == Refusal(
+            "allow", "refused: the command matches no pattern of the allow list")
+
+
+@pytest.mark.parametrize(("command", "allowed"), [
+    ("ls", True), ("id", True), ("ls; id", False), ("lsid", False), ("idx", False),
+])
+def test_an_alternation_is_anchored_as_a_whole(command: str, allowed: bool) -> None:
+    policy = Policy(allow=patterns(r"ls|id"))
+    assert (policy.check(run(command)) is None) is allowed
+
+
+def test_deny_patterns_are_anchored_too() -> None:
+    policy = Policy(deny=patterns(r"rm"))
+    assert policy.check(run("rm")) is not None
+    assert policy.check(run("rm -rf /")) is None  # a deny list must cover the arguments itself
+
+
+@pytest.mark.parametrize("command", [
+    "ls /; rm -rf /",
+    "ls ; rm -rf /",
+    "ls $(rm -rf /)",
+    "ls `rm -rf /`",
+    "ls | sh",
+    "ls > /etc/passwd",
+])
+def test_known_property_a_loose_pattern_admits_shell_syntax(command: str) -> None:
+    """Documented in rexec/identity.py: ``ls .*`` lets the shell run anything after ``ls``.
+
+    With the shell a pattern cannot tell arguments from operators; this is what it admits,
+    and a pattern that excludes shell syntax does not.
+    """
+    assert Policy(allow=patterns(r"ls .*")).check(run(command)) is None
+    assert Policy(allow=patterns(r"ls( [\w./-]+)*")).check(run(command)) is not None
+
+
+def test_a_newline_separates_commands_too() -> None:
+    """``.`` stops at a newline, so ``ls .*`` refuses a second line; with ``(?s)`` it does not."""
+    command = "ls /\nrm -rf /"
+    assert Policy(allow=patterns(r"ls .*")).check(run(command)) is not None
+    assert Policy(allow=patterns(r"(?s)ls .*")).check(run(command)) is None
+
+
+def test_the_docstring_example_of_a_loose_pattern() -> None:
+    """rexec/identity.py says ``ls .*`` admits ``ls; rm -rf /``: it needs a space after ls.
+
+    The property is real (see above), but the example string itself is refused.
+    """
+    policy = Policy(allow=patterns(r"ls .*"))
+    assert policy.check(run("ls; rm -rf /")) is not None
+    assert policy.check(run("ls ; rm -rf /")) is None
+
+
+# --- Policy.check: shell = false -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["echo 'unterminated", 'echo "half', "echo \\"])
+def test_without_the_shell_an_unsplittable_line_is_refused(command: str) -> None:
+    refusal = Policy(shell=False).check(run(command))
+    assert refusal is not None
+    assert refusal.rule == "shell"
+    assert "cannot split the command line" in refusal.message
+    assert Policy().check(run(command)) is None  # with the shell (default), sh reports it
+
+
+@pytest.mark.parametrize("command", [" ", "   \t ", "\n"])
+def test_without_the_shell_an_empty_line_is_refused(command: str) -> None:
+    assert Policy(shell=False).check(run(command)) == Refusal(
+        "shell", "refused: an empty command line")
+
+
+def test_allow_is_checked_before_splitting() -> None:
+    policy = Policy(allow=patterns(r"echo .*"), shell=False)
+    refusal = policy.check(run("cat 'x"))
+    assert refusal is not None
+    assert refusal.rule == "allow"
+
+
+# --- Policy.check: working directories -----------------------------------------------------
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> dict[str, Path]:
+    """An allowed root (with a sub-folder and symlinks) and folders outside it."""
+    base = Path(os.path.realpath(tmp_path))
+    allowed, outside, sibling = base / "allowed", base / "outside", base / "allowed-not"
+    for folder in (allowed / "sub" / "deeper", outside, sibling):
+        folder.mkdir(parents=True)
+    (allowed / "escape").symlink_to(outside)
+    (allowed / "inner").symlink_to(allowed / "sub")
+    (outside / "into-allowed").symlink_to(allowed / "sub")
+    return {"allowed": allowed, "outside": outside, "sibling": sibling}
+
+
+@pytest.mark.parametrize(("cwd", "ok"), [
+    ("{allowed}", True),
+    ("{allowed}/", True),
+    ("{allowed}/sub", True),
+    ("{allowed}/sub/deeper", True),
+    ("{allowed}/sub/..", True),
+    ("{allowed}/inner", True),  # a symlink that stays inside
+    ("{allowed}/not-created-yet", True),
+    ("{outside}/into-allowed", True),  # judged by where it leads, not by its name
+    ("{outside}", False),
+    ("{sibling}", False),  # a string prefix of the root is not inside it
+    ("{allowed}/..", False),
+    ("{allowed}/sub/../../outside", False),
+    ("{allowed}/escape", False),  # a symlink inside that leads out
+    ("{allowed}/escape/x", False),
+    ("/", False),
+    ("/tmp", False),
+])
+def test_cwd_inside_or_outside_the_allowed_roots(roots: dict[str, Path], cwd: str,
+                                                 ok: bool) -> None:
+    policy = Policy(cwd=(roots["allowed"],))
+    path = cwd.format(**{k: str(v) for k, v in roots.items()})
+    refusal = policy.check(run(cwd=path))
+    if ok:
+        assert refusal is None
+    else:
+        assert refusal is not None
+        assert refusal.rule == "cwd"
+        assert repr(path) in refusal.message
+        assert str(roots["allowed"]) in refusal.message
+
+
+def test_cwd_with_several_roots_and_none_given(roots: dict[str, Path]) -> None:
+    policy = Policy(cwd=(roots["allowed"], roots["outside"]))
+    assert policy.check(run(cwd=str(roots["outside"]))) is None
+    assert policy.check(run(cwd=str(roots["sibling"]))) is not None
+    assert policy.check(run()) is None  # no cwd: the first root is used
+    assert policy.working_directory(run()) == str(roots["allowed"])
+    assert policy.working_directory(run(cwd=str(roots["outside"]))) == str(roots["outside"])
+    assert Policy().working_directory(run()) is None
+    assert Policy().check(run(cwd="/anywhere")) is None  # no roots: no restriction
+
+
+def test_a_relative_cwd_is_judged_from_the_servers_directory(
+    roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = Policy(cwd=(roots["allowed"],))
+    monkeypatch.chdir(roots["allowed"])
+    assert policy.check(run(cwd="sub")) is None
+    assert policy.check(run(cwd="../outside")) is not None
+    monkeypatch.chdir(roots["outside"])
+    assert policy.check(run(cwd="sub")) is not None
+
+
+# --- Policy.timeout and Policy.argv --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("max_timeout", "asked", "granted"), [
+    (None, None, None),
+    (None, 5.0, 5.0),
+    (10.0, None, 10.0),  # the cap applies when the client sets no timeout
+    (10.0, 5.0, 5.0),
+    (10.0, 10.0, 10.0),
+    (10.0, 20.0, 10.0),
+    (0.5, 3600.0, 0.5),
+])
+def test_timeout_is_capped_by_max_timeout(
+    max_timeout: float | None, asked: float | None, granted: float | None
+) -> None:
+    assert Policy(max_timeout=max_timeout).timeout(run(timeout=asked)) == granted
+
+
+def test_argv_with_and_without_the_shell() -> None:
+    line = "ls -l 'a b' \"$HOME\" $PATH; rm x | y"
+    assert Policy().argv(run(line)) == ["/bin/sh", "-c", line]
+    assert Policy(shell=False).argv(run(line)) == [
+        "ls", "-l", "a b", "$HOME", "$PATH;", "rm", "x", "|", "y"]  # no expansion, no operators
+    assert Policy(shell=False).argv(run("a\\ b")) == ["a b"]
+
+
+# --- Identity and Identities ---------------------------------------------------------------
+
+
+VERIFIERS = {name: auth.TokenVerifier.from_token(f"{name}-token") for name in
+             ("default", "alice", "carol")}
+
+
+def identities() -> Identities:
+    return Identities({
+        "default": Identity("default", VERIFIERS["default"]),
+        "alice": Identity("alice", VERIFIERS["alice"]),
+        "bob": Identity("bob", None, "CN=bob"),
+        "carol": Identity("carol", VERIFIERS["carol"], "CN=carol,O=Example"),
+    })
+
+
+def test_identity_method() -> None:
+    ids = identities().by_name
+    assert ids["alice"].method == "token"
+    assert ids["bob"].method == "certificate"
+    assert ids["carol"].method == "token"  # a certificate and a token: the token is proved too
+    assert ids["alice"].policy is UNRESTRICTED
+
+
+@pytest.mark.parametrize(("name", "subject", "expected"), [
+    ("alice", None, "alice"),
+    ("alice", "CN=bob", "alice"),  # a name, when given, wins over the certificate
+    ("bob", None, "bob"),
+    ("default", "CN=bob", "default"),
+    (None, "CN=bob", "bob"),
+    (None, "CN=carol,O=Example", "carol"),
+    (None, "CN=carol", "default"),  # the whole subject must match
+    (None, "CN=mallory", "default"),
+    (None, None, "default"),
+    ("mallory", None, None),
+    ("mallory", "CN=bob", None),  # an unknown name does not fall back
+    ("Alice", None, None),  # names are case-sensitive
+])
+def test_resolve(name: str | None, subject: str | None, expected: str | None) -> None:
+    identity = identities().resolve(name, subject)
+    assert (identity.name if identity is not None else None) == expected
+
+
+def test_resolve_without_a_default_identity() -> None:
+    ids = identities()
+    del ids.by_name[DEFAULT_IDENTITY]
+    assert ids.resolve(None, None) is None
+    assert ids.resolve(None, "CN=mallory") is None
+    assert ids.resolve("default", None) is None
+    bob = ids.resolve(None, "CN=bob")
+    assert bob is not None
+    assert bob.name == "bob"
+    assert Identities().resolve(None, None) is None
+
+
+def test_from_token_is_the_unrestricted_default_identity() -> None:
+    ids = Identities.from_token(TOKEN)
+    assert list(ids.by_name) == ["default"]
+    default = ids.resolve(None, None)
+    assert default is not None
+    assert (default.name, default.certificate, default.policy) == ("default", None, UNRESTRICTED)
+    assert default.verifier is not None
+    assert default.method == "token"
+    message = auth.auth_message("11" * 32, "22" * 32, 1, "")
+    assert default.verifier.check(message, auth.client_proof(TOKEN, default.verifier.salt,
+                                                             message))
+    assert not default.verifier.check(message, auth.client_proof(TOKEN + "x",
+                                                                 default.verifier.salt, message))
+
+
+def test_salt_for_a_token_identity_is_its_verifiers() -> None:
+    ids = identities()
+    alice = ids.by_name["alice"]
+    assert ids.salt_for(alice, "alice") == VERIFIERS["alice"].salt
+    assert ids.salt_for(alice, None) == VERIFIERS["alice"].salt
+
+
+def test_salt_for_an_unknown_name_is_a_stable_decoy() -> None:
+    ids = identities()
+    mallory = ids.salt_for(None, "mallory")
+    assert mallory == ids.salt_for(None, "mallory")
+    assert len(mallory) == auth.SALT_BYTES
+    assert mallory != ids.salt_for(None, "eve")
+    assert mallory not in {v.salt for v in VERIFIERS.values()}
+    assert ids.salt_for(None, None) == ids.salt_for(None, "")
+    assert Identities({}, b"k" * 32).salt_for(None, "x") == auth.decoy_salt(b"k" * 32, "x")
+    assert identities().salt_for(None, "mallory") != mallory  # a secret of each server's own
+
+
+def test_salt_for_a_certificate_identity_is_a_decoy_too() -> None:
+    ids = identities()
+    assert ids.salt_for(ids.by_name["bob"], "bob") == ids.salt_for(None, "bob")
+
+
+# --- IdentitySettings ----------------------------------------------------------------------
+
+
+HASH = auth.TokenVerifier.from_token(TOKEN).format()
+
+
+def server_settings(tmp_path: Path, table: str) -> ServerSettings:
+    config = tmp_path / "server.toml"
+    config.write_text(table)
+    return load_settings(ServerSettings, "server", config, environ={})
+
+
+def test_identity_settings_build_the_runtime_identity(tmp_path: Path) -> None:
+    user = pwd.getpwuid(os.getuid()).pw_name
+    settings = server_settings(tmp_path, f"""
+[server.identities.deploy]
+token_hash = "{HASH}"
+certificate = "CN=deploy"
+allow = ["systemctl restart [a-z]+", "uptime"]
+deny = ["systemctl restart sshd"]
+shell = false
+cwd = ["{tmp_path}", "{tmp_path}/sub/.."]
+max_timeout = 30
+max_output = 1000
+run_as = "{user}"
+max_connections = 2
+max_commands = 10
+""")
+    identity = settings.identities["deploy"].identity("deploy")
+    assert identity.name == "deploy"
+    assert identity.verifier == auth.TokenVerifier.parse(HASH)
+    assert identity.certificate == "CN=deploy"
+    policy = identity.policy
+    assert [p.pattern for p in policy.allow] == ["systemctl restart [a-z]+", "uptime"]
+    assert [p.pattern for p in policy.deny] == ["systemctl restart sshd"]
+    real = Path(os.path.realpath(tmp_path))
+    assert policy.cwd == (real, real)  # made real: ".." and symlinks resolved
+    assert (policy.shell, policy.max_timeout, policy.max_output, policy.run_as) == (
+        False, 30.0, 1000, user)
+    assert (policy.max_connections, policy.max_commands) == (2, 10)
+    assert policy.check(run("systemctl restart nginx")) is None
+    assert policy.check(run("systemctl restart sshd")) is not None
+    assert policy.timeout(run()) == 30.0
+
+
+def test_a_certificate_only_identity(tmp_path: Path) -> None:
+    settings = server_settings(tmp_path, '[server.identities.robot]\ncertificate = "CN=robot"\n')
+    identity = settings.identities["robot"].identity("robot")
+    assert (identity.verifier, identity.certificate, identity.method) == (
+        None, "CN=robot", "certificate")
+    assert identity.policy == Policy()
+
+
+BAD_IDENTITIES = [
+    ("bad-allow-regex", f'token_hash = "{HASH}"\nallow = ["ok", "("]',
+     "identities.alice.allow", "bad regular expression '('"),
+    ("bad-deny-regex", f'token_hash = "{HASH}"\ndeny = ["[a-"]',
+     "identities.alice.deny", "bad regular expression '[a-'"),
+    ("relative-cwd", f'token_hash = "{HASH}"\ncwd = ["srv/app"]',
+     "identities.alice.cwd", "'srv/app' must be absolute"),
+    ("unknown-user", f'token_hash = "{HASH}"\nrun_as = "no-such-user-rexec"',
+     "identities.alice.run_as", "no such user 'no-such-user-rexec'"),
+    ("no-proof", 'allow = ["uptime"]',
+     "identities.alice", "an identity needs token_hash, certificate, or both"),
+    ("bad-token-hash", 'token_hash = "rexec-sha256$00$11$22"',
+     "identities.alice.token_hash", "16-byte salt"),
+    ("token-instead-of-hash", f'token_hash = "{TOKEN}"',
+     "identities.alice.token_hash", "a token hash looks like rexec-sha256$SALT$"),
+    ("unknown-field", f'token_hash = "{HASH}"\nalow = ["x"]',
+     "identities.alice.alow", "Extra inputs are not permitted"),
+    ("zero-max-timeout", f'token_hash = "{HASH}"\nmax_timeout = 0',
+     "identities.alice.max_timeout", "greater than 0"),
+    ("zero-max-connections", f'token_hash = "{HASH}"\nmax_connections = 0',
+     "identities.alice.max_connections", "greater than or equal to 1"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "field", "fragment"), BAD_IDENTITIES,
+                         ids=[b[0] for b in BAD_IDENTITIES])
+def test_bad_identity_settings_name_the_field(
+    tmp_path: Path, name: str, body: str, field: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        server_settings(tmp_path, f"[server.identities.alice]\n{body}\n")
+    message = str(info.value)
+    assert f"{field}: " in message
+    assert fragment in message
+    assert str(tmp_path / "server.toml") in message
+    assert TOKEN not in message  # a token pasted where its hash belongs is not echoed
+
+
+def test_a_bad_identity_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        server_settings(tmp_path, f'[server.identities."-alice"]\ntoken_hash = "{HASH}"\n')
+    assert "identities.-alice" in str(info.value)
+
+
+def test_identity_settings_validate_directly() -> None:
+    assert IdentitySettings(certificate="CN=x").token_hash is None
+    with pytest.raises(ValidationError) as info:
+        IdentitySettings()
+    assert "token_hash, certificate, or both" in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        IdentitySettings(token_hash=HASH, cwd=[Path("rel")])
+    assert [e["loc"] for e in info.value.errors()] == [("cwd",)]
