@@ -5,7 +5,7 @@ rexec tokens are long and random): from a token and a salt come a ClientKey and 
 server stores only ``(salt, StoredKey = SHA256(ClientKey), ServerKey)``, so its configuration does
 not reveal tokens and a stolen copy does not let anyone log in as a client. On each connection:
 
-    AuthMessage  = server_nonce || client_nonce || version (2 bytes) || identity || context
+    AuthMessage  = server_nonce || client_nonce || version (2 bytes) || identity || NUL || context
     ClientProof  = ClientKey XOR HMAC(StoredKey, AuthMessage)          (client -> server)
     ServerProof  = HMAC(ServerKey, AuthMessage)                        (server -> client)
 

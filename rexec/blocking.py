@@ -97,7 +97,7 @@ class BlockingClient:
         sock.setblocking(False)
         self._sock = sock
         self._core = ClientCore(self._token, identity=self.settings.identity,
-                                tls=self.settings.tls_ca is not None)
+                                client_certificate=self.settings.tls_cert is not None)
         try:
             event = self._drive(deadline=time.monotonic() + timeout)
         except BaseException:

@@ -106,7 +106,7 @@ class Client:
             reason = exc.strerror or str(exc)
             raise ConnectError(f"cannot connect to {self.address}: {reason}") from None
         self._core = ClientCore(self._token, identity=self.settings.identity,
-                                tls=self.settings.tls_ca is not None)
+                                client_certificate=self.settings.tls_cert is not None)
         try:
             async with asyncio.timeout(timeout):
                 event = await self._next_event()

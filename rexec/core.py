@@ -82,16 +82,20 @@ class ClientCore:
     """One client connection's protocol logic, with no I/O."""
 
     def __init__(self, token: str | None, agent: str = AGENT, *, identity: str | None = None,
-                 tls: bool = False) -> None:
-        """``token`` may be None only for certificate identities, which need ``tls``."""
+                 client_certificate: bool = False) -> None:
+        """``client_certificate``: a TLS client certificate was presented, so the server may
+        accept it instead of a token. ``token`` may be None only then."""
         if token is not None and not token:
             raise ValueError("an empty token is refused")
+        if token is None and not client_certificate:
+            raise ValueError("no token: without a token, a client certificate must prove who"
+                             " the client is")
         self.conn = Connection(Role.CLIENT)
         self.server_agent = ""
         self.identity = identity  # the server names the identity it chose in auth_ok
         self.received = 0
         self._token = token
-        self._tls = tls
+        self._client_certificate = client_certificate
         self._nonce = new_nonce()
         self._expected_server_proof: str | None = None
         self._outgoing = bytearray()
@@ -246,9 +250,9 @@ class ClientCore:
         message = auth_message(self._nonce, challenge.nonce, PROTOCOL_VERSION,
                                self.identity or "")
         if challenge.method == "certificate":
-            if not self._tls:  # only TLS can have checked a certificate
-                raise ProtocolError("the server offered certificate authentication on a"
-                                    " plaintext connection", "unexpected_frame")
+            if not self._client_certificate:  # it cannot have checked one we never sent
+                raise ProtocolError("the server offered certificate authentication, but this"
+                                    " client presented no certificate", "unexpected_frame")
             self._send(Auth(mac=None))
             return
         if challenge.salt is None:

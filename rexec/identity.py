@@ -9,15 +9,16 @@ What a policy on shell command strings can and cannot do: ``allow``/``deny`` pat
 anchored regular expressions matched against the whole command line. With the shell (the
 default), ``allow = ["uptime"]`` admits exactly ``uptime``; but a pattern such as ``ls .*``
 admits ``ls; rm -rf /``, because the shell gives ``;``, ``|``, ``$( )``, redirections and more
-their meaning. Write patterns that exclude shell syntax, or set ``shell = false``: the command
-line is then split like a shell would split words (no expansion, no operators) and run directly.
+their meaning (``ls ; rm -rf /`` matches ``ls .*``). Write patterns that exclude shell syntax,
+or set ``shell = false``: the command line is then split like a shell would split words (no
+expansion, no operators) and run directly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-import secrets
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,10 @@ class Identity:
     certificate: str | None = None  # required TLS client certificate subject, e.g. "CN=alice"
     policy: Policy = UNRESTRICTED
 
+    def __post_init__(self) -> None:
+        if self.verifier is None and self.certificate is None:
+            raise ValueError(f"identity {self.name!r} needs a token verifier or a certificate")
+
     @property
     def method(self) -> str:
         """How the handshake proves this identity: "token" or "certificate"."""
@@ -114,7 +119,6 @@ class Identities:
     """The server's identities, and how a connecting client is matched to one."""
 
     by_name: dict[str, Identity] = field(default_factory=dict)
-    _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
     @classmethod
     def from_token(cls, token: str) -> Identities:
@@ -132,8 +136,23 @@ class Identities:
                     return identity
         return self.by_name.get(DEFAULT_IDENTITY)
 
-    def salt_for(self, identity: Identity | None, name: str | None) -> bytes:
-        """The salt to send: the identity's, or a stable decoy for a name that does not exist."""
+    def challenge_for(self, identity: Identity | None, name: str | None,
+                      subject: str | None) -> tuple[str, bytes | None]:
+        """The method and salt to challenge with, revealing nothing about unknown names.
+
+        "certificate" only when the client's certificate already matches the identity; every
+        other case is a token challenge, with a decoy salt when there is no such token. Decoys
+        are stable across restarts (derived from the configured keys), like real salts.
+        """
+        if identity is not None and identity.verifier is None:
+            if identity.certificate == subject:
+                return "certificate", None
+            return "token", decoy_salt(self._decoy_secret(), name or "")
         if identity is not None and identity.verifier is not None:
-            return identity.verifier.salt
-        return decoy_salt(self._secret, name or "")
+            return "token", identity.verifier.salt
+        return "token", decoy_salt(self._decoy_secret(), name or "")
+
+    def _decoy_secret(self) -> bytes:
+        keys = sorted(i.verifier.stored_key + i.verifier.server_key
+                      for i in self.by_name.values() if i.verifier is not None)
+        return hashlib.sha256(b"rexec decoy salts\0" + b"".join(keys)).digest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TIMEOUT_STATUS = 124  # as coreutils timeout(1)
+LIMIT_STATUS = 125  # the server stopped the command at one of its limits (max_output)
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,12 @@ class Result:
 
     @property
     def exit_status(self) -> int:
-        """A shell-style status: 124 if timed out, 128+N if killed by signal N, else the code."""
+        """A shell-style status: 124 timed out, 125 stopped at a server limit, 128+N killed by
+        signal N, else the exit code."""
         if self.timed_out:
             return TIMEOUT_STATUS
+        if self.exceeded is not None:
+            return LIMIT_STATUS
         if self.signal is not None:
             return 128 + self.signal
         return self.exit_code if self.exit_code is not None else 255

@@ -413,14 +413,14 @@ class Session:
         identities, subject = self.server.identities, self.stream.peer_subject
         self.claimed_identity = hello.identity
         identity = identities.resolve(hello.identity, subject)
-        method = identity.method if identity is not None else "token"
-        salt = identities.salt_for(identity, hello.identity).hex() if method == "token" else None
+        method, salt = identities.challenge_for(identity, hello.identity, subject)
         delay = self.server.penalty.delay(self.stream.peer_host)
         if delay:
             await asyncio.sleep(delay)  # recent failures from this source slow it down
         nonce = new_nonce()
         self.stream.send(Challenge(version=PROTOCOL_VERSION, nonce=nonce, agent=AGENT,
-                                   method=method, salt=salt))  # type: ignore[arg-type]
+                                   method=method,  # type: ignore[arg-type]
+                                   salt=salt.hex() if salt is not None else None))
         await self.stream.drain()
         auth = await self._receive_handshake(Auth)
         message = auth_message(hello.nonce, nonce, PROTOCOL_VERSION, hello.identity or "")

@@ -300,7 +300,7 @@ def test_a_token_challenge_without_a_salt_is_a_protocol_error() -> None:
 
 
 def test_a_token_challenge_when_the_core_has_no_token_raises_authentication_error() -> None:
-    core = ClientCore(None, identity="robot", tls=True)
+    core = ClientCore(None, identity="robot", client_certificate=True)
     server = FakeServer(core)
     server.challenge()
     with pytest.raises(AuthenticationError) as info:
@@ -312,23 +312,25 @@ def test_a_token_challenge_when_the_core_has_no_token_raises_authentication_erro
     assert not core.ready
 
 
-@pytest.mark.parametrize("token", [TOKEN, None], ids=["with-token", "no-token"])
-def test_the_certificate_method_on_a_plaintext_core_is_a_protocol_error(
-    token: str | None
-) -> None:
-    core = ClientCore(token)
+def test_the_certificate_method_without_a_client_certificate_is_a_protocol_error() -> None:
+    core = ClientCore(TOKEN)  # a token, but no client certificate was presented
     server = FakeServer(core)
     server.certificate_challenge()
     with pytest.raises(ProtocolError) as info:
         core.next_event()
     assert info.value.code == "unexpected_frame"
-    assert "plaintext" in str(info.value)
-    assert core.pending == 0  # no auth frame: a plaintext server cannot have seen a certificate
+    assert "no certificate" in str(info.value)
+    assert core.pending == 0  # no auth frame: the server cannot have checked a certificate
     assert not core.ready
 
 
+def test_a_core_without_token_needs_a_client_certificate() -> None:
+    with pytest.raises(ValueError, match="client certificate"):
+        ClientCore(None)
+
+
 def test_the_certificate_method_over_tls_sends_no_proof_and_needs_none_back() -> None:
-    core = ClientCore(None, identity="robot", tls=True)
+    core = ClientCore(None, identity="robot", client_certificate=True)
     server = FakeServer(core)
     server.certificate_challenge()
     server.read_auth()
@@ -343,7 +345,8 @@ def test_the_certificate_method_over_tls_sends_no_proof_and_needs_none_back() ->
 
 
 def test_the_certificate_method_identity_can_come_from_the_server() -> None:
-    core = ClientCore(None, tls=True)  # no name: the server matched the certificate subject
+    # no name: the server matched the certificate subject
+    core = ClientCore(None, client_certificate=True)
     server = FakeServer(core)
     server.certificate_challenge()
     assert server.hello is not None
@@ -370,7 +373,7 @@ def test_server_refusing_the_token_raises_authentication_error() -> None:
 def test_empty_token_is_refused_and_no_token_is_allowed() -> None:
     with pytest.raises(ValueError, match="empty token"):
         ClientCore("")
-    core = ClientCore(None, tls=True)
+    core = ClientCore(None, client_certificate=True)
     assert core.pending > 0  # hello queued
 
 

@@ -323,28 +323,41 @@ def test_from_token_is_the_unrestricted_default_identity() -> None:
                                                                  default.verifier.salt, message))
 
 
-def test_salt_for_a_token_identity_is_its_verifiers() -> None:
+def test_a_token_identity_is_challenged_with_its_salt() -> None:
     ids = identities()
     alice = ids.by_name["alice"]
-    assert ids.salt_for(alice, "alice") == VERIFIERS["alice"].salt
-    assert ids.salt_for(alice, None) == VERIFIERS["alice"].salt
+    assert ids.challenge_for(alice, "alice", None) == ("token", VERIFIERS["alice"].salt)
+    assert ids.challenge_for(alice, None, "CN=whoever") == ("token", VERIFIERS["alice"].salt)
 
 
-def test_salt_for_an_unknown_name_is_a_stable_decoy() -> None:
+def test_an_unknown_name_gets_a_stable_decoy_salt() -> None:
     ids = identities()
-    mallory = ids.salt_for(None, "mallory")
-    assert mallory == ids.salt_for(None, "mallory")
+    method, mallory = ids.challenge_for(None, "mallory", None)
+    assert method == "token"
+    assert mallory is not None
+    assert ids.challenge_for(None, "mallory", None)[1] == mallory
     assert len(mallory) == auth.SALT_BYTES
-    assert mallory != ids.salt_for(None, "eve")
+    assert ids.challenge_for(None, "eve", None)[1] != mallory
     assert mallory not in {v.salt for v in VERIFIERS.values()}
-    assert ids.salt_for(None, None) == ids.salt_for(None, "")
-    assert Identities({}, b"k" * 32).salt_for(None, "x") == auth.decoy_salt(b"k" * 32, "x")
-    assert identities().salt_for(None, "mallory") != mallory  # a secret of each server's own
+    assert ids.challenge_for(None, None, None) == ids.challenge_for(None, "", None)
+    # stable across restarts: derived from the configured keys, not from a random secret
+    assert identities().challenge_for(None, "mallory", None)[1] == mallory
+    other = Identities({"alice": Identity("alice", auth.TokenVerifier.from_token("zz"))})
+    assert other.challenge_for(None, "mallory", None)[1] != mallory
 
 
-def test_salt_for_a_certificate_identity_is_a_decoy_too() -> None:
+def test_a_certificate_identity_is_offered_the_certificate_method_only_with_its_cert() -> None:
     ids = identities()
-    assert ids.salt_for(ids.by_name["bob"], "bob") == ids.salt_for(None, "bob")
+    bob = ids.by_name["bob"]
+    assert ids.challenge_for(bob, "bob", "CN=bob") == ("certificate", None)
+    # without the matching certificate, bob looks like any unknown name: nothing is revealed
+    assert ids.challenge_for(bob, "bob", None) == ids.challenge_for(None, "bob", None)
+    assert ids.challenge_for(bob, "bob", "CN=eve") == ids.challenge_for(None, "bob", None)
+
+
+def test_an_identity_needs_a_verifier_or_a_certificate() -> None:
+    with pytest.raises(ValueError, match="needs a token verifier or a certificate"):
+        Identity("nobody")
 
 
 # --- IdentitySettings ----------------------------------------------------------------------
