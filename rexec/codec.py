@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from rexec.frames import MAX_BODY_SIZE, MAX_HEADER_SIZE, Header, parse_header
 _LENGTH = struct.Struct(">I")
 _EMPTY = memoryview(b"")
 RECEIVE_SIZE = 256 * 1024
+INITIAL_CAPACITY = 16 * 1024
 """The most bytes a reader should receive at once into ``get_buffer()``."""
 
 
@@ -130,15 +132,26 @@ class FrameDecoder:
     ``buffer_updated(n)``; then call ``next_frame()`` until it returns None. After a ProtocolError
     the decoder is broken for good: the connection has to close.
 
-    It owns one receive buffer, big enough for the largest frame plus one read, and reuses it:
-    a stream of any length is decoded without allocating memory per frame.
+    It owns one receive buffer and reuses it, so a stream of any length is decoded without
+    allocating memory per frame. The buffer starts small (an idle connection costs a few KiB)
+    and grows with what arrives, up to the largest frame plus one read.
+
+    ``on_header`` is called with each header as soon as it is decoded, before its body is
+    awaited: a caller that raises ProtocolError there (a frame not allowed now) is never made to
+    buffer the body.
     """
 
-    def __init__(self, max_header: int = MAX_HEADER_SIZE, max_body: int = MAX_BODY_SIZE) -> None:
+    def __init__(
+        self,
+        max_header: int = MAX_HEADER_SIZE,
+        max_body: int = MAX_BODY_SIZE,
+        on_header: Callable[[Header], None] | None = None,
+    ) -> None:
         self.max_header = max_header
         self.max_body = max_body
-        self._default_capacity = 4 + max_header + max_body + RECEIVE_SIZE
-        self._capacity = self._default_capacity
+        self._on_header = on_header
+        self._full_capacity = 4 + max_header + max_body + RECEIVE_SIZE
+        self._capacity = INITIAL_CAPACITY
         self._buf = bytearray(self._capacity)
         self._view = memoryview(self._buf)
         self._start = 0  # first byte not yet consumed
@@ -158,15 +171,18 @@ class FrameDecoder:
         if self._eof:
             raise RuntimeError("the decoder was fed after feed_eof()")
         pending = self._end - self._start
-        if pending == 0 and self._capacity > self._default_capacity:
-            self._set_buffer(bytearray(self._default_capacity))  # shrink after a big feed
+        if pending == 0 and self._capacity > self._full_capacity:
+            self._set_buffer(bytearray(self._full_capacity))  # shrink after an oversized feed
         if self._capacity - self._end >= n:
             return
-        if self._capacity - pending >= n:
+        if self._capacity >= self._full_capacity and self._capacity - pending >= n:
             # bytes() first: the two ranges may overlap, and slice assignment may not memmove
             self._buf[:pending] = bytes(self._view[self._start : self._end])
         else:
-            grown = bytearray(max(2 * self._capacity, pending + n))
+            # Grow fourfold (up to the full size) rather than compact a small buffer on every
+            # read: a streaming connection reaches the full size after a few reads.
+            size = max(min(4 * self._capacity, self._full_capacity), pending + n)
+            grown = bytearray(size)
             grown[:pending] = self._view[self._start : self._end]
             self._set_buffer(grown)  # views handed out before keep the old buffer alive
         self._start, self._end = 0, pending
@@ -238,6 +254,8 @@ class FrameDecoder:
                     f"declared body size {header.size} exceeds the cap of {self.max_body}",
                     "bad_length",
                 )
+            if self._on_header is not None:
+                self._on_header(header)
             self._header = header
         size = self._header.size
         if self.buffered < size:

@@ -84,7 +84,12 @@ class Connection:
         self.our_role = our_role
         self.their_role = S if our_role is C else C
         self.state = State.AWAIT_HELLO
-        self._decoder = FrameDecoder(max_header, max_body)
+        self._decoder = FrameDecoder(max_header, max_body, on_header=self._check_incoming)
+
+    def _check_incoming(self, header: Header) -> None:
+        # Refuse a frame the table does not allow as soon as its header is in, so that a peer
+        # cannot make us buffer a body (up to 1 MiB) for a frame we would refuse anyway.
+        transition(self.state, self.their_role, event_name(header))
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes that arrived from the peer."""
