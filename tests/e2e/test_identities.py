@@ -34,6 +34,7 @@ def policy_server(tmp_path_factory):
 [server]
 audit_log = "audit.jsonl"
 max_env_bytes = 200
+max_command_length = 300
 
 [server.identities.deploy]
 token_hash = "{TokenVerifier.from_token(DEPLOY_TOKEN).format()}"
@@ -168,9 +169,12 @@ def test_argv_mode_runs_without_a_shell(policy_server):
     assert r.stdout == b"$HOME; id\n"
 
 
-def test_server_limits_on_environment_size(policy_server):
+def test_server_limits_on_environment_size_and_command_length(policy_server):
     with pytest.raises(CommandNotStarted, match="max_env_bytes"):
         deploy(policy_server, "echo x", env={"BIG": "x" * 500})
+    with pytest.raises(CommandNotStarted, match="max_command_length"):
+        deploy(policy_server, "echo " + "x" * 400)
+    assert deploy(policy_server, "echo " + "x" * 200).ok
 
 
 def test_audit_records_have_every_field_and_never_a_token(policy_server):
@@ -214,7 +218,10 @@ cwd = ["/tmp"]
         r = rexec.run(srv.address, 'id -un; echo "$HOME"', token=DEPLOY_TOKEN,
                       identity="guest")
         assert r.stdout.splitlines()[0] == b"nobody"
-        assert os.geteuid() == 0  # the server kept its own identity: only the child switched
+        assert r.stdout.splitlines()[1] == b"/nonexistent"  # nobody's home, set for the child
+        status = Path(f"/proc/{srv.proc.pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == ["0", "0", "0", "0"]  # the server itself stayed root
     finally:
         assert srv.stop() == 0
 
