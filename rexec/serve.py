@@ -14,7 +14,8 @@ from rexec.audit import AuditLog
 from rexec.auth import default_token_path, generate_token, write_token_file
 from rexec.config import ServerSettings, load_settings, resolve_token
 from rexec.identity import Identities
-from rexec.server import Server, ServerLimits
+from rexec.limits import ServerLimits
+from rexec.server import Server
 from rexec.tls import server_context
 
 
