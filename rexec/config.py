@@ -140,6 +140,14 @@ class ServerSettings(_Settings):
         False, description="allow listening off loopback without TLS (a trusted network only)"
     )
     kill_grace: float = Field(5.0, ge=0, le=3600, description="SIGTERM to SIGKILL, seconds")
+    shutdown_grace: float = Field(
+        30.0, ge=0, le=86400,
+        description="on SIGTERM, seconds running commands get to finish (a second signal: now)",
+    )
+    drain_grace: float = Field(
+        0.5, ge=0, le=60,
+        description="after the shell exits, seconds of quiet before its pipes are let go",
+    )
     handshake_timeout: float = Field(
         10.0, gt=0, le=600, description="seconds a client has to authenticate"
     )

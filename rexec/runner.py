@@ -45,19 +45,27 @@ def _grow_pipe(fd: int) -> None:
 
 
 async def _wait_ready(
-    add: Callable[[int, Callable[[], None]], None], remove: Callable[[int], object], fd: int
+    add: Callable[[int, Callable[[], None]], None],
+    remove: Callable[[int], object],
+    fd: int,
+    also: asyncio.Future[Any] | None = None,
 ) -> None:
+    """Wait until ``fd`` is ready (or ``also`` is done, when given)."""
     fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def ready() -> None:
+    def ready(_: object = None) -> None:
         if not fut.done():
             fut.set_result(None)
 
     add(fd, ready)
+    if also is not None:
+        also.add_done_callback(ready)
     try:
         await fut
     finally:
         remove(fd)
+        if also is not None:
+            also.remove_done_callback(ready)
 
 
 class ChildProcess:
@@ -105,9 +113,14 @@ class ChildProcess:
         """Whether the child's standard input is a pipe that is still open."""
         return self._fds.get(0) is not None
 
-    async def read_into(self, stream_no: int, buffer: bytearray) -> int:
+    async def read_into(
+        self, stream_no: int, buffer: bytearray, quiet_after_exit: float | None = None
+    ) -> int:
         """Read the child's stdout (1) or stderr (2) into ``buffer``; 0 at end of file.
 
+        With ``quiet_after_exit``, once the group's leader has exited, a pipe that stays quiet
+        that long returns -1: a background process still holds it open, and waiting for its end
+        of file would hang the command (the classic ``ssh host 'daemon &'`` hang).
         Reading into a buffer the caller reuses keeps a stream of any size from allocating (and
         faulting in) fresh memory for every chunk.
         """
@@ -118,7 +131,15 @@ class ChildProcess:
             try:
                 count = os.readv(fd, [buffer])
             except BlockingIOError:
-                await _wait_ready(self._loop.add_reader, self._loop.remove_reader, fd)
+                if quiet_after_exit is not None and self._exited.done():
+                    try:
+                        async with asyncio.timeout(quiet_after_exit):
+                            await _wait_ready(self._loop.add_reader, self._loop.remove_reader, fd)
+                    except TimeoutError:
+                        return -1
+                else:
+                    await _wait_ready(self._loop.add_reader, self._loop.remove_reader, fd,
+                                      also=self._exited if quiet_after_exit is not None else None)
                 continue
             if not count:
                 self._close(stream_no)

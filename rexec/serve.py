@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import signal
 import ssl
@@ -88,7 +89,8 @@ async def _serve(
                           auth_penalty_max=settings.auth_penalty_max)
     audit = AuditLog(settings.audit_log)
     server = Server(identities, settings.host, settings.port, runner=Runner(settings.kill_grace),
-                    handshake_timeout=settings.handshake_timeout, tls=tls, limits=limits,
+                    handshake_timeout=settings.handshake_timeout,
+                    drain_grace=settings.drain_grace, tls=tls, limits=limits,
                     audit=audit)
     try:
         addresses = await server.start()
@@ -111,11 +113,18 @@ async def _serve(
             ", ".join(exposed))
     for host, port in addresses:
         print(f"listening on {format_address(host, port)}", flush=True)
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:  # runs on the event loop, not in a signal handler
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     await stop.wait()
-    logging.getLogger("rexec.server").info('{"event": "shutdown"}')
-    await server.close()
+    log = logging.getLogger("rexec.server")
+    log.info(json.dumps({"event": "shutdown", "running": server.running_commands,
+                         "grace": settings.shutdown_grace}))
+    await server.shutdown(settings.shutdown_grace, hurry)
+    log.info(json.dumps({"event": "stopped"}))
     return 0

@@ -51,6 +51,7 @@ log = logging.getLogger("rexec.server")
 AGENT = f"rexec-server/{__version__}"
 HANDSHAKE_TIMEOUT = 10.0
 ERROR_SEND_TIMEOUT = 2.0
+DRAIN_GRACE = 0.5  # after the shell exits, a pipe quiet this long is left to its background holder
 CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
 HandshakeT = TypeVar("HandshakeT", Hello, Auth)
 
@@ -80,6 +81,7 @@ class Server:
         *,
         runner: Runner | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        drain_grace: float = DRAIN_GRACE,
         tls: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
         audit: AuditLog | None = None,
@@ -96,7 +98,9 @@ class Server:
         self.port = port
         self.runner = runner or Runner()
         self.handshake_timeout = handshake_timeout
+        self.drain_grace = drain_grace
         self.sessions: set[Session] = set()
+        self.shutting_down = False
         self._server: asyncio.Server | None = None
 
     async def start(self) -> list[tuple[str, int]]:
@@ -113,17 +117,47 @@ class Server:
             return []
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 
+    @property
+    def running_commands(self) -> int:
+        """How many commands are running now."""
+        return sum(1 for s in self.sessions if s.child is not None)
+
     async def close(self) -> None:
-        """Stop accepting, end every session (killing running commands) and wait for them."""
+        """Stop accepting, end every session now (killing running commands) and wait for them."""
+        await self.shutdown(grace=0.0)
+
+    async def shutdown(self, grace: float, hurry: asyncio.Event | None = None) -> None:
+        """Stop accepting; let running commands finish for ``grace`` seconds (or until ``hurry``
+        is set); then stop what is left. Every client is told the server is shutting down."""
+        self.shutting_down = True
         if self._server is not None:
             self._server.close()
-        sessions = list(self.sessions)
-        for session in sessions:
-            session.abort()
-        await asyncio.gather(*(s.done.wait() for s in sessions))
+        for session in list(self.sessions):
+            if session.child is None:
+                session.end_for_shutdown()  # idle or still in the handshake: nothing to wait for
+        await self._wait_for_sessions(grace, hurry)
+        for session in list(self.sessions):
+            session.end_for_shutdown()
+        await asyncio.gather(*(s.done.wait() for s in list(self.sessions)))
         if self._server is not None:
             await self._server.wait_closed()
         self.audit.close()
+
+    async def _wait_for_sessions(self, grace: float, hurry: asyncio.Event | None) -> None:
+        """Wait until every session has ended, ``grace`` seconds pass, or ``hurry`` is set."""
+        if grace <= 0 or not self.sessions:
+            return
+        sessions = list(self.sessions)
+        waiters: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(asyncio.gather(*(s.done.wait() for s in sessions)))
+        ]
+        if hurry is not None:
+            waiters.append(asyncio.ensure_future(hurry.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, FramedStream(reader, writer, Role.SERVER))
@@ -261,6 +295,7 @@ class Session:
         self.lost = False
         self.last_activity = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
+        self._ending: asyncio.Future[None] | None = None
         self.finishing = False
         self.done = asyncio.Event()
         self._serve_task: asyncio.Task[Any] | None = None
@@ -306,6 +341,15 @@ class Session:
                 await self.send_fatal("idle_timeout", f"no command for {idle:g} s: closing")
                 self.abort()
                 return
+
+    def end_for_shutdown(self) -> None:
+        """Tell the client the server is shutting down, stop any command, close (once)."""
+        if self._ending is None and not self.finishing:
+            self._ending = asyncio.ensure_future(self._end_for_shutdown())
+
+    async def _end_for_shutdown(self) -> None:
+        await self.send_fatal("shutting_down", "the server is shutting down")
+        self.abort()
 
     def log(self, level: int, event: str, **fields: Any) -> None:
         """One structured log line about this session, naming the peer and the identity."""
@@ -478,6 +522,8 @@ class Session:
                 await self.stream.drain()
             except ConnectionLost:
                 self.lost = True
+        if self.server.shutting_down:
+            self.end_for_shutdown()  # the command it was waiting for is done
 
     async def pump(self, child: ChildProcess, stream_no: int, command: Command) -> int:
         """Forward one of the child's pipes to the client until EOF; return the bytes sent.
@@ -488,7 +534,7 @@ class Session:
         buffer = bytearray(READ_CHUNK)
         view = memoryview(buffer)
         sent = 0
-        while count := await child.read_into(stream_no, buffer):
+        while (count := await child.read_into(stream_no, buffer, self.server.drain_grace)) > 0:
             allowed = command.spend(count)
             if allowed < count and child.exceeded is None:
                 child.exceed("max_output")

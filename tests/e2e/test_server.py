@@ -216,31 +216,6 @@ def test_one_structured_log_line_per_command(fresh_server, client_token_file):
     assert TOKEN not in fresh_server.log()
 
 
-def test_sigterm_stops_the_server_and_its_commands(tmp_path, client_token_file):
-    from tests.conftest import pids_in_group, wait_until
-
-    srv = start_server(tmp_path)
-    pidfile = tmp_path / "pid"
-    client = subprocess.Popen(
-        [sys.executable, str(ROOT / "client.py"), "run", "--token-file", str(client_token_file),
-         srv.address, "--", f"echo $$ > {pidfile}.t; mv {pidfile}.t {pidfile}; sleep 60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-    )
-    try:
-        assert wait_until(pidfile.exists, timeout=20)
-        pgid = int(pidfile.read_text())
-        assert srv.stop() == 0
-        assert wait_until(lambda: not pids_in_group(pgid))
-        assert client.wait(20) == 255
-        assert b"server" in client.stderr.read()
-    finally:
-        if client.poll() is None:
-            client.kill()
-        client.wait()
-        client.stdout.close()
-        client.stderr.close()
-
-
 def test_timeout_sigkills_a_command_that_ignores_sigterm(tmp_path, client_token_file):
     srv = start_server(tmp_path, "--config", str(_config(tmp_path, "kill_grace = 1")))
     try:

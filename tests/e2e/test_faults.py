@@ -1,0 +1,154 @@
+"""Faults: server shutdown with a grace period, background processes, a server that dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import rexec
+from rexec import ConnectionLost, RemoteError
+from tests.conftest import ROOT, pids_in_group, reap, start_server, wait_until
+
+
+def _server(tmp_path: Path, *settings: str):
+    config = tmp_path / "server.toml"
+    config.write_text("[server]\n" + "\n".join(settings) + "\n")
+    return start_server(tmp_path, "--config", str(config))
+
+
+def _client(srv, command: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    token = tmp_path / "client-token"
+    token.write_text(srv.token)
+    token.chmod(0o600)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "client.py"), "run", "--token-file", str(token),
+         srv.address, "--", command],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+
+
+def _wait_for_file(path: Path) -> int:
+    assert wait_until(path.exists, timeout=20)
+    return int(path.read_text())
+
+
+def test_sigterm_lets_running_commands_finish(tmp_path):
+    srv = _server(tmp_path, "shutdown_grace = 20")
+    pidfile = tmp_path / "pid"
+    client = _client(srv, f"echo $$ > {pidfile}.t; mv {pidfile}.t {pidfile}; sleep 2;"
+                          " echo finished", tmp_path)
+    try:
+        _wait_for_file(pidfile)
+        srv.proc.send_signal(signal.SIGTERM)
+        out, err = client.communicate(timeout=30)
+        assert client.returncode == 0, err
+        assert out == b"finished\n"
+        assert srv.proc.wait(20) == 0
+    finally:
+        reap(client)
+        srv.stop()
+
+
+def test_sigterm_grace_runs_out_then_commands_die_and_clients_are_told(tmp_path):
+    srv = _server(tmp_path, "shutdown_grace = 1", "kill_grace = 1")
+    pidfile = tmp_path / "pid"
+    client = _client(srv, f"echo $$ > {pidfile}.t; mv {pidfile}.t {pidfile}; sleep 60",
+                     tmp_path)
+    try:
+        pgid = _wait_for_file(pidfile)
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        _, err = client.communicate(timeout=30)
+        assert client.returncode == 255
+        assert b"shutting down" in err
+        assert srv.proc.wait(20) == 0
+        assert time.monotonic() - started < 10
+        assert wait_until(lambda: not pids_in_group(pgid))
+    finally:
+        reap(client)
+        srv.stop()
+
+
+def test_a_second_signal_ends_the_grace_early(tmp_path):
+    srv = _server(tmp_path, "shutdown_grace = 60", "kill_grace = 1")
+    pidfile = tmp_path / "pid"
+    client = _client(srv, f"echo $$ > {pidfile}.t; mv {pidfile}.t {pidfile}; sleep 60",
+                     tmp_path)
+    try:
+        pgid = _wait_for_file(pidfile)
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert client.poll() is None  # still running within the grace
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(20) == 0
+        assert time.monotonic() - started < 10
+        assert client.wait(20) == 255
+        assert wait_until(lambda: not pids_in_group(pgid))
+    finally:
+        reap(client)
+        srv.stop()
+
+
+def test_idle_connections_are_told_at_once(tmp_path):
+    srv = _server(tmp_path, "shutdown_grace = 60")
+    try:
+        with rexec.BlockingClient(srv.address, token=srv.token) as c:
+            assert c.run("echo before").ok
+            srv.proc.send_signal(signal.SIGTERM)
+            assert srv.proc.wait(20) == 0  # no command running: no reason to wait
+            with pytest.raises((RemoteError, ConnectionLost)) as info:
+                c.run("echo after")
+            assert "shutting down" in str(info.value) or isinstance(info.value, ConnectionLost)
+        assert "shutting_down" in srv.log() or "shutdown" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_background_process_does_not_hold_the_command(server, tmp_path):
+    pidfile = tmp_path / "bg"
+    started = time.monotonic()
+    r = rexec.run(server.address, f"sleep 60 & echo $! > {pidfile}; echo started",
+                  token=server.token)
+    elapsed = time.monotonic() - started
+    assert r.stdout == b"started\n"
+    assert r.ok
+    assert elapsed < 5
+    background = int(pidfile.read_text())
+    try:  # left running, like a daemon started with nohup
+        assert Path(f"/proc/{background}").exists()
+    finally:
+        os.kill(background, signal.SIGKILL)
+
+
+def test_output_of_a_background_process_within_the_grace_is_delivered(server):
+    r = rexec.run(server.address, "(sleep 0.2; echo late) & echo early", token=server.token)
+    assert r.stdout == b"early\nlate\n"
+
+
+def test_nohup_daemon_keeps_running(server, tmp_path):
+    pidfile = tmp_path / "daemon"
+    r = rexec.run(server.address,
+                  f"nohup sh -c 'echo $$ > {pidfile}; exec sleep 60' >/dev/null 2>&1 &"
+                  " echo launched", token=server.token)
+    assert r.stdout == b"launched\n"
+    daemon = _wait_for_file(pidfile)
+    try:
+        time.sleep(0.5)
+        assert Path(f"/proc/{daemon}").exists()
+    finally:
+        os.kill(daemon, signal.SIGKILL)
+
+
+def test_stderr_after_stdout_closed_and_output_after_stdin_eof(server):
+    r = rexec.run(server.address, "exec 1>&-; sleep 0.1; echo to-stderr >&2",
+                  token=server.token)
+    assert r.stderr == b"to-stderr\n"
+    r = rexec.run(server.address, "cat; echo after-eof", token=server.token, stdin=b"in\n")
+    assert r.stdout == b"in\nafter-eof\n"
