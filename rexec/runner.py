@@ -18,7 +18,10 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rexec.guardian import Guardian
 
 READ_CHUNK = 256 * 1024
 PIPE_SIZE = 1024 * 1024  # asked of the kernel for stdout/stderr pipes; best effort
@@ -78,6 +81,7 @@ class ChildProcess:
         self.kill_grace = kill_grace
         self.timed_out = False
         self.exceeded: str | None = None  # the limit that made the server stop it
+        self.on_close: Callable[[int], None] | None = None  # told the group's ID at close()
         self._kill_timer: asyncio.TimerHandle | None = None
         self._fds: dict[int, int | None] = {}
         for stream_no, pipe in ((0, popen.stdin), (1, popen.stdout), (2, popen.stderr)):
@@ -219,9 +223,12 @@ class ChildProcess:
             pass
 
     def close(self) -> None:
-        """Release the pipes; the exit watcher closes itself."""
+        """Release the pipes (the exit watcher closes itself); tell ``on_close`` once."""
         for stream_no in (0, 1, 2):
             self._close(stream_no)
+        if self.on_close is not None:
+            self.on_close(self.pid)
+            self.on_close = None
 
 
 def _user_switch(user: str) -> dict[str, Any]:
@@ -240,8 +247,9 @@ def _user_switch(user: str) -> dict[str, Any]:
 class Runner:
     """Starts commands in their own session: ``/bin/sh -c COMMAND``, or an argv without a shell."""
 
-    def __init__(self, kill_grace: float = 5.0) -> None:
+    def __init__(self, kill_grace: float = 5.0, guardian: Guardian | None = None) -> None:
         self.kill_grace = kill_grace
+        self.guardian = guardian
 
     def start(
         self,
@@ -272,4 +280,8 @@ class Runner:
         for pipe in (popen.stdout, popen.stderr):
             if pipe is not None:
                 _grow_pipe(pipe.fileno())
-        return ChildProcess(popen, self.kill_grace)
+        child = ChildProcess(popen, self.kill_grace)
+        if self.guardian is not None:
+            self.guardian.watch(child.pid)
+            child.on_close = self.guardian.forget
+        return child

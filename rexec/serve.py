@@ -14,6 +14,7 @@ from pathlib import Path
 from rexec.audit import AuditLog
 from rexec.auth import default_token_path, generate_token, write_token_file
 from rexec.config import ServerSettings, load_settings, resolve_token
+from rexec.guardian import Guardian
 from rexec.identity import Identities
 from rexec.limits import ServerLimits
 from rexec.server import Server
@@ -88,13 +89,17 @@ async def _serve(
                           idle_timeout=settings.idle_timeout or None,
                           auth_penalty_max=settings.auth_penalty_max)
     audit = AuditLog(settings.audit_log)
-    server = Server(identities, settings.host, settings.port, runner=Runner(settings.kill_grace),
+    guardian = Guardian(settings.kill_grace) if sys.platform == "linux" else None
+    server = Server(identities, settings.host, settings.port,
+                    runner=Runner(settings.kill_grace, guardian),
                     handshake_timeout=settings.handshake_timeout,
                     drain_grace=settings.drain_grace, tls=tls, limits=limits,
                     audit=audit)
     try:
         addresses = await server.start()
     except OSError as exc:
+        if guardian is not None:
+            guardian.close()
         where = format_address(settings.host, settings.port)
         print(f"rexec-server: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -102,6 +107,8 @@ async def _serve(
     if exposed and tls is None:
         if not settings.dangerously_allow_plaintext:
             await server.close()
+            if guardian is not None:
+                guardian.close()
             print(f"rexec-server: refusing to listen on {', '.join(exposed)} without TLS: anyone"
                   " on the network could read and alter commands and output. Give --tls-cert and"
                   " --tls-key, or listen on 127.0.0.1; on a network you fully trust,"
@@ -126,5 +133,7 @@ async def _serve(
     log.info(json.dumps({"event": "shutdown", "running": server.running_commands,
                          "grace": settings.shutdown_grace}))
     await server.shutdown(settings.shutdown_grace, hurry)
+    if guardian is not None:
+        guardian.close()
     log.info(json.dumps({"event": "stopped"}))
     return 0

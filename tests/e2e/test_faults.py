@@ -152,3 +152,44 @@ def test_stderr_after_stdout_closed_and_output_after_stdin_eof(server):
     assert r.stderr == b"to-stderr\n"
     r = rexec.run(server.address, "cat; echo after-eof", token=server.token, stdin=b"in\n")
     assert r.stdout == b"in\nafter-eof\n"
+
+
+def _children(pid: int) -> list[int]:
+    from tests.conftest import live_processes
+
+    return [child for child, fields in live_processes() if int(fields[1]) == pid]
+
+
+def test_commands_of_a_killed_server_die_and_the_client_says_the_outcome_is_unknown(tmp_path):
+    srv = _server(tmp_path, "kill_grace = 1")
+    pidfile = tmp_path / "pid"
+    client = _client(srv, f"echo $$ > {pidfile}.t; mv {pidfile}.t {pidfile}; echo partial;"
+                          " sleep 60 & sleep 60", tmp_path)
+    try:
+        pgid = _wait_for_file(pidfile)
+        assert wait_until(lambda: len(pids_in_group(pgid)) >= 2)
+        guardians = [p for p in _children(srv.proc.pid) if p not in pids_in_group(pgid)]
+        srv.proc.kill()
+        srv.proc.wait()
+        out, err = client.communicate(timeout=30)
+        assert out == b"partial\n"  # everything received is printed
+        assert client.returncode == 255
+        assert b"outcome is unknown" in err
+        assert b"bytes" in err
+        assert wait_until(lambda: not pids_in_group(pgid), timeout=15)  # grandchild too
+        assert guardians
+        assert wait_until(lambda: not any(Path(f"/proc/{g}").exists() for g in guardians))
+    finally:
+        reap(client)
+        srv.stop()
+
+
+def test_the_guardian_leaves_with_a_normal_stop(tmp_path):
+    srv = _server(tmp_path)
+    guardians = _children(srv.proc.pid)
+    assert len(guardians) == 1
+    cmdline = Path(f"/proc/{guardians[0]}/cmdline").read_bytes()
+    assert b"rexec.guardian" in cmdline
+    assert rexec.run(srv.address, "echo ok", token=srv.token).ok
+    assert srv.stop() == 0
+    assert wait_until(lambda: not Path(f"/proc/{guardians[0]}").exists())
