@@ -27,6 +27,7 @@ from rexec.errors import (
     RexecError,
 )
 from rexec.result import Result
+from rexec.sockets import tune
 
 READ_SIZE = 256 * 1024
 STDIN_CHUNK = 256 * 1024
@@ -91,7 +92,7 @@ class BlockingClient:
         except OSError as exc:
             raise ConnectError(
                 f"cannot connect to {self.address}: {exc.strerror or exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune(sock)
         if self.settings.tls_ca is not None:
             sock = self._wrap_tls(sock, self.settings.tls_ca)
         sock.setblocking(False)

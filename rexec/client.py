@@ -19,6 +19,7 @@ from rexec.config import client_settings, parse_address
 from rexec.core import Authenticated, ClientCore, Event, Finished, Output
 from rexec.errors import CommandFailed, ConnectError, RexecError, map_socket_errors
 from rexec.result import Result
+from rexec.sockets import tune
 from rexec.tls import client_context, describe_ssl_error
 from rexec.transport import READ_SIZE, STREAM_LIMIT
 
@@ -105,6 +106,9 @@ class Client:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConnectError(f"cannot connect to {self.address}: {reason}") from None
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None:
+            tune(sock)
         self._core = ClientCore(self._token, identity=self.settings.identity,
                                 client_certificate=self.settings.tls_cert is not None)
         try:

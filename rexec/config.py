@@ -144,6 +144,10 @@ class ServerSettings(_Settings):
         30.0, ge=0, le=86400,
         description="on SIGTERM, seconds running commands get to finish (a second signal: now)",
     )
+    keepalive: float = Field(
+        30.0, ge=0, le=7200,
+        description="seconds before TCP keepalive probes; a vanished client is found in ~2x",
+    )
     drain_grace: float = Field(
         0.5, ge=0, le=60,
         description="after the shell exits, seconds of quiet before its pipes are let go",

@@ -93,7 +93,8 @@ async def _serve(
     server = Server(identities, settings.host, settings.port,
                     runner=Runner(settings.kill_grace, guardian),
                     handshake_timeout=settings.handshake_timeout,
-                    drain_grace=settings.drain_grace, tls=tls, limits=limits,
+                    drain_grace=settings.drain_grace, keepalive=settings.keepalive,
+                    tls=tls, limits=limits,
                     audit=audit)
     try:
         addresses = await server.start()

@@ -44,6 +44,7 @@ from rexec.identity import Identities, Identity, Refusal
 from rexec.limits import AuthPenalty, ServerLimits
 from rexec.protocol import Role, State
 from rexec.runner import READ_CHUNK, ChildProcess, Runner
+from rexec.sockets import KEEPALIVE
 from rexec.transport import STREAM_LIMIT, FramedStream, TLSHandshakeFailed
 
 log = logging.getLogger("rexec.server")
@@ -82,6 +83,7 @@ class Server:
         runner: Runner | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         drain_grace: float = DRAIN_GRACE,
+        keepalive: float = KEEPALIVE,
         tls: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
         audit: AuditLog | None = None,
@@ -99,6 +101,7 @@ class Server:
         self.runner = runner or Runner()
         self.handshake_timeout = handshake_timeout
         self.drain_grace = drain_grace
+        self.keepalive = keepalive
         self.sessions: set[Session] = set()
         self.shutting_down = False
         self._server: asyncio.Server | None = None
@@ -160,7 +163,7 @@ class Server:
                 waiter.cancel()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = Session(self, FramedStream(reader, writer, Role.SERVER))
+        session = Session(self, FramedStream(reader, writer, Role.SERVER, self.keepalive))
         self.sessions.add(session)
         self._admit(session)
         try:

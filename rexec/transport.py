@@ -17,6 +17,7 @@ from rexec.codec import Frame
 from rexec.errors import ConnectionLost, ProtocolError, map_socket_errors
 from rexec.frames import Error, Header
 from rexec.protocol import Connection, Role
+from rexec.sockets import KEEPALIVE, tune
 from rexec.tls import TLS_HANDSHAKE_RECORD, subject_of
 
 READ_SIZE = 256 * 1024
@@ -45,7 +46,8 @@ class FramedStream:
     """Frames over an asyncio stream pair, checked by a protocol Connection, optionally in TLS."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: Role
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: Role,
+        keepalive: float = KEEPALIVE,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -60,6 +62,9 @@ class FramedStream:
         self._outgoing = ssl.MemoryBIO()
         self._tls_eof = False
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            tune(sock, keepalive)
 
     async def _read_raw(self) -> bytes:
         with map_socket_errors("connection broken", self.received):
