@@ -193,3 +193,135 @@ def test_the_guardian_leaves_with_a_normal_stop(tmp_path):
     assert rexec.run(srv.address, "echo ok", token=srv.token).ok
     assert srv.stop() == 0
     assert wait_until(lambda: not Path(f"/proc/{guardians[0]}").exists())
+
+
+def test_killed_client_group_dies_within_seconds(server, client_token_file, tmp_path):
+    pidfile = tmp_path / "pid"
+    client = subprocess.Popen(
+        [sys.executable, str(ROOT / "client.py"), "run", "--token-file", str(client_token_file),
+         server.address, "--", f"echo $$ > {pidfile}.t; mv {pidfile}.t {pidfile}; sleep 60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        pgid = _wait_for_file(pidfile)
+        client.kill()
+        started = time.monotonic()
+        assert wait_until(lambda: not pids_in_group(pgid), timeout=10, interval=0.02)
+        assert time.monotonic() - started < 3  # "within a second or two"
+    finally:
+        reap(client)
+
+
+def test_cancel_sigkills_a_command_that_ignores_sigterm(tmp_path):
+    srv = _server(tmp_path, "kill_grace = 1")
+    try:
+        with rexec.BlockingClient(srv.address, token=srv.token) as c:
+            def on_out(_data: object) -> None:
+                c.request_cancel()
+
+            started = time.monotonic()
+            r = c.run("trap '' TERM; echo armed; sleep 30", on_stdout=on_out)
+            assert r.signal == signal.SIGKILL
+            assert time.monotonic() - started < 8
+    finally:
+        assert srv.stop() == 0
+
+
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _zombie_children(pid: int) -> list[int]:
+    zombies = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == pid:
+                zombies.append(int(entry.name))
+    return zombies
+
+
+def test_no_zombies_and_fds_back_to_baseline_after_every_kind_of_ending(tmp_path):
+    srv = _server(tmp_path, "kill_grace = 1")
+    pid = srv.proc.pid
+    try:
+        assert rexec.run(srv.address, "true", token=srv.token).ok  # warm up lazy state
+        baseline = _fd_count(pid)
+        with rexec.BlockingClient(srv.address, token=srv.token) as c:
+            c.run("exit 3")
+            c.run("kill -9 $$")
+            c.run("sleep 30", timeout=0.3)
+            c.run("cat", stdin=b"x" * 3_000_000)
+            background = int(c.run("sleep 30 & echo $!").stdout)  # left behind, killed below
+            with pytest.raises(rexec.CommandNotStarted):
+                c.run("pwd", cwd="/nonexistent")
+        for _ in range(5):  # connections that end mid-command
+            client = subprocess.Popen(
+                [sys.executable, "-c", "import rexec,sys; rexec.run(sys.argv[1], 'sleep 30',"
+                 " token=sys.argv[2])", srv.address, srv.token])
+            time.sleep(0.3)
+            client.kill()
+            client.wait()
+        os.kill(background, signal.SIGKILL)
+        assert wait_until(lambda: _fd_count(pid) <= baseline, timeout=10), \
+            (baseline, _fd_count(pid))
+        assert wait_until(lambda: not _zombie_children(pid), timeout=10)
+    finally:
+        assert srv.stop() == 0
+
+
+SLOW_READER = r"""
+import sys, time
+stdin = sys.stdin.buffer
+started = time.monotonic()
+data = b""
+while time.monotonic() - started < 3:   # a slow reader: 4 KiB every 200 ms
+    data += stdin.read(4096)
+    time.sleep(0.2)
+data += stdin.read()                      # then it catches up
+lines = data.split(b"\n")
+assert lines[-1] == b"", "missing final newline"
+numbers = [int(x) for x in lines[:-1]]
+assert numbers == list(range(1, len(numbers) + 1)), "out of order or lost"
+print(len(numbers))
+"""
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_flood_into_a_slow_reader_keeps_memory_flat_and_every_byte(server, client_token_file):
+    count = 3_000_000  # about 21 MB of numbered lines
+    rexec_cli = subprocess.Popen(
+        [sys.executable, str(ROOT / "client.py"), "run", "--token-file", str(client_token_file),
+         server.address, "--", f"seq 1 {count}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    assert rexec_cli.stdout is not None
+    reader = subprocess.Popen([sys.executable, "-c", SLOW_READER], stdin=rexec_cli.stdout,
+                              stdout=subprocess.PIPE)
+    rexec_cli.stdout.close()  # the reader holds it now
+    try:
+        time.sleep(1.0)
+        client_rss, server_rss = [], []
+        for _ in range(8):  # while the reader is slow
+            client_rss.append(_rss_kib(rexec_cli.pid))
+            server_rss.append(_rss_kib(server.proc.pid))
+            time.sleep(0.2)
+        out, _ = reader.communicate(timeout=120)
+        assert reader.returncode == 0
+        assert int(out) == count  # every line, in order
+        assert rexec_cli.wait(30) == 0
+        assert max(client_rss) - min(client_rss) < 8 * 1024, client_rss  # flat: KiB
+        assert max(server_rss) - min(server_rss) < 8 * 1024, server_rss
+        assert max(client_rss) < 100 * 1024
+    finally:
+        reap(reader)
+        reap(rexec_cli)
