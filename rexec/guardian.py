@@ -2,8 +2,10 @@
 
 Why a process: when ``rexec-server`` is killed (SIGKILL, OOM killer, a crash), nothing in it
 runs to stop its commands, and they would run on, orphaned. PR_SET_PDEATHSIG would need a
-``preexec_fn`` (about 1.5 ms per spawn, and it reaches only the direct child, not grandchildren);
-the guardian costs one short pipe write per command and reaches the whole process group.
+``preexec_fn``, which forces fork() instead of vfork() (measured on the 2-core development VM:
+spawning and reaping ``sh -c true`` went from 1.4 ms to 5.6 ms), and it reaches only the direct
+child, not grandchildren. The guardian costs one short pipe write per command and reaches the
+whole process group.
 
 The server starts it once, in a session of its own (so a signal to the server's process group
 does not reach it), and writes ``+PGID`` when a command starts and ``-PGID`` when it has
