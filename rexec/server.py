@@ -54,6 +54,7 @@ HANDSHAKE_TIMEOUT = 10.0
 ERROR_SEND_TIMEOUT = 2.0
 DRAIN_GRACE = 0.5  # after the shell exits, a pipe quiet this long is left to its background holder
 CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
+BUFFER_POOL = 32  # idle pump buffers kept for reuse (8 MiB at most)
 HandshakeT = TypeVar("HandshakeT", Hello, Auth)
 
 
@@ -104,6 +105,7 @@ class Server:
         self.keepalive = keepalive
         self.sessions: set[Session] = set()
         self.shutting_down = False
+        self._buffers: list[bytearray] = []
         self._server: asyncio.Server | None = None
 
     async def start(self) -> list[tuple[str, int]]:
@@ -119,6 +121,16 @@ class Server:
         if self._server is None:
             return []
         return [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    def take_buffer(self) -> bytearray:
+        """A read buffer for a pump, reused: a fresh 256 KiB zeroed buffer per command costs
+        more than the rest of a short command's bookkeeping."""
+        return self._buffers.pop() if self._buffers else bytearray(READ_CHUNK)
+
+    def give_buffer(self, buffer: bytearray) -> None:
+        """Return a pump's buffer (its bytes were sent or copied by the transport)."""
+        if len(self._buffers) < BUFFER_POOL:
+            self._buffers.append(buffer)
 
     @property
     def running_commands(self) -> int:
@@ -534,21 +546,26 @@ class Session:
         Past the command's output budget the rest is read and dropped, and the group stopped.
         """
         kind = Stdout if stream_no == 1 else Stderr
-        buffer = bytearray(READ_CHUNK)
+        buffer = self.server.take_buffer()
         view = memoryview(buffer)
         sent = 0
-        while (count := await child.read_into(stream_no, buffer, self.server.drain_grace)) > 0:
-            allowed = command.spend(count)
-            if allowed < count and child.exceeded is None:
-                child.exceed("max_output")
-            if self.lost or not allowed:
-                continue  # keep draining so the child is never stuck on a full pipe
-            sent += allowed
-            try:
-                self.stream.send(kind(size=allowed), view[:allowed])
-                await self.stream.drain()
-            except (ConnectionLost, ProtocolError):  # gone, or closed by a fatal error frame
-                self.connection_lost()
+        try:
+            while (count := await child.read_into(stream_no, buffer,
+                                                  self.server.drain_grace)) > 0:
+                allowed = command.spend(count)
+                if allowed < count and child.exceeded is None:
+                    child.exceed("max_output")
+                if self.lost or not allowed:
+                    continue  # keep draining so the child is never stuck on a full pipe
+                sent += allowed
+                try:
+                    self.stream.send(kind(size=allowed), view[:allowed])
+                    await self.stream.drain()
+                except (ConnectionLost, ProtocolError):  # gone, or closed by a fatal error
+                    self.connection_lost()
+        finally:
+            view.release()
+            self.server.give_buffer(buffer)
         return sent
 
     def report(self, command: Command, decision: str, **fields: Any) -> None:
