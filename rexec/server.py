@@ -336,8 +336,9 @@ class Session:
             self.log(logging.WARNING, "protocol_error", reason=str(exc))
             await self.send_fatal(exc.code, str(exc))
         except TLSHandshakeFailed as exc:
-            self.log(logging.WARNING, "refused", code="tls_failed",
-                      reason=str(exc))
+            self.log(logging.WARNING, "refused", code="tls_failed", reason=str(exc))
+            self.server.audit.record("connection_refused", peer=self.peer, code="tls_failed",
+                                     reason=str(exc))
         except ConnectionLost as exc:
             self.log(logging.DEBUG, "disconnected", reason=str(exc))
         except asyncio.CancelledError:
