@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_ARGS ?=
 
-.PHONY: install demo test lint typecheck unit e2e bench soak clean
+.PHONY: install demo test lint typecheck unit e2e bench bench-quick throughput soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +36,21 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+# The side-by-side suite (bench/suite.py): rexec beside ssh, asyncssh and local spawning, on
+# loopback; writes docs/benchmarks.md. Installs the `bench` extra (asyncssh) first, and
+# Debian's openssh-server when /usr/sbin/sshd is missing. `make bench BENCH_ARGS=--quick`
+# (or `make bench-quick`) for a short run.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python bench/suite.py --quick $(BENCH_ARGS)
+
+throughput: $(STAMP)
 	$(BIN)/python bench/throughput.py
 
 soak: $(STAMP)
