@@ -55,6 +55,8 @@ ERROR_SEND_TIMEOUT = 2.0
 DRAIN_GRACE = 0.5  # after the shell exits, a pipe quiet this long is left to its background holder
 CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
 BUFFER_POOL = 32  # idle pump buffers kept for reuse (8 MiB at most)
+# asyncio's default backlog (100) overflowed when 500 clients connected at once (docs/benchmarks.md)
+LISTEN_BACKLOG = 1024
 HandshakeT = TypeVar("HandshakeT", Hello, Auth)
 
 
@@ -111,7 +113,8 @@ class Server:
     async def start(self) -> list[tuple[str, int]]:
         """Bind and start accepting; return the (host, port) pairs actually bound."""
         self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, limit=STREAM_LIMIT, reuse_address=True
+            self._accept, self.host, self.port, limit=STREAM_LIMIT, reuse_address=True,
+            backlog=LISTEN_BACKLOG,
         )
         return self.addresses
 
