@@ -45,6 +45,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procinfo import (  # bench/ is on sys.path when a script here runs
+    children,
+    cmdline,
+    fd_count,
+    proc_status,
+    resting_fd_count,
+)
+
 import rexec
 
 BIN = Path(sys.executable).parent
@@ -68,61 +76,6 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
-
-
-def proc_status(pid: int, name: str) -> int:
-    """A /proc/PID/status memory field (VmRSS, VmHWM) in bytes; 0 if the process is gone."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{name}:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def fd_count(pid: int) -> int:
-    """How many file descriptors the process has open; -1 if it is gone."""
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return -1
-
-
-def cmdline(pid: int) -> str | None:
-    """The command line of a live (non-zombie) process, None if there is none."""
-    try:
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return None
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace").strip()
-    except OSError:
-        return None
-
-
-def resting_fd_count(pid: int, steady: float = 0.5, timeout: float = 5.0) -> int:
-    """The fd count once it has held still for ``steady`` seconds (a closing connection
-    lingers for a moment after its client has gone)."""
-    deadline = time.monotonic() + timeout
-    count, since = fd_count(pid), time.monotonic()
-    while time.monotonic() - since < steady and time.monotonic() < deadline:
-        time.sleep(0.05)
-        if (now := fd_count(pid)) != count:
-            count, since = now, time.monotonic()
-    return count
-
-
-def children(pid: int) -> set[str]:
-    """"PID: COMMAND LINE" of the live (non-zombie) direct children of ``pid``."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[1]) == pid and (line := cmdline(int(entry.name))):
-            found.add(f"{entry.name}: {line}")
-    return found
 
 
 def still_alive(processes: set[str]) -> list[str]:
@@ -333,7 +286,7 @@ async def monitor(pid: int, stats: Stats, started: float, deadline: float,
     next_line = started + interval
     last_done, last_at = 0, started
     while (now := time.monotonic()) < deadline:
-        stats.rss.append(proc_status(pid, "VmRSS"))
+        stats.rss.append(proc_status(pid, "VmRSS") * 1024)
         stats.fds.append(fd_count(pid))
         if now >= next_line:
             window, stats.true_ms_window = stats.true_ms_window, []
@@ -458,7 +411,7 @@ def run(args: argparse.Namespace, seed: int, stats: Stats) -> Report:
             settle(lambda: not any("echo warm" in c for c in children(pid)), 5)
             resident = children(pid)
             report.fds_start = resting_fd_count(pid)
-            report.rss_start = proc_status(pid, "VmRSS")
+            report.rss_start = proc_status(pid, "VmRSS") * 1024
             print(f"server {address} pid {pid}: RSS {report.rss_start / MIB:.1f} MiB,"
                   f" fds {report.fds_start}", flush=True)
             soaker = Soak(address=address, token=token, blob_path=blob_path, blob=blob,
@@ -473,8 +426,8 @@ def run(args: argparse.Namespace, seed: int, stats: Stats) -> Report:
                 report.elapsed = time.monotonic() - started
             report.settled = settle(
                 lambda: fd_count(pid) <= report.fds_start and children(pid) <= resident, SETTLE)
-            report.rss_end, report.fds_end = proc_status(pid, "VmRSS"), fd_count(pid)
-            report.hwm = proc_status(pid, "VmHWM")
+            report.rss_end, report.fds_end = proc_status(pid, "VmRSS") * 1024, fd_count(pid)
+            report.hwm = proc_status(pid, "VmHWM") * 1024
             if left := sorted(children(pid) - resident):
                 report.problems.append(f"{len(left)} child process(es) of the server left"
                                        f" after {SETTLE:g} s: {left}")

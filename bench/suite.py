@@ -59,6 +59,7 @@ from typing import Any
 
 import asyncssh
 import trustme
+from procinfo import fd_count, proc_status  # bench/ is on sys.path when a script here runs
 
 import rexec
 
@@ -180,22 +181,6 @@ def say(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # processes
-
-
-def proc_status(pid: int, name: str) -> int:
-    """A /proc/PID/status field (VmRSS, VmHWM) in KiB; 0 if the process is gone."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{name}:"):
-                return int(line.split()[1])
-    return 0
-
-
-def fd_count(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return -1
 
 
 def stop_process(proc: subprocess.Popen[bytes], name: str, sig: int = signal.SIGTERM) -> None:

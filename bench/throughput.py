@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procinfo import proc_status  # bench/ is on sys.path when a script here runs
+
 BIN = Path(sys.executable).parent
 
 
@@ -37,13 +39,6 @@ def timed(argv: list[str], env: dict[str, str], shell: bool = False) -> tuple[fl
     if proc.returncode != 0:
         raise SystemExit(f"{argv} exited {proc.returncode}")
     return elapsed, usage.ru_maxrss
-
-
-def vm_hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main() -> int:
@@ -64,7 +59,7 @@ def main() -> int:
             rexec = [str(BIN / "rexec"), "run", "-n", address, "--", command]
             pipe = [f"head -c {args.size} /dev/zero | cat"]
             timed(rexec, env)  # warm-up: page cache, first connection
-            hwm_before = vm_hwm(server.pid)
+            hwm_before = proc_status(server.pid, "VmHWM")
             times: dict[str, list[float]] = {"rexec": [], "pipe": []}
             client_rss: list[int] = []
             for _ in range(args.rounds):
@@ -72,7 +67,7 @@ def main() -> int:
                 times["rexec"].append(elapsed)
                 client_rss.append(rss)
                 times["pipe"].append(timed(pipe, env, shell=True)[0])
-            hwm_after = vm_hwm(server.pid)
+            hwm_after = proc_status(server.pid, "VmHWM")
         finally:
             server.terminate()
             server.wait(10)

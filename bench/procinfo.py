@@ -1,0 +1,63 @@
+"""Facts about a process from /proc, shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+
+def proc_status(pid: int, name: str) -> int:
+    """A /proc/PID/status memory field (VmRSS, VmHWM) in KiB; 0 if the process is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{name}:"):
+                return int(line.split()[1])
+    return 0
+
+
+def fd_count(pid: int) -> int:
+    """How many file descriptors the process has open; -1 if it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def cmdline(pid: int) -> str | None:
+    """The command line of a live (non-zombie) process, None if there is none."""
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace").strip()
+    except OSError:
+        return None
+
+
+def resting_fd_count(pid: int, steady: float = 0.5, timeout: float = 5.0) -> int:
+    """The fd count once it has held still for ``steady`` seconds (a closing connection
+    lingers for a moment after its client has gone)."""
+    deadline = time.monotonic() + timeout
+    count, since = fd_count(pid), time.monotonic()
+    while time.monotonic() - since < steady and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if (now := fd_count(pid)) != count:
+            count, since = now, time.monotonic()
+    return count
+
+
+def children(pid: int) -> set[str]:
+    """"PID: COMMAND LINE" of the live (non-zombie) direct children of ``pid``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid and (line := cmdline(int(entry.name))):
+            found.add(f"{entry.name}: {line}")
+    return found
