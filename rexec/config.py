@@ -16,9 +16,8 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -39,7 +38,9 @@ from rexec.auth import (
 )
 from rexec.errors import ConfigError
 from rexec.frames import MAX_COMMAND_LENGTH
-from rexec.identity import Identity, Policy
+
+if TYPE_CHECKING:
+    from rexec.identity import Identity
 
 DEFAULT_PORT = 7878
 KNOWN_TABLES = ("server", "client")
@@ -48,7 +49,8 @@ PATH_KEYS = ("token_file", "tls_cert", "tls_key", "tls_ca", "tls_client_ca", "au
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: validators are built on first use, so the client never builds the server's.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     token: SecretStr | None = None
     token_file: Path | None = None
@@ -57,7 +59,7 @@ class _Settings(BaseModel):
 class IdentitySettings(BaseModel):
     """One ``[server.identities.NAME]`` table: how the client proves itself, and its policy."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     token_hash: str | None = Field(None, description="from `rexec token hash`; never the token")
     certificate: str | None = Field(None, description='TLS client subject, e.g. "CN=alice"')
@@ -114,6 +116,8 @@ class IdentitySettings(BaseModel):
 
     def identity(self, name: str) -> Identity:
         """The runtime Identity for this table."""
+        from rexec.identity import Identity, Policy
+
         policy = Policy(
             allow=tuple(re.compile(p) for p in self.allow),
             deny=tuple(re.compile(p) for p in self.deny),
@@ -198,6 +202,8 @@ SettingsT = TypeVar("SettingsT", bound=_Settings)
 
 def read_toml_table(path: Path, table: str) -> dict[str, Any]:
     """Return one table of a TOML config file, resolving relative paths against its folder."""
+    import tomllib  # only when there is a file: a one-shot CLI run usually has none
+
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)

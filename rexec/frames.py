@@ -7,9 +7,10 @@ control frames have no body, so their ``size`` can only be 0. See docs/protocol.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeAlias
+from functools import cache
+from typing import Annotated, Any, Literal, TypeAlias, cast
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 PROTOCOL_VERSION = 1
 """The one protocol version this implementation speaks."""
@@ -46,7 +47,11 @@ def _check_text(value: str, what: str) -> str:
 
 
 class _Header(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+    # defer_build: a model's validator and serializer are built when it is first used, not at
+    # import; a one-shot CLI run uses half of the frame types and skips building the rest.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, allow_inf_nan=False, defer_build=True
+    )
 
 
 class _Control(_Header):
@@ -224,11 +229,35 @@ Header: TypeAlias = Annotated[
     Field(discriminator="type"),
 ]
 
-HEADER_ADAPTER: TypeAdapter[Header] = TypeAdapter(Header)
+MODELS: dict[str, type[_Header]] = {
+    model.model_fields["type"].default: model
+    for model in (Hello, Challenge, Auth, AuthOk, Run, Stdin, StdinEof, StdinCredit, Signal,
+                  Cancel, Stdout, Stderr, Exit, Error)
+}
+"""Each frame type's model, by its ``type`` tag."""
 
 DATA_FRAMES: frozenset[str] = frozenset({"stdin", "stdout", "stderr"})
 
 
+@cache
+def header_adapter() -> TypeAdapter[Header]:
+    """The discriminated union of every header model (built on first use: it builds them all)."""
+    return TypeAdapter(Header)
+
+
 def parse_header(obj: Any) -> Header:
-    """Validate a decoded JSON object as one of the header models (raises ValidationError)."""
-    return HEADER_ADAPTER.validate_python(obj, strict=True)
+    """Validate a decoded JSON object as one of the header models (raises ValidationError).
+
+    A header whose ``type`` names a model is validated by that model alone, which is what the
+    discriminated union does too. When that fails, or the tag is missing or unknown, the union
+    validates it again so that the error is the union's: its locations start with the tag
+    (``stdout.size``) and an unknown tag lists the expected ones.
+    """
+    tag = obj.get("type") if isinstance(obj, dict) else None
+    model = MODELS.get(tag) if isinstance(tag, str) else None
+    if model is not None:
+        try:
+            return cast(Header, model.model_validate(obj, strict=True))
+        except ValidationError:
+            pass
+    return header_adapter().validate_python(obj, strict=True)

@@ -166,9 +166,15 @@ def execute(
     connection: dict[str, Any],
 ) -> int:
     """Run one command through the blocking client; return the CLI's exit status."""
+    import gc
+
     from rexec.blocking import BlockingClient
     from rexec.errors import RexecError
 
+    # Start-up ran with the collector off (rexec/cli/client.py): what it made stays, frozen out
+    # of every future collection; a long-running command's own garbage is collected as usual.
+    gc.freeze()
+    gc.enable()
     interrupts = 0
     try:
         with BlockingClient(address, **connection) as client:

@@ -347,6 +347,28 @@ def test_bad_address(client_token_file):
     assert b"port" in r.stderr
 
 
+# The CLI ends with os._exit once it has flushed (no interpreter teardown): what went through
+# sys.stdout / sys.stderr (print, typer's help and errors) must still all arrive, with the status.
+
+
+def test_version_reaches_a_pipe():
+    r = run_cli("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"rexec 0.1.0\n", b"")
+
+
+def test_help_reaches_a_pipe_whole():
+    r = run_cli("run", "--help")
+    assert r.returncode == 0
+    assert b"--identity" in r.stdout  # the last option: the whole text was flushed
+    assert r.stdout.rstrip().endswith("╯".encode())  # the options box is closed
+
+
+def test_usage_error_exits_2_with_its_message():
+    r = run_cli("run")
+    assert r.returncode == 2
+    assert b"Missing argument" in r.stderr
+
+
 # --- many at once -------------------------------------------------------------------------------
 
 

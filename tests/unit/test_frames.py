@@ -6,6 +6,8 @@ import typing
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from rexec import frames as f
@@ -368,6 +370,55 @@ def test_parse_header_picks_the_model_by_type() -> None:
     assert isinstance(f.parse_header({"type": "stderr", "size": 3}), f.Stderr)
     with pytest.raises(ValidationError):
         f.parse_header({"type": "stdout", "size": 3, "signal": "INT"})
+
+
+def test_models_by_tag_are_the_union_members() -> None:
+    assert set(f.MODELS.values()) == set(MODELS)
+    assert all(model.model_fields["type"].default == tag for tag, model in f.MODELS.items())
+
+
+# Header-like JSON objects: a real tag (or a wrong one) with field values drawn from what the
+# models accept and what they must refuse, so both outcomes of each model come up.
+_json_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 70_000), st.floats(allow_nan=False),
+    st.sampled_from([NONCE, "TERM", "max_output", "true", "x" * 65, "", "default", "a-b"]),
+    st.text(max_size=8),
+)
+_json_value = st.one_of(_json_scalar, st.lists(_json_scalar, max_size=3),
+                        st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2))
+_field_names = sorted({name for m in MODELS for name in m.model_fields} | {"bogus"})
+
+
+@st.composite
+def _header_objects(draw: st.DrawFn) -> dict[str, Any]:
+    obj: dict[str, Any]
+    if draw(st.integers(0, 3)) == 0:  # a tag that may be anything
+        obj = {"type": draw(_json_value)}
+    else:  # a valid header of a real type, then (or not) some fields changed
+        tag = draw(st.sampled_from(sorted(SAMPLES)))
+        obj = {"type": tag, **SAMPLES[tag]}
+    changes = draw(st.sampled_from([0, 0, 1, 2]))
+    obj.update(draw(st.dictionaries(st.sampled_from(_field_names), _json_value,
+                                    min_size=changes, max_size=changes)))
+    if draw(st.integers(0, 7)) == 0:
+        del obj["type"]
+    return obj
+
+
+@given(_header_objects())
+def test_parse_header_agrees_with_the_union(obj: dict[str, Any]) -> None:
+    """The by-tag fast path accepts exactly what the discriminated union accepts, and a refused
+    header gets the union's own error (locations start with the tag)."""
+    try:
+        expected = f.header_adapter().validate_python(obj, strict=True)
+    except ValidationError as exc:
+        with pytest.raises(ValidationError) as info:
+            f.parse_header(obj)
+        assert info.value.errors() == exc.errors()
+    else:
+        got = f.parse_header(obj)
+        assert type(got) is type(expected)
+        assert got == expected
 
 
 # --- bugs: these fail until rexec/frames.py is fixed ---------------------------------------
