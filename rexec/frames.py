@@ -245,6 +245,16 @@ def header_adapter() -> TypeAdapter[Header]:
     return TypeAdapter(Header)
 
 
+def build_all() -> None:
+    """Build every header model's validator and serializer now, rather than on first use.
+
+    The server calls this before it listens, so that no client's first frames wait on it.
+    """
+    for model in MODELS.values():
+        model.model_rebuild(force=True)
+    header_adapter()
+
+
 def parse_header(obj: Any) -> Header:
     """Validate a decoded JSON object as one of the header models (raises ValidationError).
 

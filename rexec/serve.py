@@ -77,8 +77,10 @@ def tls_setup(settings: ServerSettings) -> ssl.SSLContext | None:
 async def _serve(
     settings: ServerSettings, token: str | None, tls: ssl.SSLContext | None
 ) -> int:
+    from rexec.frames import build_all
     from rexec.runner import Runner
 
+    build_all()
     identities = Identities.from_token(token) if token else Identities()
     for name, table in settings.identities.items():
         identities.by_name[name] = table.identity(name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import typing
 from typing import Any
 
@@ -449,3 +451,16 @@ def test_exit_refuses_an_infinite_duration() -> None:
         return  # refused when built: fine
     raw = encode(header)
     assert decode_header(raw[4:]) == header
+
+
+def test_models_are_built_on_first_use_or_by_build_all() -> None:
+    # In a fresh interpreter: this process has long since built them all.
+    code = (
+        "from rexec import frames as f\n"
+        "assert not any(m.__pydantic_complete__ for m in f.MODELS.values())\n"
+        "f.Cancel()\n"
+        "assert [t for t, m in f.MODELS.items() if m.__pydantic_complete__] == ['cancel']\n"
+        "f.build_all()\n"
+        "assert all(m.__pydantic_complete__ for m in f.MODELS.values())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
