@@ -43,3 +43,45 @@ def test_orders_split_across_reads_are_understood() -> None:
         os.close(read)
         proc.kill()
         proc.wait()
+
+
+def _switches(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return sum(int(line.split()[1]) for line in fh if "ctxt_switches" in line)
+
+
+def test_orders_do_not_wake_the_guardian_and_a_hang_up_does() -> None:
+    """Each wake-up would cost the server a context switch per command; the hang-up must not
+    wait for the next periodic read."""
+    import sys
+    import time
+
+    sleeper = _sleeper()
+    guardian = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from rexec.guardian import guard;"
+         " print(sorted(guard(0, 0.1, drain_interval=30)), flush=True)"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    assert guardian.stdin is not None and guardian.stdout is not None
+    try:
+        time.sleep(1.0)  # let it start and settle in epoll
+        before = _switches(guardian.pid)
+        for pgid in range(100_000, 100_300):  # forgotten at once: never signalled
+            time.sleep(0.002)  # spaced as a server's commands are (back to back, the writes
+            guardian.stdin.write(f"+{pgid}\n-{pgid}\n".encode())  # would share wake-ups)
+            guardian.stdin.flush()
+        time.sleep(0.2)
+        woken = _switches(guardian.pid) - before
+        assert woken < 20, f"the guardian woke {woken} times for 300 spaced orders"
+        started = time.monotonic()
+        guardian.stdin.write(f"+{sleeper.pid}\n".encode())
+        guardian.stdin.close()  # the server "dies"
+        assert guardian.stdout.readline() == f"[{sleeper.pid}]\n".encode()
+        assert time.monotonic() - started < 5  # woken by the hang-up, not the 30 s interval
+        assert sleeper.wait(5) == -15
+        assert guardian.wait(10) == 0
+    finally:
+        for proc in (guardian, sleeper):
+            proc.kill()
+            proc.wait()
+        guardian.stdout.close()
