@@ -17,7 +17,11 @@ Then, interleaving the contenders (A B C A B C ..., the order rotated each round
   1. `true` on one persistent connection: rexec.BlockingClient, rexec.Client (async),
      asyncssh, ssh ControlMaster, the asyncio spawn floor and subprocess.run;
   2. a fresh CLI process: `rexec run ADDRESS -- true`, `ssh host true` (default key exchange,
-     and curve25519-sha256), `python -c pass`;
+     and curve25519-sha256), `python -c pass`, with each process's CPU time; the floors of a
+     typer + pydantic CLI (`python -c 'import typer'`, `... 'from pydantic import BaseModel'`,
+     a bare two-argument typer app: bench/startup.py) and `rexec --version`; and where one
+     `rexec run` spends its time, stage by stage (bench/startup.py stages) and per package
+     (`python -X importtime`);
   3. `head -c SIZE /dev/zero` streamed back and discarded: rexec plaintext and TLS (the CLI),
      ssh (default cipher and aes128-gcm), and through the Python APIs in processes of their own
      (bench/stream_client.py): rexec plaintext and TLS, asyncssh; a local pipe; and three
@@ -64,6 +68,7 @@ from typing import Any
 import asyncssh
 import trustme
 from procinfo import fd_count, proc_status  # bench/ is on sys.path when a script here runs
+from startup import STAGES
 
 import rexec
 
@@ -688,8 +693,24 @@ def measure_rounds(contenders: list[tuple[Series, Batch]], rounds: int, batch: i
 # row 2: a fresh CLI process
 
 
+STARTUP = Path(__file__).resolve().parent / "startup.py"
+STAGED = "rexec run, staged"  # the instrumented runs of row 2: their own table, not the row's
+IMPORTTIME = "rexec run, importtime"
+IMPORT_GROUPS = (  # (group, top-level packages) for `python -X importtime` self times
+    ("typer, with the click it vendors, rich, shellingham, annotated_doc",
+     {"typer", "click", "rich", "shellingham", "annotated_doc"}),
+    ("pydantic, pydantic_core, annotated_types, typing_extensions, typing_inspection",
+     {"pydantic", "pydantic_core", "annotated_types", "typing_extensions", "typing_inspection"}),
+    ("rexec (its modules' own code: pydantic creating rexec's model classes included)",
+     {"rexec"}),
+    ("the standard library (Python's own start-up included)", set(sys.stdlib_module_names)),
+)
+OTHER_IMPORTS = "anything else (the venv's .pth hooks: the editable install's finder, ...)"
+
+
 def fresh_row(rig: Rig, plan: Plan) -> list[Series]:
     say("[2] a fresh CLI process running `true`")
+    py = sys.executable
     argvs = [
         ("rexec run", "`rexec run ADDRESS -- true`",
          [str(BIN / "rexec"), "run", rig.plain_addr, "--", "true"]),
@@ -698,19 +719,117 @@ def fresh_row(rig: Rig, plan: Plan) -> list[Series]:
          [*rig.ssh("-o", "KexAlgorithms=curve25519-sha256"), "true"]),
         ("ssh +bashrc", "`ssh host true`, bash reading root's ~/.bashrc (no SetEnv SHLVL=1;"
          " default kex)", [*rig.ssh(host="bench-rc"), "true"]),
-        ("python -c pass", "`python -c pass` (the venv's Python 3.11)",
-         [sys.executable, "-c", "pass"]),
+        ("python -c pass", "`python -c pass` (the venv's Python 3.11)", [py, "-c", "pass"]),
+        # the floors: what any typer + pydantic CLI pays here before it does anything
+        ("import typer", "floor: `python -c 'import typer'`", [py, "-c", "import typer"]),
+        ("import pydantic", "floor: `python -c 'from pydantic import BaseModel'`",
+         [py, "-c", "from pydantic import BaseModel"]),
+        ("typer app", "floor: a bare typer app, one command taking `address: str` and"
+         " `command: list[str]`, doing nothing (bench/startup.py app)",
+         [py, str(STARTUP), "app", rig.plain_addr, "--", "true"]),
+        ("typer app, fast", "floor: the same app started as rexec starts (collector off while"
+         " importing, os._exit after flushing; bench/startup.py app-fast)",
+         [py, str(STARTUP), "app-fast", rig.plain_addr, "--", "true"]),
+        ("rexec --version", "`rexec --version` (rexec's CLI imported, typer run; no pydantic)",
+         [str(BIN / "rexec"), "--version"]),
     ]
-    contenders = []
+    contenders: list[tuple[Series, Batch]] = []
     for short, name, argv in argvs:
         series = Series(name, short)
 
-        def batch(k: int, argv: list[str] = argv) -> list[float]:
-            return [timed_process(argv, rig.env, timeout=60)[0] for _ in range(k)]
+        def batch(k: int, argv: list[str] = argv, series: Series = series) -> list[float]:
+            times = []
+            for _ in range(k):
+                cpu_before = children_cpu()
+                elapsed = timed_process(argv, rig.env, timeout=60)[0]
+                series.add_extra("cpu", children_cpu() - cpu_before)
+                times.append(elapsed)
+            return times
 
         contenders.append((series, batch))
+    contenders.append(staged_contender(rig))
+    contenders.append(importtime_contender(rig))
     measure_rounds(contenders, plan.fresh_rounds, 1, warmup=2)
     return [s for s, _ in contenders]
+
+
+def staged_contender(rig: Rig) -> tuple[Series, Batch]:
+    """`rexec run ADDRESS -- true` through bench/startup.py's stamping driver: per stage, its
+    wall time (``wall:KEY``), CPU (``cpu:KEY``) and pydantic schema-build time (``schema:KEY``),
+    and ``wall:exit``/``cpu:exit`` from the last stamp to the parent's wait returning."""
+    series = Series("`rexec run ADDRESS -- true`, stamped stage by stage (bench/startup.py"
+                    " stages)", STAGED)
+    argv = [sys.executable, str(STARTUP), "stages", rig.plain_addr, "--", "true"]
+
+    def batch(k: int) -> list[float]:
+        times = []
+        for _ in range(k):
+            cpu_before = children_cpu()
+            started = time.perf_counter()  # the same clock as the driver's stamps
+            out = timed_process(argv, rig.env, timeout=60, capture=True)[2]
+            ended = time.perf_counter()
+            cpu = children_cpu() - cpu_before
+            figures = json.loads(out.decode().strip().splitlines()[-1])
+            if figures["status"] != 0:
+                raise RuntimeError(f"the staged run exited {figures['status']}")
+            sample: dict[str, float] = {}
+            last_wall, last_cpu, last_schema = started, 0.0, 0.0
+            for key, wall, stage_cpu, schema in figures["stamps"]:
+                sample[f"wall:{key}"] = wall - last_wall
+                sample[f"cpu:{key}"] = stage_cpu - last_cpu
+                if figures["schema_hooked"]:
+                    sample[f"schema:{key}"] = schema - last_schema
+                last_wall, last_cpu, last_schema = wall, stage_cpu, schema
+            sample["wall:exit"] = ended - last_wall
+            sample["cpu:exit"] = max(0.0, cpu - last_cpu)  # wait4's CPU vs the process clock
+            sample["cpu"] = cpu
+            for key, value in sample.items():  # only whole samples: the stages stay aligned
+                series.add_extra(key, value)
+            times.append(ended - started)
+        return times
+
+    return series, batch
+
+
+def import_self_times(stderr: str) -> dict[str, float]:
+    """Seconds of ``-X importtime`` self time per IMPORT_GROUPS group (and OTHER_IMPORTS)."""
+    groups = dict.fromkeys([g for g, _ in IMPORT_GROUPS] + [OTHER_IMPORTS], 0.0)
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
+        if not m:
+            continue
+        top = m.group(2).split(".")[0]
+        group = next((g for g, names in IMPORT_GROUPS if top in names), OTHER_IMPORTS)
+        groups[group] += int(m.group(1)) / 1e6
+    return groups
+
+
+def importtime_contender(rig: Rig) -> tuple[Series, Batch]:
+    """`python -X importtime` running the rexec console script: self times per package."""
+    series = Series("`python -X importtime .venv/bin/rexec run ADDRESS -- true`", IMPORTTIME)
+    argv = [sys.executable, "-X", "importtime", str(BIN / "rexec"), "run", rig.plain_addr,
+            "--", "true"]
+
+    def batch(k: int) -> list[float]:
+        times = []
+        for _ in range(k):
+            started = time.perf_counter()
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, env=rig.env, timeout=60,
+                                  check=False, text=True, errors="replace")
+            elapsed = time.perf_counter() - started
+            if done.returncode != 0:
+                raise RuntimeError(f"exited {done.returncode}: {done.stderr.strip()[-300:]}")
+            groups = import_self_times(done.stderr)
+            if not any(groups.values()):
+                raise RuntimeError("no `import time:` lines on stderr")
+            for group, seconds in groups.items():
+                series.add_extra(group, seconds)
+            series.add_extra("total", sum(groups.values()))
+            times.append(elapsed)
+        return times
+
+    return series, batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1200,6 +1319,112 @@ def errors_note(series: list[Series]) -> list[str]:
     return lines
 
 
+def find_label(series: list[Series], label: str) -> Series:
+    for s in series:
+        if s.label == label:
+            return s
+    return Series(label, label)
+
+
+def stage_table(fresh: list[Series], ssh: float, rexec_run: Series, plan: Plan,
+                w: Callable[[str], None]) -> None:
+    """Table 2's second part: where a fresh `rexec run` spends its time."""
+    staged = find_label(fresh, STAGED)
+    ex = staged.extra
+    if not staged.values or not ex.get("wall:start"):
+        w("(The stage-by-stage run of `rexec run` was not measured.)")
+        w("")
+        for line in errors_note([staged]):
+            w(line)
+        w("")
+        import_table(find_label(fresh, IMPORTTIME), ssh, w)
+        return
+    total = staged.median
+    hooked = bool(ex.get("schema:run"))
+    w("### Where a fresh `rexec run` spends its time")
+    w("")
+    w(f"Method: in each of the {plan.fresh_rounds} rounds of table 2, bench/startup.py runs"
+      " rexec's own CLI (`rexec.cli.client.app`, the collector off while importing, `os._exit`"
+      " at the end, as the `rexec` script does) in a fresh interpreter, importing one stage at a"
+      " time in the order below and stamping the end of each with `time.perf_counter()`"
+      " (CLOCK_MONOTONIC, so it compares with the suite's own timestamp from just before it"
+      " started the process) and `time.process_time()`; a module two stages need is counted"
+      " in the first, and parsing ends where typer calls `rexec.cli.run.execute`. The whole"
+      " instrumented run and the plain `rexec run` are the same work; on this shared machine"
+      " their wall times still drift apart by 20-40% in a run, their CPU times much less."
+      + (" *schema ms*: time inside pydantic's schema builds (its `complete_model_class` and"
+         " `TypeAdapter._init_core_attrs`, wrapped by the driver once pydantic is imported)."
+         if hooked else ""))
+    w("")
+    w("| stage | median ms | min ms | CPU ms | schema ms | share | vs ssh (default kex) |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    keys = [k for k, _ in STAGES]
+    timed = set(keys[keys.index("pydantic") + 1:])  # the driver hooks pydantic once imported
+    rows = [*STAGES, ("exit", "exit: write the stamps, `os._exit`, the kernel's teardown,"
+                              " the suite's wait returning")]
+    for key, text in rows:
+        walls = ex.get(f"wall:{key}", [])
+        schema = ex.get(f"schema:{key}", [])
+        wall = median(walls)
+        lowest = min(walls, default=math.nan)
+        cpu = median(ex.get(f"cpu:{key}", []))
+        schema_ms = fnum(median(schema) * 1e3, 1) if schema and key in timed else ""
+        w(f"| {text} | {fnum(wall * 1e3, 1)} | {fnum(lowest * 1e3, 1)} | {fnum(cpu * 1e3, 1)} |"
+          f" {schema_ms} | {fnum(ratio(wall, total) * 100, 0)}% | {fx(ratio(wall, ssh))} |")
+    schema_all = (fnum(median([sum(v) for v in zip(*(ex.get(f"schema:{k}", []) for k, _ in STAGES),
+                                                   strict=True)]) * 1e3, 1) if hooked else "")
+    w(f"| **the whole instrumented run** | **{fnum(total * 1e3, 1)}** |"
+      f" {fnum(min(staged.values) * 1e3, 1)} | {fnum(median(ex.get('cpu', [])) * 1e3, 1)} |"
+      f" {schema_all} | 100% | {fx(ratio(total, ssh))} |")
+    plain_min = min(rexec_run.values, default=math.nan)
+    plain_cpu = median(rexec_run.extra.get("cpu", []))
+    w(f"| `rexec run ADDRESS -- true` itself (table 2's first row, same rounds) |"
+      f" {fnum(rexec_run.median * 1e3, 1)} | {fnum(plain_min * 1e3, 1)} |"
+      f" {fnum(plain_cpu * 1e3, 1)} | | | {fx(ratio(rexec_run.median, ssh))} |")
+    w("")
+
+    def summed(keys: tuple[str, ...]) -> float:  # the median of per-run sums
+        return median([sum(v) for v in zip(*(ex.get(f"wall:{k}", []) for k in keys),
+                                           strict=True)])
+
+    before = summed(("start", "typer", "pydantic", "adapters"))
+    own = summed(("cli", "client"))
+    w(f"Before any rexec code runs, Python, typer and the pydantic typer uses take"
+      f" {fnum(before * 1e3, 1)} ms ({fx(ratio(before, ssh))} ssh's time); importing rexec's"
+      f" own modules {fnum(own * 1e3, 1)} ms; parsing {fnum(median(ex['wall:parse']) * 1e3, 1)}"
+      f" ms; the command on the network {fnum(median(ex['wall:run']) * 1e3, 1)} ms. Medians of"
+      " per-run sums; the stages' medians need not add up to the whole run's.")
+    w("")
+    import_table(find_label(fresh, IMPORTTIME), ssh, w)
+    for line in errors_note([staged]):
+        w(line)
+    if staged.errors:
+        w("")
+
+
+def import_table(imp: Series, ssh: float, w: Callable[[str], None]) -> None:
+    """The imports of one `rexec run`, by package (`python -X importtime` self times)."""
+    if imp.extra.get("total"):
+        w(f"The same imports by package: the *self* times `python -X importtime` reports for one"
+          f" `rexec run ADDRESS -- true` (the console script itself), summed per top-level"
+          f" package, median of {len(imp.extra['total'])} runs (interleaved with the rest of"
+          " table 2); a module's self time includes the code it runs when imported, and"
+          " `-X importtime` adds a little overhead of its own.")
+        w("")
+        w("| packages | import self time, median ms | vs ssh (default kex) |")
+        w("| --- | ---: | ---: |")
+        for group in [g for g, _ in IMPORT_GROUPS] + [OTHER_IMPORTS]:
+            v = median(imp.extra.get(group, []))
+            w(f"| {group} | {fnum(v * 1e3, 1)} | {fx(ratio(v, ssh))} |")
+        t = median(imp.extra["total"])
+        w(f"| **all imports** | **{fnum(t * 1e3, 1)}** | {fx(ratio(t, ssh))} |")
+        w("")
+    for line in errors_note([imp]):
+        w(line)
+    if imp.errors:
+        w("")
+
+
 def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to bottom)
            info: dict[str, Any]) -> tuple[str, list[tuple[str, str, str]]]:
     plan = res.plan
@@ -1281,31 +1506,61 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
 
     # 2
     if res.fresh:
-        fr = res.fresh
+        fr = [s for s in res.fresh if s.label not in {STAGED, IMPORTTIME}]
         ssh_default = find(fr, "`ssh host true` (default").median
         ssh_curve = find(fr, "`ssh host true` (-o Kex").median
         py = find(fr, "`python -c pass`").median
         w("## 2. A fresh CLI process running `true`")
         w("")
         w(f"{plan.fresh_rounds} rounds; wall time of the whole process (stdin /dev/null),"
-          " exit status checked.")
+          " exit status checked. *CPU ms*: the median user + system time of the process (and"
+          " of any child it reaped), from `getrusage(RUSAGE_CHILDREN)` before and after it;"
+          " the servers' side is not counted. The *floor* rows are what any typer + pydantic"
+          " CLI pays here before it does anything (typer 0.29 builds a pydantic TypeAdapter"
+          " for each parameter).")
         w("")
-        w("| contender | median ms | p95 ms | n | vs ssh (default kex) | vs ssh (curve25519) |"
-          " vs python -c pass |")
-        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        w("| contender | median ms | min ms | p95 ms | CPU ms | n | vs ssh (default kex) |"
+          " vs ssh (curve25519) | vs python -c pass |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for s in fr:
-            w(f"| {s.name} | {fnum(s.median * 1e3, 1)} | {fnum(s.p95 * 1e3, 1)} | {len(s.values)} |"
+            lowest = min(s.values, default=math.nan)
+            w(f"| {s.name} | {fnum(s.median * 1e3, 1)} | {fnum(lowest * 1e3, 1)} |"
+              f" {fnum(s.p95 * 1e3, 1)} | {fnum(median(s.extra.get('cpu', [])) * 1e3, 1)} |"
+              f" {len(s.values)} |"
               f" {fx(ratio(s.median, ssh_default))} | {fx(ratio(s.median, ssh_curve))} |"
               f" {fx(ratio(s.median, py), 1)} |")
         w("")
         out.extend(errors_note(fr))
         w("")
+        def vs_ssh(label: str) -> float:
+            return ratio(find_label(fr, label).median, ssh_default)
+
+        app, app_fast, pyd = vs_ssh("typer app"), vs_ssh("typer app, fast"), vs_ssh(
+            "import pydantic")
+        floor_text = (f"`python -c pass` {fx(vs_ssh('python -c pass'))}, `import typer`"
+                      f" {fx(vs_ssh('import typer'))}, `from pydantic import BaseModel`"
+                      f" {fx(pyd)}, a bare two-argument typer app {fx(app)} ({fx(app_fast)}"
+                      " started as rexec starts)")
+        app_floor = min(app, app_fast)
+        if math.isnan(app_floor):
+            conclusion = "the bare typer app was not measured"
+        elif app_floor > 0.5:
+            conclusion = (f"a bare typer app with two arguments already takes {fx(app_floor)}"
+                          " ssh's time here, so 0.5x lies below the floor of the prescribed"
+                          " stack (typer + pydantic)")
+        else:
+            conclusion = (f"a bare typer app with two arguments takes {fx(app_floor)} ssh's"
+                          " time in this run: the floor alone does not rule the target out")
+        w(f"Floors as a ratio of `ssh host true` (default kex): {floor_text}; {conclusion}.")
+        w("")
+        stage_table(res.fresh, ssh_default, find(fr, "`rexec run"), plan, w)
         rx = find(fr, "`rexec run").median
         target("fresh `rexec run ADDRESS -- true` <= 0.5x a fresh `ssh host true` (default kex)",
                ratio(rx, ssh_default), 0.5,
                f"{fx(ratio(rx, ssh_default))} ({fnum(rx * 1e3, 1)} ms vs"
                f" {fnum(ssh_default * 1e3, 1)} ms; {fx(ratio(rx, ssh_curve))} of ssh with"
-               f" curve25519; {fx(ratio(rx, py), 1)} `python -c pass`)")
+               f" curve25519; {fx(ratio(rx, py), 1)} `python -c pass`)",
+               note=f"floors (table 2): {floor_text}; {conclusion}")
 
     # 3 and 4
     st = res.stream
