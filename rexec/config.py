@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
@@ -231,10 +232,10 @@ def load_settings(
     table: str,
     path: Path | None = None,
     cli: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> SettingsT:
     """Merge defaults, the file's table, the environment and CLI options into ``model``."""
-    environ = dict(os.environ) if environ is None else environ
+    environ = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -339,7 +340,10 @@ def client_settings(
              "tls_ca": _path(tls_ca), "tls_cert": _path(tls_cert), "tls_key": _path(tls_key),
              "identity": identity},
     )
-    resolved = resolve_token(settings, fallback=default_token_path())
+    resolved = resolve_token(settings)
+    if resolved is None:  # the last place to look (a Client per host: only looked up if needed)
+        fallback = default_token_path()
+        resolved = read_token_file(fallback) if fallback.exists() else None
     if resolved is None and settings.tls_cert is None:
         raise ConfigError(
             "no token: set REXEC_TOKEN, pass --token-file FILE, put token_file in the client"
