@@ -482,8 +482,12 @@ class Session:
             return
         cwd = policy.working_directory(run)
         try:
-            child = self.server.runner.start(policy.argv(run), run.env, cwd, run.stdin,
-                                             user=policy.run_as)
+            if policy.shell:
+                child = self.server.runner.start_shell(run.command, run.env, cwd, run.stdin,
+                                                       user=policy.run_as)
+            else:
+                child = self.server.runner.start(policy.argv(run), run.env, cwd, run.stdin,
+                                                 user=policy.run_as)
         except (OSError, KeyError) as exc:
             reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
             where = f"working directory {cwd!r}: " if cwd else ""
