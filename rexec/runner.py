@@ -299,6 +299,7 @@ class Runner:
     def __init__(self, kill_grace: float = 5.0, guardian: Guardian | None = None) -> None:
         self.kill_grace = kill_grace
         self.guardian = guardian
+        self._own_pwd: str | None = None
 
     def start_shell(
         self,
@@ -316,12 +317,20 @@ class Runner:
         own status (127, 126), or runs the script, exactly as without this shortcut.
         """
         words = direct_argv(command)
-        if words is not None:
-            merged = {**os.environ, **(env or {})}
-            if merged.get("PATH"):  # without PATH, sh and execvp search different defaults
-                pwd_value = shell_pwd(cwd, merged.get("PWD"))
-                with contextlib.suppress(OSError):
-                    return self.start(words, {**(env or {}), "PWD": pwd_value}, cwd, stdin, user)
+        given = env or {}
+        path = given["PATH"] if "PATH" in given else os.environ.get("PATH")
+        # Without PATH, sh and execvp would search different defaults: leave it to the shell.
+        if words is not None and path:
+            if cwd is None and "PWD" not in given:
+                if self._own_pwd is None:  # the server's directory and PWD do not change
+                    self._own_pwd = shell_pwd(None, os.environ.get("PWD"))
+                if self._own_pwd != os.environ.get("PWD"):
+                    given = {**given, "PWD": self._own_pwd}
+            else:
+                inherited = given["PWD"] if "PWD" in given else os.environ.get("PWD")
+                given = {**given, "PWD": shell_pwd(cwd, inherited)}
+            with contextlib.suppress(OSError):
+                return self.start(words, given, cwd, stdin, user)
         return self.start(["/bin/sh", "-c", command], env, cwd, stdin, user)
 
     def start(

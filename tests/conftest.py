@@ -104,8 +104,11 @@ class ServerProcess:
 
 
 def start_server(tmp: Path, *extra: str, token: str = TOKEN, env: dict[str, str] | None = None,
-                 timeout: float = 20.0) -> ServerProcess:
-    """Start ``python server.py --port 0`` and wait for its ``listening on`` line."""
+                 timeout: float = 20.0, replace_env: bool = False) -> ServerProcess:
+    """Start ``python server.py --port 0`` and wait for its ``listening on`` line.
+
+    ``env`` is added to this process's environment, or replaces it with ``replace_env``.
+    """
     token_file = write_token(tmp / "server-token", token)
     log_path = tmp / "server.log"
     log = log_path.open("wb")
@@ -113,7 +116,7 @@ def start_server(tmp: Path, *extra: str, token: str = TOKEN, env: dict[str, str]
         [sys.executable, str(ROOT / "server.py"), "--port", "0", "--token-file", str(token_file),
          "--log-level", "debug", *extra],
         stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env=dict(env or {}) if replace_env else {**os.environ, **(env or {})},
     )
     log.close()
     assert proc.stdout is not None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import rexec
+from tests.conftest import ROOT, start_server
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,21 @@ def test_timeout_and_signals_reach_a_direct_command(client):
     r = client.run("sleep 30", timeout=0.5)
     assert r.timed_out
     assert r.signal == 15  # SIGTERM reached sleep itself
+
+
+@pytest.mark.parametrize("server_pwd", ["/", "/nonexistent", None])
+def test_a_server_whose_pwd_is_stale_gives_the_shells_pwd(tmp_path: Path, server_pwd):
+    # The server's own PWD does not name its directory (or is unset, as under systemd):
+    # sh would export the physical path of the directory; so must a direct command.
+    env = dict(os.environ)
+    env.pop("PWD", None)
+    if server_pwd is not None:
+        env["PWD"] = server_pwd
+    srv = start_server(tmp_path, env={"REXEC_HOME": str(tmp_path), **env}, replace_env=True)
+    try:
+        with rexec.BlockingClient(srv.address, token=srv.token) as c:
+            direct, shell = both(c, "env")
+            assert env_lines(direct.stdout) == env_lines(shell.stdout)
+            assert b"PWD=" + str(ROOT).encode() in direct.stdout.splitlines()
+    finally:
+        assert srv.stop() == 0, srv.log()
