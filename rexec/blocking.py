@@ -257,19 +257,38 @@ class BlockingClient:
                 source.pump(core)
 
     def _receive(self, sock: socket.socket, core: ClientCore) -> None:
-        try:
-            count = sock.recv_into(core.get_buffer(), READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            if not self._tls_would_block(exc):
-                self._raise_tls_failure(exc, core)
-                core.receive_eof()  # let the core say what was lost, and when
-            return
-        if count:
-            core.buffer_updated(count)
-        else:
-            core.receive_eof()
+        """Receive what is ready, up to READ_SIZE, straight into the decoder's buffer.
+
+        A plain socket's one read takes all the kernel holds. A TLS socket's read returns one
+        record (16 KiB at most), so it reads on until TLS would block: a stream decoded one
+        record per pass of the poll loop cost more CPU than the decryption itself.
+        """
+        buffer = core.get_buffer()
+        limit = min(len(buffer), READ_SIZE)
+        total = 0
+        ended = False
+        failure: OSError | None = None
+        while total < limit:
+            try:
+                count = sock.recv_into(buffer[total:limit])
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if not self._tls_would_block(exc):
+                    failure, ended = exc, True
+                break
+            if not count:
+                ended = True
+                break
+            total += count
+            if self._ssl is None:
+                break
+        if total:
+            core.buffer_updated(total)
+        if failure is not None:
+            self._raise_tls_failure(failure, core)
+        if ended:
+            core.receive_eof()  # let the core say what was lost, and when
 
     def _flush_now(self, sock: socket.socket, core: ClientCore) -> None:
         if not self._out:
