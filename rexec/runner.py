@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 READ_CHUNK = 256 * 1024
 PIPE_SIZE = 1024 * 1024  # asked of the kernel for stdout/stderr pipes; best effort
+FULL_DEFAULT_PIPE = 64 * 1024
+"""A read this large found the pipe full at its default size: the writer outpaces us, so the
+pipe is grown to PIPE_SIZE then (growing every command's pipes up front cost more than
+``true`` took to run)."""
 
 
 _PLAIN_WORDS = re.compile(r"[A-Za-z0-9_./,:@%+=-]+(?: +[A-Za-z0-9_./,:@%+=-]+)*")
@@ -133,6 +137,7 @@ class ChildProcess:
         self.on_close: Callable[[int], None] | None = None  # told the group's ID at close()
         self._kill_timer: asyncio.TimerHandle | None = None
         self._fds: dict[int, int | None] = {}
+        self._grown: set[int] = set()
         for stream_no, pipe in ((0, popen.stdin), (1, popen.stdout), (2, popen.stderr)):
             if pipe is not None:
                 fd = pipe.fileno()
@@ -196,6 +201,9 @@ class ChildProcess:
                 continue
             if not count:
                 self._close(stream_no)
+            elif count >= FULL_DEFAULT_PIPE and stream_no not in self._grown:
+                self._grown.add(stream_no)
+                _grow_pipe(fd)
             return count
 
     async def write_stdin(self, data: bytes | memoryview) -> bool:
@@ -359,9 +367,6 @@ class Runner:
             close_fds=True,
             **switch,
         )
-        for pipe in (popen.stdout, popen.stderr):
-            if pipe is not None:
-                _grow_pipe(pipe.fileno())
         child = ChildProcess(popen, self.kill_grace)
         if self.guardian is not None:
             self.guardian.watch(child.pid)

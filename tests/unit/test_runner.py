@@ -60,3 +60,42 @@ def test_shell_pwd_keeps_an_inherited_pwd_naming_the_directory(tmp_path: Path) -
     assert shell_pwd(str(link), "relative/path") == os.path.realpath(link)
     assert shell_pwd(str(link), str(tmp_path / "missing")) == os.path.realpath(link)
     assert shell_pwd(None, None) == os.path.realpath(".")
+
+
+def _pipe_size(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+
+@pytest.mark.parametrize(("command", "grown"), [
+    ("head -c 3000000 /dev/zero", True),  # fills its pipe: grown to PIPE_SIZE after one read
+    ("echo quiet", False),  # a few bytes: the pipe keeps its default size
+])
+def test_pipes_grow_only_for_output_that_fills_them(command: str, grown: bool) -> None:
+    import asyncio
+
+    from rexec.runner import PIPE_SIZE, Runner
+
+    async def main() -> tuple[int, list[int]]:
+        child = Runner().start(["/bin/sh", "-c", command])
+        fd = child._fds[1]
+        assert fd is not None
+        buffer = bytearray(256 * 1024)
+        total, sizes = 0, []
+        await asyncio.sleep(0.2)  # let a fast writer fill the pipe first
+        while (count := await child.read_into(1, buffer)) > 0:
+            total += count
+            if child._fds.get(1) is not None:
+                sizes.append(_pipe_size(fd))
+        await child.wait()
+        child.close()
+        return total, sizes
+
+    total, sizes = asyncio.run(main())
+    if grown:
+        assert total == 3_000_000
+        assert sizes[0] == PIPE_SIZE
+    else:
+        assert total == len(b"quiet\n")
+        assert all(size < PIPE_SIZE for size in sizes)
