@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def proc_status(pid: int, name: str) -> int:
@@ -48,9 +52,8 @@ def resting_fd_count(pid: int, steady: float = 0.5, timeout: float = 5.0) -> int
     return count
 
 
-def children(pid: int) -> set[str]:
-    """"PID: COMMAND LINE" of the live (non-zombie) direct children of ``pid``."""
-    found = set()
+def _child_stats(pid: int) -> Iterator[tuple[int, list[str]]]:
+    """(PID, /proc/PID/stat fields after the command name) of each direct child of ``pid``."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -58,6 +61,28 @@ def children(pid: int) -> set[str]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] != "Z" and int(fields[1]) == pid and (line := cmdline(int(entry.name))):
-            found.add(f"{entry.name}: {line}")
-    return found
+        if int(fields[1]) == pid:
+            yield int(entry.name), fields
+
+
+def children(pid: int) -> set[str]:
+    """"PID: COMMAND LINE" of the live (non-zombie) direct children of ``pid``."""
+    return {f"{child}: {line}" for child, fields in _child_stats(pid)
+            if fields[0] != "Z" and (line := cmdline(child))}
+
+
+def child_pids(pid: int) -> set[int]:
+    """PIDs of the direct children of ``pid``, zombies (not yet reaped) included."""
+    return {child for child, _ in _child_stats(pid)}
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and of the children it has reaped; NaN if gone.
+
+    /proc/PID/stat's utime, stime, cutime and cstime: a child's time (with its own reaped
+    descendants') reaches its parent's cutime/cstime when the parent reaps it, not before."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS  # fields 14-17 of proc(5)

@@ -67,7 +67,13 @@ from typing import Any
 
 import asyncssh
 import trustme
-from procinfo import fd_count, proc_status  # bench/ is on sys.path when a script here runs
+from procinfo import (  # bench/ is on sys.path when a script here runs
+    CLOCK_TICKS,
+    child_pids,
+    fd_count,
+    proc_cpu,
+    proc_status,
+)
 from startup import STAGES
 
 import rexec
@@ -844,31 +850,7 @@ class StreamRow:
     cpu_notes: list[str] = field(default_factory=list)  # samples whose CPU was not counted
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 REAP_TIMEOUT = 10.0  # how long a server may take to reap a finished connection's processes
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process and of the children it has reaped; NaN if gone.
-
-    /proc/PID/stat's utime, stime, cutime and cstime: a child's time (with its own reaped
-    descendants') reaches its parent's cutime/cstime when the parent reaps it, not before."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return math.nan
-    return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS  # fields 14-17 of proc(5)
-
-
-def child_pids(pid: int) -> set[int]:
-    """PIDs of the direct children of ``pid``, zombies (not yet reaped) included."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.add(int(entry.name))
-    return found
 
 
 def children_cpu() -> float:
