@@ -341,9 +341,8 @@ def client_settings(
              "identity": identity},
     )
     resolved = resolve_token(settings)
-    if resolved is None:  # the last place to look (a Client per host: only looked up if needed)
-        fallback = default_token_path()
-        resolved = read_token_file(fallback) if fallback.exists() else None
+    if resolved is None:  # the default file is the last place: looked up only when needed
+        resolved = resolve_token(settings, fallback=default_token_path())
     if resolved is None and settings.tls_cert is None:
         raise ConfigError(
             "no token: set REXEC_TOKEN, pass --token-file FILE, put token_file in the client"

@@ -38,7 +38,6 @@ import time
 DRAIN_INTERVAL = 0.5
 """Seconds between reads of the orders that piled up (the pipe holds ~100,000 of them)."""
 
-_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in the fcntl module from Python 3.10 on Linux
 PIPE_SIZE = 1024 * 1024
 
 
@@ -98,8 +97,8 @@ class Guardian:
         )
         assert self._process.stdin is not None
         self._pipe = self._process.stdin.fileno()
-        with contextlib.suppress(OSError):  # room for orders between the guardian's reads
-            fcntl.fcntl(self._pipe, _F_SETPIPE_SZ, PIPE_SIZE)
+        with contextlib.suppress(OSError, AttributeError):  # room between the guardian's reads
+            fcntl.fcntl(self._pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self.broken = False
 
     @property
