@@ -412,6 +412,7 @@ def setup_rexec(rig: Rig, stack: contextlib.ExitStack) -> None:
     rig.ca_pem = rig.tmp / "ca.pem"
     ca.cert_pem.write_to_path(str(rig.ca_pem))
     cert.private_key_pem.write_to_path(str(rig.tmp / "server.key"))
+    (rig.tmp / "server.key").chmod(0o600)  # rexec refuses private keys others can read
     (rig.tmp / "server.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
     (rig.tmp / "server.key").chmod(0o600)
     rig.plain, rig.plain_addr = start_rexec_server(rig, "plain", [])

@@ -1,9 +1,18 @@
 """The audit log: one JSON object per line, appended and flushed per record.
 
-Every command decision is recorded (run, refused, not started) with who asked, from where, what,
-and how it ended; so is every failed authentication. Tokens never appear: records are built from
-identity names, never from secrets. A write that fails is reported in the server log (once per
-failure streak) and retried on the next record, never silently dropped.
+Every decision is recorded (a login, a refused connection, a command started, refused or not
+started, and how it ended) and so is every connection's end, with who, from where, what, and
+why. Tokens never appear: records are built from identity names, never from secrets, and the
+environment a client sends is kept with secret-looking values hidden (``childenv.audit_env``).
+
+Records are pure ASCII (``ensure_ascii``): a command line holding U+2028 or U+0085 cannot split a
+record for readers that cut lines at every Unicode line break, as Python's ``splitlines`` does.
+
+The file is created mode 0600 (a ``run_as`` user must not read other identities' commands); an
+existing file that others may read is refused. The server opens it before it listens and will
+not start without it; a write that fails later is reported in the server log (once per failure
+streak) and makes ``record`` return False, so that no command starts unaudited; every record
+tries the file again, so the log recovers once it is writable.
 """
 
 from __future__ import annotations
@@ -11,9 +20,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import stat
 import time
 from pathlib import Path
 from typing import IO, Any
+
+from rexec.errors import ConfigError
 
 log = logging.getLogger("rexec.server")
 
@@ -26,15 +39,40 @@ class AuditLog:
         self._file: IO[str] | None = None
         self._failing = False
 
-    def record(self, event: str, **fields: Any) -> None:
-        """Append one record now."""
+    def open(self) -> None:
+        """Open (or create, mode 0600) the file now; ConfigError naming it if that fails."""
         if self.path is None:
             return
+        try:
+            self._file = self._open()
+        except OSError as exc:
+            raise ConfigError(f"cannot open the audit log {self.path}:"
+                              f" {exc.strerror or exc}") from None
+        mode = stat.S_IMODE(os.fstat(self._file.fileno()).st_mode)
+        if mode & stat.S_IRWXO:
+            self._close_quietly()
+            raise ConfigError(f"the audit log {self.path} is accessible by others (mode"
+                              f" {mode:04o}); run: chmod 600 {self.path}")
+
+    def _open(self) -> IO[str]:
+        assert self.path is not None
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "a", encoding="ascii")
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last write succeeded (always, without a file)."""
+        return not self._failing
+
+    def record(self, event: str, **fields: Any) -> bool:
+        """Append one record now; False if it could not be written."""
+        if self.path is None:
+            return True
         record = {"time": _utc_now(), "event": event, **fields}
-        line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
+        line = json.dumps(record, default=str, ensure_ascii=True) + "\n"
         try:
             if self._file is None:
-                self._file = self.path.open("a", encoding="utf-8")
+                self._file = self._open()
             self._file.write(line)
             self._file.flush()
         except OSError as exc:
@@ -43,10 +81,11 @@ class AuditLog:
                 log.error(json.dumps({"event": "audit_write_failed", "path": str(self.path),
                                       "reason": str(exc), "lost_record": record}, default=str))
             self._failing = True
-            return
+            return False
         if self._failing:
             log.warning(json.dumps({"event": "audit_write_recovered", "path": str(self.path)}))
             self._failing = False
+        return True
 
     def _close_quietly(self) -> None:
         if self._file is not None:

@@ -144,12 +144,17 @@ def read_token_file(path: Path) -> str:
         raise ConfigError(f"token file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read token file {path}: {exc}") from None
+    refuse_shared(f"token file {path}", path, info)
+    return check_token(text, f"token file {path}")
+
+
+def refuse_shared(what: str, path: Path, info: os.stat_result) -> None:
+    """ConfigError if a secret file (token, private key) is accessible by group or others."""
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
-            f"token file {path} is accessible by others (mode {stat.S_IMODE(info.st_mode):04o});"
+            f"{what} is accessible by others (mode {stat.S_IMODE(info.st_mode):04o});"
             f" run: chmod 600 {path}"
         )
-    return check_token(text, f"token file {path}")
 
 
 def default_home() -> Path:

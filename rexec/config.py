@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -37,6 +38,7 @@ from rexec.auth import (
     default_token_path,
     read_token_file,
 )
+from rexec.childenv import DEFAULT_PATH
 from rexec.errors import ConfigError
 from rexec.frames import MAX_COMMAND_LENGTH
 
@@ -57,6 +59,38 @@ class _Settings(BaseModel):
     token_file: Path | None = None
 
 
+RLIMIT_NAMES = {
+    "as": "RLIMIT_AS", "core": "RLIMIT_CORE", "cpu": "RLIMIT_CPU", "data": "RLIMIT_DATA",
+    "fsize": "RLIMIT_FSIZE", "locks": "RLIMIT_LOCKS", "memlock": "RLIMIT_MEMLOCK",
+    "msgqueue": "RLIMIT_MSGQUEUE", "nice": "RLIMIT_NICE", "nofile": "RLIMIT_NOFILE",
+    "nproc": "RLIMIT_NPROC", "rss": "RLIMIT_RSS", "rtprio": "RLIMIT_RTPRIO",
+    "sigpending": "RLIMIT_SIGPENDING", "stack": "RLIMIT_STACK",
+}
+"""``rlimits`` keys (as ``ulimit`` and limits.conf name them) and their ``resource`` names."""
+
+
+def _umask(value: object) -> int:
+    """A umask from TOML: an integer (``0o022``) or an octal string (``"022"``)."""
+    if isinstance(value, str):
+        if not value or any(c not in "01234567" for c in value):
+            raise ValueError(f"umask {value!r} is not an octal number such as \"022\"")
+        value = int(value, 8)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise ValueError(f"umask must be an octal number from 000 to 777, not {value!r}")
+    return value
+
+
+Umask = Annotated[int, BeforeValidator(_umask)]
+
+
+def _check_env(values: dict[str, str]) -> dict[str, str]:
+    for name, value in values.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise ValueError(f"environment variable name {name!r} must be non-empty, without"
+                             " '=' or NUL (and its value without NUL)")
+    return values
+
+
 class IdentitySettings(BaseModel):
     """One ``[server.identities.NAME]`` table: how the client proves itself, and its policy."""
 
@@ -73,6 +107,30 @@ class IdentitySettings(BaseModel):
     run_as: str | None = Field(None, description="user to run commands as (server runs as root)")
     max_connections: int | None = Field(None, ge=1)
     max_commands: int | None = Field(None, ge=1)
+    accept_env: list[str] = Field(
+        default_factory=list, description="glob patterns of client variables to accept"
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="set for every command")
+    umask: Umask | None = Field(None, description="the commands' umask; default the server's")
+    rlimits: dict[str, int] = Field(
+        default_factory=dict, description="resource limits, e.g. {nofile = 1024, cpu = 60}"
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, values: dict[str, str]) -> dict[str, str]:
+        return _check_env(values)
+
+    @field_validator("rlimits")
+    @classmethod
+    def _known_limits(cls, values: dict[str, int]) -> dict[str, int]:
+        for name, limit in values.items():
+            if name not in RLIMIT_NAMES:
+                raise ValueError(f"unknown resource limit {name!r}"
+                                 f" (known: {', '.join(sorted(RLIMIT_NAMES))})")
+            if limit < 0:
+                raise ValueError(f"resource limit {name} must be 0 or more, not {limit}")
+        return values
 
     @field_validator("token_hash")
     @classmethod
@@ -117,6 +175,8 @@ class IdentitySettings(BaseModel):
 
     def identity(self, name: str) -> Identity:
         """The runtime Identity for this table."""
+        import resource
+
         from rexec.identity import Identity, Policy
 
         policy = Policy(
@@ -125,6 +185,9 @@ class IdentitySettings(BaseModel):
             shell=self.shell, cwd=tuple(self.cwd), max_timeout=self.max_timeout,
             max_output=self.max_output, run_as=self.run_as,
             max_connections=self.max_connections, max_commands=self.max_commands,
+            accept_env=tuple(self.accept_env), env=dict(self.env), umask=self.umask,
+            rlimits=tuple((getattr(resource, RLIMIT_NAMES[name]), limit)
+                          for name, limit in self.rlimits.items()),
         )
         verifier = TokenVerifier.parse(self.token_hash) if self.token_hash else None
         return Identity(name, verifier, self.certificate, policy)
@@ -170,6 +233,17 @@ class ServerSettings(_Settings):
                               description="unauthenticated connections; the oldest make room")
     idle_timeout: float = Field(900.0, ge=0, description="seconds; 0 turns it off")
     auth_penalty_max: float = Field(3.0, ge=0, le=8, description="seconds, per source")
+    path: str = Field(DEFAULT_PATH, min_length=1, description="every command's PATH")
+    env: dict[str, str] = Field(default_factory=dict, description="set for every command")
+    inherit_env: list[str] = Field(
+        default_factory=list, description="server variables passed on (globs; never REXEC_*)"
+    )
+    umask: Umask = Field(0o022, description="every command's umask (an identity may override)")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, values: dict[str, str]) -> dict[str, str]:
+        return _check_env(values)
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> ServerSettings:

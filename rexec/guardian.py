@@ -86,6 +86,16 @@ def main() -> int:
     return 0
 
 
+def guardian_environment() -> dict[str, str]:
+    """What the guardian needs to start (where Python finds rexec), and no secret."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": os.pathsep.join(paths)}
+    if "PYTHONHOME" in os.environ:
+        env["PYTHONHOME"] = os.environ["PYTHONHOME"]
+    return env
+
+
 class Guardian:
     """The server's handle on its guardian process."""
 
@@ -93,7 +103,7 @@ class Guardian:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "rexec.guardian", str(kill_grace)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
-            close_fds=True,
+            close_fds=True, env=guardian_environment(),
         )
         assert self._process.stdin is not None
         self._pipe = self._process.stdin.fileno()

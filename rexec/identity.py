@@ -17,14 +17,16 @@ expansion, no operators) and run directly.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rexec.auth import TokenVerifier, decoy_salt
+from rexec.childenv import is_unsafe, matches_any
 from rexec.frames import Run
+from rexec.workdir import WorkDir, open_workdir
 
 DEFAULT_IDENTITY = "default"
 
@@ -50,6 +52,28 @@ class Policy:
     run_as: str | None = None
     max_connections: int | None = None
     max_commands: int | None = None
+    accept_env: tuple[str, ...] = ("*",)  # glob patterns of the client variables it may set
+    env: Mapping[str, str] = field(default_factory=dict)  # set for every command (SetEnv)
+    umask: int | None = None  # None: the server's
+    rlimits: tuple[tuple[int, int], ...] = ()  # (resource.RLIMIT_*, limit)
+
+    @property
+    def restricted(self) -> bool:
+        """Whether a command policy holds this identity in (allow, deny, argv mode, cwd, run_as):
+        such an identity never sets the variables that change how programs start."""
+        return bool(self.allow or self.deny or not self.shell or self.cwd or self.run_as)
+
+    def check_env(self, env: Mapping[str, str]) -> Refusal | None:
+        """Refuse a client variable ``accept_env`` does not admit, or an unsafe one."""
+        for name in env:
+            if self.restricted and is_unsafe(name):
+                return Refusal("accept_env", f"refused: environment variable {name} changes how"
+                               " shells, loaders or interpreters start; a restricted identity"
+                               " may not set it")
+            if not matches_any(name, self.accept_env):
+                return Refusal("accept_env", f"refused: environment variable {name} is not"
+                               " accepted from this identity (accept_env)")
+        return None
 
     def check(self, run: Run) -> Refusal | None:
         """The first rule ``run`` breaks, or None if it may run."""
@@ -64,20 +88,13 @@ class Policy:
                     return Refusal("shell", "refused: an empty command line")
             except ValueError as exc:
                 return Refusal("shell", f"refused: cannot split the command line ({exc})")
-        if self.cwd and run.cwd is not None and not self._cwd_allowed(run.cwd):
-            allowed = ", ".join(str(p) for p in self.cwd)
-            return Refusal("cwd", f"refused: working directory {run.cwd!r} is outside {allowed}")
         return None
 
-    def _cwd_allowed(self, cwd: str) -> bool:
-        real = Path(os.path.realpath(cwd))
-        return any(real == root or root in real.parents for root in self.cwd)
-
-    def working_directory(self, run: Run) -> str | None:
-        """The directory the command runs in: the client's choice, else the first allowed one."""
-        if run.cwd is not None:
-            return run.cwd
-        return str(self.cwd[0]) if self.cwd else None
+    def working_directory(self, run: Run) -> WorkDir | None:
+        """The directory the command starts in, opened and checked (the client's choice, else
+        the first allowed one; None: the server's own). Raises WorkDirError."""
+        requested = run.cwd if run.cwd is not None else str(self.cwd[0]) if self.cwd else None
+        return None if requested is None else open_workdir(requested, self.cwd)
 
     def timeout(self, run: Run) -> float | None:
         """The client's timeout, capped by ``max_timeout`` (which also applies when none is set)."""

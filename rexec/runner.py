@@ -17,13 +17,15 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import pwd
 import re
+import resource
 import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from rexec.childenv import Account
 
 if TYPE_CHECKING:
     from rexec.guardian import Guardian
@@ -288,17 +290,88 @@ class ChildProcess:
             self.on_close = None
 
 
-def _user_switch(user: str) -> dict[str, Any]:
-    """Popen arguments that make the child (never the server) run as ``user``."""
-    entry = pwd.getpwnam(user)  # KeyError for an unknown user
-    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
-        raise PermissionError(f"running commands as {user!r} needs the server to run as root")
-    return {
-        "user": entry.pw_uid,
-        "group": entry.pw_gid,
-        "extra_groups": os.getgrouplist(user, entry.pw_gid),  # initgroups(), in the child
-        "env_update": {"HOME": entry.pw_dir, "USER": user, "LOGNAME": user},
-    }
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """How a child is held in: the user it runs as, its umask and its resource limits.
+
+    With ``user`` (and a server running as root), the child sets its supplementary groups
+    (initgroups), group and user, empties its capability bounding set when the user is not
+    root, and sets PR_SET_NO_NEW_PRIVS, so that no setuid program or file capability can give
+    it back what it gave up; all of it between fork and exec, the server never changes identity.
+    """
+
+    user: Account | None = None
+    umask: int = 0o022
+    rlimits: tuple[tuple[int, int], ...] = ()  # (resource.RLIMIT_*, soft = hard limit)
+
+
+def _prctl() -> Callable[..., int]:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl
+
+
+def _last_capability() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 63
+
+
+def _child_setup(confine: Confinement) -> Callable[[], None] | None:
+    """The function the child runs between fork and exec, or None when nothing is to be done."""
+    user = confine.user
+    switch = user is not None and (os.geteuid() == 0 or user.uid != os.geteuid())
+    if not switch and not confine.rlimits:
+        return None
+    if switch and os.geteuid() != 0:
+        assert user is not None
+        raise PermissionError(f"running commands as {user.name!r} needs the server to run as root")
+    rlimits = confine.rlimits
+    if not switch:
+        def set_limits() -> None:
+            for resource_id, limit in rlimits:
+                resource.setrlimit(resource_id, (limit, limit))
+        return set_limits
+    assert user is not None
+    groups = os.getgrouplist(user.name, user.gid)
+    prctl = _prctl()
+    drop_caps = range(_last_capability() + 1) if user.uid != 0 else range(0)
+
+    def switch_user() -> None:  # in the child: no allocation-heavy work, no locks
+        for resource_id, limit in rlimits:
+            resource.setrlimit(resource_id, (limit, limit))
+        os.setgroups(groups)
+        os.setresgid(user.gid, user.gid, user.gid)
+        for cap in drop_caps:
+            prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+        if prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError("PR_SET_NO_NEW_PRIVS failed")
+        os.setresuid(user.uid, user.uid, user.uid)
+
+    return switch_user
+
+
+def describe_spawn_error(exc: BaseException, argv: list[str], cwd: str | None,
+                         confine: Confinement) -> str:
+    """What stopped a command from starting, naming the program, directory or user at fault."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        if cwd is not None and exc.filename == cwd:
+            return f"the working directory: {reason}"
+        if exc.filename is not None:
+            return f"program {argv[0]!r}: {reason}"
+        return reason
+    if confine.user is not None:
+        return (f"could not switch to user {confine.user.name!r} or apply its limits"
+                f" (rlimits, groups) in the child: {exc}")
+    return f"could not apply the resource limits in the child: {exc}"
 
 
 class Runner:
@@ -307,65 +380,50 @@ class Runner:
     def __init__(self, kill_grace: float = 5.0, guardian: Guardian | None = None) -> None:
         self.kill_grace = kill_grace
         self.guardian = guardian
-        self._own_pwd: str | None = None
 
     def start_shell(
         self,
         command: str,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str],
         cwd: str | None = None,
         stdin: bool = False,
-        user: str | None = None,
+        confine: Confinement = Confinement(),
     ) -> ChildProcess:
         """Start ``command`` as ``/bin/sh -c COMMAND`` would run it; see ``start`` for the rest.
 
-        A simple command (``direct_argv``) is executed directly, with the PWD the shell would
-        export. When that fails (no such program, not executable, a script without ``#!``),
-        the shell is started after all: it reports the failure in its own words and with its
-        own status (127, 126), or runs the script, exactly as without this shortcut.
+        A simple command (``direct_argv``) is executed directly (``env`` carries the PWD the
+        shell would export). When that fails (no such program, not executable, a script
+        without ``#!``), the shell is started after all: it reports the failure in its own
+        words and with its own status (127, 126), or runs the script, exactly as without this
+        shortcut. Without PATH, sh and execvp would search different defaults: the shell runs.
         """
         words = direct_argv(command)
-        given = env or {}
-        path = given["PATH"] if "PATH" in given else os.environ.get("PATH")
-        # Without PATH, sh and execvp would search different defaults: leave it to the shell.
-        if words is not None and path:
-            if cwd is None and "PWD" not in given:
-                if self._own_pwd is None:  # the server's directory and PWD do not change
-                    self._own_pwd = shell_pwd(None, os.environ.get("PWD"))
-                if self._own_pwd != os.environ.get("PWD"):
-                    given = {**given, "PWD": self._own_pwd}
-            else:
-                inherited = given["PWD"] if "PWD" in given else os.environ.get("PWD")
-                given = {**given, "PWD": shell_pwd(cwd, inherited)}
+        if words is not None and env.get("PATH"):
             with contextlib.suppress(OSError):
-                return self.start(words, given, cwd, stdin, user)
-        return self.start(["/bin/sh", "-c", command], env, cwd, stdin, user)
+                return self.start(words, env, cwd, stdin, confine)
+        return self.start(["/bin/sh", "-c", command], env, cwd, stdin, confine)
 
     def start(
         self,
         argv: list[str],
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str],
         cwd: str | None = None,
         stdin: bool = False,
-        user: str | None = None,
+        confine: Confinement = Confinement(),
     ) -> ChildProcess:
-        """Start ``argv``; raises OSError if it cannot (a missing cwd or program, a bad user).
-
-        With ``user``, the child switches user, group and supplementary groups between fork
-        and exec; the server itself never changes identity.
-        """
-        switch = _user_switch(user) if user is not None else {}
-        overrides = {**switch.pop("env_update", {}), **(env or {})}
+        """Start ``argv`` with exactly ``env``; OSError if it cannot (a missing cwd or program),
+        SubprocessError if the child could not confine itself (see ``describe_spawn_error``)."""
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
-            env={**os.environ, **overrides} if overrides else None,
+            env=env,
             start_new_session=True,
             close_fds=True,
-            **switch,
+            umask=confine.umask,
+            preexec_fn=_child_setup(confine),  # noqa: PLW1509 - user switch and limits
         )
         child = ChildProcess(popen, self.kill_grace)
         if self.guardian is not None:

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from rexec.audit import AuditLog
 from rexec.auth import default_token_path, generate_token, write_token_file
+from rexec.childenv import ChildEnvSettings
 from rexec.config import ServerSettings, load_settings, resolve_token
+from rexec.errors import ConfigError
 from rexec.guardian import Guardian
 from rexec.identity import Identities
 from rexec.limits import ServerLimits
@@ -28,6 +31,7 @@ def server_setup(config: Path | None, **cli: object) -> tuple[ServerSettings, st
     they alone can log in.
     """
     settings = load_settings(ServerSettings, "server", config, cli=cli)
+    forget_token_variable()
     token = resolve_token(settings)
     if token is None and not settings.identities:
         path = default_token_path()
@@ -41,6 +45,32 @@ def server_setup(config: Path | None, **cli: object) -> tuple[ServerSettings, st
             print(f"rexec-server: no token configured; using the one generated earlier in {path}",
                   file=sys.stderr, flush=True)
     return settings, token
+
+
+def forget_token_variable() -> None:
+    """Remove REXEC_TOKEN from this process's environment once the settings have it.
+
+    Commands never inherit the server's environment, but a process's environment stays
+    readable in /proc/PID/environ, which shows the block the process started with whatever
+    the C library's environ says now: that block is overwritten too (best effort).
+    """
+    if os.environ.pop("REXEC_TOKEN", None) is None:
+        return
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end: see proc(5)
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            block = mem.read(end - start)
+            offset = 0
+            for entry in block.split(b"\0"):
+                if entry.startswith(b"REXEC_TOKEN="):
+                    mem.seek(start + offset)
+                    mem.write(b"\0" * len(entry))
+                offset += len(entry) + 1
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def format_address(host: str, port: int) -> str:
@@ -91,13 +121,21 @@ async def _serve(
                           idle_timeout=settings.idle_timeout or None,
                           auth_penalty_max=settings.auth_penalty_max)
     audit = AuditLog(settings.audit_log)
+    try:
+        audit.open()  # fail closed: no server without its audit log
+    except ConfigError as exc:
+        print(f"rexec-server: {exc}", file=sys.stderr)
+        return 2
     guardian = Guardian(settings.kill_grace) if sys.platform == "linux" else None
     server = Server(identities, settings.host, settings.port,
                     runner=Runner(settings.kill_grace, guardian),
                     handshake_timeout=settings.handshake_timeout,
                     drain_grace=settings.drain_grace, keepalive=settings.keepalive,
                     tls=tls, limits=limits,
-                    audit=audit)
+                    audit=audit,
+                    child_env=ChildEnvSettings(settings.path, dict(settings.env),
+                                               tuple(settings.inherit_env)),
+                    umask=settings.umask)
     try:
         addresses = await server.start()
     except OSError as exc:

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import ssl
+import subprocess
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from typing import Any, TypeVar
 from rexec import __version__
 from rexec.audit import AuditLog
 from rexec.auth import auth_message, new_nonce
+from rexec.childenv import ChildEnvSettings, account, audit_env, child_environment
 from rexec.codec import Frame
 from rexec.config import DEFAULT_PORT
 from rexec.errors import ConnectionLost, ProtocolError
@@ -43,9 +46,17 @@ from rexec.frames import (
 from rexec.identity import Identities, Identity, Refusal
 from rexec.limits import AuthPenalty, ServerLimits
 from rexec.protocol import Role, State
-from rexec.runner import READ_CHUNK, ChildProcess, Runner
+from rexec.runner import (
+    READ_CHUNK,
+    ChildProcess,
+    Confinement,
+    Runner,
+    describe_spawn_error,
+    shell_pwd,
+)
 from rexec.sockets import KEEPALIVE
 from rexec.transport import STREAM_LIMIT, FramedStream, TLSHandshakeFailed
+from rexec.workdir import WorkDir, WorkDirError
 
 log = logging.getLogger("rexec.server")
 
@@ -90,8 +101,14 @@ class Server:
         tls: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
         audit: AuditLog | None = None,
+        child_env: ChildEnvSettings | None = None,
+        umask: int = 0o022,
     ) -> None:
         self.identities = identities
+        self.child_env = child_env or ChildEnvSettings()
+        self.umask = umask
+        # The server's directory and PWD do not change: the PWD its commands start with.
+        self.own_pwd = shell_pwd(None, os.environ.get("PWD"))
         self.tls = tls
         self.limits = limits or ServerLimits()
         self.audit = audit or AuditLog(None)
@@ -225,6 +242,7 @@ class Command:
     started: float
     timeout: float | None
     budget: int | None  # output bytes still allowed (None: no limit)
+    cwd: str | None = None  # the physical directory it started in, once known
 
     def spend(self, count: int) -> int:
         """How many of ``count`` new output bytes may still be sent."""
@@ -317,6 +335,10 @@ class Session:
         self.finishing = False
         self.done = asyncio.Event()
         self._serve_task: asyncio.Task[Any] | None = None
+        self.opened = time.monotonic()
+        self.commands = 0
+        self.end_code: str | None = None
+        self.end_reason = ""
 
     async def serve(self) -> None:
         """Run the whole conversation; always ends with the connection closed."""
@@ -330,24 +352,38 @@ class Session:
                 self.last_activity = time.monotonic()
                 await self.handle(frame)
         except _Refused as exc:
+            self.ended(exc.code, str(exc))
             self.log(logging.WARNING, "refused", code=exc.code, reason=str(exc))
             self.server.audit.record("connection_refused", peer=self.peer, code=exc.code,
                                      reason=str(exc), claimed_identity=self.claimed_identity,
                                      subject=self.stream.peer_subject)
             await self.send_fatal(exc.code, str(exc))
         except ProtocolError as exc:
-            self.log(logging.WARNING, "protocol_error", reason=str(exc))
+            self.ended(exc.code, str(exc))
+            self.log(logging.WARNING, "protocol_error", code=exc.code, reason=str(exc))
             await self.send_fatal(exc.code, str(exc))
         except TLSHandshakeFailed as exc:
+            self.ended("tls_failed", str(exc))
             self.log(logging.WARNING, "refused", code="tls_failed", reason=str(exc))
             self.server.audit.record("connection_refused", peer=self.peer, code="tls_failed",
                                      reason=str(exc))
         except ConnectionLost as exc:
+            self.ended("disconnected", str(exc))
             self.log(logging.DEBUG, "disconnected", reason=str(exc))
         except asyncio.CancelledError:
-            pass
+            self.ended("aborted", "the server ended the connection")
+        except Exception as exc:  # a bug: this connection ends, the server and the others go on
+            self.ended("internal_error", f"{type(exc).__name__}: {exc}")
+            log.exception(json.dumps({"event": "session_crashed", "peer": self.peer}))
+            await self.send_fatal("internal_error", "the server failed while serving this"
+                                  " connection (see the server log)")
         finally:
             await self.finish()
+
+    def ended(self, code: str, reason: str) -> None:
+        """Record why the connection ends (the first reason given wins)."""
+        if self.end_code is None:
+            self.end_code, self.end_reason = code, reason
 
     async def _idle_watchdog(self) -> None:
         """Close the connection after idle_timeout seconds with no frame and no command."""
@@ -357,6 +393,7 @@ class Session:
             await asyncio.sleep(max(0.05, self.last_activity + idle - time.monotonic()))
             if self.child is None and time.monotonic() - self.last_activity >= idle:
                 self.log(logging.INFO, "idle_timeout", seconds=idle)
+                self.ended("idle_timeout", f"no command for {idle:g} s")
                 await self.send_fatal("idle_timeout", f"no command for {idle:g} s: closing")
                 self.abort()
                 return
@@ -367,6 +404,7 @@ class Session:
             self._ending = asyncio.ensure_future(self._end_for_shutdown())
 
     async def _end_for_shutdown(self) -> None:
+        self.ended("shutting_down", "the server is shutting down")
         await self.send_fatal("shutting_down", "the server is shutting down")
         self.abort()
 
@@ -434,6 +472,8 @@ class Session:
         self.server.active_connections[identity.name] += 1
         self.server.unauthenticated.pop(self, None)
         self.log(logging.INFO, "authenticated", agent=hello.agent, subject=subject)
+        self.server.audit.record("authenticated", peer=self.peer, identity=identity.name,
+                                 method=method, subject=subject, agent=hello.agent)
 
     async def _receive_handshake(self, kind: type[HandshakeT]) -> HandshakeT:
         """The client's next handshake frame; its error frame ends the session quietly."""
@@ -471,35 +511,101 @@ class Session:
         policy = identity.policy
         command = Command(run, identity, time.monotonic(), policy.timeout(run),
                           _smaller(policy.max_output, self.server.limits.max_output))
-        refusal = self.server.limits.check(run) or policy.check(run)
-        if refusal is None and policy.max_commands is not None and \
-                self.server.active_commands[identity.name] >= policy.max_commands:
-            refusal = Refusal("max_commands", f"refused: identity {identity.name!r} already runs"
-                              f" {policy.max_commands} command(s) (max_commands)")
+        refusal = (self.server.limits.check(run) or policy.check(run)
+                   or policy.check_env(run.env) or self._over_max_commands(identity))
         if refusal is not None:
-            self.report(command, "refused", rule=refusal.rule)
-            self.stream.send(Error(code="refused", message=refusal.message, fatal=False))
+            self.refuse(command, refusal)
             return
-        cwd = policy.working_directory(run)
         try:
-            if policy.shell:
-                child = self.server.runner.start_shell(run.command, run.env, cwd, run.stdin,
-                                                       user=policy.run_as)
+            workdir = policy.working_directory(run)
+        except WorkDirError as exc:
+            if exc.refused:
+                self.refuse(command, Refusal("cwd", str(exc)))
             else:
-                child = self.server.runner.start(policy.argv(run), run.env, cwd, run.stdin,
-                                                 user=policy.run_as)
-        except (OSError, KeyError) as exc:
-            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
-            where = f"working directory {cwd!r}: " if cwd else ""
-            message = f"cannot start the command: {where}{reason}"
-            self.report(command, "not_started", reason=message)
-            self.stream.send(Error(code="spawn_failed", message=message, fatal=False))
+                self.not_started(command, str(exc))
+            return
+        try:
+            self._spawn(command, workdir)
+        finally:
+            if workdir is not None:
+                workdir.close()
+
+    def _over_max_commands(self, identity: Identity) -> Refusal | None:
+        limit = identity.policy.max_commands
+        if limit is not None and self.server.active_commands[identity.name] >= limit:
+            return Refusal("max_commands", f"refused: identity {identity.name!r} already runs"
+                           f" {limit} command(s) (max_commands)")
+        return None
+
+    def refuse(self, command: Command, refusal: Refusal) -> None:
+        """Tell the client (and the audit log) which rule refused the command."""
+        self.report(command, "refused", rule=refusal.rule, reason=refusal.message)
+        self.stream.send(Error(code="refused", message=refusal.message, fatal=False))
+
+    def not_started(self, command: Command, reason: str, code: str = "spawn_failed") -> None:
+        """Tell the client (and the audit log) that the command could not start, and why."""
+        message = f"cannot start the command: {reason}"
+        self.report(command, "not_started", reason=message)
+        self.stream.send(Error(code=code, message=message, fatal=False))
+
+    def _spawn(self, command: Command, workdir: WorkDir | None) -> None:
+        """Build the child's environment and confinement, audit the start, start it."""
+        run, policy, server = command.run, command.identity.policy, self.server
+        try:
+            user = account(policy.run_as)
+        except KeyError:
+            self.not_started(command, f"user {policy.run_as!r} does not exist")
+            return
+        command.cwd = workdir.path if workdir is not None else server.own_pwd
+        env = child_environment(
+            server.child_env, user=user, client_env=run.env, identity_env=policy.env,
+            identity=command.identity.name, client=self.client_line, pwd=self._pwd(run, workdir),
+        )
+        confine = Confinement(user if policy.run_as is not None else None,
+                              server.umask if policy.umask is None else policy.umask,
+                              policy.rlimits)
+        if not server.audit.record("command", **self._audit_fields(command), decision="started",
+                                   env=audit_env(run.env), run_as=policy.run_as,
+                                   timeout=command.timeout):
+            self.log(logging.ERROR, "command", command=run.command, decision="refused",
+                     rule="audit_unavailable")
+            self.stream.send(Error(code="audit_unavailable", fatal=False, message="refused: the"
+                                   " server cannot write its audit log; no command runs until"
+                                   " it can"))
+            return
+        spawn_cwd = workdir.spawn_path if workdir is not None else None
+        argv = None if policy.shell else policy.argv(run)
+        try:
+            if argv is None:
+                child = server.runner.start_shell(run.command, env, spawn_cwd, run.stdin, confine)
+            else:
+                child = server.runner.start(argv, env, spawn_cwd, run.stdin, confine)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.not_started(command, describe_spawn_error(
+                exc, argv or ["/bin/sh"], spawn_cwd, confine))
             return
         self.child = child
         if run.stdin:
             self.feeder = StdinFeeder(child, self.send_credit)
-        self.server.active_commands[identity.name] += 1
+        server.active_commands[command.identity.name] += 1
+        self.commands += 1
         self.command_task = asyncio.create_task(self.supervise(child, command))
+
+    def _pwd(self, run: Run, workdir: WorkDir | None) -> str:
+        """The PWD a shell would export there: the client's own when it names that directory."""
+        if workdir is None:
+            return run.env.get("PWD") or self.server.own_pwd
+        given = run.env.get("PWD")
+        if given and os.path.isabs(given):
+            with contextlib.suppress(OSError):
+                if os.path.samefile(given, workdir.path):
+                    return given
+        return workdir.path
+
+    @property
+    def client_line(self) -> str:
+        """REXEC_CLIENT: the client's address and port and the server's port, as SSH_CLIENT."""
+        return f"{self.stream.peer_host} {self.stream.peer_port} {self.stream.local_port}"
 
     def send_credit(self, amount: int) -> None:
         """Let the client send ``amount`` more bytes of stdin."""
@@ -576,12 +682,17 @@ class Session:
             self.server.give_buffer(buffer)
         return sent
 
+    def _audit_fields(self, command: Command) -> dict[str, Any]:
+        return {"peer": self.peer, "identity": command.identity.name,
+                "command": command.run.command, "cwd": command.cwd,
+                "cwd_requested": command.run.cwd}
+
     def report(self, command: Command, decision: str, **fields: Any) -> None:
-        """The command's one log line, and its audit record."""
-        run = command.run
-        common = {"peer": self.peer, "identity": command.identity.name,
-                  "command": run.command, "cwd": run.cwd, "decision": decision}
+        """The command's log line, and its audit record (the decision or how it ended)."""
+        common = {**self._audit_fields(command), "decision": decision}
         log_event(logging.INFO, "command", **common, **fields)
+        if decision != "run":
+            fields = {**fields, "env": audit_env(command.run.env)}
         self.server.audit.record("command", **common, **fields)
 
     def connection_lost(self) -> None:
@@ -623,4 +734,10 @@ class Session:
         finally:
             if self.identity is not None:
                 self.server.active_connections[self.identity.name] -= 1
+            self.server.audit.record(
+                "connection_closed", peer=self.peer,
+                identity=self.identity.name if self.identity is not None else None,
+                code=self.end_code or "closed", reason=self.end_reason,
+                authenticated=self.identity is not None, commands=self.commands,
+                duration=round(time.monotonic() - self.opened, 3))
             self.done.set()

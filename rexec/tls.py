@@ -12,6 +12,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from rexec.auth import refuse_shared
 from rexec.errors import ConfigError
 
 # The first byte of every TLS record a client sends first (a handshake record).
@@ -27,10 +28,22 @@ def _load(what: str, path: Path, action: Any) -> None:
         raise ConfigError(f"cannot load {what} {path}: {exc}") from None
 
 
+def _check_key(key: Path) -> None:
+    """Refuse a private key others can read, as ssh does (the key is the server's identity)."""
+    try:
+        info = key.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"TLS key {key} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS key {key}: {exc.strerror or exc}") from None
+    refuse_shared(f"TLS key {key}", key, info)
+
+
 def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
     """A server context presenting ``cert``; with ``client_ca``, client certs are required."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _check_key(key)
     _load("TLS certificate/key", cert, lambda: context.load_cert_chain(cert, key))
     if client_ca is not None:
         _load("client CA file", client_ca, lambda: context.load_verify_locations(client_ca))
@@ -46,6 +59,7 @@ def client_context(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     _load("CA file", ca, lambda: context.load_verify_locations(ca))
     if cert is not None:
+        _check_key(key if key is not None else cert)
         _load("client certificate/key", cert, lambda: context.load_cert_chain(cert, key))
     return context
 

@@ -57,6 +57,9 @@ class FramedStream:
         self.peer = format_peer(writer)
         peername = writer.get_extra_info("peername")
         self.peer_host: str = peername[0] if peername else "unknown"
+        self.peer_port: int = peername[1] if peername else 0
+        sockname = writer.get_extra_info("sockname")
+        self.local_port: int = sockname[1] if isinstance(sockname, tuple) else 0
         self.received = 0  # bytes read from the socket, for "lost after N bytes" messages
         self.peer_subject: str | None = None  # the verified client certificate's subject
         self._tls: ssl.SSLObject | None = None

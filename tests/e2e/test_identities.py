@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +18,7 @@ import trustme
 import rexec
 from rexec import AuthenticationError, CommandNotStarted, RemoteError
 from rexec.auth import TokenVerifier
-from tests.conftest import run_cli, start_server
+from tests.conftest import ROOT, run_cli, start_server
 
 DEPLOY_TOKEN = "deploy-token-with-enough-entropy-0123456789"
 OPS_TOKEN = "ops-token-with-enough-entropy-9876543210"
@@ -191,16 +195,50 @@ def test_audit_records_have_every_field_and_never_a_token(policy_server):
     assert OPS_TOKEN not in text
 
 
-def test_failed_audit_writes_are_reported(tmp_path):
+def test_a_server_without_its_audit_log_does_not_start(tmp_path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    config = tmp_path / "server.toml"
-    config.write_text(f'[server]\naudit_log = "{not_a_dir}/audit.jsonl"\n')
-    srv = start_server(tmp_path, "--config", str(config))
+    shared = tmp_path / "shared.jsonl"
+    shared.write_text("")
+    shared.chmod(0o644)
+    for path, expected in ((not_a_dir / "audit.jsonl", "Not a directory"),
+                           (shared, "accessible by others")):
+        r = subprocess.run([sys.executable, str(ROOT / "server.py"), "--port", "0",
+                            "--audit-log", str(path)], capture_output=True, timeout=30,
+                           env={**os.environ, "REXEC_TOKEN": DEPLOY_TOKEN})
+        assert r.returncode == 2, r.stderr
+        assert str(path).encode() in r.stderr
+        assert expected.encode() in r.stderr
+        assert b"listening" not in r.stdout
+
+
+def test_the_audit_log_is_created_private(policy_server):
+    assert stat.S_IMODE(policy_server.audit.stat().st_mode) == 0o600
+
+
+def test_an_audit_log_that_fails_refuses_commands_until_it_recovers(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    # Larger than the server's own log will grow, so the size limit below fails only the audit.
+    audit.write_text('{"event": "padding"}\n' * 50_000)
+    audit.chmod(0o600)
+    srv = start_server(tmp_path, "--audit-log", str(audit))
     try:
-        assert rexec.run(srv.address, "echo still runs", token=srv.token).ok
-        time.sleep(0.2)
+        assert rexec.run(srv.address, "echo audited", token=srv.token).ok
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        # the file may not grow any more: every further write fails with EFBIG
+        resource.prlimit(srv.proc.pid, resource.RLIMIT_FSIZE, (audit.stat().st_size, hard))
+        marker = tmp_path / "ran"
+        with pytest.raises(CommandNotStarted, match="audit log") as info:
+            rexec.run(srv.address, f"touch {marker}", token=srv.token)
+        assert info.value.code == "audit_unavailable"
+        assert not marker.exists()
         assert "audit_write_failed" in srv.log()
+        resource.prlimit(srv.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        assert rexec.run(srv.address, f"touch {marker}", token=srv.token).ok
+        assert marker.exists()
+        assert "audit_write_recovered" in srv.log()
+        assert any(r.get("command") == f"touch {marker}" for r in
+                   map(json.loads, audit.read_text().splitlines()))
     finally:
         assert srv.stop() == 0
 
@@ -237,6 +275,7 @@ def test_certificate_identity_needs_no_token(tmp_path):
                        ("cli.key", client_cert.private_key_pem)):
         paths[name] = tmp_path / name
         blob.write_to_path(paths[name])
+        paths[name].chmod(0o600)
     config = tmp_path / "server.toml"
     # first learn the subject string the server sees, from its log
     probe = start_server(tmp_path, "--tls-cert", str(paths["srv.crt"]), "--tls-key",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import subprocess
@@ -39,6 +40,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cert = issuer.issue_cert(*identities, common_name=cn)
         cert.cert_chain_pems[0].write_to_path(files[f"{name}.crt"])
         cert.private_key_pem.write_to_path(files[f"{name}.key"])
+        files[f"{name}.key"].chmod(0o600)  # rexec refuses private keys others can read
     return files
 
 
@@ -266,3 +268,30 @@ def test_bad_tls_files_are_config_errors(tmp_path, pki):
                         str(pki["server.crt"])], capture_output=True, timeout=30, cwd=ROOT)
     assert r.returncode == 2
     assert b"tls_cert and tls_key" in r.stderr
+
+
+def test_private_keys_others_can_read_are_refused(pki, tmp_path, mtls_server):
+    """Fail closed: a server (or client) key readable by others is refused, as a token file is."""
+    shared = tmp_path / "shared.key"
+    shared.write_bytes(pki["server.key"].read_bytes())
+    shared.chmod(0o640)
+    r = subprocess.run([sys.executable, str(ROOT / "server.py"), "--port", "0", "--tls-cert",
+                        str(pki["server.crt"]), "--tls-key", str(shared)],
+                       capture_output=True, timeout=30, env={**os.environ, "REXEC_TOKEN": TOKEN})
+    assert r.returncode == 2
+    assert f"TLS key {shared} is accessible by others (mode 0640)".encode() in r.stderr
+    assert b"listening" not in r.stdout
+    missing = tmp_path / "missing.key"
+    r = subprocess.run([sys.executable, str(ROOT / "server.py"), "--port", "0", "--tls-cert",
+                        str(pki["server.crt"]), "--tls-key", str(missing)],
+                       capture_output=True, timeout=30, env={**os.environ, "REXEC_TOKEN": TOKEN})
+    assert r.returncode == 2
+    assert f"TLS key {missing} does not exist".encode() in r.stderr
+    alice_key = tmp_path / "alice.key"
+    alice_key.write_bytes(pki["alice.key"].read_bytes())
+    alice_key.chmod(0o644)
+    cli = run_cli("run", "--tls-ca", str(pki["ca.pem"]), "--tls-cert", str(pki["alice.crt"]),
+                  "--tls-key", str(alice_key), mtls_server.address, "--", "true",
+                  env={"REXEC_TOKEN": TOKEN})
+    assert cli.returncode in (2, 255)
+    assert b"accessible by others" in cli.stderr

@@ -22,6 +22,7 @@ from rexec.identity import (
     Policy,
     Refusal,
 )
+from rexec.workdir import WorkDirError
 
 TOKEN = "identity-test-token"
 
@@ -173,6 +174,18 @@ def roots(tmp_path: Path) -> dict[str, Path]:
     return {"allowed": allowed, "outside": outside, "sibling": sibling}
 
 
+def judge(policy: Policy, cwd: str | None = None) -> str:
+    """What ``policy.working_directory`` makes of ``cwd``: the path, "refused" or "error"."""
+    try:
+        workdir = policy.working_directory(run(cwd=cwd))
+    except WorkDirError as exc:
+        return "refused" if exc.refused else "error"
+    if workdir is None:
+        return "none"
+    workdir.close()
+    return workdir.path
+
+
 @pytest.mark.parametrize(("cwd", "ok"), [
     ("{allowed}", True),
     ("{allowed}/", True),
@@ -180,14 +193,12 @@ def roots(tmp_path: Path) -> dict[str, Path]:
     ("{allowed}/sub/deeper", True),
     ("{allowed}/sub/..", True),
     ("{allowed}/inner", True),  # a symlink that stays inside
-    ("{allowed}/not-created-yet", True),
     ("{outside}/into-allowed", True),  # judged by where it leads, not by its name
     ("{outside}", False),
     ("{sibling}", False),  # a string prefix of the root is not inside it
     ("{allowed}/..", False),
     ("{allowed}/sub/../../outside", False),
     ("{allowed}/escape", False),  # a symlink inside that leads out
-    ("{allowed}/escape/x", False),
     ("/", False),
     ("/tmp", False),
 ])
@@ -195,25 +206,37 @@ def test_cwd_inside_or_outside_the_allowed_roots(roots: dict[str, Path], cwd: st
                                                  ok: bool) -> None:
     policy = Policy(cwd=(roots["allowed"],))
     path = cwd.format(**{k: str(v) for k, v in roots.items()})
-    refusal = policy.check(run(cwd=path))
     if ok:
-        assert refusal is None
+        assert judge(policy, path) == os.path.realpath(path)
     else:
-        assert refusal is not None
-        assert refusal.rule == "cwd"
-        assert repr(path) in refusal.message
-        assert str(roots["allowed"]) in refusal.message
+        assert judge(policy, path) == "refused"
+        with pytest.raises(WorkDirError) as info:
+            policy.working_directory(run(cwd=path))
+        assert repr(path) in str(info.value)
+        assert str(roots["allowed"]) in str(info.value)
+
+
+@pytest.mark.parametrize("cwd", ["{allowed}/not-created-yet", "{allowed}/escape/x",
+                                 "{allowed}/loop", "{allowed}/file", "{allowed}/" + "y" * 300])
+def test_a_cwd_that_cannot_be_resolved_is_a_clean_error(roots: dict[str, Path],
+                                                        cwd: str) -> None:
+    (roots["allowed"] / "loop").symlink_to(roots["allowed"] / "loop")
+    (roots["allowed"] / "file").write_text("")
+    path = cwd.format(**{k: str(v) for k, v in roots.items()})
+    for policy in (Policy(cwd=(roots["allowed"],)), Policy()):
+        with pytest.raises(WorkDirError) as info:
+            policy.working_directory(run(cwd=path))
+        assert not info.value.refused
+        assert str(info.value).startswith("working directory ")
 
 
 def test_cwd_with_several_roots_and_none_given(roots: dict[str, Path]) -> None:
     policy = Policy(cwd=(roots["allowed"], roots["outside"]))
-    assert policy.check(run(cwd=str(roots["outside"]))) is None
-    assert policy.check(run(cwd=str(roots["sibling"]))) is not None
-    assert policy.check(run()) is None  # no cwd: the first root is used
-    assert policy.working_directory(run()) == str(roots["allowed"])
-    assert policy.working_directory(run(cwd=str(roots["outside"]))) == str(roots["outside"])
-    assert Policy().working_directory(run()) is None
-    assert Policy().check(run(cwd="/anywhere")) is None  # no roots: no restriction
+    assert judge(policy, str(roots["outside"])) == str(roots["outside"])
+    assert judge(policy, str(roots["sibling"])) == "refused"
+    assert judge(policy) == str(roots["allowed"])  # no cwd: the first root is used
+    assert judge(Policy()) == "none"
+    assert judge(Policy(), "/") == "/"  # no roots: no restriction
 
 
 def test_a_relative_cwd_is_judged_from_the_servers_directory(
@@ -221,10 +244,31 @@ def test_a_relative_cwd_is_judged_from_the_servers_directory(
 ) -> None:
     policy = Policy(cwd=(roots["allowed"],))
     monkeypatch.chdir(roots["allowed"])
-    assert policy.check(run(cwd="sub")) is None
-    assert policy.check(run(cwd="../outside")) is not None
+    assert judge(policy, "sub") == str(roots["allowed"] / "sub")
+    assert judge(policy, "../outside") == "refused"
     monkeypatch.chdir(roots["outside"])
-    assert policy.check(run(cwd="sub")) is not None
+    assert judge(policy, "sub") == "error"
+
+
+def test_the_child_starts_in_the_checked_directory_even_if_the_path_flips(
+    roots: dict[str, Path]
+) -> None:
+    """Finding 6: the path is swapped for a symlink out after the check; the child must not
+    follow it (the old code checked the path, then started the child in it)."""
+    import subprocess
+
+    work = roots["allowed"] / "work"
+    work.mkdir()
+    workdir = Policy(cwd=(roots["allowed"],)).working_directory(run(cwd=str(work)))
+    assert workdir is not None
+    work.rename(roots["allowed"] / "moved")
+    work.symlink_to(roots["outside"])  # the same name now leads out
+    try:
+        out = subprocess.run(["pwd", "-P"], cwd=workdir.spawn_path, capture_output=True,
+                             check=True).stdout.decode().strip()
+    finally:
+        workdir.close()
+    assert out == str(roots["allowed"] / "moved")
 
 
 # --- Policy.timeout and Policy.argv --------------------------------------------------------
@@ -410,7 +454,7 @@ def test_a_certificate_only_identity(tmp_path: Path) -> None:
     identity = settings.identities["robot"].identity("robot")
     assert (identity.verifier, identity.certificate, identity.method) == (
         None, "CN=robot", "certificate")
-    assert identity.policy == Policy()
+    assert identity.policy == Policy(accept_env=())  # named identities accept no variables
 
 
 BAD_IDENTITIES = [

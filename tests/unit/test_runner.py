@@ -78,7 +78,7 @@ def test_pipes_grow_only_for_output_that_fills_them(command: str, grown: bool) -
     from rexec.runner import PIPE_SIZE, Runner
 
     async def main() -> tuple[int, list[int]]:
-        child = Runner().start(["/bin/sh", "-c", command])
+        child = Runner().start(["/bin/sh", "-c", command], {"PATH": os.defpath})
         fd = child._fds[1]
         assert fd is not None
         buffer = bytearray(256 * 1024)
