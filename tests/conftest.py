@@ -104,19 +104,25 @@ class ServerProcess:
 
 
 def start_server(tmp: Path, *extra: str, token: str = TOKEN, env: dict[str, str] | None = None,
-                 timeout: float = 20.0, replace_env: bool = False) -> ServerProcess:
+                 timeout: float = 20.0, replace_env: bool = False,
+                 token_in_env: bool = False) -> ServerProcess:
     """Start ``python server.py --port 0`` and wait for its ``listening on`` line.
 
-    ``env`` is added to this process's environment, or replaces it with ``replace_env``.
+    ``env`` is added to this process's environment, or replaces it with ``replace_env``. The
+    token goes in a ``--token-file``, or in ``REXEC_TOKEN`` with ``token_in_env``.
     """
     token_file = write_token(tmp / "server-token", token)
     log_path = tmp / "server.log"
     log = log_path.open("wb")
+    environ = dict(env or {}) if replace_env else {**os.environ, **(env or {})}
+    token_args = ["--token-file", str(token_file)]
+    if token_in_env:
+        environ["REXEC_TOKEN"] = token
+        token_args = []
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py"), "--port", "0", "--token-file", str(token_file),
+        [sys.executable, str(ROOT / "server.py"), "--port", "0", *token_args,
          "--log-level", "debug", *extra],
-        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT,
-        env=dict(env or {}) if replace_env else {**os.environ, **(env or {})},
+        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT, env=environ,
     )
     log.close()
     assert proc.stdout is not None
