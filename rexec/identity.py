@@ -6,7 +6,8 @@ whether a ``run`` is allowed and with which limits. The shared server token, whe
 configured, is the identity "default", with no restrictions.
 
 What a policy on shell command strings can and cannot do: ``allow``/``deny`` patterns are
-anchored regular expressions matched against the whole command line. With the shell (the
+anchored RE2 regular expressions (``rexec.patterns``: linear-time matching) matched
+against the whole command line. With the shell (the
 default), ``allow = ["uptime"]`` admits exactly ``uptime``; but a pattern such as ``ls .*``
 admits ``ls; rm -rf /``, because the shell gives ``;``, ``|``, ``$( )``, redirections and more
 their meaning (``ls ; rm -rf /`` matches ``ls .*``). Write patterns that exclude shell syntax,
@@ -18,13 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rexec.auth import TokenVerifier, decoy_salt
 from rexec.frames import Run
+
+if TYPE_CHECKING:
+    from rexec.patterns import Pattern
 
 DEFAULT_IDENTITY = "default"
 
@@ -41,8 +45,8 @@ class Refusal:
 class Policy:
     """What one identity may run, where, and within which limits."""
 
-    allow: tuple[re.Pattern[str], ...] = ()
-    deny: tuple[re.Pattern[str], ...] = ()
+    allow: tuple[Pattern, ...] = ()
+    deny: tuple[Pattern, ...] = ()
     shell: bool = True
     cwd: tuple[Path, ...] = ()
     max_timeout: float | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from rexec.identity import (
     Policy,
     Refusal,
 )
+from rexec.patterns import Pattern
 
 TOKEN = "identity-test-token"
 
@@ -30,8 +30,8 @@ def run(command: str = "true", **kwargs: object) -> Run:
     return Run(command=command, **kwargs)  # type: ignore[arg-type]
 
 
-def patterns(*texts: str) -> tuple[re.Pattern[str], ...]:
-    return tuple(re.compile(t) for t in texts)
+def patterns(*texts: str) -> tuple[Pattern, ...]:
+    return tuple(Pattern(t) for t in texts)
 
 
 # --- Policy.check: allow and deny ----------------------------------------------------------
