@@ -89,7 +89,7 @@ class IdentitySettings(BaseModel):
 
         for n, pattern in enumerate(values):
             try:
-                Pattern(pattern)
+                Pattern(pattern, never_nl=info.field_name == "allow")
             except PatternError as exc:
                 raise ValueError(f"bad regular expression {pattern!r}"
                                  f" ({info.field_name}[{n}]): {exc}{_re2_hint(pattern)}") from None
@@ -125,7 +125,7 @@ class IdentitySettings(BaseModel):
         from rexec.patterns import Pattern
 
         policy = Policy(
-            allow=tuple(Pattern(p) for p in self.allow),
+            allow=tuple(Pattern(p, never_nl=True) for p in self.allow),
             deny=tuple(Pattern(p) for p in self.deny),
             shell=self.shell, cwd=tuple(self.cwd), max_timeout=self.max_timeout,
             max_output=self.max_output, run_as=self.run_as,

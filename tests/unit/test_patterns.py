@@ -22,6 +22,7 @@ def test_a_pattern_matches_whole_lines_and_keeps_its_source() -> None:
     assert not pattern.fullmatch("ls; id")
     assert not pattern.fullmatch("lsid")
     assert Pattern("x") == Pattern("x")
+    assert Pattern("x") != Pattern("x", never_nl=True)
     assert "x" in repr(Pattern("x"))
 
 
@@ -53,6 +54,21 @@ def test_what_re2_cannot_take_is_refused_with_its_reason(
 
 def test_an_escaped_backslash_before_c_is_no_any_byte() -> None:
     assert Pattern(r"x\\C").fullmatch("x\\C")
+
+
+@pytest.mark.parametrize("pattern", [
+    r"ls .*", r"(?s)ls .*", r"(?s:ls .*)", r"ls[^;&|]*", r"ls\s.*", r"ls\n.*", r"ls\x0a.*",
+    r"ls[\x00-\x7f]*", r"ls[[:space:]].*", r"ls\pC.*", r"ls(?m:$\n^).*", r"ls[^a]*",
+])
+def test_with_never_nl_no_pattern_matches_a_newline(pattern: str) -> None:
+    """The allow lists' second guard, behind the newline rule."""
+    assert not Pattern(pattern, never_nl=True).fullmatch("ls /\nrm -rf /")
+    assert Pattern(pattern, never_nl=True).fullmatch("ls") == Pattern(pattern).fullmatch("ls")
+
+
+def test_without_never_nl_a_negated_class_admits_a_newline() -> None:
+    """Why allow patterns get never_nl: [^;&|] looks safe, and a newline separates commands."""
+    assert Pattern(r"ls[^;&|]*").fullmatch("ls /\nrm -rf /")
 
 
 def test_re2_classes_are_ascii() -> None:
@@ -95,3 +111,11 @@ def test_a_pattern_re_takes_too_gets_no_re2_hint_when_re_refuses_it_as_well(
     with pytest.raises(ConfigError) as info:
         _settings(tmp_path, "allow = ['(']")
     assert "RE2" not in str(info.value)
+
+
+def test_the_config_builds_allow_patterns_with_never_nl(tmp_path: Path) -> None:
+    identity = _settings(tmp_path, "allow = ['ls[^;]*']\ndeny = ['(?s)rm.*']").identities[
+        "ops"].identity("ops")
+    assert identity.policy.allow == (Pattern("ls[^;]*", never_nl=True),)
+    assert identity.policy.deny == (Pattern("(?s)rm.*"),)  # deny patterns lose nothing
+    assert identity.policy.deny[0].fullmatch("rm x\nrm y")
