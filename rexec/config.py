@@ -64,7 +64,8 @@ class IdentitySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     token_hash: str | None = Field(None, description="from `rexec token hash`; never the token")
-    certificate: str | None = Field(None, description='TLS client subject, e.g. "CN=alice"')
+    certificate: str | None = Field(
+        None, description='TLS client subject, RFC 4514 escaping, e.g. "CN=ci,O=Example"')
     allow: list[str] = Field(default_factory=list, description="anchored RE2 regexes")
     deny: list[str] = Field(default_factory=list, description="anchored RE2 regexes, first")
     shell: bool = Field(True, description="false: split the command line, run it without a shell")
@@ -80,6 +81,18 @@ class IdentitySettings(BaseModel):
     def _hash_parses(cls, value: str | None) -> str | None:
         if value is not None:
             TokenVerifier.parse(value)
+        return value
+
+    @field_validator("certificate")
+    @classmethod
+    def _subject_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from rexec.tls import parse_subject
+
+            try:
+                parse_subject(value)
+            except ValueError as exc:
+                raise ValueError(f"bad certificate subject {value!r}: {exc}") from None
         return value
 
     @field_validator("allow", "deny")
@@ -123,6 +136,7 @@ class IdentitySettings(BaseModel):
         """The runtime Identity for this table."""
         from rexec.identity import Identity, Policy
         from rexec.patterns import Pattern
+        from rexec.tls import parse_subject
 
         policy = Policy(
             allow=tuple(Pattern(p, never_nl=True) for p in self.allow),
@@ -132,7 +146,8 @@ class IdentitySettings(BaseModel):
             max_connections=self.max_connections, max_commands=self.max_commands,
         )
         verifier = TokenVerifier.parse(self.token_hash) if self.token_hash else None
-        return Identity(name, verifier, self.certificate, policy)
+        subject = parse_subject(self.certificate) if self.certificate is not None else None
+        return Identity(name, verifier, subject, policy)
 
 
 def _re2_hint(pattern: str) -> str:

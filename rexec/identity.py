@@ -33,6 +33,7 @@ from rexec.frames import Run
 
 if TYPE_CHECKING:
     from rexec.patterns import Pattern
+    from rexec.tls import Subject
 
 DEFAULT_IDENTITY = "default"
 
@@ -131,7 +132,7 @@ class Identity:
 
     name: str
     verifier: TokenVerifier | None = None
-    certificate: str | None = None  # required TLS client certificate subject, e.g. "CN=alice"
+    certificate: Subject | None = None  # required TLS client certificate subject (structured)
     policy: Policy = UNRESTRICTED
 
     def __post_init__(self) -> None:
@@ -155,7 +156,7 @@ class Identities:
         """Just the shared token, as the unrestricted identity "default"."""
         return cls({DEFAULT_IDENTITY: Identity(DEFAULT_IDENTITY, TokenVerifier.from_token(token))})
 
-    def resolve(self, name: str | None, subject: str | None) -> Identity | None:
+    def resolve(self, name: str | None, subject: Subject | None) -> Identity | None:
         """The identity a client claims (by name), else the one its certificate names, else
         "default"; None when there is no such identity."""
         if name is not None:
@@ -167,7 +168,7 @@ class Identities:
         return self.by_name.get(DEFAULT_IDENTITY)
 
     def challenge_for(self, identity: Identity | None, name: str | None,
-                      subject: str | None) -> tuple[str, bytes | None]:
+                      subject: Subject | None) -> tuple[str, bytes | None]:
         """The method and salt to challenge with, revealing nothing about unknown names.
 
         "certificate" only when the client's certificate already matches the identity; every

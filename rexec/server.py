@@ -45,6 +45,7 @@ from rexec.limits import AuthPenalty, ServerLimits
 from rexec.protocol import Role, State
 from rexec.runner import READ_CHUNK, ChildProcess, Runner
 from rexec.sockets import KEEPALIVE
+from rexec.tls import Subject
 from rexec.transport import STREAM_LIMIT, FramedStream, TLSHandshakeFailed
 
 log = logging.getLogger("rexec.server")
@@ -203,7 +204,7 @@ class Server:
         self.unauthenticated[session] = None
 
 
-def _proved(identity: Identity, auth: Auth, message: bytes, subject: str | None) -> bool:
+def _proved(identity: Identity, auth: Auth, message: bytes, subject: Subject | None) -> bool:
     """Whether ``auth`` (and the TLS certificate) prove ``identity``."""
     if identity.certificate is not None and identity.certificate != subject:
         return False
@@ -333,7 +334,7 @@ class Session:
             self.log(logging.WARNING, "refused", code=exc.code, reason=str(exc))
             self.server.audit.record("connection_refused", peer=self.peer, code=exc.code,
                                      reason=str(exc), claimed_identity=self.claimed_identity,
-                                     subject=self.stream.peer_subject)
+                                     subject=self.stream.peer_subject_text)
             await self.send_fatal(exc.code, str(exc))
         except ProtocolError as exc:
             self.log(logging.WARNING, "protocol_error", reason=str(exc))
@@ -433,7 +434,8 @@ class Session:
         self.identity = identity
         self.server.active_connections[identity.name] += 1
         self.server.unauthenticated.pop(self, None)
-        self.log(logging.INFO, "authenticated", agent=hello.agent, subject=subject)
+        self.log(logging.INFO, "authenticated", agent=hello.agent,
+                 subject=self.stream.peer_subject_text)
 
     async def _receive_handshake(self, kind: type[HandshakeT]) -> HandshakeT:
         """The client's next handshake frame; its error frame ends the session quietly."""

@@ -22,6 +22,7 @@ from rexec.identity import (
     Refusal,
 )
 from rexec.patterns import Pattern
+from rexec.tls import parse_subject as dn
 
 TOKEN = "identity-test-token"
 
@@ -270,8 +271,8 @@ def identities() -> Identities:
     return Identities({
         "default": Identity("default", VERIFIERS["default"]),
         "alice": Identity("alice", VERIFIERS["alice"]),
-        "bob": Identity("bob", None, "CN=bob"),
-        "carol": Identity("carol", VERIFIERS["carol"], "CN=carol,O=Example"),
+        "bob": Identity("bob", None, dn("CN=bob")),
+        "carol": Identity("carol", VERIFIERS["carol"], dn("CN=carol,O=Example")),
     })
 
 
@@ -298,7 +299,7 @@ def test_identity_method() -> None:
     ("Alice", None, None),  # names are case-sensitive
 ])
 def test_resolve(name: str | None, subject: str | None, expected: str | None) -> None:
-    identity = identities().resolve(name, subject)
+    identity = identities().resolve(name, dn(subject) if subject else None)
     assert (identity.name if identity is not None else None) == expected
 
 
@@ -306,9 +307,9 @@ def test_resolve_without_a_default_identity() -> None:
     ids = identities()
     del ids.by_name[DEFAULT_IDENTITY]
     assert ids.resolve(None, None) is None
-    assert ids.resolve(None, "CN=mallory") is None
+    assert ids.resolve(None, dn("CN=mallory")) is None
     assert ids.resolve("default", None) is None
-    bob = ids.resolve(None, "CN=bob")
+    bob = ids.resolve(None, dn("CN=bob"))
     assert bob is not None
     assert bob.name == "bob"
     assert Identities().resolve(None, None) is None
@@ -333,7 +334,7 @@ def test_a_token_identity_is_challenged_with_its_salt() -> None:
     ids = identities()
     alice = ids.by_name["alice"]
     assert ids.challenge_for(alice, "alice", None) == ("token", VERIFIERS["alice"].salt)
-    assert ids.challenge_for(alice, None, "CN=whoever") == ("token", VERIFIERS["alice"].salt)
+    assert ids.challenge_for(alice, None, dn("CN=whoever")) == ("token", VERIFIERS["alice"].salt)
 
 
 def test_an_unknown_name_gets_a_stable_decoy_salt() -> None:
@@ -355,10 +356,10 @@ def test_an_unknown_name_gets_a_stable_decoy_salt() -> None:
 def test_a_certificate_identity_is_offered_the_certificate_method_only_with_its_cert() -> None:
     ids = identities()
     bob = ids.by_name["bob"]
-    assert ids.challenge_for(bob, "bob", "CN=bob") == ("certificate", None)
+    assert ids.challenge_for(bob, "bob", dn("CN=bob")) == ("certificate", None)
     # without the matching certificate, bob looks like any unknown name: nothing is revealed
     assert ids.challenge_for(bob, "bob", None) == ids.challenge_for(None, "bob", None)
-    assert ids.challenge_for(bob, "bob", "CN=eve") == ids.challenge_for(None, "bob", None)
+    assert ids.challenge_for(bob, "bob", dn("CN=eve")) == ids.challenge_for(None, "bob", None)
 
 
 def test_an_identity_needs_a_verifier_or_a_certificate() -> None:
@@ -397,7 +398,7 @@ max_commands = 10
     identity = settings.identities["deploy"].identity("deploy")
     assert identity.name == "deploy"
     assert identity.verifier == auth.TokenVerifier.parse(HASH)
-    assert identity.certificate == "CN=deploy"
+    assert identity.certificate == ((("commonName", "deploy"),),)
     policy = identity.policy
     assert [p.pattern for p in policy.allow] == ["systemctl restart [a-z]+", "uptime"]
     assert [p.pattern for p in policy.deny] == ["systemctl restart sshd"]
@@ -415,7 +416,7 @@ def test_a_certificate_only_identity(tmp_path: Path) -> None:
     settings = server_settings(tmp_path, '[server.identities.robot]\ncertificate = "CN=robot"\n')
     identity = settings.identities["robot"].identity("robot")
     assert (identity.verifier, identity.certificate, identity.method) == (
-        None, "CN=robot", "certificate")
+        None, dn("CN=robot"), "certificate")
     assert identity.policy == Policy()
 
 
