@@ -67,7 +67,8 @@ class IdentitySettings(BaseModel):
     certificate: str | None = Field(
         None, description='TLS client subject, RFC 4514 escaping, e.g. "CN=ci,O=Example"')
     allow: list[str] = Field(default_factory=list, description="anchored RE2 regexes")
-    deny: list[str] = Field(default_factory=list, description="anchored RE2 regexes, first")
+    deny: list[str] = Field(default_factory=list,
+                            description="anchored RE2 regexes, checked first")
     shell: bool = Field(True, description="false: split the command line, run it without a shell")
     cwd: list[Path] = Field(default_factory=list, description="allowed working directories")
     max_timeout: float | None = Field(None, gt=0)
