@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -97,9 +98,11 @@ class IdentitySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     token_hash: str | None = Field(None, description="from `rexec token hash`; never the token")
-    certificate: str | None = Field(None, description='TLS client subject, e.g. "CN=alice"')
-    allow: list[str] = Field(default_factory=list, description="anchored regexes")
-    deny: list[str] = Field(default_factory=list, description="anchored regexes, checked first")
+    certificate: str | None = Field(
+        None, description='TLS client subject, RFC 4514 escaping, e.g. "CN=ci,O=Example"')
+    allow: list[str] = Field(default_factory=list, description="anchored RE2 regexes")
+    deny: list[str] = Field(default_factory=list,
+                            description="anchored RE2 regexes, checked first")
     shell: bool = Field(True, description="false: split the command line, run it without a shell")
     cwd: list[Path] = Field(default_factory=list, description="allowed working directories")
     max_timeout: float | None = Field(None, gt=0)
@@ -139,14 +142,29 @@ class IdentitySettings(BaseModel):
             TokenVerifier.parse(value)
         return value
 
+    @field_validator("certificate")
+    @classmethod
+    def _subject_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from rexec.tls import parse_subject
+
+            try:
+                parse_subject(value)
+            except ValueError as exc:
+                raise ValueError(f"bad certificate subject {value!r}: {exc}") from None
+        return value
+
     @field_validator("allow", "deny")
     @classmethod
-    def _patterns_compile(cls, values: list[str]) -> list[str]:
-        for pattern in values:
+    def _patterns_compile(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        from rexec.patterns import Pattern, PatternError  # RE2: the server's side only
+
+        for n, pattern in enumerate(values):
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+                Pattern(pattern, never_nl=info.field_name == "allow")
+            except PatternError as exc:
+                raise ValueError(f"bad regular expression {pattern!r}"
+                                 f" ({info.field_name}[{n}]): {exc}{_re2_hint(pattern)}") from None
         return values
 
     @field_validator("cwd")
@@ -178,10 +196,12 @@ class IdentitySettings(BaseModel):
         import resource
 
         from rexec.identity import Identity, Policy
+        from rexec.patterns import Pattern
+        from rexec.tls import parse_subject
 
         policy = Policy(
-            allow=tuple(re.compile(p) for p in self.allow),
-            deny=tuple(re.compile(p) for p in self.deny),
+            allow=tuple(Pattern(p, never_nl=True) for p in self.allow),
+            deny=tuple(Pattern(p) for p in self.deny),
             shell=self.shell, cwd=tuple(self.cwd), max_timeout=self.max_timeout,
             max_output=self.max_output, run_as=self.run_as,
             max_connections=self.max_connections, max_commands=self.max_commands,
@@ -190,7 +210,18 @@ class IdentitySettings(BaseModel):
                           for name, limit in self.rlimits.items()),
         )
         verifier = TokenVerifier.parse(self.token_hash) if self.token_hash else None
-        return Identity(name, verifier, self.certificate, policy)
+        subject = parse_subject(self.certificate) if self.certificate is not None else None
+        return Identity(name, verifier, subject, policy)
+
+
+def _re2_hint(pattern: str) -> str:
+    """Why a pattern Python's ``re`` takes is refused: RE2 is not ``re``."""
+    try:
+        re.compile(pattern)
+    except re.error:
+        return ""
+    return ("; rexec matches with RE2, which has no backreferences or lookaround and caps"
+            " repetition counts at 1000, so that matching takes linear time")
 
 
 IdentityKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]

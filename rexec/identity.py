@@ -6,27 +6,36 @@ whether a ``run`` is allowed and with which limits. The shared server token, whe
 configured, is the identity "default", with no restrictions.
 
 What a policy on shell command strings can and cannot do: ``allow``/``deny`` patterns are
-anchored regular expressions matched against the whole command line. With the shell (the
-default), ``allow = ["uptime"]`` admits exactly ``uptime``; but a pattern such as ``ls .*``
-admits ``ls; rm -rf /``, because the shell gives ``;``, ``|``, ``$( )``, redirections and more
-their meaning (``ls ; rm -rf /`` matches ``ls .*``). Write patterns that exclude shell syntax,
-or set ``shell = false``: the command line is then split like a shell would split words (no
-expansion, no operators) and run directly.
+anchored RE2 regular expressions (``rexec.patterns``: linear-time matching) matched against the
+whole command line. With the shell (the default), ``allow = ["uptime"]`` admits exactly
+``uptime``; but a pattern such as ``ls .*`` admits ``ls ; rm -rf /``, because the shell gives
+``;``, ``|``, ``$( )``, redirections and more their meaning. Write patterns that exclude shell
+syntax, or set ``shell = false``: the command line is then split like a shell would split words
+(no expansion, no operators), the patterns see the words re-quoted canonically
+(``shlex.join``: ``i''d`` and ``"id"`` are ``id``, ``a\\ b`` is ``'a b'``), and the words are run
+directly. A newline separates commands for the shell, so an identity with an allow list is
+refused any command containing one (rule ``newline``), and allow patterns never match one.
+With the shell, deny lists are no boundary: quoting (``i''d``), variables and globbing spell a
+denied command in ways no pattern foresees.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rexec.auth import TokenVerifier, decoy_salt
 from rexec.childenv import is_unsafe, matches_any
 from rexec.frames import Run
 from rexec.workdir import WorkDir, open_workdir
+
+if TYPE_CHECKING:
+    from rexec.patterns import Pattern
+    from rexec.tls import Subject
 
 DEFAULT_IDENTITY = "default"
 
@@ -43,8 +52,8 @@ class Refusal:
 class Policy:
     """What one identity may run, where, and within which limits."""
 
-    allow: tuple[re.Pattern[str], ...] = ()
-    deny: tuple[re.Pattern[str], ...] = ()
+    allow: tuple[Pattern, ...] = ()  # compiled with never_nl
+    deny: tuple[Pattern, ...] = ()
     shell: bool = True
     cwd: tuple[Path, ...] = ()
     max_timeout: float | None = None
@@ -75,19 +84,41 @@ class Policy:
                                " accepted from this identity (accept_env)")
         return None
 
+    def matched_text(self, command: str) -> str | Refusal:
+        """What allow/deny see: the line, or without the shell its words re-quoted canonically."""
+        if self.shell:
+            return command
+        # Match what runs, not how it is spelled: i''d and "id" both run id, so both read id.
+        try:
+            words = shlex.split(command)
+        except ValueError as exc:
+            return Refusal("shell", f"refused: cannot split the command line ({exc})")
+        if not words:
+            return Refusal("shell", "refused: an empty command line")
+        return shlex.join(words)
+
+    def _check_command(self, command: str) -> Refusal | None:
+        """The deny, newline and allow rules (and, without the shell, splitting)."""
+        text = self.matched_text(command)
+        if isinstance(text, Refusal):
+            return text
+        for n, pattern in enumerate(self.deny):
+            if pattern.fullmatch(text):
+                return Refusal(f"deny[{n}]", f"refused by deny[{n}] = {pattern.pattern!r}")
+        if not self.allow:
+            return None
+        if "\n" in command:
+            return Refusal("newline", "refused: the command contains a newline, which a shell"
+                           " treats as a command separator, so no allow pattern admits one")
+        if not any(p.fullmatch(text) for p in self.allow):
+            return Refusal("allow", "refused: the command matches no pattern of the allow list")
+        return None
+
     def check(self, run: Run) -> Refusal | None:
         """The first rule ``run`` breaks, or None if it may run."""
-        for n, pattern in enumerate(self.deny):
-            if pattern.fullmatch(run.command):
-                return Refusal(f"deny[{n}]", f"refused by deny[{n}] = {pattern.pattern!r}")
-        if self.allow and not any(p.fullmatch(run.command) for p in self.allow):
-            return Refusal("allow", "refused: the command matches no pattern of the allow list")
-        if not self.shell:
-            try:
-                if not shlex.split(run.command):
-                    return Refusal("shell", "refused: an empty command line")
-            except ValueError as exc:
-                return Refusal("shell", f"refused: cannot split the command line ({exc})")
+        refusal = self._check_command(run.command)
+        if refusal is not None:
+            return refusal
         return None
 
     def working_directory(self, run: Run) -> WorkDir | None:
@@ -118,7 +149,7 @@ class Identity:
 
     name: str
     verifier: TokenVerifier | None = None
-    certificate: str | None = None  # required TLS client certificate subject, e.g. "CN=alice"
+    certificate: Subject | None = None  # required TLS client certificate subject (structured)
     policy: Policy = UNRESTRICTED
 
     def __post_init__(self) -> None:
@@ -142,7 +173,7 @@ class Identities:
         """Just the shared token, as the unrestricted identity "default"."""
         return cls({DEFAULT_IDENTITY: Identity(DEFAULT_IDENTITY, TokenVerifier.from_token(token))})
 
-    def resolve(self, name: str | None, subject: str | None) -> Identity | None:
+    def resolve(self, name: str | None, subject: Subject | None) -> Identity | None:
         """The identity a client claims (by name), else the one its certificate names, else
         "default"; None when there is no such identity."""
         if name is not None:
@@ -154,7 +185,7 @@ class Identities:
         return self.by_name.get(DEFAULT_IDENTITY)
 
     def challenge_for(self, identity: Identity | None, name: str | None,
-                      subject: str | None) -> tuple[str, bytes | None]:
+                      subject: Subject | None) -> tuple[str, bytes | None]:
         """The method and salt to challenge with, revealing nothing about unknown names.
 
         "certificate" only when the client's certificate already matches the identity; every

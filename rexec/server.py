@@ -55,6 +55,7 @@ from rexec.runner import (
     shell_pwd,
 )
 from rexec.sockets import KEEPALIVE
+from rexec.tls import Subject
 from rexec.transport import STREAM_LIMIT, FramedStream, TLSHandshakeFailed
 from rexec.workdir import WorkDir, WorkDirError
 
@@ -220,7 +221,7 @@ class Server:
         self.unauthenticated[session] = None
 
 
-def _proved(identity: Identity, auth: Auth, message: bytes, subject: str | None) -> bool:
+def _proved(identity: Identity, auth: Auth, message: bytes, subject: Subject | None) -> bool:
     """Whether ``auth`` (and the TLS certificate) prove ``identity``."""
     if identity.certificate is not None and identity.certificate != subject:
         return False
@@ -356,7 +357,7 @@ class Session:
             self.log(logging.WARNING, "refused", code=exc.code, reason=str(exc))
             self.server.audit.record("connection_refused", peer=self.peer, code=exc.code,
                                      reason=str(exc), claimed_identity=self.claimed_identity,
-                                     subject=self.stream.peer_subject)
+                                     subject=self.stream.peer_subject_text)
             await self.send_fatal(exc.code, str(exc))
         except ProtocolError as exc:
             self.ended(exc.code, str(exc))
@@ -471,9 +472,10 @@ class Session:
         self.identity = identity
         self.server.active_connections[identity.name] += 1
         self.server.unauthenticated.pop(self, None)
-        self.log(logging.INFO, "authenticated", agent=hello.agent, subject=subject)
+        subject_text = self.stream.peer_subject_text
+        self.log(logging.INFO, "authenticated", agent=hello.agent, subject=subject_text)
         self.server.audit.record("authenticated", peer=self.peer, identity=identity.name,
-                                 method=method, subject=subject, agent=hello.agent)
+                                 method=method, subject=subject_text, agent=hello.agent)
 
     async def _receive_handshake(self, kind: type[HandshakeT]) -> HandshakeT:
         """The client's next handshake frame; its error frame ends the session quietly."""

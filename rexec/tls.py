@@ -8,7 +8,9 @@ client's identity. Every file problem becomes a ConfigError naming the file.
 
 from __future__ import annotations
 
+import re
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,26 +66,124 @@ def client_context(
     return context
 
 
-_SHORT_NAMES = {
-    "commonName": "CN",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "countryName": "C",
-    "stateOrProvinceName": "ST",
-    "localityName": "L",
-    "emailAddress": "emailAddress",
-}
+Subject = tuple[tuple[tuple[str, str], ...], ...]
+"""A certificate subject: its RDNs in the certificate's order, each a sorted tuple of
+(attribute type, value) pairs. Types are OpenSSL's long names, as ``getpeercert()`` gives them."""
+
+# (the short name written, OpenSSL's long name, the OID): the attributes of people and machines.
+_ATTRIBUTES = (
+    ("CN", "commonName", "2.5.4.3"),
+    ("SN", "surname", "2.5.4.4"),
+    ("serialNumber", "serialNumber", "2.5.4.5"),
+    ("C", "countryName", "2.5.4.6"),
+    ("L", "localityName", "2.5.4.7"),
+    ("ST", "stateOrProvinceName", "2.5.4.8"),
+    ("street", "streetAddress", "2.5.4.9"),
+    ("O", "organizationName", "2.5.4.10"),
+    ("OU", "organizationalUnitName", "2.5.4.11"),
+    ("title", "title", "2.5.4.12"),
+    ("GN", "givenName", "2.5.4.42"),
+    ("pseudonym", "pseudonym", "2.5.4.65"),
+    ("organizationIdentifier", "organizationIdentifier", "2.5.4.97"),
+    ("UID", "userId", "0.9.2342.19200300.100.1.1"),
+    ("DC", "domainComponent", "0.9.2342.19200300.100.1.25"),
+    ("emailAddress", "emailAddress", "1.2.840.113549.1.9.1"),
+)
+_LONG_NAMES = {key.lower(): long for short, long, oid in _ATTRIBUTES for key in (short, long, oid)}
+_SHORT_NAMES = {long: short for short, long, _ in _ATTRIBUTES}
+_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+")
+_ESCAPED = frozenset('\\"+,;<>')  # escaped anywhere in a value (RFC 4514 section 2.4)
+_ESCAPABLE = _ESCAPED | {" ", "#", "="}
+_MUST_ESCAPE = frozenset('";<>\0')  # not allowed unescaped inside a value
+_HEX_PAIR = re.compile(r"[0-9A-Fa-f]{2}")
 
 
-def subject_of(peercert: dict[str, Any] | None) -> str | None:
-    """A certificate's subject as ``CN=alice,O=Example`` (None without a certificate)."""
+def make_subject(rdns: Iterable[Iterable[tuple[str, str]]]) -> Subject:
+    """A Subject from RDNs of (type, value) pairs: types made canonical, each RDN sorted."""
+    return tuple(tuple(sorted((_LONG_NAMES.get(name.lower(), name), value)
+                              for name, value in rdn)) for rdn in rdns)
+
+
+def subject_of(peercert: dict[str, Any] | None) -> Subject | None:
+    """A verified certificate's subject (None without a certificate)."""
     if not peercert or "subject" not in peercert:
         return None
-    parts = []
-    for rdn in peercert["subject"]:
-        for name, value in rdn:
-            parts.append(f"{_SHORT_NAMES.get(name, name)}={value}")
-    return ",".join(parts)
+    return make_subject(((str(name), str(value)) for name, value in rdn)
+                        for rdn in peercert["subject"])
+
+
+def _escape(value: str) -> str:
+    out = []
+    for i, char in enumerate(value):
+        if char in _ESCAPED or (i == 0 and char in " #") or (i == len(value) - 1 and char == " "):
+            out.append("\\" + char)
+        elif not char.isprintable():  # NUL, controls, bidi marks: shown, never hidden in a log
+            out.append("".join(f"\\{byte:02X}" for byte in char.encode()))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def format_subject(subject: Subject) -> str:
+    """The subject as ``CN=ci\\,O=Example`` (RFC 4514 escaping, the certificate's RDN order)."""
+    return ",".join("+".join(f"{_SHORT_NAMES.get(name, name)}={_escape(value)}"
+                             for name, value in rdn) for rdn in subject)
+
+
+def _parse_value(text: str, i: int) -> tuple[str, int]:
+    """The RFC 4514 string value starting at ``text[i]``, and where it ends."""
+    if text.startswith("#", i):
+        raise ValueError("a value starting with '#' would be hex-encoded BER, which rexec does"
+                         " not take: write \\# for a '#'")
+    if text.startswith(" ", i):
+        raise ValueError("a leading space must be escaped (\\ )")
+    raw, trailing_space = bytearray(), False
+    while i < len(text) and text[i] not in ",+":
+        char = text[i]
+        if char == "\\":
+            pair = text[i + 1:i + 3]
+            if _HEX_PAIR.fullmatch(pair):
+                raw.append(int(pair, 16))
+                i += 3
+            elif text[i + 1:i + 2] in _ESCAPABLE:
+                raw += text[i + 1].encode()
+                i += 2
+            else:
+                raise ValueError(f"bad escape {text[i:i + 2]!r}: escape one of"
+                                 " \\ , + \" ; < > # = space, or write two hex digits")
+            trailing_space = False
+            continue
+        if char in _MUST_ESCAPE:
+            raise ValueError(f"{char!r} must be escaped in a value ({_escape(char)})")
+        raw += char.encode()
+        trailing_space = char == " "
+        i += 1
+    if trailing_space:
+        raise ValueError("a trailing space must be escaped (\\ )")
+    try:
+        return raw.decode(), i
+    except UnicodeDecodeError:
+        raise ValueError("the \\XX escapes are not UTF-8") from None
+
+
+def parse_subject(text: str) -> Subject:
+    """A subject written as ``CN=ci,O=Example`` (RFC 4514 escaping, the certificate's order)."""
+    if not text:
+        raise ValueError("the subject is empty")
+    rdns: list[list[tuple[str, str]]] = [[]]
+    i = 0
+    while True:
+        equals = text.find("=", i)
+        name = text[i:equals] if equals >= 0 else text[i:]
+        if equals < 0 or not _TYPE.fullmatch(name):
+            raise ValueError(f"expected TYPE=value at {text[i:]!r} (no spaces around , + =)")
+        value, i = _parse_value(text, equals + 1)
+        rdns[-1].append((name, value))
+        if i == len(text):
+            return make_subject(rdns)
+        if text[i] == ",":
+            rdns.append([])
+        i += 1
 
 
 def describe_ssl_error(exc: ssl.SSLError) -> str:

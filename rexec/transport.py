@@ -18,7 +18,7 @@ from rexec.errors import ConnectionLost, ProtocolError, map_socket_errors
 from rexec.frames import Error, Header
 from rexec.protocol import Connection, Role
 from rexec.sockets import KEEPALIVE, tune
-from rexec.tls import TLS_HANDSHAKE_RECORD, subject_of
+from rexec.tls import TLS_HANDSHAKE_RECORD, Subject, format_subject, subject_of
 
 READ_SIZE = 256 * 1024
 STREAM_LIMIT = 1024 * 1024
@@ -61,7 +61,7 @@ class FramedStream:
         sockname = writer.get_extra_info("sockname")
         self.local_port: int = sockname[1] if isinstance(sockname, tuple) else 0
         self.received = 0  # bytes read from the socket, for "lost after N bytes" messages
-        self.peer_subject: str | None = None  # the verified client certificate's subject
+        self.peer_subject: Subject | None = None  # the verified client certificate's subject
         self._tls: ssl.SSLObject | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -174,6 +174,11 @@ class FramedStream:
         """Wait until the send buffer is below its high-water mark."""
         with map_socket_errors("connection broken while sending", self.received):
             await self.writer.drain()
+
+    @property
+    def peer_subject_text(self) -> str | None:
+        """The client certificate's subject as logs write it (RFC 4514 escaping), if any."""
+        return None if self.peer_subject is None else format_subject(self.peer_subject)
 
     @property
     def closing(self) -> bool:
