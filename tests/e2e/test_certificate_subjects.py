@@ -52,6 +52,7 @@ def issue(ca: trustme.CA, rdns: list[list[tuple[x509.ObjectIdentifier, str]]], f
     pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
+    pem.chmod(0o600)
     return crt, pem
 
 
@@ -63,6 +64,7 @@ def pki(tmp_path_factory):
     server = ca.issue_cert("127.0.0.1")
     server.cert_chain_pems[0].write_to_path(d / "server.crt")
     server.private_key_pem.write_to_path(d / "server.key")
+    (d / "server.key").chmod(0o600)  # rexec refuses private keys others can read
     return {
         "dir": d,
         "real": issue(ca, [[(CN, "ci")], [(ORG, "Example")]], d, "real"),
