@@ -43,7 +43,7 @@ from rexec.frames import (
 from rexec.identity import Identities, Identity, Refusal
 from rexec.limits import AuthPenalty, ServerLimits
 from rexec.protocol import Role, State
-from rexec.runner import READ_CHUNK, ChildProcess, Runner
+from rexec.runner import READ_CHUNK, ChildProcess, Runner, live_groups
 from rexec.sockets import KEEPALIVE
 from rexec.transport import STREAM_LIMIT, FramedStream, TLSHandshakeFailed
 
@@ -106,6 +106,7 @@ class Server:
         self.drain_grace = drain_grace
         self.keepalive = keepalive
         self.sessions: set[Session] = set()
+        self.unreaped: set[ChildProcess] = set()  # ended commands whose leader is not reaped yet
         self.shutting_down = False
         self._buffers: list[bytearray] = []
         self._server: asyncio.Server | None = None
@@ -157,9 +158,47 @@ class Server:
         for session in list(self.sessions):
             session.end_for_shutdown()
         await asyncio.gather(*(s.done.wait() for s in list(self.sessions)))
+        await self._reap_children(hurry if grace > 0 else None)
         if self._server is not None:
             await self._server.wait_closed()
         self.audit.close()
+
+    def release(self, child: ChildProcess) -> None:
+        """A session is done with ``child``: close it, and keep it until its leader is reaped."""
+        child.close()
+        if not child.reaped.done():
+            self.unreaped.add(child)
+            child.reaped.add_done_callback(lambda _: self.unreaped.discard(child))
+
+    async def _reap_children(self, hurry: asyncio.Event | None) -> None:
+        """Wait until ended commands' leaders are reaped, so the guardian is left nothing.
+
+        A leader still kept waits to SIGKILL what is left of its group at the end of the kill
+        grace. Groups with no live process left get it at once; the others keep their grace
+        unless ``hurry`` is set (or is None: ``close()``, which stops everything now).
+        """
+        children = list(self.unreaped)
+        if not children:
+            return
+        live = live_groups({child.pid for child in children}) if hurry is not None else set()
+        for child in children:
+            if child.pid not in live:
+                child.kill_now()
+        everything = asyncio.ensure_future(asyncio.wait([child.reaped for child in children]))
+        hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else everything
+        try:
+            await asyncio.wait([everything, hurried], timeout=self.runner.kill_grace + 5.0,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not everything.done():
+                for child in children:
+                    child.kill_now()
+                await asyncio.wait([everything], timeout=5.0)
+        finally:
+            everything.cancel()
+            hurried.cancel()
+        for child in self.unreaped:
+            log_event(logging.WARNING, "command_stuck", pgid=child.pid,
+                      reason="its leader did not exit after SIGKILL; giving up on it")
 
     async def _wait_for_sessions(self, grace: float, hurry: asyncio.Event | None) -> None:
         """Wait until every session has ended, ``grace`` seconds pass, or ``hurry`` is set."""
@@ -522,8 +561,7 @@ class Session:
             if self.feeder is not None:
                 await self.feeder.stop()
                 self.feeder = None
-            child.close()
-            child.forget_group_if_empty()
+            self.server.release(child)
             self.child = None
             self.server.active_commands[command.identity.name] -= 1
             self.last_activity = time.monotonic()
