@@ -43,7 +43,7 @@ from rexec.frames import (
 from rexec.identity import Identities, Identity, Refusal
 from rexec.limits import AuthPenalty, ServerLimits
 from rexec.protocol import Role, State
-from rexec.runner import READ_CHUNK, ChildProcess, Runner, live_groups
+from rexec.runner import READ_CHUNK, ChildProcess, ExitStatus, Runner, live_groups
 from rexec.sockets import KEEPALIVE
 from rexec.transport import STREAM_LIMIT, FramedStream, TLSHandshakeFailed
 
@@ -264,6 +264,7 @@ class Command:
     started: float
     timeout: float | None
     budget: int | None  # output bytes still allowed (None: no limit)
+    holds_slot: bool = False  # counted in Server.active_commands (max_commands)
 
     def spend(self, count: int) -> int:
         """How many of ``count`` new output bytes may still be sent."""
@@ -537,8 +538,19 @@ class Session:
         self.child = child
         if run.stdin:
             self.feeder = StdinFeeder(child, self.send_credit)
-        self.server.active_commands[identity.name] += 1
+        self.take_slot(command)
         self.command_task = asyncio.create_task(self.supervise(child, command))
+
+    def take_slot(self, command: Command) -> None:
+        """Count the command against its identity's max_commands."""
+        self.server.active_commands[command.identity.name] += 1
+        command.holds_slot = True
+
+    def free_slot(self, command: Command) -> None:
+        """Give the command's max_commands slot back, once."""
+        if command.holds_slot:
+            command.holds_slot = False
+            self.server.active_commands[command.identity.name] -= 1
 
     def send_credit(self, amount: int) -> None:
         """Let the client send ``amount`` more bytes of stdin."""
@@ -553,7 +565,8 @@ class Session:
             # gather() waits for all three even if one fails, so no pump is left reading a
             # pipe that close() below releases.
             out, err, status = await asyncio.gather(
-                self.pump(child, 1, command), self.pump(child, 2, command), child.wait()
+                self.pump(child, 1, command), self.pump(child, 2, command),
+                self.leader_exit(child, command),
             )
         finally:
             if timer is not None:
@@ -563,7 +576,7 @@ class Session:
                 self.feeder = None
             self.server.release(child)
             self.child = None
-            self.server.active_commands[command.identity.name] -= 1
+            self.free_slot(command)
             self.last_activity = time.monotonic()
         exit_frame = Exit(
             exit_code=status.exit_code,
@@ -585,6 +598,17 @@ class Session:
                 self.lost = True
         if self.server.shutting_down:
             self.end_for_shutdown()  # the command it was waiting for is done
+
+    async def leader_exit(self, child: ChildProcess, command: Command) -> ExitStatus:
+        """Wait for the leader's exit, which ends the command: its slot is freed then, even
+        while its output still waits for a client that does not read (the pumps block on it).
+
+        Background processes the command left are not counted, as after its exit frame.
+        """
+        try:
+            return await child.wait()
+        finally:
+            self.free_slot(command)
 
     async def pump(self, child: ChildProcess, stream_no: int, command: Command) -> int:
         """Forward one of the child's pipes to the client until EOF; return the bytes sent.

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 import rexec
+from rexec import CommandNotStarted
+from rexec.auth import TokenVerifier
 from rexec.core import Authenticated, ClientCore, Finished, Output
 from tests.conftest import (
     ROOT,
@@ -222,3 +224,35 @@ def test_a_shutdown_sigkills_what_ignored_sigterm_before_the_server_exits(tmp_pa
             os.close(member)
         reap(client)
         srv.stop()
+
+
+def test_a_slot_is_freed_when_the_command_ends_even_if_its_client_stops_reading(tmp_path):
+    token = "flood-token-with-enough-entropy-0123456789"
+    config = tmp_path / "server.toml"
+    config.write_text(f"""
+[server]
+kill_grace = 1
+
+[server.identities.flood]
+token_hash = "{TokenVerifier.from_token(token).format()}"
+max_commands = 1
+max_timeout = 1
+""")
+    srv = start_server(tmp_path, "--config", str(config))
+    try:
+        with RawConnection(srv, token, identity="flood") as stalled:
+            stalled.start("yes")  # floods, and this client never reads another byte
+            started = time.monotonic()
+            freed = None
+            while freed is None and time.monotonic() - started < 20:
+                try:
+                    freed = rexec.run(srv.address, "echo free", token=token, identity="flood",
+                                      connect_timeout=5)
+                except CommandNotStarted as exc:
+                    assert "max_commands" in str(exc)
+                    time.sleep(0.2)
+            assert freed is not None, "the slot stayed taken after the timeout killed `yes`"
+            assert freed.stdout == b"free\n"
+            assert time.monotonic() - started >= 0.9  # not before the timeout ended `yes`
+    finally:
+        assert srv.stop() == 0, srv.log()
