@@ -48,8 +48,8 @@ while True:  # as an init must, reap every orphan that ends up here; end with th
 """
 
 WRITER = r"""
-import time
-for _ in range(300):  # a tick every 50 ms for 15 s at most: the command stays open meanwhile
+import sys, time
+for _ in range(int(sys.argv[1])):  # a tick every 50 ms: the command stays open meanwhile
     print("tick", flush=True)
     time.sleep(0.05)
 """
@@ -73,25 +73,29 @@ print(victim.pid, os.getpgid(victim.pid))
 """
 
 
-def _namespaced_server(tmp: Path) -> ServerProcess:
-    """A real server as the only child of a small init, in new PID and mount namespaces."""
+def _spawn_server(tmp: Path, *prefix: str) -> ServerProcess:
+    """A real server started through ``prefix`` (a command that ends by running its arguments)."""
     token_file = write_token(tmp / "server-token")
     log_path = tmp / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
-             sys.executable, "-c", INIT,
-             sys.executable, str(ROOT / "server.py"), "--port", "0", "--token-file",
+            [*prefix, sys.executable, str(ROOT / "server.py"), "--port", "0", "--token-file",
              str(token_file), "--log-level", "debug"],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT,
         )
     assert proc.stdout is not None
-    line = proc.stdout.readline()  # unshare, the init and the server all die with the pipe
+    line = proc.stdout.readline()  # b"" if it died
     if not line.startswith(b"listening on "):
         _end_namespace(proc)
         raise RuntimeError(f"server did not start: {line!r}\n{log_path.read_text()}")
     host, _, port = line.decode().split()[-1].rpartition(":")
     return ServerProcess(proc, host, int(port), TOKEN, token_file, log_path)
+
+
+def _namespaced_server(tmp: Path) -> ServerProcess:
+    """A real server as the only child of a small init, in new PID and mount namespaces."""
+    return _spawn_server(tmp, "unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+                         sys.executable, "-c", INIT)
 
 
 def _end_namespace(proc: subprocess.Popen[bytes]) -> None:
@@ -178,7 +182,7 @@ def test_signal_after_the_leader_exits_never_reaches_a_reused_group_id(namespace
     with RawConnection(srv) as conn:
         # The leader prints its id and exits at once; a writer in a session of its own keeps
         # the output open, so the command, and the signals its client may send, go on.
-        conn.start(f"echo $$; setsid {PY} -c {shlex.quote(WRITER)} & exit 0")
+        conn.start(f"echo $$; setsid {PY} -c {shlex.quote(WRITER)} 300 & exit 0")
         leader = int(conn.first_line())
         assert conn.first_line() == b"tick"
         # Someone else's process is made next, asking the kernel for the old leader's id.
@@ -254,5 +258,28 @@ max_timeout = 1
             assert freed is not None, "the slot stayed taken after the timeout killed `yes`"
             assert freed.stdout == b"free\n"
             assert time.monotonic() - started >= 0.9  # not before the timeout ended `yes`
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
+IGNORE_SIGCHLD = """
+import os, signal, sys
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # inherited across exec, as from a careless parent
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_a_server_started_with_sigchld_ignored_still_keeps_its_leaders(tmp_path):
+    srv = _spawn_server(tmp_path, sys.executable, "-c", IGNORE_SIGCHLD)
+    try:
+        r = rexec.run(srv.address, "exit 3", token=srv.token)
+        assert r.exit_code == 3  # the kernel did not reap it first (it would read 0)
+        with RawConnection(srv) as conn:
+            conn.start(f"echo $$; setsid {PY} -c {shlex.quote(WRITER)} 20 & exit 0")
+            leader = int(conn.first_line())
+            assert conn.first_line() == b"tick"
+            assert Path(f"/proc/{leader}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+            while not isinstance(conn.next_event(), Finished):  # the writer is done in 1 s
+                pass
     finally:
         assert srv.stop() == 0, srv.log()
