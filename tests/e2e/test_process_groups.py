@@ -283,3 +283,23 @@ def test_a_server_started_with_sigchld_ignored_still_keeps_its_leaders(tmp_path)
                 pass
     finally:
         assert srv.stop() == 0, srv.log()
+
+
+def test_a_shutdown_does_not_wait_out_the_kill_grace_of_a_group_already_gone(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text("[server]\nshutdown_grace = 0.2\nkill_grace = 60\n")
+    srv = start_server(tmp_path, "--config", str(config))
+    client = subprocess.Popen(
+        [sys.executable, str(ROOT / "client.py"), "run", "--token-file", str(srv.token_file),
+         srv.address, "--", "echo started; sleep 60"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"started\n"
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)  # sh and sleep die of it: nothing is left to kill
+        assert srv.proc.wait(30) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        reap(client)
+        srv.stop()

@@ -175,3 +175,17 @@ def test_a_leader_reaped_behind_our_back_is_not_signalled_again() -> None:
             await _end(child, pidfd)
 
     asyncio.run(main())
+
+
+def test_live_groups_are_those_with_a_process_that_is_not_a_zombie() -> None:
+    from rexec.runner import live_groups
+
+    running = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    ended = subprocess.Popen(["true"], start_new_session=True)
+    try:
+        os.waitid(os.P_PID, ended.pid, os.WEXITED | os.WNOWAIT)  # a zombie, alone in its group
+        assert live_groups({running.pid, ended.pid}) == {running.pid}
+    finally:
+        running.kill()
+        running.wait()
+        ended.wait()
