@@ -165,7 +165,9 @@ class ChildProcess:
     the zombie kept while the server may still signal the group. A signal then reaches the
     command's processes still in the group, or nobody, and never a group that took the ID since.
     The leader is reaped once the server is done with the command (``close``) and any SIGKILL
-    still due has been sent; after that the group is never signalled again.
+    still due has been sent; after that the group is never signalled again. Nothing else reaps
+    it meanwhile: the Popen is held (subprocess reaps only Popen objects dropped unwaited), and
+    the server runs no child watcher.
     """
 
     def __init__(self, popen: subprocess.Popen[bytes], kill_grace: float) -> None:
