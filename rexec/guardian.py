@@ -19,12 +19,22 @@ server that stops normally has stopped its commands already, so the guardian fin
 do. Limits: a command that leaves its process group (``setsid``, a daemon that double-forks
 into a new session) is out of reach, by design: that is how daemons are started on purpose.
 
+Which IDs it signals: the server writes ``-PGID`` just before it reaps the group's leader, and
+until then that zombie keeps the ID from being given out again (rexec.runner.ChildProcess), so
+the groups registered when the server dies are its commands'. Once it is dead its children are
+reaped by init, and a group's ID is free again once its last process is gone. So the guardian
+takes a pidfd of each leader still there as soon as the server is gone, and signals through it
+with PIDFD_SIGNAL_PROCESS_GROUP (Linux 6.9): that reaches the group the leader led, and nothing
+once it is gone, even if another group has its ID by then (the SIGKILL comes a kill grace
+later). Older kernels, and groups whose leader was already reaped, get ``killpg`` as before.
+
 Run as ``python -m rexec.guardian KILL_GRACE``; it reads its orders from standard input.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -40,11 +50,33 @@ DRAIN_INTERVAL = 0.5
 
 PIPE_SIZE = 1024 * 1024
 
+PIDFD_SIGNAL_PROCESS_GROUP = 4
+"""pidfd_send_signal() flag (linux/pidfd.h, Linux 6.9): signal the group the pidfd's process
+leads, by identity: ESRCH once it is gone, whoever has its ID since."""
 
-def _signal_groups(groups: set[int], signum: int) -> None:
+
+def _leaders(groups: set[int]) -> dict[int, int | None]:
+    """A pidfd of each group's leader still there (alive, or a zombie), else None."""
+    leaders: dict[int, int | None] = {}
     for pgid in groups:
+        try:
+            leaders[pgid] = os.pidfd_open(pgid)
+        except (OSError, AttributeError):
+            leaders[pgid] = None
+    return leaders
+
+
+def _signal_groups(leaders: dict[int, int | None], signum: int) -> None:
+    for pgid, pidfd in leaders.items():
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signum)
+            if pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(pidfd, signum, None, PIDFD_SIGNAL_PROCESS_GROUP)
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:  # ESRCH: gone, so never killpg() its ID
+                        raise
+            os.killpg(pgid, signum)  # before Linux 6.9, or no leader left to hold
 
 
 def guard(orders: int, kill_grace: float, drain_interval: float = DRAIN_INTERVAL) -> set[int]:
@@ -72,9 +104,15 @@ def guard(orders: int, kill_grace: float, drain_interval: float = DRAIN_INTERVAL
                     elif line[:1] == b"-":
                         groups.discard(int(line[1:]))
     if groups:
-        _signal_groups(groups, signal.SIGTERM)
-        time.sleep(kill_grace)
-        _signal_groups(groups, signal.SIGKILL)
+        leaders = _leaders(groups)  # at once, before init reaps any of them
+        try:
+            _signal_groups(leaders, signal.SIGTERM)
+            time.sleep(kill_grace)
+            _signal_groups(leaders, signal.SIGKILL)
+        finally:
+            for pidfd in leaders.values():
+                if pidfd is not None:
+                    os.close(pidfd)
     return groups
 
 

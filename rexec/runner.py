@@ -7,20 +7,23 @@ the shell would only have split it at spaces and looked it up in PATH, and start
 more than the command itself for ``hostname`` and its like (about 1.2 ms of CPU per command).
 
 Its pipes are non-blocking and read on the event loop; its exit is watched through a
-pidfd, so no thread or child watcher is involved. ``Runner.start`` is the one place a process is
-made: a test can swap in another Runner.
+pidfd, so no thread or child watcher is involved, and the exited leader is kept unreaped while
+the server may still signal its group (``ChildProcess``). ``Runner.start`` is the one place a
+process is made: a test can swap in another Runner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import re
 import resource
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -97,6 +100,26 @@ class ExitStatus:
         return cls(exit_code=returncode, signal=None)
 
 
+def live_groups(pgids: set[int]) -> set[int]:
+    """Those of ``pgids`` that a live (not zombie) process is in; all of them without /proc."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return set(pgids)
+    live = set()
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # it just ended
+        if fields[0] not in (b"Z", b"X") and int(fields[2]) in pgids:
+            live.add(int(fields[2]))
+    return live
+
+
 def _grow_pipe(fd: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
@@ -126,8 +149,28 @@ async def _wait_ready(
             also.remove_done_callback(ready)
 
 
+EXIT_POLL_INTERVAL = 0.05
+"""Seconds between checks on a leader where neither a pidfd nor waitid() can watch it."""
+
+
+def _returncode(result: os.waitid_result) -> int:
+    """Popen's returncode (negative for a signal) from a waitid() result."""
+    return result.si_status if result.si_code == os.CLD_EXITED else -result.si_status
+
+
 class ChildProcess:
-    """A running command: its pipes, its process group, and how it ended."""
+    """A running command: its pipes, its process group, and how it ended.
+
+    The group's ID is the leader's PID, and Linux gives a PID out again only once no process uses
+    it as its PID, group ID or session ID; a leader that exited but is not yet reaped (a zombie)
+    still uses it. So the leader is not reaped when it exits: its status is read with WNOWAIT and
+    the zombie kept while the server may still signal the group. A signal then reaches the
+    command's processes still in the group, or nobody, and never a group that took the ID since.
+    The leader is reaped once the server is done with the command (``close``) and any SIGKILL
+    still due has been sent; after that the group is never signalled again. Nothing else reaps
+    it meanwhile: the Popen is held (subprocess reaps only Popen objects dropped unwaited), and
+    the server runs no child watcher.
+    """
 
     def __init__(self, popen: subprocess.Popen[bytes], kill_grace: float) -> None:
         self._popen = popen
@@ -136,8 +179,13 @@ class ChildProcess:
         self.kill_grace = kill_grace
         self.timed_out = False
         self.exceeded: str | None = None  # the limit that made the server stop it
-        self.on_close: Callable[[int], None] | None = None  # told the group's ID at close()
-        self._kill_timer: asyncio.TimerHandle | None = None
+        # told the group's ID just before the leader is reaped, while the ID is still the group's
+        self.on_close: Callable[[int], None] | None = None
+        self.reaped: asyncio.Future[None] = self._loop.create_future()  # done once reaped
+        self._closed = False  # the server is done with the command: no signal from it any more
+        self._kill_armed = False
+        self._kill_timer: asyncio.TimerHandle | None = None  # while a SIGKILL is due
+        self._pidfd: int | None = None
         self._fds: dict[int, int | None] = {}
         self._grown: set[int] = set()
         for stream_no, pipe in ((0, popen.stdin), (1, popen.stdout), (2, popen.stderr)):
@@ -149,24 +197,122 @@ class ChildProcess:
         self._watch_exit()
 
     def _watch_exit(self) -> None:
+        """Learn of the leader's exit without reaping it (see the class's docstring).
+
+        With a pidfd (Linux 5.3+), on the event loop. Without one, a thread waits in waitid()
+        with WNOWAIT, which keeps the zombie just as well. Where there is no waitid() either, the
+        event loop polls and reaps the leader as it finds it exited: from then on the group's ID
+        may be given out again, so the group is not signalled any more (a background process
+        that ignored SIGTERM is then not killed: a documented limit of such systems).
+        """
         try:
-            pidfd = os.pidfd_open(self.pid)
+            self._pidfd = os.pidfd_open(self.pid)
         except (OSError, AttributeError):
-            # No pidfd (old kernel): wait in a thread instead.
-            waiter = self._loop.run_in_executor(None, self._popen.wait)
-            waiter.add_done_callback(lambda f: self._set_exited(f.result()))
+            if hasattr(os, "waitid"):
+                threading.Thread(target=self._wait_in_thread, daemon=True,
+                                 name=f"rexec-wait-{self.pid}").start()
+            else:
+                self._loop.call_soon(self._poll_exit)  # after Runner.start set on_close
             return
+        self._loop.add_reader(self._pidfd, self._on_pidfd)
 
-        def on_exit() -> None:
-            self._loop.remove_reader(pidfd)
-            os.close(pidfd)
-            self._set_exited(self._popen.wait())
+    def _peek(self, flags: int = 0) -> os.waitid_result | None:
+        """The leader's exit status, leaving it unreaped; None while it runs (with WNOHANG).
 
-        self._loop.add_reader(pidfd, on_exit)
+        Raises ChildProcessError if something else reaped it (see ``_pinned``).
+        """
+        options = os.WEXITED | os.WNOWAIT | flags
+        if self._pidfd is not None:
+            try:
+                return os.waitid(os.P_PIDFD, self._pidfd, options)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # Linux 5.3 has pidfds but no P_PIDFD
+                    raise
+        return os.waitid(os.P_PID, self.pid, options)  # our unreaped child: nobody else's PID
+
+    def _on_pidfd(self) -> None:
+        try:
+            result = self._peek(os.WNOHANG)
+        except ChildProcessError:
+            self._lost_to_another_reaper()
+            return
+        if result is not None:
+            assert self._pidfd is not None
+            self._loop.remove_reader(self._pidfd)  # kept open until the reap, for _pinned
+            self._set_exited(_returncode(result))
+
+    def _wait_in_thread(self) -> None:
+        try:
+            result = self._peek()
+        except ChildProcessError:
+            result = None
+        with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody to tell
+            self._loop.call_soon_threadsafe(self._on_thread_exit, result)
+
+    def _on_thread_exit(self, result: os.waitid_result | None) -> None:
+        if result is None:
+            self._lost_to_another_reaper()
+        else:
+            self._set_exited(_returncode(result))
+
+    def _poll_exit(self) -> None:
+        returncode = self._popen.poll()  # reaps the leader: the group's ID is free from now on
+        if returncode is None:
+            self._loop.call_later(EXIT_POLL_INTERVAL, self._poll_exit)
+            return
+        self._mark_reaped()
+        self._set_exited(returncode)
+
+    def _lost_to_another_reaper(self) -> None:
+        """Something else reaped the leader (SIGCHLD ignored?): its ID may be anyone's now."""
+        if not self.reaped.done():
+            self._mark_reaped()
+            self._set_exited(self._popen.wait())  # the status is lost: Popen reports 0
 
     def _set_exited(self, returncode: int) -> None:
         if not self._exited.done():
             self._exited.set_result(ExitStatus.from_returncode(returncode))
+        self._reap_when_done()
+
+    def _pinned(self) -> bool:
+        """Whether the leader is unreaped, alive or a zombie, so no other group can have its ID.
+
+        Checked, not assumed: whatever reaped the server's children behind its back (SIGCHLD
+        set to be ignored, a stray waitpid(-1)) would free the ID early.
+        """
+        if self.reaped.done():
+            return False
+        if self._pidfd is None and not hasattr(os, "waitid"):
+            return True  # polling: only _poll_exit reaps, on this thread
+        try:
+            self._peek(os.WNOHANG)
+        except ChildProcessError:
+            self._lost_to_another_reaper()
+            return False
+        return True
+
+    def _reap_when_done(self) -> None:
+        """Reap the leader once it has exited, the server is done with it and no SIGKILL is due."""
+        if (self.reaped.done() or not self._closed or not self._exited.done()
+                or self._kill_timer is not None):
+            return
+        self._tell_on_close()  # first: the guardian must never hold an ID that is free
+        self._popen.wait()  # at once: the leader is a zombie
+        self._mark_reaped()
+
+    def _mark_reaped(self) -> None:
+        self._tell_on_close()
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if not self.reaped.done():
+            self.reaped.set_result(None)
+
+    def _tell_on_close(self) -> None:
+        if self.on_close is not None:
+            self.on_close(self.pid)
+            self.on_close = None
 
     @property
     def stdin_open(self) -> bool:
@@ -244,21 +390,42 @@ class ChildProcess:
 
     @property
     def exited(self) -> bool:
-        """Whether the group's leader has exited and been reaped."""
+        """Whether the group's leader has exited (it is reaped only after ``close``)."""
         return self._exited.done()
 
-    def signal_group(self, signum: int) -> None:
-        """Send ``signum`` to the command's whole process group, if any of it is left."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signum)
+    def signal_group(self, signum: int) -> bool:
+        """Send ``signum`` to what is left of the command's process group; False if not sent.
+
+        Nothing is sent once the server is done with the command (``close``), nor once the
+        leader has been reaped: its ID may be another group's by then.
+        """
+        return not self._closed and self._signal(signum)
+
+    def _signal(self, signum: int) -> bool:
+        if not self._pinned():
+            return False
+        try:
+            os.killpg(self.pid, signum)  # the zombie leader, if that is all, takes no signal
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def terminate(self) -> None:
-        """SIGTERM the whole group now, SIGKILL it after the grace period."""
-        self.signal_group(signal.SIGTERM)
-        if self._kill_timer is None:
-            self._kill_timer = self._loop.call_later(
-                self.kill_grace, self.signal_group, signal.SIGKILL
-            )
+        """SIGTERM the whole group now, SIGKILL what is left of it after the grace period."""
+        if self.signal_group(signal.SIGTERM) and not self._kill_armed:
+            self._kill_armed = True
+            self._kill_timer = self._loop.call_later(self.kill_grace, self._kill)
+
+    def _kill(self) -> None:
+        self._kill_timer = None
+        self._signal(signal.SIGKILL)  # even after close(): the leader is kept unreaped for it
+        self._reap_when_done()
+
+    def kill_now(self) -> None:
+        """Send a SIGKILL that is due at once rather than at the end of the grace period."""
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+            self._kill()
 
     def exceed(self, limit: str) -> None:
         """The command went over a server limit: record which, and terminate its group."""
@@ -270,24 +437,16 @@ class ChildProcess:
         self.timed_out = True
         self.terminate()
 
-    def forget_group_if_empty(self) -> None:
-        """Cancel a pending SIGKILL if the whole group is gone, so it cannot hit a reused ID."""
-        if self._kill_timer is None:
-            return
-        try:
-            os.killpg(self.pid, 0)
-        except ProcessLookupError:
-            self._kill_timer.cancel()
-        except PermissionError:
-            pass
-
     def close(self) -> None:
-        """Release the pipes (the exit watcher closes itself); tell ``on_close`` once."""
+        """The server is done with the command: release the pipes and signal the group no more.
+
+        The leader is reaped as soon as it has exited and a SIGKILL still due has been sent
+        (``reaped`` tells when); ``on_close`` is told just before.
+        """
         for stream_no in (0, 1, 2):
             self._close(stream_no)
-        if self.on_close is not None:
-            self.on_close(self.pid)
-            self.on_close = None
+        self._closed = True
+        self._reap_when_done()
 
 
 PR_CAPBSET_DROP = 24

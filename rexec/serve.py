@@ -94,6 +94,10 @@ def run_server(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # An ignored SIGCHLD, inherited from whatever started the server, has the kernel reap its
+    # children at once: every exit status would read 0, and an exited leader could not be kept
+    # to hold its group's ID (rexec.runner.ChildProcess).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     return asyncio.run(_serve(settings, token, tls))
 
 

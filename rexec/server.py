@@ -50,8 +50,10 @@ from rexec.runner import (
     READ_CHUNK,
     ChildProcess,
     Confinement,
+    ExitStatus,
     Runner,
     describe_spawn_error,
+    live_groups,
     shell_pwd,
 )
 from rexec.sockets import KEEPALIVE
@@ -124,6 +126,7 @@ class Server:
         self.drain_grace = drain_grace
         self.keepalive = keepalive
         self.sessions: set[Session] = set()
+        self.unreaped: set[ChildProcess] = set()  # ended commands whose leader is not reaped yet
         self.shutting_down = False
         self._buffers: list[bytearray] = []
         self._server: asyncio.Server | None = None
@@ -175,9 +178,47 @@ class Server:
         for session in list(self.sessions):
             session.end_for_shutdown()
         await asyncio.gather(*(s.done.wait() for s in list(self.sessions)))
+        await self._reap_children(hurry if grace > 0 else None)
         if self._server is not None:
             await self._server.wait_closed()
         self.audit.close()
+
+    def release(self, child: ChildProcess) -> None:
+        """A session is done with ``child``: close it, and keep it until its leader is reaped."""
+        child.close()
+        if not child.reaped.done():
+            self.unreaped.add(child)
+            child.reaped.add_done_callback(lambda _: self.unreaped.discard(child))
+
+    async def _reap_children(self, hurry: asyncio.Event | None) -> None:
+        """Wait until ended commands' leaders are reaped, so the guardian is left nothing.
+
+        A leader still kept waits to SIGKILL what is left of its group at the end of the kill
+        grace. Groups with no live process left get it at once; the others keep their grace
+        unless ``hurry`` is set (or is None: ``close()``, which stops everything now).
+        """
+        children = list(self.unreaped)
+        if not children:
+            return
+        live = live_groups({child.pid for child in children}) if hurry is not None else set()
+        for child in children:
+            if child.pid not in live:
+                child.kill_now()
+        everything = asyncio.ensure_future(asyncio.wait([child.reaped for child in children]))
+        hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else everything
+        try:
+            await asyncio.wait([everything, hurried], timeout=self.runner.kill_grace + 5.0,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not everything.done():
+                for child in children:
+                    child.kill_now()
+                await asyncio.wait([everything], timeout=5.0)
+        finally:
+            everything.cancel()
+            hurried.cancel()
+        for child in self.unreaped:
+            log_event(logging.WARNING, "command_stuck", pgid=child.pid,
+                      reason="its leader did not exit after SIGKILL; giving up on it")
 
     async def _wait_for_sessions(self, grace: float, hurry: asyncio.Event | None) -> None:
         """Wait until every session has ended, ``grace`` seconds pass, or ``hurry`` is set."""
@@ -244,6 +285,7 @@ class Command:
     timeout: float | None
     budget: int | None  # output bytes still allowed (None: no limit)
     cwd: str | None = None  # the physical directory it started in, once known
+    holds_slot: bool = False  # counted in Server.active_commands (max_commands)
 
     def spend(self, count: int) -> int:
         """How many of ``count`` new output bytes may still be sent."""
@@ -589,9 +631,20 @@ class Session:
         self.child = child
         if run.stdin:
             self.feeder = StdinFeeder(child, self.send_credit)
-        server.active_commands[command.identity.name] += 1
+        self.take_slot(command)
         self.commands += 1
         self.command_task = asyncio.create_task(self.supervise(child, command))
+
+    def take_slot(self, command: Command) -> None:
+        """Count the command against its identity's max_commands."""
+        self.server.active_commands[command.identity.name] += 1
+        command.holds_slot = True
+
+    def free_slot(self, command: Command) -> None:
+        """Give the command's max_commands slot back, once."""
+        if command.holds_slot:
+            command.holds_slot = False
+            self.server.active_commands[command.identity.name] -= 1
 
     def _pwd(self, run: Run, workdir: WorkDir | None) -> str:
         """The PWD a shell would export there: the client's own when it names that directory."""
@@ -622,7 +675,8 @@ class Session:
             # gather() waits for all three even if one fails, so no pump is left reading a
             # pipe that close() below releases.
             out, err, status = await asyncio.gather(
-                self.pump(child, 1, command), self.pump(child, 2, command), child.wait()
+                self.pump(child, 1, command), self.pump(child, 2, command),
+                self.leader_exit(child, command),
             )
         finally:
             if timer is not None:
@@ -630,10 +684,9 @@ class Session:
             if self.feeder is not None:
                 await self.feeder.stop()
                 self.feeder = None
-            child.close()
-            child.forget_group_if_empty()
+            self.server.release(child)
             self.child = None
-            self.server.active_commands[command.identity.name] -= 1
+            self.free_slot(command)
             self.last_activity = time.monotonic()
         exit_frame = Exit(
             exit_code=status.exit_code,
@@ -655,6 +708,17 @@ class Session:
                 self.lost = True
         if self.server.shutting_down:
             self.end_for_shutdown()  # the command it was waiting for is done
+
+    async def leader_exit(self, child: ChildProcess, command: Command) -> ExitStatus:
+        """Wait for the leader's exit, which ends the command: its slot is freed then, even
+        while its output still waits for a client that does not read (the pumps block on it).
+
+        Background processes the command left are not counted, as after its exit frame.
+        """
+        try:
+            return await child.wait()
+        finally:
+            self.free_slot(command)
 
     async def pump(self, child: ChildProcess, stream_no: int, command: Command) -> int:
         """Forward one of the child's pipes to the client until EOF; return the bytes sent.

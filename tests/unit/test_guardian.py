@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
+
 from rexec.guardian import guard
 
 
@@ -85,3 +87,57 @@ def test_orders_do_not_wake_the_guardian_and_a_hang_up_does() -> None:
             proc.kill()
             proc.wait()
         guardian.stdout.close()
+
+
+REUSED_DURING_THE_GRACE = r"""
+import os, subprocess, threading
+from rexec.guardian import guard
+
+leader = subprocess.Popen(["sleep", "30"], start_new_session=True)
+read, write = os.pipe()
+os.write(write, f"+{leader.pid}\n".encode())
+os.close(write)  # the server "died" with this group registered
+guardian = threading.Thread(target=guard, args=(read, 1.0))
+guardian.start()
+leader.wait()  # its SIGTERM; reaped by its parent (init, once a server is dead): the ID is free
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(leader.pid - 1))  # within the kill grace, another group gets the ID
+other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+guardian.join()  # the SIGKILL a kill grace later
+group = os.getpgid(other.pid)
+try:
+    status = other.wait(1.0)
+except subprocess.TimeoutExpired:
+    status = None  # still alive
+print(leader.pid, other.pid, group, status, flush=True)
+other.kill()
+"""
+
+
+def _group_signals_by_pidfd() -> bool:
+    import signal
+
+    from rexec.guardian import PIDFD_SIGNAL_PROCESS_GROUP
+
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        signal.pidfd_send_signal(pidfd, 0, None, PIDFD_SIGNAL_PROCESS_GROUP)
+    except ProcessLookupError:
+        return True  # understood: pytest leads no group of its own
+    except OSError:
+        return False  # EINVAL: before Linux 6.9
+    finally:
+        os.close(pidfd)
+    return True
+
+
+@pytest.mark.skipif(not _group_signals_by_pidfd(), reason="needs Linux 6.9")
+def test_the_sigkill_after_the_grace_misses_a_group_that_took_the_id_meanwhile() -> None:
+    import sys
+
+    out = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-c",
+         REUSED_DURING_THE_GRACE], capture_output=True, timeout=60, check=True).stdout
+    leader, other, other_group, status = out.split()
+    assert other == other_group == leader  # the reuse did happen
+    assert status == b"None", "the guardian's SIGKILL reached the group that got the ID"
