@@ -648,9 +648,9 @@ class Session:
 
     def _pwd(self, run: Run, workdir: WorkDir | None) -> str:
         """The PWD a shell would export there: the client's own when it names that directory."""
-        if workdir is None:
-            return run.env.get("PWD") or self.server.own_pwd
         given = run.env.get("PWD")
+        if workdir is None:
+            return shell_pwd(None, given) if given else self.server.own_pwd
         if given and os.path.isabs(given):
             with contextlib.suppress(OSError):
                 if os.path.samefile(given, workdir.path):
