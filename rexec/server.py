@@ -178,7 +178,8 @@ class Server:
                 waiter.cancel()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = Session(self, FramedStream(reader, writer, Role.SERVER, self.keepalive))
+        session = Session(self, FramedStream(reader, writer, Role.SERVER, self.keepalive,
+                                             handshake=True))
         self.sessions.add(session)
         self._admit(session)
         try:
@@ -429,6 +430,7 @@ class Session:
                            f" {limit} connection(s) (max_connections)")
         proof = identity.verifier.server_proof(message) if identity.verifier else None
         self.stream.send(AuthOk(mac=proof, identity=identity.name))
+        self.stream.authenticated()
         await self.stream.drain()
         self.identity = identity
         self.server.active_connections[identity.name] += 1
