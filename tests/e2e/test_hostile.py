@@ -517,7 +517,9 @@ def test_handshake_dripped_one_byte_per_second_is_cut_at_the_deadline(tmp_path):
 
 
 def test_500_idle_connections_do_not_starve_a_real_client(tmp_path):
-    # A long handshake deadline, so the idle connections stay idle for the whole test.
+    # A long handshake deadline, so the idle connections stay idle for the whole test. They
+    # come from another source than the client: one source may keep 64 of them waiting
+    # (per_source_max_startups), and the server refuses the rest at once.
     srv = start_server(tmp_path, "--config",
                        str(server_config(tmp_path, "handshake_timeout = 120")))
     pid = srv.proc.pid
@@ -529,7 +531,8 @@ def test_500_idle_connections_do_not_starve_a_real_client(tmp_path):
             try:
                 while len(idle) < 500:
                     for _ in range(50):
-                        idle.append(socket.create_connection((srv.host, srv.port), timeout=10))
+                        idle.append(socket.create_connection((srv.host, srv.port), timeout=10,
+                                                             source_address=("127.0.0.2", 0)))
                     time.sleep(0.05)  # let the server accept them: no SYN waits for a retransmit
                 for n in range(5):
                     started = time.monotonic()

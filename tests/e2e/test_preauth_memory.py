@@ -165,6 +165,7 @@ def start(tmp_path: Path, *extra: str) -> ServerProcess:
         "handshake_timeout = 30",  # the penalty, not the deadline, is what holds them
         # room for every burst: the memory bound must hold for connections the gate lets in
         "max_startups = 1000",
+        "per_source_max_startups = 1000",
     ]) + "\n")
     return start_server(tmp_path, "--config", str(config), *extra)
 
