@@ -119,6 +119,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ca.cert_pem.write_to_path(str(d / "ca.pem"))
     cert.cert_chain_pems[0].write_to_path(str(d / "server.crt"))
     cert.private_key_pem.write_to_path(str(d / "server.key"))
+    (d / "server.key").chmod(0o600)  # a server may refuse private keys others can read
     return {"ca": d / "ca.pem", "cert": d / "server.crt", "key": d / "server.key"}
 
 

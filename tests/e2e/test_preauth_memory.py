@@ -62,6 +62,7 @@ def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
     ca.cert_pem.write_to_path(str(d / "ca.pem"))
     cert.cert_chain_pems[0].write_to_path(str(d / "server.crt"))
     cert.private_key_pem.write_to_path(str(d / "server.key"))
+    (d / "server.key").chmod(0o600)  # a server may refuse private keys others can read
     yield d / "ca.pem", d / "server.crt", d / "server.key"
 
 
