@@ -74,6 +74,7 @@ class FramedStream:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls_eof = False
+        self._tls_backlog = False  # TLS may hold data a sparing _decrypt() left there
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -178,11 +179,13 @@ class FramedStream:
     def _decrypt(self) -> int:
         """Pass what TLS can decrypt to the connection; return how many bytes that was.
 
-        Before authentication at most HANDSHAKE_READ: the rest waits in the TLS object
-        (``_tls_pending``), which holds at most the one record (16 KiB) it is decrypting.
+        Before authentication at most HANDSHAKE_READ: the rest waits in the TLS object (which
+        holds at most the one 16 KiB record it is decrypting) and in the incoming BIO, and
+        ``_tls_backlog`` says so.
         """
         assert self._tls is not None
         fed = 0
+        self._tls_backlog = False
         while not self._sparing or fed < HANDSHAKE_READ:
             try:
                 data = self._tls.read(HANDSHAKE_READ - fed if self._sparing else READ_SIZE)
@@ -195,13 +198,10 @@ class FramedStream:
                 break
             fed += len(data)
             self.conn.receive_data(data)
+        else:  # stopped at the limit, not because TLS has nothing more
+            self._tls_backlog = True
         self._flush_tls()  # TLS 1.3 may answer (key updates) while reading
         return fed
-
-    @property
-    def _tls_pending(self) -> bool:
-        """Whether TLS holds bytes not yet decrypted or not yet passed on."""
-        return self._tls is not None and bool(self._tls.pending() or self._incoming.pending)
 
     async def receive(self) -> Frame:
         """The next frame from the peer; ConnectionLost if it closed first."""
@@ -209,8 +209,8 @@ class FramedStream:
             frame = self.conn.next_frame()
             if frame is not None:
                 return frame
-            if self._tls_pending and self._decrypt():
-                continue  # what an earlier, sparing pass left in the TLS object
+            if self._tls_backlog and self._decrypt():
+                continue  # what a sparing pass left in TLS: the socket will not signal it
             data = b"" if self._tls_eof else await self._read_raw()
             if not data:
                 self.conn.receive_eof()

@@ -1,5 +1,5 @@
 """Unauthenticated connections cannot make the server buffer what they send (security review,
-issue 9, item 4).
+issue 9, item 4), and what a real client sends ahead is never left behind.
 
 The attack: a source earns the failed-login penalty with a few wrong tokens, then opens bursts of
 64 connections, each sending its hello followed by megabytes of junk or a huge declared header.
@@ -26,7 +26,9 @@ import trustme
 
 import rexec
 from rexec import AuthenticationError
+from rexec.codec import FrameDecoder, encode
 from rexec.core import ClientCore
+from rexec.frames import Header, Run
 from tests.conftest import ServerProcess, start_server, wait_until
 
 MIB = 1024 * 1024
@@ -190,5 +192,37 @@ def test_penalised_tls_connections_pouring_junk_leave_memory_flat(tmp_path, ca_f
         attack(srv, ca)
         result = rexec.run(srv.address, "echo ok", token=srv.token, tls_ca=ca, connect_timeout=5)
         assert result.stdout == b"ok\n"
+    finally:
+        assert srv.stop() == 0, srv.log()[-3000:]
+
+
+def test_a_command_sent_with_the_auth_is_not_left_behind(tmp_path, ca_file):
+    # Before auth_ok the server reads 4 KiB at a time, and TLS passes on 4 KiB of what it
+    # decrypted; a long run frame right behind the auth, in the same TLS record, must still be
+    # read once the client is authenticated: nothing will come from the socket to say so.
+    ca, cert, key = ca_file
+    srv = start(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        for attempt in range(3):
+            core = ClientCore(srv.token)
+            with connect(srv, ca, timeout=10) as sock:
+                sock.sendall(core.data_to_send())  # hello
+                while (out := core.data_to_send()) == b"":  # until the challenge is answered
+                    data = sock.recv(65536)
+                    assert data, "the server closed the connection"
+                    core.receive_data(data)
+                    assert core.next_event() is None
+                command = f"echo {'x' * 20_000} >/dev/null; echo done{attempt}"
+                sock.sendall(out + encode(Run(command=command)))  # auth, run: one write
+                decoder, frames = FrameDecoder(), list[Header]()
+                while not frames or frames[-1].type != "exit":
+                    data = sock.recv(65536)
+                    assert data, f"the server closed the connection after {frames}"
+                    decoder.feed(data)
+                    while (frame := decoder.next_frame()) is not None:
+                        frames.append(frame.header)
+                        if frame.header.type == "stdout":
+                            assert bytes(frame.body) == f"done{attempt}\n".encode()
+            assert [f.type for f in frames] == ["auth_ok", "stdout", "exit"], frames
     finally:
         assert srv.stop() == 0, srv.log()[-3000:]
