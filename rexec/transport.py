@@ -59,8 +59,8 @@ class FramedStream:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: Role,
         keepalive: float = KEEPALIVE, *, handshake: bool = False,
     ) -> None:
-        """``handshake``: the peer is not authenticated yet; read it sparingly until
-        ``authenticated()`` (see the module's docstring)."""
+        # handshake: the peer is not authenticated yet, so it is read sparingly until
+        # authenticated() (see the module's docstring)
         self.reader = reader
         self.writer = writer
         self.conn = Connection(role, handshake_max_header=HANDSHAKE_MAX_HEADER if handshake
@@ -102,10 +102,8 @@ class FramedStream:
             transport.max_size = HANDSHAKE_READ
 
     def authenticated(self) -> None:
-        """The peer is authenticated: read it as fast as it sends, headers up to the full cap.
-
-        (The Connection raised its header cap itself when it reached READY.)
-        """
+        """The peer is authenticated: read it as fast as it sends, as before the handshake."""
+        # (The Connection raised its header cap itself when it reached READY.)
         if not self._sparing:
             return
         self._sparing = False
