@@ -6,7 +6,8 @@
 
 It starts everything it compares by itself, on 127.0.0.1, and stops it (by PID) at the end:
   - two rexec servers (plaintext, and TLS with a throw-away CA made by trustme) on free ports,
-    with a temporary REXEC_HOME and a config raising idle_timeout and max_startups;
+    with a temporary REXEC_HOME and a config raising idle_timeout, max_startups and
+    per_source_max_startups;
   - a private OpenSSH server (Debian's openssh-server; installed with apt-get when
     /usr/sbin/sshd is missing) on two free ports, with generated host and ed25519 client keys,
     UsePAM no, key-only, MaxStartups and MaxSessions raised, StrictModes no. On the main port
@@ -404,7 +405,8 @@ def setup_rexec(rig: Rig, stack: contextlib.ExitStack) -> None:
     (rig.tmp / "server.toml").write_text(
         "[server]\n"
         "idle_timeout = 3600.0\n"  # the 1,000 idle connections must stay
-        f"max_startups = {REXEC_MAX_STARTUPS}\n"  # fan-out and idle bursts: no drops
+        f"max_startups = {REXEC_MAX_STARTUPS}\n"  # fan-out and idle bursts: no refusals,
+        f"per_source_max_startups = {REXEC_MAX_STARTUPS}\n"  # all from this one address
         'log_level = "info"\n'  # the default: one JSON line per command (to a file here)
     )
     ca = trustme.CA()
@@ -1447,7 +1449,8 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
       " round) after a warm-up; *median* and *p95* (nearest rank) are over every sample of the"
       " row (with fewer than 20 samples, p95 is the slowest one). Servers: `rexec-server`"
       " with its default `log_level = \"info\"` (one JSON line per"
-      f" command, to a file), `idle_timeout = 3600`, `max_startups = {REXEC_MAX_STARTUPS}`;"
+      f" command, to a file), `idle_timeout = 3600`, `max_startups` and"
+      f" `per_source_max_startups` {REXEC_MAX_STARTUPS};"
       " a private `sshd -D -f CONFIG` (Debian's openssh-server) with host and ed25519 client"
       f" keys made for the run, `UsePAM no`, key-only, `MaxStartups {SSHD_MAX_STARTUPS}`,"
       " `MaxSessions 200`, `StrictModes no`. **bashrc**: root's login shell is bash, and"
@@ -1833,8 +1836,9 @@ NOTES = [
     " counts the client side.",
     "sshd's MaxStartups is raised to 1000 (BENCH-NOTES used 200) so that neither the"
     " 500-connection fan-out nor the 1,000 idle connections meet sshd's cap on unauthenticated"
-    " connections; rexec's max_startups is raised likewise (its default, 64, drops the oldest"
-    " unauthenticated connections when more arrive at once).",
+    " connections; rexec's max_startups and per_source_max_startups are raised likewise (by"
+    " default it refuses a newcomer past 64 unauthenticated connections from one address, and"
+    " with a rising probability past 128 in all).",
 ]
 
 

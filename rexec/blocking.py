@@ -116,11 +116,14 @@ class BlockingClient:
         """Do the TLS handshake (blocking, within the connect timeout)."""
         import ssl
 
-        from rexec.tls import client_context, describe_ssl_error
+        from rexec.tls import CLOSED_IN_HANDSHAKE, client_context, describe_ssl_error
 
         context = client_context(ca, self.settings.tls_cert, self.settings.tls_key)
         try:
             wrapped = context.wrap_socket(sock, server_hostname=self.host)
+        except (ssl.SSLEOFError, ConnectionResetError):
+            sock.close()
+            raise ConnectError(f"{self.address}: {CLOSED_IN_HANDSHAKE}") from None
         except ssl.SSLError as exc:
             sock.close()
             raise ConnectError(f"{self.address}: {describe_ssl_error(exc)}") from None

@@ -20,7 +20,7 @@ from rexec.core import Authenticated, ClientCore, Event, Finished, Output
 from rexec.errors import CommandFailed, ConnectError, RexecError, map_socket_errors
 from rexec.result import Result
 from rexec.sockets import tune
-from rexec.tls import client_context, describe_ssl_error
+from rexec.tls import CLOSED_IN_HANDSHAKE, client_context, describe_ssl_error
 from rexec.transport import READ_SIZE, STREAM_LIMIT
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
@@ -101,6 +101,10 @@ class Client:
         except TimeoutError:
             raise ConnectError(f"timed out connecting to {self.address} after {timeout:g} s")\
                 from None
+        except (ssl.SSLEOFError, ConnectionResetError) as exc:
+            if context is None:
+                raise ConnectError(f"cannot connect to {self.address}: {exc}") from None
+            raise ConnectError(f"{self.address}: {CLOSED_IN_HANDSHAKE}") from None
         except ssl.SSLError as exc:
             raise ConnectError(f"{self.address}: {describe_ssl_error(exc)}") from None
         except OSError as exc:
@@ -149,7 +153,10 @@ class Client:
             if event is not None:
                 return event
             with map_socket_errors("connection to the server broke", core.received):
-                data = await reader.read(READ_SIZE)
+                try:
+                    data = await reader.read(READ_SIZE)
+                except ConnectionResetError:  # a close all the same (the blocking client's too):
+                    data = b""  # the core says what was lost, and when
             if data:
                 core.receive_data(data)
             else:

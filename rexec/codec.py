@@ -147,7 +147,7 @@ class FrameDecoder:
         max_body: int = MAX_BODY_SIZE,
         on_header: Callable[[Header], None] | None = None,
     ) -> None:
-        self.max_header = max_header
+        self._max_header = max_header
         self.max_body = max_body
         self._on_header = on_header
         self._full_capacity = 4 + max_header + max_body + RECEIVE_SIZE
@@ -160,6 +160,17 @@ class FrameDecoder:
         self._header_len: int | None = None
         self._eof = False
         self._broken: ProtocolError | None = None
+
+    @property
+    def max_header(self) -> int:
+        """The largest header length a frame may declare (checked when its 4 bytes are in)."""
+        return self._max_header
+
+    @max_header.setter
+    def max_header(self, value: int) -> None:
+        # A header length already accepted stays accepted: the cap applies to the next frames.
+        self._max_header = value
+        self._full_capacity = 4 + value + self.max_body + RECEIVE_SIZE
 
     @property
     def buffered(self) -> int:

@@ -260,8 +260,13 @@ class ServerSettings(_Settings):
     max_output: int | None = Field(None, gt=0, description="bytes per command, all identities")
     max_command_length: int = Field(MAX_COMMAND_LENGTH, ge=1, le=MAX_COMMAND_LENGTH)
     max_env_bytes: int = Field(64 * 1024, ge=0, le=1024 * 1024)
-    max_startups: int = Field(64, ge=1, le=100_000,
-                              description="unauthenticated connections; the oldest make room")
+    max_startups: int | str = Field(
+        "128:30:512",
+        description='unauthenticated connections: "start:rate:full" (as sshd) or N (= N:100:N)',
+    )
+    per_source_max_startups: int = Field(
+        64, ge=1, le=100_000, description="unauthenticated connections from one IP address"
+    )
     idle_timeout: float = Field(900.0, ge=0, description="seconds; 0 turns it off")
     auth_penalty_max: float = Field(3.0, ge=0, le=8, description="seconds, per source")
     path: str = Field(DEFAULT_PATH, min_length=1, description="every command's PATH")
@@ -275,6 +280,13 @@ class ServerSettings(_Settings):
     @classmethod
     def _env_names(cls, values: dict[str, str]) -> dict[str, str]:
         return _check_env(values)
+
+    @field_validator("max_startups", mode="before")
+    @classmethod
+    def _startups_parse(cls, value: object) -> object:
+        from rexec.limits import MaxStartups  # the server's alone: the client never loads it
+
+        return str(MaxStartups.parse(value))  # ValueError names what is wrong
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> ServerSettings:

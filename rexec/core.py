@@ -301,6 +301,12 @@ class ClientCore:
 
     def _lost_message(self) -> str:
         state = self.conn.state
+        if state is State.AWAIT_CHALLENGE and not self.received:
+            # What a TLS server does to a newcomer when too many connections wait to log in
+            # (a plaintext one says so in an error frame): closes, before a word is said.
+            return ("the server closed the connection before the handshake: it may be busy"
+                    " (too many unauthenticated connections; try again later), or not a"
+                    " rexec server")
         if state in (State.AWAIT_CHALLENGE, State.AWAIT_VERDICT, State.AWAIT_AUTH):
             return (f"the server closed the connection during the handshake after"
                     f" {self.received} bytes (is it a rexec server, and plaintext?)")

@@ -18,6 +18,10 @@ PROTOCOL_VERSION = 1
 MAX_HEADER_SIZE = 64 * 1024
 """Largest header (JSON bytes) a peer may declare; checked before the header is read."""
 
+HANDSHAKE_MAX_HEADER = 4 * 1024
+"""Largest header a client may declare before it is authenticated: hello and auth take at most
+about 1.5 KiB, so an unauthenticated client cannot make the server hold a 64 KiB header."""
+
 MAX_BODY_SIZE = 1024 * 1024
 """Largest body one frame may carry; checked before the body is read."""
 

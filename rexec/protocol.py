@@ -76,15 +76,33 @@ def transition(state: State, sender: Role, event: str) -> State:
 
 
 class Connection:
-    """One end of a rexec conversation: decodes what arrives, encodes what leaves, keeps state."""
+    """One end of a rexec conversation: decodes what arrives, encodes what leaves, keeps state.
+
+    ``handshake_max_header``, if given, caps the peer's headers until the handshake is over
+    (the state reaches READY); ``max_header`` applies from then on.
+    """
 
     def __init__(
-        self, our_role: Role, max_header: int = MAX_HEADER_SIZE, max_body: int = MAX_BODY_SIZE
+        self, our_role: Role, max_header: int = MAX_HEADER_SIZE, max_body: int = MAX_BODY_SIZE,
+        handshake_max_header: int | None = None,
     ) -> None:
         self.our_role = our_role
         self.their_role = S if our_role is C else C
-        self.state = State.AWAIT_HELLO
-        self._decoder = FrameDecoder(max_header, max_body, on_header=self._check_incoming)
+        self._state = State.AWAIT_HELLO
+        self._max_header = max_header
+        first_cap = max_header if handshake_max_header is None else handshake_max_header
+        self._decoder = FrameDecoder(first_cap, max_body, on_header=self._check_incoming)
+
+    @property
+    def state(self) -> State:
+        """Where the conversation is (both ends agree on it)."""
+        return self._state
+
+    @state.setter
+    def state(self, new: State) -> None:
+        if new is State.READY and self._state is not State.READY:
+            self._decoder.max_header = self._max_header  # authenticated: the full cap
+        self._state = new
 
     def _check_incoming(self, header: Header) -> None:
         # Refuse a frame the table does not allow as soon as its header is in, so that a peer

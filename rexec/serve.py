@@ -19,7 +19,7 @@ from rexec.config import ServerSettings, load_settings, resolve_token
 from rexec.errors import ConfigError
 from rexec.guardian import Guardian
 from rexec.identity import Identities
-from rexec.limits import ServerLimits
+from rexec.limits import MaxStartups, ServerLimits
 from rexec.server import Server
 from rexec.tls import server_context
 
@@ -121,7 +121,8 @@ async def _serve(
     limits = ServerLimits(max_output=settings.max_output,
                           max_command_length=settings.max_command_length,
                           max_env_bytes=settings.max_env_bytes,
-                          max_startups=settings.max_startups,
+                          max_startups=MaxStartups.parse(settings.max_startups),
+                          per_source_max_startups=settings.per_source_max_startups,
                           idle_timeout=settings.idle_timeout or None,
                           auth_penalty_max=settings.auth_penalty_max)
     audit = AuditLog(settings.audit_log)

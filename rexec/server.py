@@ -44,7 +44,7 @@ from rexec.frames import (
     Stdout,
 )
 from rexec.identity import Identities, Identity, Refusal
-from rexec.limits import AuthPenalty, ServerLimits
+from rexec.limits import AuthPenalty, ServerLimits, StartupGate
 from rexec.protocol import Role, State
 from rexec.runner import (
     READ_CHUNK,
@@ -71,6 +71,13 @@ CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
 BUFFER_POOL = 32  # idle pump buffers kept for reuse (8 MiB at most)
 # asyncio's default backlog (100) overflowed when 500 clients connected at once (docs/benchmarks.md)
 LISTEN_BACKLOG = 1024
+REFUSAL_FLUSH_TIMEOUT = 1.0  # a refused newcomer's error frame is tiny: it leaves at once
+BUSY = {
+    "max_startups": "busy: too many unauthenticated connections (max_startups), try again later",
+    "per_source_max_startups": "busy: too many unauthenticated connections from your address"
+                               " (per_source_max_startups), try again later",
+}
+"""What a refused newcomer is told (the log and the audit record say more)."""
 HandshakeT = TypeVar("HandshakeT", Hello, Auth)
 
 
@@ -117,7 +124,7 @@ class Server:
         self.audit = audit or AuditLog(None)
         self.active_commands: Counter[str] = Counter()
         self.active_connections: Counter[str] = Counter()
-        self.unauthenticated: dict[Session, None] = {}  # oldest first
+        self.gate = StartupGate(self.limits.max_startups, self.limits.per_source_max_startups)
         self.penalty = AuthPenalty(self.limits.auth_penalty_max)
         self.host = host
         self.port = port
@@ -237,29 +244,32 @@ class Server:
                 waiter.cancel()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = Session(self, FramedStream(reader, writer, Role.SERVER, self.keepalive))
+        stream = FramedStream(reader, writer, Role.SERVER, self.keepalive, handshake=True)
+        refusal = self.gate.admit(stream.peer_host)
+        if refusal is not None:
+            await self._refuse(stream, refusal)
+            return
+        session = Session(self, stream)
         self.sessions.add(session)
-        self._admit(session)
         try:
             await session.serve()
         finally:
             self.sessions.discard(session)
-            self.unauthenticated.pop(session, None)
+            session.leave_startups()
 
-    def _admit(self, session: Session) -> None:
-        """Count a new unauthenticated connection; at the cap, drop the oldest ones.
+    async def _refuse(self, stream: FramedStream, refusal: Refusal) -> None:
+        """Turn a newcomer away at once, as sshd does; nobody already waiting is pushed out.
 
-        Refusing newcomers instead (as sshd's MaxStartups does) would let whoever holds the
-        slots with idle connections lock everyone else out.
+        A plaintext client is told why in an error frame; a TLS client, which could not read
+        one before its TLS handshake, only sees the connection close.
         """
-        while len(self.unauthenticated) >= self.limits.max_startups:
-            oldest = next(iter(self.unauthenticated))
-            del self.unauthenticated[oldest]
-            log_event(logging.WARNING, "dropped", peer=oldest.peer,
-                      reason=f"over {self.limits.max_startups} unauthenticated connections:"
-                             " the oldest makes room")
-            oldest.abort()
-        self.unauthenticated[session] = None
+        log_event(logging.WARNING, "refused", peer=stream.peer, code=refusal.rule,
+                  reason=refusal.message)
+        self.audit.record("connection_refused", peer=stream.peer, code=refusal.rule,
+                          reason=refusal.message)
+        if self.tls is None:
+            stream.send(Error(code="too_many_startups", message=BUSY[refusal.rule], fatal=True))
+        await stream.close(REFUSAL_FLUSH_TIMEOUT)
 
 
 def _proved(identity: Identity, auth: Auth, message: bytes, subject: Subject | None) -> bool:
@@ -372,6 +382,7 @@ class Session:
         self.feeder: StdinFeeder | None = None
         self.command_task: asyncio.Task[None] | None = None
         self.lost = False
+        self.waiting = True  # counted by the server's StartupGate until authenticated
         self.last_activity = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
         self._ending: asyncio.Future[None] | None = None
@@ -440,6 +451,12 @@ class Session:
                 await self.send_fatal("idle_timeout", f"no command for {idle:g} s: closing")
                 self.abort()
                 return
+
+    def leave_startups(self) -> None:
+        """No longer count this connection as unauthenticated (it authenticated, or ended)."""
+        if self.waiting:
+            self.waiting = False
+            self.server.gate.release(self.stream.peer_host)
 
     def end_for_shutdown(self) -> None:
         """Tell the client the server is shutting down, stop any command, close (once)."""
@@ -510,10 +527,11 @@ class Session:
                            f" {limit} connection(s) (max_connections)")
         proof = identity.verifier.server_proof(message) if identity.verifier else None
         self.stream.send(AuthOk(mac=proof, identity=identity.name))
+        self.stream.authenticated()
         await self.stream.drain()
         self.identity = identity
         self.server.active_connections[identity.name] += 1
-        self.server.unauthenticated.pop(self, None)
+        self.leave_startups()
         subject_text = self.stream.peer_subject_text
         self.log(logging.INFO, "authenticated", agent=hello.agent, subject=subject_text)
         self.server.audit.record("authenticated", peer=self.peer, identity=identity.name,

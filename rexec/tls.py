@@ -186,6 +186,13 @@ def parse_subject(text: str) -> Subject:
         i += 1
 
 
+CLOSED_IN_HANDSHAKE = (
+    "TLS handshake failed: the server closed the connection (it may be busy, with too many"
+    " unauthenticated connections: try again later)"
+)
+"""A TLS server refusing a newcomer (max_startups) can only close: there is no channel yet."""
+
+
 def describe_ssl_error(exc: ssl.SSLError) -> str:
     """A one-line explanation of a TLS failure, naming the likely cause."""
     reason = getattr(exc, "reason", None) or ""

@@ -5,6 +5,11 @@ first byte a client sends tells a TLS client from a plaintext one, so a plaintex
 told in its own language that TLS is required; and the TLS handshake then falls inside the same
 pre-authentication deadline as the rexec handshake. Socket errors become ConnectionLost through
 ``rexec.errors.map_socket_errors``; TLS errors become ConnectionLost here.
+
+Until the client is authenticated (``handshake=True`` until ``authenticated()``), the server
+reads its socket only while it waits for a handshake frame, HANDSHAKE_READ bytes at a time, and
+caps its headers at HANDSHAKE_MAX_HEADER: whatever an unauthenticated client sends meanwhile (in
+the failed-login penalty, say) waits in the kernel, not in the server's memory.
 """
 
 from __future__ import annotations
@@ -12,15 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from typing import Any, cast
 
 from rexec.codec import Frame
 from rexec.errors import ConnectionLost, ProtocolError, map_socket_errors
-from rexec.frames import Error, Header
+from rexec.frames import HANDSHAKE_MAX_HEADER, Error, Header
 from rexec.protocol import Connection, Role
 from rexec.sockets import KEEPALIVE, tune
 from rexec.tls import TLS_HANDSHAKE_RECORD, Subject, format_subject, subject_of
 
 READ_SIZE = 256 * 1024
+HANDSHAKE_READ = 4 * 1024
+"""The most one read takes from an unauthenticated client's socket (hello and auth are small)."""
 STREAM_LIMIT = 1024 * 1024
 WRITE_HIGH_WATER = 1024 * 1024
 CLOSE_TIMEOUT = 2.0
@@ -49,11 +57,14 @@ class FramedStream:
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: Role,
-        keepalive: float = KEEPALIVE,
+        keepalive: float = KEEPALIVE, *, handshake: bool = False,
     ) -> None:
+        # handshake: the peer is not authenticated yet, so it is read sparingly until
+        # authenticated() (see the module's docstring)
         self.reader = reader
         self.writer = writer
-        self.conn = Connection(role)
+        self.conn = Connection(role, handshake_max_header=HANDSHAKE_MAX_HEADER if handshake
+                               else None)
         self.peer = format_peer(writer)
         peername = writer.get_extra_info("peername")
         self.peer_host: str = peername[0] if peername else "unknown"
@@ -66,16 +77,70 @@ class FramedStream:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls_eof = False
+        self._tls_backlog = False  # TLS may hold data a sparing _decrypt() left there
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             tune(sock, keepalive)
+        # A socket transport reads too; StreamWriter's annotation only promises writing.
+        self._transport = cast(asyncio.Transport, writer.transport)
+        self._sparing = False  # reading only while a handshake frame is awaited
+        self._max_size: int | None = None  # the transport's own recv() size, while lowered
+        if handshake:
+            self._start_sparing_reads()
+
+    def _start_sparing_reads(self) -> None:
+        # The server makes its stream in the connection's first task step: the transport's
+        # first read, if the socket is readable already, is queued behind that step, and
+        # pausing cancels it. So nothing at all is read before the first receive().
+        self._transport.pause_reading()
+        self._sparing = True
+        # asyncio has no public way to bound one recv(): the selector transport recv()s up to
+        # its max_size (a class attribute, 256 KiB) per call. Lowered on this transport alone,
+        # and only where it exists; elsewhere a read is still bounded, by that transport.
+        transport: Any = self._transport
+        max_size = getattr(transport, "max_size", None)
+        if isinstance(max_size, int) and max_size > HANDSHAKE_READ:
+            self._max_size = max_size
+            transport.max_size = HANDSHAKE_READ
+
+    def authenticated(self) -> None:
+        """The peer is authenticated: read it as fast as it sends, as before the handshake."""
+        # (The Connection raised its header cap itself when it reached READY.)
+        if not self._sparing:
+            return
+        self._sparing = False
+        if self._max_size is not None:
+            transport: Any = self._transport
+            transport.max_size = self._max_size
+            self._max_size = None
+        # The StreamReader never paused the transport itself meanwhile: that takes more than
+        # twice its limit (2 MiB) buffered, and it never held more than one small read. So
+        # resuming here cannot undo its own flow control.
+        self._transport.resume_reading()
 
     async def _read_raw(self) -> bytes:
-        with map_socket_errors("connection broken", self.received):
-            data = await self.reader.read(READ_SIZE)
+        if self._sparing:
+            data = await self._read_sparingly()
+        else:
+            with map_socket_errors("connection broken", self.received):
+                data = await self.reader.read(READ_SIZE)
         self.received += len(data)
         return data
+
+    async def _read_sparingly(self) -> bytes:
+        """Before authentication: read the socket only now, while a frame is awaited.
+
+        The StreamReader resumes a transport only if it paused it itself (it did not), so
+        waiting on it with the transport paused would hang: the transport reads from here to
+        the next data, and is paused again before anything else runs.
+        """
+        self._transport.resume_reading()
+        try:
+            with map_socket_errors("connection broken", self.received):
+                return await self.reader.read(HANDSHAKE_READ)
+        finally:
+            self._transport.pause_reading()  # a no-op on a closing transport
 
     def _flush_tls(self) -> None:
         data = self._outgoing.read()
@@ -112,11 +177,19 @@ class FramedStream:
         # inside the TLS object already, and the socket will not signal it again.
         self._decrypt()
 
-    def _decrypt(self) -> None:
+    def _decrypt(self) -> int:
+        """Pass what TLS can decrypt to the connection; return how many bytes that was.
+
+        Before authentication at most HANDSHAKE_READ: the rest waits in the TLS object (which
+        holds at most the one 16 KiB record it is decrypting) and in the incoming BIO, and
+        ``_tls_backlog`` says so.
+        """
         assert self._tls is not None
-        while True:
+        fed = 0
+        self._tls_backlog = False
+        while not self._sparing or fed < HANDSHAKE_READ:
             try:
-                data = self._tls.read(READ_SIZE)
+                data = self._tls.read(HANDSHAKE_READ - fed if self._sparing else READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLError as exc:  # a corrupted or forged record, among others
@@ -124,8 +197,12 @@ class FramedStream:
             if not data:  # read() returns b"" (not SSLZeroReturnError) at the peer's close_notify
                 self._tls_eof = True
                 break
+            fed += len(data)
             self.conn.receive_data(data)
+        else:  # stopped at the limit, not because TLS has nothing more
+            self._tls_backlog = True
         self._flush_tls()  # TLS 1.3 may answer (key updates) while reading
+        return fed
 
     async def receive(self) -> Frame:
         """The next frame from the peer; ConnectionLost if it closed first."""
@@ -133,6 +210,8 @@ class FramedStream:
             frame = self.conn.next_frame()
             if frame is not None:
                 return frame
+            if self._tls_backlog and self._decrypt():
+                continue  # what a sparing pass left in TLS: the socket will not signal it
             data = b"" if self._tls_eof else await self._read_raw()
             if not data:
                 self.conn.receive_eof()

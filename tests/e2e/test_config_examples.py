@@ -11,6 +11,7 @@ def test_example_server_config_loads():
     assert (settings.host, settings.port) == ("127.0.0.1", 7878)
     assert settings.token is None
     assert settings.kill_grace == 5.0
+    assert (settings.max_startups, settings.per_source_max_startups) == ("128:30:512", 64)
 
 
 def test_example_client_config_loads():

@@ -426,17 +426,17 @@ def test_every_connection_end_is_audited(hard_server):
         sock.settimeout(5)
         while sock.recv(65536):
             pass
-    assert wait_until(lambda: len(_closed(hard_server, before)) >= 5)
-    codes = [r["code"] for r in _closed(hard_server, before)]
-    assert codes.count("bad_header") == 2
-    assert "bad_header" in codes
-    assert "unexpected_frame" in codes
-    assert "auth_failed" in codes
-    assert "disconnected" in codes
+
+    def ended() -> list[str]:
+        return [r["code"] for r in _closed(hard_server, before)]
+
+    # An earlier test's connection may end (and be recorded) meanwhile: wait for ours by kind.
+    assert wait_until(lambda: ended().count("bad_header") >= 2 and all(
+        code in ended() for code in ("unexpected_frame", "auth_failed", "disconnected")))
     records = audit_records(hard_server)[before:]
     assert any(r["event"] == "authenticated" and r["identity"] == "default" for r in records)
-    ok = next(r for r in _closed(hard_server, before) if r["code"] == "disconnected")
-    assert ok["authenticated"] and ok["identity"] == "default" and ok["commands"] == 1
+    assert any(r["code"] == "disconnected" and r["authenticated"] and r["identity"] == "default"
+               and r["commands"] == 1 for r in _closed(hard_server, before))
 
 
 def test_idle_endings_are_audited(tmp_path):

@@ -679,3 +679,12 @@ def test_describe_failure_shows_the_last_lines_of_stderr() -> None:
     ]
     assert "line 11" not in result.describe_failure()
     assert "  line 12" in result.describe_failure()
+
+
+def test_a_close_before_the_first_byte_hints_the_server_may_be_busy() -> None:
+    # What a TLS server does to a newcomer past max_startups: it can only close.
+    core = ClientCore(TOKEN)
+    core.data_to_send()
+    core.receive_eof()
+    with pytest.raises(ConnectionLost, match="before the handshake: it may be busy"):
+        core.next_event()

@@ -293,3 +293,39 @@ def test_unexpected_frames_are_refused_on_send() -> None:
     server = Connection(S)
     with pytest.raises(ProtocolError, match="'hello' frame from the server"):
         server.send(f.Hello(versions=[1], nonce=NONCE))
+
+
+def _declaring(length: int) -> bytes:
+    """Four bytes declaring a header of ``length`` bytes (and nothing of it)."""
+    return length.to_bytes(4, "big")
+
+
+def test_the_largest_handshake_frames_fit_the_handshake_header_cap() -> None:
+    hello = f.Hello(versions=list(range(65520, 65536)), nonce=NONCE, agent="\x01" * 200,
+                    identity="a" * 64)  # control characters: the longest JSON escapes
+    for header in (hello, f.Auth(mac=NONCE)):
+        assert len(encode(header)) - 4 < f.HANDSHAKE_MAX_HEADER, header
+
+
+def test_headers_are_capped_low_until_the_handshake_is_over() -> None:
+    cap = f.HANDSHAKE_MAX_HEADER
+    server = Connection(S, handshake_max_header=cap)
+    server.receive_data(_declaring(cap + 1))
+    with pytest.raises(ProtocolError, match=f"outside 1..{cap}") as info:
+        server.next_frame()
+    assert info.value.code == "bad_length"
+    pair = Pair()
+    pair.server = Connection(S, handshake_max_header=cap)
+    pair.handshake()  # within the cap
+    big = f.Run(command="x" * (cap + 100))
+    assert pair.send(pair.client, big) == [(big, b"")]  # READY: the full cap
+    assert len(encode(big)) - 4 > cap
+
+
+def test_the_handshake_cap_holds_after_hello_and_auth_until_auth_ok() -> None:
+    cap = f.HANDSHAKE_MAX_HEADER
+    server = _after(Connection(S, handshake_max_header=cap), [f.Hello(versions=[1], nonce=NONCE)])
+    server.send(f.Challenge(version=1, nonce=NONCE, salt="0" * 32))
+    server.receive_data(_declaring(cap + 1))
+    with pytest.raises(ProtocolError, match="outside"):
+        server.next_frame()
