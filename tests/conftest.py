@@ -177,6 +177,33 @@ def run_cli(*args: str, token_file: Path | None = None, input: bytes | None = No
     )
 
 
+def proc_status(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` memory field (VmRSS, VmHWM) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def fd_count(pid: int) -> int:
+    """How many file descriptors the process has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def write_server_pki(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1: (CA, certificate, key 0600)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    paths = folder / "ca.pem", folder / "server.crt", folder / "server.key"
+    ca.cert_pem.write_to_path(str(paths[0]))
+    cert.cert_chain_pems[0].write_to_path(str(paths[1]))
+    cert.private_key_pem.write_to_path(str(paths[2]))
+    paths[2].chmod(0o600)  # rexec refuses private keys others can read
+    return paths
+
+
 def pids_in_group(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``."""
     return [pid for pid, fields in live_processes() if int(fields[2]) == pgid]

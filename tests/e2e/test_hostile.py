@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import select
 import socket
 import struct
@@ -25,7 +24,13 @@ import rexec
 from rexec.codec import FrameDecoder, encode
 from rexec.core import Authenticated, ClientCore, Finished
 from rexec.frames import HANDSHAKE_MAX_HEADER, Auth, AuthOk, Error, Header, Run
-from tests.conftest import ServerProcess, start_server, wait_until
+from tests.conftest import (
+    ServerProcess,
+    fd_count,
+    proc_status,
+    start_server,
+    wait_until,
+)
 
 MIB = 1024 * 1024
 MEMORY_GROWTH_LIMIT = 20 * MIB
@@ -37,23 +42,10 @@ READ_TIMEOUT = 10.0
 # --- the server's vital signs ----------------------------------------------------------------
 
 
-def proc_status(pid: int, field: str) -> int:
-    """A ``/proc/PID/status`` memory field (VmRSS, VmHWM) in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
 def reset_peak_memory(pid: int) -> None:
     """Make VmHWM restart from the current VmRSS (Linux 4.0+; best effort)."""
     with contextlib.suppress(OSError):
         Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def fd_count(pid: int) -> int:
-    """How many file descriptors the process has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @dataclass

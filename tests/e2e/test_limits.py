@@ -15,14 +15,13 @@ from collections import deque
 from pathlib import Path
 
 import pytest
-import trustme
 
 import rexec
 from rexec import AuthenticationError, ConnectionLost, RemoteError
 from rexec.codec import FrameDecoder
 from rexec.core import Authenticated, ClientCore, Finished
 from rexec.frames import Header
-from tests.conftest import ServerProcess, run_cli, start_server, wait_until
+from tests.conftest import ServerProcess, run_cli, start_server, wait_until, write_server_pki
 
 ATTACKER, OTHER, DISTANT = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 """Sources besides 127.0.0.1, where rexec.run and the CLI connect from."""
@@ -113,14 +112,8 @@ def test_trickling_connections_from_two_sources_do_not_lock_out_a_third(tmp_path
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A CA and a server certificate for 127.0.0.1."""
-    d = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(d / "server.crt"))
-    cert.private_key_pem.write_to_path(str(d / "server.key"))
-    (d / "server.key").chmod(0o600)  # a server may refuse private keys others can read
-    return {"ca": d / "ca.pem", "cert": d / "server.crt", "key": d / "server.key"}
+    ca, cert, key = write_server_pki(tmp_path_factory.mktemp("pki"))
+    return {"ca": ca, "cert": cert, "key": key}
 
 
 BUSY = {  # the cap that is full: where the one connection already waiting comes from, and

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import rexec
-from tests.conftest import ServerProcess, live_children, wait_until
+from tests.conftest import ServerProcess, fd_count, live_children, proc_status, wait_until
 
 CLIENTS = 48
 COMMANDS = 5  # per client, one after another on the client's own connection
@@ -35,19 +35,6 @@ PEAK_MEMORY_LIMIT = 150 * MIB  # how far above its resting RSS the server may pe
 TIME_LIMIT = 120.0  # for the whole load; it takes well under 60 s on 2 cores
 SEED = 20240611
 PY = shlex.quote(sys.executable)
-
-
-def proc_status(pid: int, field: str) -> int:
-    """A ``/proc/PID/status`` memory field (VmRSS, VmHWM) in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-def fd_count(pid: int) -> int:
-    """How many file descriptors the process has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def resting_fd_count(pid: int, steady: float = 0.5, timeout: float = 5.0) -> int:

@@ -22,14 +22,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import trustme
 
 import rexec
 from rexec import AuthenticationError
 from rexec.codec import FrameDecoder, encode
 from rexec.core import ClientCore
 from rexec.frames import Header, Run
-from tests.conftest import ServerProcess, start_server, wait_until
+from tests.conftest import (
+    ServerProcess,
+    fd_count,
+    proc_status,
+    start_server,
+    wait_until,
+    write_server_pki,
+)
 
 MIB = 1024 * 1024
 ATTACKER = "127.0.0.2"  # a loopback address of its own: the penalty is per source
@@ -42,30 +48,10 @@ GROWTH_LIMIT = 25 * MIB
 """How far above its resting RSS the server may be, after the bursts and at its peak."""
 
 
-def proc_status(pid: int, field: str) -> int:
-    """A ``/proc/PID/status`` memory field (VmRSS, VmHWM) in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-def fd_count(pid: int) -> int:
-    """How many file descriptors the process has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 @pytest.fixture(scope="module")
 def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Path]]:
     """(CA, server certificate, server key) for 127.0.0.1."""
-    d = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(d / "server.crt"))
-    cert.private_key_pem.write_to_path(str(d / "server.key"))
-    (d / "server.key").chmod(0o600)  # a server may refuse private keys others can read
-    yield d / "ca.pem", d / "server.crt", d / "server.key"
+    yield write_server_pki(tmp_path_factory.mktemp("pki"))
 
 
 def connect(srv: ServerProcess, ca: Path | None, timeout: float) -> socket.socket:
