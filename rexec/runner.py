@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import re
 import resource
@@ -468,6 +469,7 @@ class Confinement:
     rlimits: tuple[tuple[int, int], ...] = ()  # (resource.RLIMIT_*, soft = hard limit)
 
 
+@functools.cache
 def _prctl() -> Callable[..., int]:
     import ctypes
 
@@ -475,6 +477,7 @@ def _prctl() -> Callable[..., int]:
     return libc.prctl
 
 
+@functools.cache
 def _last_capability() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as fh:
