@@ -39,7 +39,6 @@ from rexec.auth import (
     default_token_path,
     read_token_file,
 )
-from rexec.childenv import DEFAULT_PATH
 from rexec.errors import ConfigError
 from rexec.frames import MAX_COMMAND_LENGTH
 
@@ -269,7 +268,9 @@ class ServerSettings(_Settings):
     )
     idle_timeout: float = Field(900.0, ge=0, description="seconds; 0 turns it off")
     auth_penalty_max: float = Field(3.0, ge=0, le=8, description="seconds, per source")
-    path: str = Field(DEFAULT_PATH, min_length=1, description="every command's PATH")
+    path: str | None = Field(
+        None, min_length=1, description="every command's PATH (default: childenv.DEFAULT_PATH)"
+    )
     env: dict[str, str] = Field(default_factory=dict, description="set for every command")
     inherit_env: list[str] = Field(
         default_factory=list, description="server variables passed on (globs; never REXEC_*)"

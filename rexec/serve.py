@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rexec.audit import AuditLog
 from rexec.auth import default_token_path, generate_token, write_token_file
-from rexec.childenv import ChildEnvSettings
+from rexec.childenv import DEFAULT_PATH, ChildEnvSettings
 from rexec.config import ServerSettings, load_settings, resolve_token
 from rexec.errors import ConfigError
 from rexec.guardian import Guardian
@@ -138,7 +138,7 @@ async def _serve(
                     drain_grace=settings.drain_grace, keepalive=settings.keepalive,
                     tls=tls, limits=limits,
                     audit=audit,
-                    child_env=ChildEnvSettings(settings.path, dict(settings.env),
+                    child_env=ChildEnvSettings(settings.path or DEFAULT_PATH, dict(settings.env),
                                                tuple(settings.inherit_env)),
                     umask=settings.umask)
     try:
