@@ -10,9 +10,9 @@ import random
 import time
 from collections.abc import Callable
 
-from rexec.frames import Run
-from rexec.identity import Policy
-from rexec.patterns import Pattern
+from rexec.server.identity import Policy
+from rexec.server.patterns import Pattern
+from rexec.wire.frames import Run
 
 SIZE = 32 * 1024 - 8
 random.seed(1)

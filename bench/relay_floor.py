@@ -15,7 +15,8 @@ rexec's shape, three processes (command, server, client), with every rexec cost 
 the relay itself taken out: no frames, no asyncio, no authentication, blocking sockets.
 
   copy    the server reads the pipe in rexec's chunks (os.readv into a reused 256 KiB buffer,
-          rexec.runner.READ_CHUNK) and sendall()s each chunk: two copies through user space.
+          rexec.server.exec.child.READ_CHUNK) and sendall()s each chunk: two copies through user
+          space.
   splice  the server moves the pipe's pages into the socket with os.splice (up to 256 KiB a
           call): no copy through user space on the sending side.
   tcp     no command and no pipe: the server sendall()s a reused 256 KiB buffer until SIZE
@@ -39,8 +40,9 @@ import sys
 import time
 from typing import Any
 
-CHUNK = 256 * 1024  # rexec.runner.READ_CHUNK, rexec.transport.READ_SIZE, rexec.blocking.READ_SIZE
-PIPE_SIZE = 1024 * 1024  # rexec.runner.PIPE_SIZE
+# rexec.server.exec.child.READ_CHUNK, rexec.sockets.READ_SIZE, rexec.client.blocking.READ_SIZE
+CHUNK = 256 * 1024
+PIPE_SIZE = 1024 * 1024  # rexec.server.exec.child.PIPE_SIZE
 TIMEOUT = 300.0  # no socket operation waits longer; the suite also kills a slow run
 MODES = ("copy", "splice", "tcp")
 

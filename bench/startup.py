@@ -44,7 +44,7 @@ STAGES = (
     ("adapters", "`import typer._adapters`: what else of pydantic typer's parameter conversion"
                  " uses (TypeAdapter, its validators)"),
     ("cli", "`import rexec.cli.client`: rexec's CLI modules"),
-    ("client", "`from rexec.blocking import BlockingClient`: rexec's client, protocol core,"
+    ("client", "`from rexec.client.blocking import BlockingClient`: rexec's client, protocol core,"
                " config and frame models (their schemas deferred)"),
     ("parse", "typer parses `run ADDRESS -- true`: click's parser, and a TypeAdapter built for"
               " each parameter of `rexec run`"),
@@ -134,7 +134,7 @@ def stages(args: list[str]) -> None:
     import rexec.cli.run
 
     stamp("cli")
-    from rexec.blocking import BlockingClient  # noqa: F401
+    from rexec.client.blocking import BlockingClient  # noqa: F401
 
     stamp("client")
     execute = rexec.cli.run.execute

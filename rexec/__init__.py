@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rexec._version import __version__
 from rexec.errors import (
     AuthenticationError,
     CommandFailed,
@@ -27,12 +28,10 @@ from rexec.errors import (
 )
 from rexec.result import Result
 
-__version__ = "0.1.0"
-
 if TYPE_CHECKING:
-    from rexec.blocking import BlockingClient, run
-    from rexec.client import Client, CommandStream
-    from rexec.core import Output
+    from rexec.client.aio import Client, CommandStream
+    from rexec.client.blocking import BlockingClient, run
+    from rexec.client.core import Output
 
 __all__ = [
     "AuthenticationError",
@@ -54,11 +53,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Client": "rexec.client",
-    "CommandStream": "rexec.client",
-    "Output": "rexec.core",
-    "BlockingClient": "rexec.blocking",
-    "run": "rexec.blocking",
+    "Client": "rexec.client.aio",
+    "CommandStream": "rexec.client.aio",
+    "Output": "rexec.client.core",
+    "BlockingClient": "rexec.client.blocking",
+    "run": "rexec.client.blocking",
 }
 
 

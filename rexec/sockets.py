@@ -1,4 +1,4 @@
-"""TCP settings shared by the server and both clients."""
+"""TCP tuning and the I/O sizes both ends share."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ KEEPALIVE = 30.0
 """Seconds of silence before TCP keepalive probes start (default, both sides)."""
 
 PROBES = 3
+READ_SIZE = 256 * 1024
+STREAM_LIMIT = 1024 * 1024
 
 
 def tune(sock: socket.socket, keepalive: float = KEEPALIVE) -> None:

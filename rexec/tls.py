@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rexec.auth import refuse_shared
 from rexec.errors import ConfigError
+from rexec.tokens import refuse_shared
 
 # The first byte of every TLS record a client sends first (a handshake record).
 TLS_HANDSHAKE_RECORD = 0x16

@@ -19,7 +19,7 @@ from typing import Annotated  # noqa: E402
 
 import typer  # noqa: E402
 
-from rexec import __version__  # noqa: E402
+from rexec._version import __version__  # noqa: E402
 from rexec.cli import token  # noqa: E402
 from rexec.cli.run import run_command  # noqa: E402
 

@@ -168,7 +168,7 @@ def execute(
     """Run one command through the blocking client; return the CLI's exit status."""
     import gc
 
-    from rexec.blocking import BlockingClient
+    from rexec.client.blocking import BlockingClient
     from rexec.errors import RexecError
 
     # Start-up ran with the collector off (rexec/cli/client.py): what it made stays, frozen out

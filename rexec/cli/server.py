@@ -54,7 +54,7 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
     The token comes from --token-file, then REXEC_TOKEN, then the config file; with none of
     them the server generates one into ~/.rexec/token (or reuses the one it generated before).
     """
-    from rexec.serve import run_server, server_setup, tls_setup
+    from rexec.server.app import run_server, server_setup, tls_setup
 
     try:
         settings, token = server_setup(

@@ -13,7 +13,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 def _hash_line(token: str) -> str:
-    from rexec.auth import TokenVerifier
+    from rexec.wire.auth import TokenVerifier
 
     return f'token_hash = "{TokenVerifier.from_token(token).format()}"'
 
@@ -23,7 +23,7 @@ def new(
     output: Annotated[Path, typer.Argument(help="Write the new token to this file (mode 0600).")],
 ) -> None:
     """Generate a token into OUTPUT and print the token_hash line for the server's config."""
-    from rexec.auth import generate_token, write_token_file
+    from rexec.tokens import generate_token, write_token_file
 
     if output.exists():
         print(f"rexec: {output} exists; not overwriting a token", file=sys.stderr)
@@ -40,8 +40,9 @@ def hash_token(
     ] = None,
 ) -> None:
     """Print the token_hash line for a token (read from stdin or --token-file)."""
-    from rexec.auth import check_token, read_token_file
     from rexec.errors import ConfigError
+    from rexec.tokens import read_token_file
+    from rexec.wire.auth import check_token
 
     try:
         token = (read_token_file(token_file) if token_file is not None

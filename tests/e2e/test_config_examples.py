@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from rexec.config import ClientSettings, ServerSettings, load_settings
+from rexec.client.settings import ClientSettings
+from rexec.config import load_settings
+from rexec.server.settings import ServerSettings
 from tests.conftest import ROOT
 
 

@@ -189,7 +189,7 @@ def test_the_guardian_leaves_with_a_normal_stop(tmp_path):
     guardians = _children(srv.proc.pid)
     assert len(guardians) == 1
     cmdline = Path(f"/proc/{guardians[0]}/cmdline").read_bytes()
-    assert b"rexec.guardian" in cmdline
+    assert b"rexec.server.exec.guardian" in cmdline
     assert rexec.run(srv.address, "echo ok", token=srv.token).ok
     assert srv.stop() == 0
     assert wait_until(lambda: not Path(f"/proc/{guardians[0]}").exists())

@@ -23,11 +23,11 @@ import pytest
 
 import rexec
 from rexec import CommandNotStarted
-from rexec.auth import TokenVerifier
-from rexec.childenv import DEFAULT_PATH
-from rexec.codec import encode
-from rexec.core import Authenticated, ClientCore
-from rexec.frames import Hello
+from rexec.client.core import Authenticated, ClientCore
+from rexec.server.exec.env import DEFAULT_PATH
+from rexec.wire.auth import TokenVerifier
+from rexec.wire.codec import encode
+from rexec.wire.frames import Hello
 from tests.conftest import live_processes, run_cli, start_server, wait_until
 
 SERVER_TOKEN = "GREPME-server-token-7f3a9c1e5b2d4f6a8c0e"  # recognisable anywhere it leaks
@@ -169,7 +169,8 @@ def test_the_token_is_nowhere_a_child_or_a_log_can_see_it(hard_server, tmp_path)
             except OSError:
                 continue
             assert needle not in environ, names[-1]
-        assert any(b"rexec.guardian" in name for name in names)  # the guardian was searched
+        # the guardian was searched
+        assert any(b"rexec.server.exec.guardian" in name for name in names)
         assert any(name.startswith(b"sleep") for name in names)  # and a running command
         for blob in (cli.stdout, cli.stderr, bad.stdout, bad.stderr,
                      hard_server.log_path.read_bytes(), hard_server.audit.read_bytes()):
@@ -460,10 +461,10 @@ def test_a_crashed_session_is_audited_and_the_server_goes_on(tmp_path):
     connection, with an error frame, a log line with the traceback and an audit record."""
     import asyncio
 
-    from rexec.audit import AuditLog
-    from rexec.identity import Identities
-    from rexec.runner import Runner
-    from rexec.server import Server
+    from rexec.server.audit import AuditLog
+    from rexec.server.exec.runner import Runner
+    from rexec.server.identity import Identities
+    from rexec.server.listener import Server
 
     class Broken(Runner):
         def start_shell(self, *args: object, **kwargs: object):  # type: ignore[override]

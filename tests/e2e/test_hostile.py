@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 import rexec
-from rexec.codec import FrameDecoder, encode
-from rexec.core import Authenticated, ClientCore, Finished
-from rexec.frames import HANDSHAKE_MAX_HEADER, Auth, AuthOk, Error, Header, Run
+from rexec.client.core import Authenticated, ClientCore, Finished
+from rexec.wire.codec import FrameDecoder, encode
+from rexec.wire.frames import HANDSHAKE_MAX_HEADER, Auth, AuthOk, Error, Header, Run
 from tests.conftest import (
     ServerProcess,
     fd_count,

@@ -17,7 +17,7 @@ import trustme
 
 import rexec
 from rexec import AuthenticationError, CommandNotStarted, RemoteError
-from rexec.auth import TokenVerifier
+from rexec.wire.auth import TokenVerifier
 from tests.conftest import ROOT, run_cli, start_server
 
 DEPLOY_TOKEN = "deploy-token-with-enough-entropy-0123456789"

@@ -18,9 +18,9 @@ import pytest
 
 import rexec
 from rexec import AuthenticationError, ConnectionLost, RemoteError
-from rexec.codec import FrameDecoder
-from rexec.core import Authenticated, ClientCore, Finished
-from rexec.frames import Header
+from rexec.client.core import Authenticated, ClientCore, Finished
+from rexec.wire.codec import FrameDecoder
+from rexec.wire.frames import Header
 from tests.conftest import ServerProcess, run_cli, start_server, wait_until, write_server_pki
 
 ATTACKER, OTHER, DISTANT = "127.0.0.2", "127.0.0.3", "127.0.0.4"

@@ -14,7 +14,7 @@ import pytest
 
 import rexec
 from rexec import CommandNotStarted
-from rexec.auth import TokenVerifier
+from rexec.wire.auth import TokenVerifier
 from tests.conftest import run_cli, start_server
 
 READER_TOKEN = "reader-token-with-enough-entropy-0123456789"
@@ -119,4 +119,4 @@ def test_the_clients_start_up_never_imports_re2(srv):
                if line.startswith("import time:")]
     assert "rexec.cli.run" in modules  # the profile really covers the client's imports
     assert not [m for m in modules if m.split(".")[0] in ("re2", "_re2")]
-    assert "rexec.patterns" not in modules
+    assert "rexec.server.patterns" not in modules

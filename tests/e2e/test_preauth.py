@@ -25,9 +25,9 @@ import pytest
 
 import rexec
 from rexec import AuthenticationError
-from rexec.codec import FrameDecoder, encode
-from rexec.core import ClientCore
-from rexec.frames import Header, Run
+from rexec.client.core import ClientCore
+from rexec.wire.codec import FrameDecoder, encode
+from rexec.wire.frames import Header, Run
 from tests.conftest import (
     ServerProcess,
     fd_count,

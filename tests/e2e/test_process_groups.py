@@ -23,8 +23,8 @@ import pytest
 
 import rexec
 from rexec import CommandNotStarted
-from rexec.auth import TokenVerifier
-from rexec.core import Authenticated, ClientCore, Finished, Output
+from rexec.client.core import Authenticated, ClientCore, Finished, Output
+from rexec.wire.auth import TokenVerifier
 from tests.conftest import (
     ROOT,
     TOKEN,

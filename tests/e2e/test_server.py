@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from rexec.codec import FrameDecoder, encode
-from rexec.frames import Error, Hello, Run
+from rexec.wire.codec import FrameDecoder, encode
+from rexec.wire.frames import Error, Hello, Run
 from tests.conftest import ROOT, TOKEN, run_cli, start_server, write_token
 
 

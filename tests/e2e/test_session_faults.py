@@ -11,9 +11,9 @@ import threading
 import time
 
 import rexec
-from rexec.codec import FrameDecoder, encode
-from rexec.core import Authenticated, ClientCore
-from rexec.frames import Error, Hello
+from rexec.client.core import Authenticated, ClientCore
+from rexec.wire.codec import FrameDecoder, encode
+from rexec.wire.frames import Error, Hello
 from tests.conftest import ROOT, pids_in_group, reap, run_cli, wait_until
 
 
@@ -106,7 +106,7 @@ def test_fatal_error_while_output_is_backed_up_leaves_the_server_healthy(fresh_s
 
 
 def test_stdin_overflow_is_a_protocol_error(fresh_server):
-    from rexec.frames import MAX_BODY_SIZE, Stdin
+    from rexec.wire.frames import MAX_BODY_SIZE, Stdin
 
     sock, core = _authenticated_socket(fresh_server)
     with sock:

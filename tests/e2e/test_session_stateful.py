@@ -40,11 +40,11 @@ from hypothesis.stateful import (
 )
 
 import rexec
-from rexec.auth import new_nonce
-from rexec.codec import FrameDecoder, encode
-from rexec.core import Authenticated, ClientCore
+from rexec.client.core import Authenticated, ClientCore
 from rexec.errors import ProtocolError
-from rexec.frames import PROTOCOL_VERSION, Auth, Cancel, Challenge, Header, Run
+from rexec.wire.auth import new_nonce
+from rexec.wire.codec import FrameDecoder, encode
+from rexec.wire.frames import PROTOCOL_VERSION, Auth, Cancel, Challenge, Header, Run
 from tests.conftest import ServerProcess, live_children, live_processes, start_server, wait_until
 
 MAX_CONNECTIONS = 4
@@ -81,7 +81,7 @@ def answer(core: ClientCore, challenge: Challenge) -> bytes:
 class Conn:
     """One raw connection and what the server must think of it.
 
-    Its handshake frames come from a real ClientCore (so the proofs are rexec.auth's, whatever
+    Its handshake frames come from a real ClientCore (so the proofs are rexec.wire.auth's, whatever
     the scheme); everything else is written and read by hand.
     """
 
@@ -368,7 +368,7 @@ class SessionMachine(RuleBasedStateMachine):
 
 def command_children(pid: int) -> list[str]:
     """The server's live children, but for its guardian (which lives as long as it does)."""
-    return [child for child in live_children(pid) if "rexec.guardian" not in child]
+    return [child for child in live_children(pid) if "rexec.server.exec.guardian" not in child]
 
 
 @pytest.fixture(scope="module")

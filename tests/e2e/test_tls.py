@@ -16,8 +16,8 @@ import pytest
 import trustme
 
 import rexec
-from rexec.codec import encode
-from rexec.frames import Hello
+from rexec.wire.codec import encode
+from rexec.wire.frames import Hello
 from tests.conftest import ROOT, TOKEN, reap, run_cli, start_server, write_token
 
 

@@ -10,17 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from rexec import auth
-from rexec.config import (
-    DEFAULT_PORT,
-    ClientSettings,
-    ServerSettings,
-    client_settings,
-    load_settings,
-    parse_address,
-    resolve_token,
-)
+from rexec import tokens as token_files
+from rexec.client.settings import ClientSettings, client_settings
+from rexec.config import load_settings, resolve_token
 from rexec.errors import ConfigError
+from rexec.server.settings import ServerSettings
+from rexec.wire import auth
+from rexec.wire.address import DEFAULT_PORT, parse_address
 
 SECRET = "s3cret-token-value-XYZ"
 CN, SN = "11" * 32, "22" * 32
@@ -288,7 +284,7 @@ def test_nonces_and_tokens_are_fresh() -> None:
     nonces = {auth.new_nonce() for _ in range(20)}
     assert len(nonces) == 20
     assert all(len(n) == 64 and int(n, 16) >= 0 for n in nonces)
-    tokens = {auth.generate_token() for _ in range(20)}
+    tokens = {token_files.generate_token() for _ in range(20)}
     assert len(tokens) == 20
     assert all(len(t) >= 43 for t in tokens)
 
@@ -304,7 +300,7 @@ def make_token_file(path: Path, text: str, mode: int = 0o600) -> Path:
 
 def test_token_file_is_read_and_stripped(tmp_path: Path) -> None:
     path = make_token_file(tmp_path / "t", f"  {SECRET}\n\n")
-    assert auth.read_token_file(path) == SECRET
+    assert token_files.read_token_file(path) == SECRET
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o700 | 0o001])
@@ -313,7 +309,7 @@ def test_token_file_readable_by_others_is_refused_with_a_chmod_hint(
 ) -> None:
     path = make_token_file(tmp_path / "t", SECRET, mode)
     with pytest.raises(ConfigError) as info:
-        auth.read_token_file(path)
+        token_files.read_token_file(path)
     message = str(info.value)
     assert f"mode {mode:04o}" in message
     assert f"chmod 600 {path}" in message
@@ -324,14 +320,14 @@ def test_token_file_readable_by_others_is_refused_with_a_chmod_hint(
 def test_empty_token_file_is_refused(tmp_path: Path, text: str) -> None:
     path = make_token_file(tmp_path / "t", text)
     with pytest.raises(ConfigError, match="empty") as info:
-        auth.read_token_file(path)
+        token_files.read_token_file(path)
     assert str(path) in str(info.value)
 
 
 def test_missing_token_file_says_so(tmp_path: Path) -> None:
     path = tmp_path / "nope" / "token"
     with pytest.raises(ConfigError) as info:
-        auth.read_token_file(path)
+        token_files.read_token_file(path)
     assert str(info.value) == f"token file {path} does not exist"
 
 
@@ -340,7 +336,7 @@ def test_unreadable_token_file_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe" + SECRET.encode())
     path.chmod(0o600)
     with pytest.raises(ConfigError, match="cannot read token file") as info:
-        auth.read_token_file(path)
+        token_files.read_token_file(path)
     assert SECRET not in str(info.value)
 
 
@@ -348,19 +344,19 @@ def test_write_token_file_is_owner_only_and_replaces(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "home" / "token"
     old_umask = os.umask(0)  # the mode must not depend on the caller's umask
     try:
-        auth.write_token_file(path, "first")
-        auth.write_token_file(path, SECRET)
+        token_files.write_token_file(path, "first")
+        token_files.write_token_file(path, SECRET)
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert path.read_text() == SECRET + "\n"
-    assert auth.read_token_file(path) == SECRET
+    assert token_files.read_token_file(path) == SECRET
     assert sorted(p.name for p in path.parent.iterdir()) == ["token"]  # no temp file left
 
 
 def test_default_token_path_follows_rexec_home(isolated_home: Path) -> None:
-    assert auth.default_token_path() == isolated_home / "token"
+    assert token_files.default_token_path() == isolated_home / "token"
 
 
 # --- addresses -----------------------------------------------------------------------------
@@ -405,7 +401,7 @@ def test_parse_address_refuses(address: str, fragment: str) -> None:
 
 
 def test_parse_address_non_ascii_digit_port_raises_config_error() -> None:
-    """config.py line 155 checks ``port_text.isdigit()`` and then calls ``int(port_text)``.
+    """wire/address.py checks ``port_text.isdigit()`` and then calls ``int(port_text)``.
 
     ``"²".isdigit()`` is True but ``int("²")`` raises ValueError, so ``parse_address("h:²")``
     escapes as a bare ValueError (a traceback in the CLI) instead of a ConfigError.

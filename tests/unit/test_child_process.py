@@ -1,4 +1,4 @@
-"""ChildProcess keeps its exited leader unreaped while it may signal the group (rexec.runner).
+"""ChildProcess keeps its exited leader unreaped while it may signal its group (server/exec/child).
 
 The group's ID is the leader's PID, which Linux gives out again only once the leader is reaped
 and no process is left in the group: so a signal sent while the leader is kept reaches the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rexec.runner import ChildProcess
+from rexec.server.exec.child import ChildProcess
 
 STEP = 5.0  # seconds any one wait may take
 PIDFD_OPEN = os.pidfd_open  # the test's own, whatever the watch fixture does to ChildProcess's
@@ -178,7 +178,7 @@ def test_a_leader_reaped_behind_our_back_is_not_signalled_again() -> None:
 
 
 def test_live_groups_are_those_with_a_process_that_is_not_a_zombie() -> None:
-    from rexec.runner import live_groups
+    from rexec.server.exec.child import live_groups
 
     running = subprocess.Popen(["sleep", "30"], start_new_session=True)
     ended = subprocess.Popen(["true"], start_new_session=True)

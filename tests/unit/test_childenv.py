@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rexec.childenv import (
+from rexec.server.exec.env import (
     AUDIT_VALUE_LIMIT,
     DEFAULT_PATH,
     Account,
@@ -19,8 +19,8 @@ from rexec.childenv import (
     inherited,
     is_unsafe,
 )
-from rexec.identity import Policy
-from rexec.runner import Confinement, describe_spawn_error
+from rexec.server.exec.runner import Confinement, describe_spawn_error
+from rexec.server.identity import Policy
 
 ALICE = Account("alice", 1000, 1000, "/home/alice", "/bin/bash")
 

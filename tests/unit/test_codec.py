@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rexec import frames as f
-from rexec.codec import RECEIVE_SIZE, FrameDecoder, decode_header, encode, encode_prefix
 from rexec.errors import ProtocolError
+from rexec.wire import frames as f
+from rexec.wire.codec import RECEIVE_SIZE, FrameDecoder, decode_header, encode, encode_prefix
 
 NONCE = "0123456789abcdef" * 4
 MAC = "fedcba9876543210" * 4
@@ -370,7 +370,7 @@ def test_decode_header_deep_nesting_raises_protocol_error_not_recursion_error() 
     assert info.value.code == "bad_header"
 
 
-# --- bugs: these fail until rexec/codec.py is fixed ---------------------------------------
+# --- bugs: these fail until rexec/wire/codec.py is fixed ---------------------------------------
 
 
 def test_json_number_that_overflows_to_infinity_is_refused() -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from rexec import auth
-from rexec import frames as f
-from rexec.core import Authenticated, ClientCore, Finished, Output
+from rexec.client.core import Authenticated, ClientCore, Finished, Output
 from rexec.errors import (
     AuthenticationError,
     CommandNotStarted,
@@ -15,8 +13,10 @@ from rexec.errors import (
     ProtocolError,
     RemoteError,
 )
-from rexec.protocol import Connection, Role, State
 from rexec.result import TIMEOUT_STATUS, Result
+from rexec.wire import auth
+from rexec.wire import frames as f
+from rexec.wire.protocol import Connection, Role, State
 
 TOKEN = "core-test-token"
 SERVER_NONCE = "5a" * 32
@@ -24,7 +24,7 @@ SALT = bytes.fromhex("00112233445566778899aabbccddeeff")
 
 
 class FakeServer:
-    """The server's end: a real server-role Connection, frames built from rexec.frames.
+    """The server's end: a real server-role Connection, frames built from rexec.wire.frames.
 
     It holds only a TokenVerifier, as a real server does, and proves itself with it.
     """

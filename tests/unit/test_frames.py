@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from rexec import frames as f
-from rexec.codec import decode_header, encode
+from rexec.wire import frames as f
+from rexec.wire.codec import decode_header, encode
 
 NONCE = "ab" * 32
 MODELS: tuple[type[BaseModel], ...] = typing.get_args(typing.get_args(f.Header)[0])
@@ -423,7 +423,7 @@ def test_parse_header_agrees_with_the_union(obj: dict[str, Any]) -> None:
         assert got == expected
 
 
-# --- bugs: these fail until rexec/frames.py is fixed ---------------------------------------
+# --- bugs: these fail until rexec/wire/frames.py is fixed ---------------------------------------
 
 
 @pytest.mark.parametrize("size", [False, 0.0], ids=["false", "float-zero"])
@@ -456,7 +456,7 @@ def test_exit_refuses_an_infinite_duration() -> None:
 def test_models_are_built_on_first_use_or_by_build_all() -> None:
     # In a fresh interpreter: this process has long since built them all.
     code = (
-        "from rexec import frames as f\n"
+        "from rexec.wire import frames as f\n"
         "assert not any(m.__pydantic_complete__ for m in f.MODELS.values())\n"
         "f.Cancel()\n"
         "assert [t for t, m in f.MODELS.items() if m.__pydantic_complete__] == ['cancel']\n"

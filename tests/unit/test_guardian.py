@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from rexec.guardian import guard
+from rexec.server.exec.guardian import guard
 
 
 def _sleeper() -> subprocess.Popen[bytes]:
@@ -60,7 +60,7 @@ def test_orders_do_not_wake_the_guardian_and_a_hang_up_does() -> None:
 
     sleeper = _sleeper()
     guardian = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from rexec.guardian import guard;"
+        [sys.executable, "-c", "import sys; from rexec.server.exec.guardian import guard;"
          " print(sorted(guard(0, 0.1, drain_interval=30)), flush=True)"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )
@@ -91,7 +91,7 @@ def test_orders_do_not_wake_the_guardian_and_a_hang_up_does() -> None:
 
 REUSED_DURING_THE_GRACE = r"""
 import os, subprocess, threading
-from rexec.guardian import guard
+from rexec.server.exec.guardian import guard
 
 leader = subprocess.Popen(["sleep", "30"], start_new_session=True)
 read, write = os.pipe()
@@ -117,7 +117,7 @@ other.kill()
 def _group_signals_by_pidfd() -> bool:
     import signal
 
-    from rexec.guardian import PIDFD_SIGNAL_PROCESS_GROUP
+    from rexec.server.exec.guardian import PIDFD_SIGNAL_PROCESS_GROUP
 
     pidfd = os.pidfd_open(os.getpid())
     try:

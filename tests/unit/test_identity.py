@@ -1,4 +1,4 @@
-"""Identities and command policy (rexec/identity.py), and their settings (IdentitySettings)."""
+"""Identities and command policy (server/identity.py), and their settings (IdentitySettings)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rexec import auth
-from rexec.config import IdentitySettings, ServerSettings, load_settings
+from rexec.config import load_settings
 from rexec.errors import ConfigError
-from rexec.frames import Run
-from rexec.identity import (
+from rexec.server.exec.workdir import WorkDirError
+from rexec.server.identity import (
     DEFAULT_IDENTITY,
     UNRESTRICTED,
     Identities,
@@ -21,9 +20,11 @@ from rexec.identity import (
     Policy,
     Refusal,
 )
-from rexec.patterns import Pattern
+from rexec.server.patterns import Pattern
+from rexec.server.settings import IdentitySettings, ServerSettings
 from rexec.tls import parse_subject as dn
-from rexec.workdir import WorkDirError
+from rexec.wire import auth
+from rexec.wire.frames import Run
 
 TOKEN = "identity-test-token"
 
@@ -111,7 +112,7 @@ def test_deny_patterns_are_anchored_too() -> None:
     "ls > /etc/passwd",
 ])
 def test_known_property_a_loose_pattern_admits_shell_syntax(command: str) -> None:
-    """Documented in rexec/identity.py: ``ls .*`` lets the shell run anything after ``ls``.
+    """Documented in rexec/server/identity.py: ``ls .*`` lets the shell run anything after ``ls``.
 
     With the shell a pattern cannot tell arguments from operators; this is what it admits,
     and a pattern that excludes shell syntax does not.

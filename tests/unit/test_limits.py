@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rexec import limits
-from rexec.config import ServerSettings, load_settings
+from rexec.config import load_settings
 from rexec.errors import ConfigError
-from rexec.frames import Run
-from rexec.limits import PENALTY_WINDOW, AuthPenalty, MaxStartups, ServerLimits, StartupGate
+from rexec.server import limits
+from rexec.server.limits import PENALTY_WINDOW, AuthPenalty, MaxStartups, ServerLimits, StartupGate
+from rexec.server.settings import ServerSettings
+from rexec.wire.frames import Run
 
 
 class Clock:

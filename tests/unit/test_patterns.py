@@ -1,4 +1,4 @@
-"""Allow/deny patterns compiled by RE2 (rexec/patterns.py), and how the config refuses bad ones."""
+"""Allow/deny patterns compiled by RE2 (server/patterns.py), and how the config refuses bad ones."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from rexec.config import ServerSettings, load_settings
+from rexec.config import load_settings
 from rexec.errors import ConfigError
-from rexec.patterns import Pattern, PatternError
+from rexec.server.patterns import Pattern, PatternError
+from rexec.server.settings import ServerSettings
 
 REDOS = r"cat ([a-z0-9/._-]+ ?)+"  # the finding's pattern: Python's re backtracks exponentially
 

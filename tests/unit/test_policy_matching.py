@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rexec.frames import Run
-from rexec.identity import Policy, Refusal
-from rexec.patterns import Pattern
+from rexec.server.identity import Policy, Refusal
+from rexec.server.patterns import Pattern
+from rexec.wire.frames import Run
 
 ARGV_DENY = Policy(shell=False, deny=(Pattern("id( .*)?"), Pattern("rm( .*)?")))
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rexec import frames as f
-from rexec.codec import encode
 from rexec.errors import ProtocolError
-from rexec.protocol import TRANSITIONS, Connection, Role, State, event_name, transition
+from rexec.wire import frames as f
+from rexec.wire.codec import encode
+from rexec.wire.protocol import TRANSITIONS, Connection, Role, State, event_name, transition
 
 C, S = Role.CLIENT, Role.SERVER
 NONCE = "0f" * 32

@@ -1,4 +1,4 @@
-"""Which commands run without /bin/sh, and the PWD they get (rexec.runner)."""
+"""Which commands run without /bin/sh, and the PWD they get (rexec.server.exec.shortcut)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rexec.runner import SHELL_WORDS, direct_argv, shell_pwd
+from rexec.server.exec.shortcut import SHELL_WORDS, direct_argv, shell_pwd
 
 
 @pytest.mark.parametrize(("command", "words"), [
@@ -75,7 +75,8 @@ def _pipe_size(fd: int) -> int:
 def test_pipes_grow_only_for_output_that_fills_them(command: str, grown: bool) -> None:
     import asyncio
 
-    from rexec.runner import PIPE_SIZE, Runner
+    from rexec.server.exec.child import PIPE_SIZE
+    from rexec.server.exec.runner import Runner
 
     async def main() -> tuple[int, list[int]]:
         child = Runner().start(["/bin/sh", "-c", command], {"PATH": os.defpath})

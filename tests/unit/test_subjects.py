@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rexec.config import ServerSettings, load_settings
+from rexec.config import load_settings
 from rexec.errors import ConfigError
-from rexec.identity import Identities, Identity
+from rexec.server.identity import Identities, Identity
+from rexec.server.settings import ServerSettings
 from rexec.tls import _ATTRIBUTES, Subject, format_subject, make_subject, parse_subject, subject_of
 
 CN, ORG, OU = "commonName", "organizationName", "organizationalUnitName"

@@ -3,7 +3,7 @@
 Every decision is recorded (a login, a refused connection, a command started, refused or not
 started, and how it ended) and so is every connection's end, with who, from where, what, and
 why. Tokens never appear: records are built from identity names, never from secrets, and the
-environment a client sends is kept with secret-looking values hidden (``childenv.audit_env``).
+environment a client sends is kept with secret-looking values hidden (``exec.env.audit_env``).
 
 Records are pure ASCII (``ensure_ascii``): a command line holding U+2028 or U+0085 cannot split a
 record for readers that cut lines at every Unicode line break, as Python's ``splitlines`` does.
@@ -29,6 +29,12 @@ from typing import IO, Any
 from rexec.errors import ConfigError
 
 log = logging.getLogger("rexec.server")
+
+
+def log_event(level: int, event: str, **fields: Any) -> None:
+    """Write one structured (JSON) log line."""
+    if log.isEnabledFor(level):
+        log.log(level, json.dumps({"event": event, **fields}, default=str))
 
 
 class AuditLog:

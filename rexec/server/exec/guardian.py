@@ -20,15 +20,16 @@ do. Limits: a command that leaves its process group (``setsid``, a daemon that d
 into a new session) is out of reach, by design: that is how daemons are started on purpose.
 
 Which IDs it signals: the server writes ``-PGID`` just before it reaps the group's leader, and
-until then that zombie keeps the ID from being given out again (rexec.runner.ChildProcess), so
-the groups registered when the server dies are its commands'. Once it is dead its children are
-reaped by init, and a group's ID is free again once its last process is gone. So the guardian
-takes a pidfd of each leader still there as soon as the server is gone, and signals through it
-with PIDFD_SIGNAL_PROCESS_GROUP (Linux 6.9): that reaches the group the leader led, and nothing
-once it is gone, even if another group has its ID by then (the SIGKILL comes a kill grace
-later). Older kernels, and groups whose leader was already reaped, get ``killpg`` as before.
+until then that zombie keeps the ID from being given out again
+(rexec.server.exec.child.ChildProcess), so the groups registered when the server dies are its
+commands'. Once it is dead its children are reaped by init, and a group's ID is free again once its
+last process is gone. So the guardian takes a pidfd of each leader still there as soon as the
+server is gone, and signals through it with PIDFD_SIGNAL_PROCESS_GROUP (Linux 6.9): that reaches
+the group the leader led, and nothing once it is gone, even if another group has its ID by then
+(the SIGKILL comes a kill grace later). Older kernels, and groups whose leader was already reaped,
+get ``killpg`` as before.
 
-Run as ``python -m rexec.guardian KILL_GRACE``; it reads its orders from standard input.
+Run as ``python -m rexec.server.exec.guardian KILL_GRACE``; it reads its orders from standard input.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def main() -> int:
 
 def guardian_environment() -> dict[str, str]:
     """What the guardian needs to start (where Python finds rexec), and no secret."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # This file is rexec/server/exec/guardian.py: the root is the folder that holds rexec/.
+    package_root = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 3))
     paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": os.pathsep.join(paths)}
     if "PYTHONHOME" in os.environ:
@@ -139,7 +141,7 @@ class Guardian:
 
     def __init__(self, kill_grace: float) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "rexec.guardian", str(kill_grace)],
+            [sys.executable, "-m", "rexec.server.exec.guardian", str(kill_grace)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
             close_fds=True, env=guardian_environment(),
         )

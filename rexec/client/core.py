@@ -11,14 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from rexec import __version__
-from rexec.auth import (
-    auth_message,
-    client_proof,
-    expected_server_proof,
-    new_nonce,
-    proofs_match,
-)
+from rexec._version import __version__
 from rexec.errors import (
     AuthenticationError,
     CommandNotStarted,
@@ -26,7 +19,15 @@ from rexec.errors import (
     ProtocolError,
     RemoteError,
 )
-from rexec.frames import (
+from rexec.result import Result
+from rexec.wire.auth import (
+    auth_message,
+    client_proof,
+    expected_server_proof,
+    new_nonce,
+    proofs_match,
+)
+from rexec.wire.frames import (
     MAX_BODY_SIZE,
     PROTOCOL_VERSION,
     STDIN_WINDOW,
@@ -42,8 +43,7 @@ from rexec.frames import (
     Stdin,
     StdinEof,
 )
-from rexec.protocol import Connection, Role, State
-from rexec.result import Result
+from rexec.wire.protocol import Connection, Role, State
 
 AGENT = f"rexec/{__version__}"
 StreamName: TypeAlias = Literal["stdout", "stderr"]

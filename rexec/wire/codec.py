@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rexec.errors import ProtocolError
-from rexec.frames import MAX_BODY_SIZE, MAX_HEADER_SIZE, Header, parse_header
+from rexec.wire.frames import MAX_BODY_SIZE, MAX_HEADER_SIZE, Header, parse_header
 
 _LENGTH = struct.Struct(">I")
 _EMPTY = memoryview(b"")

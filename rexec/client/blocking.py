@@ -18,8 +18,8 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import IO, Any
 
-from rexec.config import client_settings, parse_address
-from rexec.core import Authenticated, ClientCore, Event, Finished, Output
+from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
+from rexec.client.settings import client_settings
 from rexec.errors import (
     CommandFailed,
     ConnectError,
@@ -28,6 +28,7 @@ from rexec.errors import (
 )
 from rexec.result import Result
 from rexec.sockets import tune
+from rexec.wire.address import parse_address
 
 READ_SIZE = 256 * 1024
 STDIN_CHUNK = 256 * 1024

@@ -12,16 +12,18 @@ import ssl
 import sys
 from pathlib import Path
 
-from rexec.audit import AuditLog
-from rexec.auth import default_token_path, generate_token, write_token_file
-from rexec.childenv import DEFAULT_PATH, ChildEnvSettings
-from rexec.config import ServerSettings, load_settings, resolve_token
+from rexec.config import load_settings, resolve_token
 from rexec.errors import ConfigError
-from rexec.guardian import Guardian
-from rexec.identity import Identities
-from rexec.limits import MaxStartups, ServerLimits
-from rexec.server import Server
+from rexec.server.audit import AuditLog
+from rexec.server.exec.env import DEFAULT_PATH, ChildEnvSettings
+from rexec.server.exec.guardian import Guardian
+from rexec.server.identity import Identities
+from rexec.server.limits import MaxStartups, ServerLimits
+from rexec.server.listener import Server
+from rexec.server.settings import ServerSettings
 from rexec.tls import server_context
+from rexec.tokens import default_token_path, generate_token, write_token_file
+from rexec.wire.address import format_address
 
 
 def server_setup(config: Path | None, **cli: object) -> tuple[ServerSettings, str | None]:
@@ -73,11 +75,6 @@ def forget_token_variable() -> None:
         pass
 
 
-def format_address(host: str, port: int) -> str:
-    """host:port, with IPv6 hosts in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.partition("%")[0]).is_loopback
@@ -96,7 +93,7 @@ def run_server(
     )
     # An ignored SIGCHLD, inherited from whatever started the server, has the kernel reap its
     # children at once: every exit status would read 0, and an exited leader could not be kept
-    # to hold its group's ID (rexec.runner.ChildProcess).
+    # to hold its group's ID (rexec.server.exec.child.ChildProcess).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     return asyncio.run(_serve(settings, token, tls))
 
@@ -111,8 +108,8 @@ def tls_setup(settings: ServerSettings) -> ssl.SSLContext | None:
 async def _serve(
     settings: ServerSettings, token: str | None, tls: ssl.SSLContext | None
 ) -> int:
-    from rexec.frames import build_all
-    from rexec.runner import Runner
+    from rexec.server.exec.runner import Runner
+    from rexec.wire.frames import build_all
 
     build_all()
     identities = Identities.from_token(token) if token else Identities()

@@ -19,17 +19,15 @@ import contextlib
 import ssl
 from typing import Any, cast
 
-from rexec.codec import Frame
 from rexec.errors import ConnectionLost, ProtocolError, map_socket_errors
-from rexec.frames import HANDSHAKE_MAX_HEADER, Error, Header
-from rexec.protocol import Connection, Role
-from rexec.sockets import KEEPALIVE, tune
+from rexec.sockets import KEEPALIVE, READ_SIZE, tune
 from rexec.tls import TLS_HANDSHAKE_RECORD, Subject, format_subject, subject_of
+from rexec.wire.codec import Frame
+from rexec.wire.frames import HANDSHAKE_MAX_HEADER, Error, Header
+from rexec.wire.protocol import Connection, Role
 
-READ_SIZE = 256 * 1024
 HANDSHAKE_READ = 4 * 1024
 """The most one read takes from an unauthenticated client's socket (hello and auth are small)."""
-STREAM_LIMIT = 1024 * 1024
 WRITE_HIGH_WATER = 1024 * 1024
 CLOSE_TIMEOUT = 2.0
 JOIN_LIMIT = 64 * 1024

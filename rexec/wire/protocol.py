@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import enum
 
-from rexec.codec import Frame, FrameDecoder, encode, encode_prefix
 from rexec.errors import ProtocolError
-from rexec.frames import MAX_BODY_SIZE, MAX_HEADER_SIZE, Header
+from rexec.wire.codec import Frame, FrameDecoder, encode, encode_prefix
+from rexec.wire.frames import MAX_BODY_SIZE, MAX_HEADER_SIZE, Header
 
 
 class Role(enum.Enum):

@@ -1,13 +1,13 @@
 """Who a client is, and what it may do: identities, how they authenticate, and command policy.
 
-An identity authenticates with a token (the server keeps only its hash, see ``rexec.auth``), with
-a TLS client certificate subject, or with both. Its policy decides, before anything is started,
-whether a ``run`` is allowed and with which limits. The shared server token, when one is
-configured, is the identity "default", with no restrictions.
+An identity authenticates with a token (the server keeps only its hash, see
+``rexec.wire.auth``), with a TLS client certificate subject, or with both. Its policy decides,
+before anything is started, whether a ``run`` is allowed and with which limits. The shared
+server token, when one is configured, is the identity "default", with no restrictions.
 
 What a policy on shell command strings can and cannot do: ``allow``/``deny`` patterns are
-anchored RE2 regular expressions (``rexec.patterns``: linear-time matching) matched against the
-whole command line. With the shell (the default), ``allow = ["uptime"]`` admits exactly
+anchored RE2 regular expressions (``rexec.server.patterns``: linear-time matching) matched
+against the whole command line. With the shell (the default), ``allow = ["uptime"]`` admits exactly
 ``uptime``; but a pattern such as ``ls .*`` admits ``ls ; rm -rf /``, because the shell gives
 ``;``, ``|``, ``$( )``, redirections and more their meaning. Write patterns that exclude shell
 syntax, or set ``shell = false``: the command line is then split like a shell would split words
@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rexec.auth import TokenVerifier, decoy_salt
-from rexec.childenv import is_unsafe, matches_any
-from rexec.frames import Run
-from rexec.workdir import WorkDir, open_workdir
+from rexec.server.exec.env import is_unsafe, matches_any
+from rexec.server.exec.workdir import WorkDir, open_workdir
+from rexec.wire.auth import TokenVerifier, decoy_salt
+from rexec.wire.frames import Run
 
 if TYPE_CHECKING:
-    from rexec.patterns import Pattern
+    from rexec.server.patterns import Pattern
     from rexec.tls import Subject
 
 DEFAULT_IDENTITY = "default"

@@ -10,8 +10,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rexec.frames import MAX_COMMAND_LENGTH, Run
-from rexec.identity import Refusal
+from rexec.server.identity import Refusal
+from rexec.wire.frames import MAX_COMMAND_LENGTH, Run
 
 PENALTY_WINDOW = 30.0  # seconds a failed authentication counts against its source
 MAX_STARTUPS_CEILING = 100_000

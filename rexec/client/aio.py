@@ -1,8 +1,8 @@
 """The async client: ``async with Client("host:port") as c: result = await c.run("cmd")``.
 
 One Client is one authenticated connection; commands on it run one after another (concurrent
-``run`` calls queue on a lock). The protocol logic lives in ``rexec.core.ClientCore``, shared with
-the blocking client; this module only moves bytes.
+``run`` calls queue on a lock). The protocol logic lives in ``rexec.client.core.ClientCore``,
+shared with the blocking client; this module only moves bytes.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from rexec.config import client_settings, parse_address
-from rexec.core import Authenticated, ClientCore, Event, Finished, Output
+from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
+from rexec.client.settings import client_settings
 from rexec.errors import CommandFailed, ConnectError, RexecError, map_socket_errors
 from rexec.result import Result
-from rexec.sockets import tune
+from rexec.sockets import READ_SIZE, STREAM_LIMIT, tune
 from rexec.tls import CLOSED_IN_HANDSHAKE, client_context, describe_ssl_error
-from rexec.transport import READ_SIZE, STREAM_LIMIT
+from rexec.wire.address import parse_address
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
 OutputCallback = Callable[[bytes | memoryview], object]

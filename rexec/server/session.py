@@ -1,4 +1,4 @@
-"""The asyncio server: an accept loop and one Session per connection.
+"""One connection: the handshake, then its commands one after another.
 
 A Session authenticates its client, then runs its commands one after another: it starts the child
 synchronously when the ``run`` frame arrives (so stdin frames right behind it find the child), pumps
@@ -14,24 +14,26 @@ import json
 import logging
 import os
 import signal
-import ssl
 import subprocess
 import time
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rexec import __version__
-from rexec.audit import AuditLog
-from rexec.auth import auth_message, new_nonce
-from rexec.childenv import ChildEnvSettings, account, audit_env, child_environment
-from rexec.codec import Frame
-from rexec.config import DEFAULT_PORT
+from rexec._version import __version__
 from rexec.errors import ConnectionLost, ProtocolError
-from rexec.frames import (
+from rexec.server.audit import log_event
+from rexec.server.command import Command, StdinFeeder
+from rexec.server.exec.child import ChildProcess, ExitStatus
+from rexec.server.exec.env import account, audit_env, child_environment
+from rexec.server.exec.runner import Confinement, describe_spawn_error
+from rexec.server.exec.shortcut import shell_pwd
+from rexec.server.exec.workdir import WorkDir, WorkDirError
+from rexec.server.identity import Identity, Refusal
+from rexec.server.stream import FramedStream, TLSHandshakeFailed
+from rexec.tls import Subject
+from rexec.wire.auth import auth_message, new_nonce
+from rexec.wire.codec import Frame
+from rexec.wire.frames import (
     PROTOCOL_VERSION,
-    STDIN_WINDOW,
     Auth,
     AuthOk,
     Challenge,
@@ -43,41 +45,15 @@ from rexec.frames import (
     StdinCredit,
     Stdout,
 )
-from rexec.identity import Identities, Identity, Refusal
-from rexec.limits import AuthPenalty, ServerLimits, StartupGate
-from rexec.protocol import Role, State
-from rexec.runner import (
-    READ_CHUNK,
-    ChildProcess,
-    Confinement,
-    ExitStatus,
-    Runner,
-    describe_spawn_error,
-    live_groups,
-    shell_pwd,
-)
-from rexec.sockets import KEEPALIVE
-from rexec.tls import Subject
-from rexec.transport import STREAM_LIMIT, FramedStream, TLSHandshakeFailed
-from rexec.workdir import WorkDir, WorkDirError
+from rexec.wire.protocol import State
+
+if TYPE_CHECKING:
+    from rexec.server.listener import Server
 
 log = logging.getLogger("rexec.server")
 
 AGENT = f"rexec-server/{__version__}"
-HANDSHAKE_TIMEOUT = 10.0
 ERROR_SEND_TIMEOUT = 2.0
-DRAIN_GRACE = 0.5  # after the shell exits, a pipe quiet this long is left to its background holder
-CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
-BUFFER_POOL = 32  # idle pump buffers kept for reuse (8 MiB at most)
-# asyncio's default backlog (100) overflowed when 500 clients connected at once (docs/benchmarks.md)
-LISTEN_BACKLOG = 1024
-REFUSAL_FLUSH_TIMEOUT = 1.0  # a refused newcomer's error frame is tiny: it leaves at once
-BUSY = {
-    "max_startups": "busy: too many unauthenticated connections (max_startups), try again later",
-    "per_source_max_startups": "busy: too many unauthenticated connections from your address"
-                               " (per_source_max_startups), try again later",
-}
-"""What a refused newcomer is told (the log and the audit record say more)."""
 HandshakeT = TypeVar("HandshakeT", Hello, Auth)
 
 
@@ -87,189 +63,6 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def log_event(level: int, event: str, **fields: Any) -> None:
-    """Write one structured (JSON) log line."""
-    if log.isEnabledFor(level):
-        log.log(level, json.dumps({"event": event, **fields}, default=str))
-
-
-class Server:
-    """Accepts connections and serves each with a Session."""
-
-    def __init__(
-        self,
-        identities: Identities,
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
-        *,
-        runner: Runner | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        drain_grace: float = DRAIN_GRACE,
-        keepalive: float = KEEPALIVE,
-        tls: ssl.SSLContext | None = None,
-        limits: ServerLimits | None = None,
-        audit: AuditLog | None = None,
-        child_env: ChildEnvSettings | None = None,
-        umask: int = 0o022,
-    ) -> None:
-        self.identities = identities
-        self.child_env = child_env or ChildEnvSettings()
-        self.umask = umask
-        # The server's directory and PWD do not change: the PWD its commands start with.
-        self.own_pwd = shell_pwd(None, os.environ.get("PWD"))
-        self.tls = tls
-        self.limits = limits or ServerLimits()
-        self.audit = audit or AuditLog(None)
-        self.active_commands: Counter[str] = Counter()
-        self.active_connections: Counter[str] = Counter()
-        self.gate = StartupGate(self.limits.max_startups, self.limits.per_source_max_startups)
-        self.penalty = AuthPenalty(self.limits.auth_penalty_max)
-        self.host = host
-        self.port = port
-        self.runner = runner or Runner()
-        self.handshake_timeout = handshake_timeout
-        self.drain_grace = drain_grace
-        self.keepalive = keepalive
-        self.sessions: set[Session] = set()
-        self.unreaped: set[ChildProcess] = set()  # ended commands whose leader is not reaped yet
-        self.shutting_down = False
-        self._buffers: list[bytearray] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> list[tuple[str, int]]:
-        """Bind and start accepting; return the (host, port) pairs actually bound."""
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, limit=STREAM_LIMIT, reuse_address=True,
-            backlog=LISTEN_BACKLOG,
-        )
-        return self.addresses
-
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        """Where the server listens."""
-        if self._server is None:
-            return []
-        return [sock.getsockname()[:2] for sock in self._server.sockets]
-
-    def take_buffer(self) -> bytearray:
-        """A read buffer for a pump, reused: a fresh 256 KiB zeroed buffer per command costs
-        more than the rest of a short command's bookkeeping."""
-        return self._buffers.pop() if self._buffers else bytearray(READ_CHUNK)
-
-    def give_buffer(self, buffer: bytearray) -> None:
-        """Return a pump's buffer (its bytes were sent or copied by the transport)."""
-        if len(self._buffers) < BUFFER_POOL:
-            self._buffers.append(buffer)
-
-    @property
-    def running_commands(self) -> int:
-        """How many commands are running now."""
-        return sum(1 for s in self.sessions if s.child is not None)
-
-    async def close(self) -> None:
-        """Stop accepting, end every session now (killing running commands) and wait for them."""
-        await self.shutdown(grace=0.0)
-
-    async def shutdown(self, grace: float, hurry: asyncio.Event | None = None) -> None:
-        """Stop accepting; let running commands finish for ``grace`` seconds (or until ``hurry``
-        is set); then stop what is left. Every client is told the server is shutting down."""
-        self.shutting_down = True
-        if self._server is not None:
-            self._server.close()
-        for session in list(self.sessions):
-            if session.child is None:
-                session.end_for_shutdown()  # idle or still in the handshake: nothing to wait for
-        await self._wait_for_sessions(grace, hurry)
-        for session in list(self.sessions):
-            session.end_for_shutdown()
-        await asyncio.gather(*(s.done.wait() for s in list(self.sessions)))
-        await self._reap_children(hurry if grace > 0 else None)
-        if self._server is not None:
-            await self._server.wait_closed()
-        self.audit.close()
-
-    def release(self, child: ChildProcess) -> None:
-        """A session is done with ``child``: close it, and keep it until its leader is reaped."""
-        child.close()
-        if not child.reaped.done():
-            self.unreaped.add(child)
-            child.reaped.add_done_callback(lambda _: self.unreaped.discard(child))
-
-    async def _reap_children(self, hurry: asyncio.Event | None) -> None:
-        """Wait until ended commands' leaders are reaped, so the guardian is left nothing.
-
-        A leader still kept waits to SIGKILL what is left of its group at the end of the kill
-        grace. Groups with no live process left get it at once; the others keep their grace
-        unless ``hurry`` is set (or is None: ``close()``, which stops everything now).
-        """
-        children = list(self.unreaped)
-        if not children:
-            return
-        live = live_groups({child.pid for child in children}) if hurry is not None else set()
-        for child in children:
-            if child.pid not in live:
-                child.kill_now()
-        everything = asyncio.ensure_future(asyncio.wait([child.reaped for child in children]))
-        hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else everything
-        try:
-            await asyncio.wait([everything, hurried], timeout=self.runner.kill_grace + 5.0,
-                               return_when=asyncio.FIRST_COMPLETED)
-            if not everything.done():
-                for child in children:
-                    child.kill_now()
-                await asyncio.wait([everything], timeout=5.0)
-        finally:
-            everything.cancel()
-            hurried.cancel()
-        for child in self.unreaped:
-            log_event(logging.WARNING, "command_stuck", pgid=child.pid,
-                      reason="its leader did not exit after SIGKILL; giving up on it")
-
-    async def _wait_for_sessions(self, grace: float, hurry: asyncio.Event | None) -> None:
-        """Wait until every session has ended, ``grace`` seconds pass, or ``hurry`` is set."""
-        if grace <= 0 or not self.sessions:
-            return
-        sessions = list(self.sessions)
-        waiters: list[asyncio.Future[Any]] = [
-            asyncio.ensure_future(asyncio.gather(*(s.done.wait() for s in sessions)))
-        ]
-        if hurry is not None:
-            waiters.append(asyncio.ensure_future(hurry.wait()))
-        try:
-            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stream = FramedStream(reader, writer, Role.SERVER, self.keepalive, handshake=True)
-        refusal = self.gate.admit(stream.peer_host)
-        if refusal is not None:
-            await self._refuse(stream, refusal)
-            return
-        session = Session(self, stream)
-        self.sessions.add(session)
-        try:
-            await session.serve()
-        finally:
-            self.sessions.discard(session)
-            session.leave_startups()
-
-    async def _refuse(self, stream: FramedStream, refusal: Refusal) -> None:
-        """Turn a newcomer away at once, as sshd does; nobody already waiting is pushed out.
-
-        A plaintext client is told why in an error frame; a TLS client, which could not read
-        one before its TLS handshake, only sees the connection close.
-        """
-        log_event(logging.WARNING, "refused", peer=stream.peer, code=refusal.rule,
-                  reason=refusal.message)
-        self.audit.record("connection_refused", peer=stream.peer, code=refusal.rule,
-                          reason=refusal.message)
-        if self.tls is None:
-            stream.send(Error(code="too_many_startups", message=BUSY[refusal.rule], fatal=True))
-        await stream.close(REFUSAL_FLUSH_TIMEOUT)
 
 
 def _proved(identity: Identity, auth: Auth, message: bytes, subject: Subject | None) -> bool:
@@ -283,90 +76,6 @@ def _proved(identity: Identity, auth: Auth, message: bytes, subject: Subject | N
 
 def _smaller(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
-
-
-@dataclass
-class Command:
-    """One command being run: what was asked, by whom, and its output budget."""
-
-    run: Run
-    identity: Identity
-    started: float
-    timeout: float | None
-    budget: int | None  # output bytes still allowed (None: no limit)
-    cwd: str | None = None  # the physical directory it started in, once known
-    holds_slot: bool = False  # counted in Server.active_commands (max_commands)
-
-    def spend(self, count: int) -> int:
-        """How many of ``count`` new output bytes may still be sent."""
-        if self.budget is None:
-            return count
-        allowed = min(count, self.budget)
-        self.budget -= allowed
-        return allowed
-
-
-class StdinFeeder:
-    """Writes the client's stdin frames to a child, and credits the bytes back as they go.
-
-    The client may have at most STDIN_WINDOW uncredited bytes in flight, so the queue here is
-    bounded, and the session's read loop never waits on a child that does not read its input:
-    a cancel or signal frame behind the stdin is acted on at once.
-    """
-
-    def __init__(self, child: ChildProcess, send_credit: Callable[[int], None]) -> None:
-        self._child = child
-        self._send_credit = send_credit
-        self._queue: deque[bytes] = deque()
-        self._pending = 0
-        self._eof = False
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
-
-    def push(self, data: memoryview) -> None:
-        """Queue a stdin frame's body; ProtocolError if the client overran its window."""
-        if self._eof:
-            raise ProtocolError("stdin frame after stdin_eof", "unexpected_frame")
-        if self._pending + len(data) > STDIN_WINDOW:
-            raise ProtocolError(
-                f"the client sent more than {STDIN_WINDOW} bytes of stdin without credit",
-                "stdin_overflow",
-            )
-        self._queue.append(bytes(data))
-        self._pending += len(data)
-        self._wake.set()
-
-    def close(self) -> None:
-        """The client sent stdin_eof: close the child's stdin once the queue is written."""
-        self._eof = True
-        self._wake.set()
-
-    async def _run(self) -> None:
-        credit = 0
-        while True:
-            while not self._queue:
-                if credit:
-                    self._send_credit(credit)
-                    credit = 0
-                if self._eof:
-                    self._child.close_stdin()
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-            chunk = self._queue.popleft()
-            if self._child.stdin_open:
-                await self._child.write_stdin(chunk)  # a child that closed stdin: dropped
-            self._pending -= len(chunk)
-            credit += len(chunk)
-            if credit >= CREDIT_BATCH:
-                self._send_credit(credit)
-                credit = 0
-
-    async def stop(self) -> None:
-        """Stop feeding (the command ended); what is still queued is dropped."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 class Session:

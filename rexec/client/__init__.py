@@ -1,0 +1,1 @@
+"""One end: a sans-I/O client core and its two drivers."""

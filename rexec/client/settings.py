@@ -1,0 +1,80 @@
+"""The ``[client]`` table, and the client's settings and token merged in the one order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from rexec.config import _Settings, load_settings, resolve_token
+from rexec.errors import ConfigError
+from rexec.tokens import default_home, default_token_path
+
+
+class ClientSettings(_Settings):
+    """What ``rexec`` and ``rexec.Client`` run with."""
+
+    connect_timeout: float = Field(10.0, gt=0, le=3600)
+    identity: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")] | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> ClientSettings:
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("tls_cert needs tls_ca: a client certificate is only sent over TLS")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert")
+        return self
+
+
+def default_client_config() -> Path | None:
+    """The client's config file: $REXEC_CONFIG, else ~/.rexec/client.toml if it exists."""
+    env = os.environ.get("REXEC_CONFIG")
+    if env:
+        return Path(env)
+    path = default_home() / "client.toml"
+    return path if path.exists() else None
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value).expanduser()
+
+
+def client_settings(
+    *,
+    token: str | None = None,
+    token_file: str | Path | None = None,
+    config: str | Path | None = None,
+    connect_timeout: float | None = None,
+    tls_ca: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    identity: str | None = None,
+) -> tuple[ClientSettings, str | None]:
+    """The client's merged settings and its token; ConfigError if no token can be found.
+
+    The arguments are the command line's (or the API caller's): they override the config file.
+    The token may be None only when a client certificate is configured (certificate identities).
+    """
+    config_path = _path(config)
+    settings = load_settings(
+        ClientSettings,
+        "client",
+        config_path if config_path is not None else default_client_config(),
+        cli={"token": token, "token_file": _path(token_file), "connect_timeout": connect_timeout,
+             "tls_ca": _path(tls_ca), "tls_cert": _path(tls_cert), "tls_key": _path(tls_key),
+             "identity": identity},
+    )
+    resolved = resolve_token(settings)
+    if resolved is None:  # the default file is the last place: looked up only when needed
+        resolved = resolve_token(settings, fallback=default_token_path())
+    if resolved is None and settings.tls_cert is None:
+        raise ConfigError(
+            "no token: set REXEC_TOKEN, pass --token-file FILE, put token_file in the client"
+            f" config, or copy the server's token to {default_token_path()}"
+        )
+    return settings, resolved

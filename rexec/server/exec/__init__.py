@@ -1,0 +1,1 @@
+"""The process layer: it knows no sessions and no frames."""

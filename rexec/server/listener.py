@@ -1,0 +1,216 @@
+"""The listener: bind, accept, the unauthenticated cap, graceful shutdown; one Session each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from collections import Counter
+from typing import Any
+
+from rexec.server.audit import AuditLog, log_event
+from rexec.server.exec.child import READ_CHUNK, ChildProcess, live_groups
+from rexec.server.exec.env import ChildEnvSettings
+from rexec.server.exec.runner import Runner
+from rexec.server.exec.shortcut import shell_pwd
+from rexec.server.identity import Identities, Refusal
+from rexec.server.limits import AuthPenalty, ServerLimits, StartupGate
+from rexec.server.session import Session
+from rexec.server.stream import FramedStream
+from rexec.sockets import KEEPALIVE, STREAM_LIMIT
+from rexec.wire.address import DEFAULT_PORT
+from rexec.wire.frames import (
+    Error,
+)
+from rexec.wire.protocol import Role
+
+HANDSHAKE_TIMEOUT = 10.0
+DRAIN_GRACE = 0.5  # after the shell exits, a pipe quiet this long is left to its background holder
+BUFFER_POOL = 32  # idle pump buffers kept for reuse (8 MiB at most)
+# asyncio's default backlog (100) overflowed when 500 clients connected at once (docs/benchmarks.md)
+LISTEN_BACKLOG = 1024
+REFUSAL_FLUSH_TIMEOUT = 1.0  # a refused newcomer's error frame is tiny: it leaves at once
+BUSY = {
+    "max_startups": "busy: too many unauthenticated connections (max_startups), try again later",
+    "per_source_max_startups": "busy: too many unauthenticated connections from your address"
+                               " (per_source_max_startups), try again later",
+}
+"""What a refused newcomer is told (the log and the audit record say more)."""
+
+
+class Server:
+    """Accepts connections and serves each with a Session."""
+
+    def __init__(
+        self,
+        identities: Identities,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        runner: Runner | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        drain_grace: float = DRAIN_GRACE,
+        keepalive: float = KEEPALIVE,
+        tls: ssl.SSLContext | None = None,
+        limits: ServerLimits | None = None,
+        audit: AuditLog | None = None,
+        child_env: ChildEnvSettings | None = None,
+        umask: int = 0o022,
+    ) -> None:
+        self.identities = identities
+        self.child_env = child_env or ChildEnvSettings()
+        self.umask = umask
+        # The server's directory and PWD do not change: the PWD its commands start with.
+        self.own_pwd = shell_pwd(None, os.environ.get("PWD"))
+        self.tls = tls
+        self.limits = limits or ServerLimits()
+        self.audit = audit or AuditLog(None)
+        self.active_commands: Counter[str] = Counter()
+        self.active_connections: Counter[str] = Counter()
+        self.gate = StartupGate(self.limits.max_startups, self.limits.per_source_max_startups)
+        self.penalty = AuthPenalty(self.limits.auth_penalty_max)
+        self.host = host
+        self.port = port
+        self.runner = runner or Runner()
+        self.handshake_timeout = handshake_timeout
+        self.drain_grace = drain_grace
+        self.keepalive = keepalive
+        self.sessions: set[Session] = set()
+        self.unreaped: set[ChildProcess] = set()  # ended commands whose leader is not reaped yet
+        self.shutting_down = False
+        self._buffers: list[bytearray] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Bind and start accepting; return the (host, port) pairs actually bound."""
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, limit=STREAM_LIMIT, reuse_address=True,
+            backlog=LISTEN_BACKLOG,
+        )
+        return self.addresses
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the server listens."""
+        if self._server is None:
+            return []
+        return [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    def take_buffer(self) -> bytearray:
+        """A read buffer for a pump, reused: a fresh 256 KiB zeroed buffer per command costs
+        more than the rest of a short command's bookkeeping."""
+        return self._buffers.pop() if self._buffers else bytearray(READ_CHUNK)
+
+    def give_buffer(self, buffer: bytearray) -> None:
+        """Return a pump's buffer (its bytes were sent or copied by the transport)."""
+        if len(self._buffers) < BUFFER_POOL:
+            self._buffers.append(buffer)
+
+    @property
+    def running_commands(self) -> int:
+        """How many commands are running now."""
+        return sum(1 for s in self.sessions if s.child is not None)
+
+    async def close(self) -> None:
+        """Stop accepting, end every session now (killing running commands) and wait for them."""
+        await self.shutdown(grace=0.0)
+
+    async def shutdown(self, grace: float, hurry: asyncio.Event | None = None) -> None:
+        """Stop accepting; let running commands finish for ``grace`` seconds (or until ``hurry``
+        is set); then stop what is left. Every client is told the server is shutting down."""
+        self.shutting_down = True
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            if session.child is None:
+                session.end_for_shutdown()  # idle or still in the handshake: nothing to wait for
+        await self._wait_for_sessions(grace, hurry)
+        for session in list(self.sessions):
+            session.end_for_shutdown()
+        await asyncio.gather(*(s.done.wait() for s in list(self.sessions)))
+        await self._reap_children(hurry if grace > 0 else None)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.audit.close()
+
+    def release(self, child: ChildProcess) -> None:
+        """A session is done with ``child``: close it, and keep it until its leader is reaped."""
+        child.close()
+        if not child.reaped.done():
+            self.unreaped.add(child)
+            child.reaped.add_done_callback(lambda _: self.unreaped.discard(child))
+
+    async def _reap_children(self, hurry: asyncio.Event | None) -> None:
+        """Wait until ended commands' leaders are reaped, so the guardian is left nothing.
+
+        A leader still kept waits to SIGKILL what is left of its group at the end of the kill
+        grace. Groups with no live process left get it at once; the others keep their grace
+        unless ``hurry`` is set (or is None: ``close()``, which stops everything now).
+        """
+        children = list(self.unreaped)
+        if not children:
+            return
+        live = live_groups({child.pid for child in children}) if hurry is not None else set()
+        for child in children:
+            if child.pid not in live:
+                child.kill_now()
+        everything = asyncio.ensure_future(asyncio.wait([child.reaped for child in children]))
+        hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else everything
+        try:
+            await asyncio.wait([everything, hurried], timeout=self.runner.kill_grace + 5.0,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not everything.done():
+                for child in children:
+                    child.kill_now()
+                await asyncio.wait([everything], timeout=5.0)
+        finally:
+            everything.cancel()
+            hurried.cancel()
+        for child in self.unreaped:
+            log_event(logging.WARNING, "command_stuck", pgid=child.pid,
+                      reason="its leader did not exit after SIGKILL; giving up on it")
+
+    async def _wait_for_sessions(self, grace: float, hurry: asyncio.Event | None) -> None:
+        """Wait until every session has ended, ``grace`` seconds pass, or ``hurry`` is set."""
+        if grace <= 0 or not self.sessions:
+            return
+        sessions = list(self.sessions)
+        waiters: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(asyncio.gather(*(s.done.wait() for s in sessions)))
+        ]
+        if hurry is not None:
+            waiters.append(asyncio.ensure_future(hurry.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream = FramedStream(reader, writer, Role.SERVER, self.keepalive, handshake=True)
+        refusal = self.gate.admit(stream.peer_host)
+        if refusal is not None:
+            await self._refuse(stream, refusal)
+            return
+        session = Session(self, stream)
+        self.sessions.add(session)
+        try:
+            await session.serve()
+        finally:
+            self.sessions.discard(session)
+            session.leave_startups()
+
+    async def _refuse(self, stream: FramedStream, refusal: Refusal) -> None:
+        """Turn a newcomer away at once, as sshd does; nobody already waiting is pushed out.
+
+        A plaintext client is told why in an error frame; a TLS client, which could not read
+        one before its TLS handshake, only sees the connection close.
+        """
+        log_event(logging.WARNING, "refused", peer=stream.peer, code=refusal.rule,
+                  reason=refusal.message)
+        self.audit.record("connection_refused", peer=stream.peer, code=refusal.rule,
+                          reason=refusal.message)
+        if self.tls is None:
+            stream.send(Error(code="too_many_startups", message=BUSY[refusal.rule], fatal=True))
+        await stream.close(REFUSAL_FLUSH_TIMEOUT)

@@ -1,0 +1,1 @@
+"""The protocol, sans-I/O: frames, codec, state table, proofs, addresses."""

@@ -1,0 +1,38 @@
+"""Import directions of docs/architecture.md that a fresh interpreter's sys.modules can show."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def modules_after(imports: str) -> set[str]:
+    """The modules loaded by ``imports`` in a fresh interpreter."""
+    code = f"import json, sys\n{imports}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    return set(json.loads(out))
+
+
+def test_the_one_host_run_path_never_imports_asyncio() -> None:
+    loaded = modules_after("import rexec.cli.client, rexec.cli.run\n"
+                           "from rexec.client.blocking import BlockingClient")
+    assert "rexec.client.blocking" in loaded
+    assert "asyncio" not in loaded
+    assert not {m for m in loaded if m.startswith("rexec.server")}
+
+
+def test_the_wire_and_the_client_core_do_no_io() -> None:
+    loaded = modules_after("import rexec.wire.frames, rexec.wire.codec, rexec.wire.protocol,"
+                           " rexec.wire.auth, rexec.wire.address, rexec.client.core")
+    assert not loaded & {"asyncio", "socket", "select", "selectors", "ssl"}
+
+
+@pytest.mark.parametrize("module", ["runner", "child", "shortcut", "env", "workdir", "guardian"])
+def test_the_process_layer_knows_no_sessions_and_no_frames(module: str) -> None:
+    loaded = modules_after(f"import rexec.server.exec.{module}")
+    outside = {m for m in loaded if m.startswith(("rexec.server.", "rexec.wire", "rexec.client"))
+               and not m.startswith("rexec.server.exec")}
+    assert not outside
