@@ -36,3 +36,23 @@ def test_the_process_layer_knows_no_sessions_and_no_frames(module: str) -> None:
     outside = {m for m in loaded if m.startswith(("rexec.server.", "rexec.wire", "rexec.client"))
                and not m.startswith("rexec.server.exec")}
     assert not outside
+
+
+def test_nothing_inside_rexec_imports_the_package_face() -> None:
+    """Rule 5: ``rexec/__init__.py`` is for users; modules inside import what they need from
+    its home (import-linter cannot forbid a package without its descendants)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "rexec"
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path == package / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0
+                     else [])
+            if "rexec" in names:
+                offenders.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+    assert not offenders
