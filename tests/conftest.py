@@ -1,20 +1,18 @@
-"""Shared fixtures: an isolated REXEC_HOME, token files, and real servers on ephemeral ports."""
+"""Shared fixtures: an isolated REXEC_HOME, token files, and real servers on ephemeral ports.
+
+The helpers behind them live in tests/helpers.py; tests import those from there.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "test-token-0123456789abcdef"
+from tests.helpers import ServerProcess, live_children, start_server, write_token
 
 
 @pytest.fixture(autouse=True)
@@ -29,39 +27,6 @@ def isolated_home(
     return home
 
 
-def write_token(path: Path, token: str = TOKEN) -> Path:
-    """Write a token file readable only by its owner."""
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return path
-
-
-def live_processes() -> Iterator[tuple[int, list[str]]]:
-    """(pid, /proc/PID/stat fields after the command name) of every non-zombie process."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            yield int(entry.name), fields
-
-
-def live_children(pid: int) -> list[str]:
-    """Command lines of the live (non-zombie) direct children of ``pid``."""
-    found = []
-    for child, fields in live_processes():
-        if int(fields[1]) == pid:
-            try:
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue  # it just ended
-            found.append(f"{child}: {cmdline.decode(errors='replace')}")
-    return found
-
-
 @pytest.fixture(scope="session", autouse=True)
 def no_processes_left_behind() -> Iterator[None]:
     """Fail the run if any test left a process (a server, a client) running."""
@@ -70,74 +35,6 @@ def no_processes_left_behind() -> Iterator[None]:
     while (left := live_children(os.getpid())) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, f"processes left behind: {left}"
-
-
-@dataclass
-class ServerProcess:
-    """A real ``python server.py`` child listening on an ephemeral loopback port."""
-
-    proc: subprocess.Popen[bytes]
-    host: str
-    port: int
-    token: str
-    token_file: Path
-    log_path: Path
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-
-def start_server(tmp: Path, *extra: str, token: str = TOKEN, env: dict[str, str] | None = None,
-                 timeout: float = 20.0, replace_env: bool = False,
-                 token_in_env: bool = False) -> ServerProcess:
-    """Start ``python server.py --port 0`` and wait for its ``listening on`` line.
-
-    ``env`` is added to this process's environment, or replaces it with ``replace_env``. The
-    token goes in a ``--token-file``, or in ``REXEC_TOKEN`` with ``token_in_env``.
-    """
-    token_file = write_token(tmp / "server-token", token)
-    log_path = tmp / "server.log"
-    log = log_path.open("wb")
-    environ = dict(env or {}) if replace_env else {**os.environ, **(env or {})}
-    token_args = ["--token-file", str(token_file)]
-    if token_in_env:
-        environ["REXEC_TOKEN"] = token
-        token_args = []
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py"), "--port", "0", *token_args,
-         "--log-level", "debug", *extra],
-        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT, env=environ,
-    )
-    log.close()
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = b""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith(b"listening on ") or not line:
-            break
-    if not line.startswith(b"listening on "):
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"server did not start: {line!r}\n{log_path.read_text()}")
-    host, _, port = line.decode().split()[-1].rpartition(":")
-    return ServerProcess(proc, host, int(port), token, token_file, log_path)
 
 
 @pytest.fixture(scope="module")
@@ -161,71 +58,3 @@ def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
 def client_token_file(tmp_path: Path) -> Path:
     """A client-side token file holding the test token."""
     return write_token(tmp_path / "client-token")
-
-
-def run_cli(*args: str, token_file: Path | None = None, input: bytes | None = None,
-            timeout: float = 120.0, env: dict[str, str] | None = None,
-            stdin: int | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run ``python client.py ARGS...`` as a user would and capture what it prints."""
-    argv = [sys.executable, str(ROOT / "client.py"), *args]
-    if token_file is not None and args and args[0] == "run":
-        argv[3:3] = ["--token-file", str(token_file)]
-    return subprocess.run(
-        argv, input=input, capture_output=True, timeout=timeout, cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdin=stdin if input is None else None,
-    )
-
-
-def proc_status(pid: int, field: str) -> int:
-    """A ``/proc/PID/status`` memory field (VmRSS, VmHWM) in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-def fd_count(pid: int) -> int:
-    """How many file descriptors the process has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def write_server_pki(folder: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for 127.0.0.1: (CA, certificate, key 0600)."""
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    paths = folder / "ca.pem", folder / "server.crt", folder / "server.key"
-    ca.cert_pem.write_to_path(str(paths[0]))
-    cert.cert_chain_pems[0].write_to_path(str(paths[1]))
-    cert.private_key_pem.write_to_path(str(paths[2]))
-    paths[2].chmod(0o600)  # rexec refuses private keys others can read
-    return paths
-
-
-def pids_in_group(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    return [pid for pid, fields in live_processes() if int(fields[2]) == pgid]
-
-
-def reap(proc: subprocess.Popen[bytes]) -> None:
-    """Kill ``proc`` if it still runs, wait for it and close its pipes."""
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-
-
-def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    """Poll ``predicate()`` until it is true or the timeout passes; return its last value."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import rexec
 from rexec import RexecError
-from tests.conftest import start_server
+from tests.helpers import start_server
 
 CN, ORG = NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME
 

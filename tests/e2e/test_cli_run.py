@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, pids_in_group, reap, run_cli, wait_until
+from tests.helpers import ROOT, pids_in_group, reap, run_cli, wait_until
 
 
 def rexec(server, token_file, *words, **kwargs):

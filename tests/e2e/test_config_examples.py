@@ -5,7 +5,7 @@ from __future__ import annotations
 from rexec.client.settings import ClientSettings
 from rexec.config import load_settings
 from rexec.server.settings import ServerSettings
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_example_server_config_loads():

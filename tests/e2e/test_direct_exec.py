@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import rexec
-from tests.conftest import ROOT, start_server
+from tests.helpers import ROOT, start_server
 
 
 @pytest.fixture(scope="module")

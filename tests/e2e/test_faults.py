@@ -13,7 +13,7 @@ import pytest
 
 import rexec
 from rexec import ConnectionLost, RemoteError
-from tests.conftest import ROOT, pids_in_group, reap, start_server, wait_until
+from tests.helpers import ROOT, pids_in_group, reap, start_server, wait_until
 
 
 def _server(tmp_path: Path, *settings: str):
@@ -155,7 +155,7 @@ def test_stderr_after_stdout_closed_and_output_after_stdin_eof(server):
 
 
 def _children(pid: int) -> list[int]:
-    from tests.conftest import live_processes
+    from tests.helpers import live_processes
 
     return [child for child, fields in live_processes() if int(fields[1]) == pid]
 

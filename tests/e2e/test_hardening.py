@@ -28,7 +28,7 @@ from rexec.server.exec.env import DEFAULT_PATH
 from rexec.wire.auth import TokenVerifier
 from rexec.wire.codec import encode
 from rexec.wire.frames import Hello
-from tests.conftest import live_processes, run_cli, start_server, wait_until
+from tests.helpers import live_processes, run_cli, start_server, wait_until
 
 SERVER_TOKEN = "GREPME-server-token-7f3a9c1e5b2d4f6a8c0e"  # recognisable anywhere it leaks
 GUEST_TOKEN = "guest-token-with-enough-entropy-0123456789"

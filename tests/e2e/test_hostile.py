@@ -24,7 +24,7 @@ import rexec
 from rexec.client.core import Authenticated, ClientCore, Finished
 from rexec.wire.codec import FrameDecoder, encode
 from rexec.wire.frames import HANDSHAKE_MAX_HEADER, Auth, AuthOk, Error, Header, Run
-from tests.conftest import (
+from tests.helpers import (
     ServerProcess,
     fd_count,
     proc_status,

@@ -18,7 +18,7 @@ import trustme
 import rexec
 from rexec import AuthenticationError, CommandNotStarted, RemoteError
 from rexec.wire.auth import TokenVerifier
-from tests.conftest import ROOT, run_cli, start_server
+from tests.helpers import ROOT, run_cli, start_server
 
 DEPLOY_TOKEN = "deploy-token-with-enough-entropy-0123456789"
 OPS_TOKEN = "ops-token-with-enough-entropy-9876543210"

@@ -21,7 +21,7 @@ from rexec import AuthenticationError, ConnectionLost, RemoteError
 from rexec.client.core import Authenticated, ClientCore, Finished
 from rexec.wire.codec import FrameDecoder
 from rexec.wire.frames import Header
-from tests.conftest import ServerProcess, run_cli, start_server, wait_until, write_server_pki
+from tests.helpers import ServerProcess, run_cli, start_server, wait_until, write_server_pki
 
 ATTACKER, OTHER, DISTANT = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 """Sources besides 127.0.0.1, where rexec.run and the CLI connect from."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import rexec
-from tests.conftest import ServerProcess, fd_count, live_children, proc_status, wait_until
+from tests.helpers import ServerProcess, fd_count, live_children, proc_status, wait_until
 
 CLIENTS = 48
 COMMANDS = 5  # per client, one after another on the client's own connection

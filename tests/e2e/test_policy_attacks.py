@@ -15,7 +15,7 @@ import pytest
 import rexec
 from rexec import CommandNotStarted
 from rexec.wire.auth import TokenVerifier
-from tests.conftest import run_cli, start_server
+from tests.helpers import run_cli, start_server
 
 READER_TOKEN = "reader-token-with-enough-entropy-0123456789"
 ARGV_TOKEN = "argv-token-with-enough-entropy-9876543210"

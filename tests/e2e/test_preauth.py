@@ -28,7 +28,7 @@ from rexec import AuthenticationError
 from rexec.client.core import ClientCore
 from rexec.wire.codec import FrameDecoder, encode
 from rexec.wire.frames import Header, Run
-from tests.conftest import (
+from tests.helpers import (
     ServerProcess,
     fd_count,
     proc_status,

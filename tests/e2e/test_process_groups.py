@@ -25,7 +25,7 @@ import rexec
 from rexec import CommandNotStarted
 from rexec.client.core import Authenticated, ClientCore, Finished, Output
 from rexec.wire.auth import TokenVerifier
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     TOKEN,
     ServerProcess,

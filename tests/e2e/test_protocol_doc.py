@@ -14,7 +14,7 @@ import struct
 
 import pytest
 
-from tests.conftest import start_server
+from tests.helpers import start_server
 
 MAX_HEADER = 64 * 1024
 MAX_BODY = 1024 * 1024

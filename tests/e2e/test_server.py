@@ -15,7 +15,7 @@ import pytest
 
 from rexec.wire.codec import FrameDecoder, encode
 from rexec.wire.frames import Error, Hello, Run
-from tests.conftest import ROOT, TOKEN, run_cli, start_server, write_token
+from tests.helpers import ROOT, TOKEN, run_cli, start_server, write_token
 
 
 def read_frames(sock: socket.socket, timeout: float = 10.0) -> list:

@@ -14,7 +14,7 @@ import rexec
 from rexec.client.core import Authenticated, ClientCore
 from rexec.wire.codec import FrameDecoder, encode
 from rexec.wire.frames import Error, Hello
-from tests.conftest import ROOT, pids_in_group, reap, run_cli, wait_until
+from tests.helpers import ROOT, pids_in_group, reap, run_cli, wait_until
 
 
 def test_cancel_is_not_stuck_behind_stdin_the_command_never_reads(server):

@@ -45,7 +45,7 @@ from rexec.errors import ProtocolError
 from rexec.wire.auth import new_nonce
 from rexec.wire.codec import FrameDecoder, encode
 from rexec.wire.frames import PROTOCOL_VERSION, Auth, Cancel, Challenge, Header, Run
-from tests.conftest import ServerProcess, live_children, live_processes, start_server, wait_until
+from tests.helpers import ServerProcess, live_children, live_processes, start_server, wait_until
 
 MAX_CONNECTIONS = 4
 SETTLE_TIMEOUT = 5.0

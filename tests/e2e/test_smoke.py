@@ -1,4 +1,4 @@
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def test_echo(server, client_token_file):

@@ -18,7 +18,7 @@ import trustme
 import rexec
 from rexec.wire.codec import encode
 from rexec.wire.frames import Hello
-from tests.conftest import ROOT, TOKEN, reap, run_cli, start_server, write_token
+from tests.helpers import ROOT, TOKEN, reap, run_cli, start_server, write_token
 
 
 @pytest.fixture(scope="module")
