@@ -183,3 +183,9 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05)
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def make_token_file(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
