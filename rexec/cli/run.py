@@ -169,6 +169,7 @@ def execute(
     import gc
 
     from rexec.client.blocking import BlockingClient
+    from rexec.client.options import ConnectOptions
     from rexec.errors import RexecError
 
     # Start-up ran with the collector off (rexec/cli/client.py): what it made stays, frozen out
@@ -177,7 +178,8 @@ def execute(
     gc.enable()
     interrupts = 0
     try:
-        with BlockingClient(address, **connection) as client:
+        options = ConnectOptions.resolve(address, **connection)
+        with BlockingClient.from_options(options) as client:
             outputs = _Outputs(client.request_cancel)
 
             def on_sigint(signum: int, frame: FrameType | None) -> None:
