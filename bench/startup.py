@@ -6,7 +6,7 @@
 
 ``app`` is the floor of the prescribed stack: one typer command with an ``address: str`` and a
 ``command: list[str]`` argument (typer 0.29 builds a pydantic TypeAdapter for each) and an empty
-body, exiting as any typer app does. ``app-fast`` is the same app with what rexec.cli.client
+body, exiting as any typer app does. ``app-fast`` is the same app with what rexec.cli.main
 does to start faster: the cyclic collector off while importing, ``os._exit`` after flushing.
 
 ``stages`` runs ``rexec run ADDRESS -- COMMAND...`` as the ``rexec`` console script does (the
@@ -43,7 +43,7 @@ STAGES = (
                  " typing_extensions, typing_inspection)"),
     ("adapters", "`import typer._adapters`: what else of pydantic typer's parameter conversion"
                  " uses (TypeAdapter, its validators)"),
-    ("cli", "`import rexec.cli.client`: rexec's CLI modules"),
+    ("cli", "`import rexec.cli.main`, `rexec.cli.run`: rexec's CLI modules"),
     ("client", "`from rexec.client.blocking import BlockingClient`: rexec's client, protocol core,"
                " config and frame models (their schemas deferred)"),
     ("parse", "typer parses `run ADDRESS -- true`: click's parser, and a TypeAdapter built for"
@@ -119,7 +119,7 @@ def stages(args: list[str]) -> None:
         stamps.append((key, time.perf_counter(), time.process_time(), schemas.total))
 
     stamp("start")
-    gc.disable()  # as rexec.cli.client does before its imports
+    gc.disable()  # as rexec.cli.main does before its imports
     import typer
 
     stamp("typer")
@@ -130,7 +130,7 @@ def stages(args: list[str]) -> None:
     import typer._adapters  # noqa: F401
 
     stamp("adapters")
-    import rexec.cli.client
+    import rexec.cli.main
     import rexec.cli.run
 
     stamp("cli")
@@ -145,9 +145,9 @@ def stages(args: list[str]) -> None:
 
     rexec.cli.run.execute = stamped_execute  # run_command looks it up when called
     try:
-        rexec.cli.client.app(args=["run", *args], prog_name="rexec")
+        rexec.cli.main.build_app(["run", *args])(args=["run", *args], prog_name="rexec")
     except SystemExit as exc:
-        status = rexec.cli.client._exit_status(exc.code)
+        status = rexec.cli.main._exit_status(exc.code)
     else:
         status = 0
     stamp("run")
@@ -157,7 +157,7 @@ def stages(args: list[str]) -> None:
                                         "schema_hooked": schemas.hooked}) + "\n")
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(status)  # as rexec.cli.client.main does
+    os._exit(status)  # as rexec.cli.main.main does
 
 
 if __name__ == "__main__":
