@@ -120,7 +120,8 @@ def test_rexec_run_imports_no_other_command_module() -> None:
     assert "rexec.cli.token" not in loaded
 
 
-def test_show_completion_prints_a_bash_script() -> None:
+def test_show_completion_prints_a_bash_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")  # SHELL, not guessed
     status, stdout, _ = invoke("--show-completion", "bash")
     assert status == 0
     assert "complete" in stdout and "_COMPLETE" in stdout
