@@ -1,4 +1,4 @@
-from rexec.cli.client import main
+from rexec.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -3,10 +3,11 @@
     python bench/startup.py app ADDRESS -- COMMAND...       # a bare typer app, doing nothing
     python bench/startup.py app-fast ADDRESS -- COMMAND...  # the same, started as rexec starts
     python bench/startup.py stages ADDRESS -- COMMAND...    # `rexec run`, stamped stage by stage
+    python bench/startup.py registry [ROUNDS]               # `rexec run` beside 24 more commands
 
 ``app`` is the floor of the prescribed stack: one typer command with an ``address: str`` and a
 ``command: list[str]`` argument (typer 0.29 builds a pydantic TypeAdapter for each) and an empty
-body, exiting as any typer app does. ``app-fast`` is the same app with what rexec.cli.client
+body, exiting as any typer app does. ``app-fast`` is the same app with what rexec.cli.main
 does to start faster: the cyclic collector off while importing, ``os._exit`` after flushing.
 
 ``stages`` runs ``rexec run ADDRESS -- COMMAND...`` as the ``rexec`` console script does (the
@@ -20,6 +21,13 @@ building pydantic schemas, validators and serializers (pydantic's ``complete_mod
 model, ``TypeAdapter._init_core_attrs`` for an adapter; outermost calls only) is added up too,
 when this pydantic has both. The last line of stdout is one JSON object: {"stamps": [[stage,
 perf_counter s, CPU s, schema-build s], ...], "status": N, "schema_hooked": bool}.
+
+``registry`` shows that the lazy command registry (rexec.cli.main.build_app) keeps the start-up
+of ``rexec run`` flat as commands are added: in fresh processes (median of ROUNDS, default 15) it
+times start to the moment typer hands the parsed arguments to ``rexec.cli.run.execute`` (which
+then exits at once: no server is needed), with the real registry and with 24 more commands of 12
+options each, registered lazily (only ``run``, as ``rexec run`` does) and eagerly (all of them,
+as ``rexec --help`` does, and as the CLI did before it was lazy). It prints a Markdown table.
 
 Nothing is imported at the top of this file but what the interpreter has loaded before it runs.
 """
@@ -43,7 +51,7 @@ STAGES = (
                  " typing_extensions, typing_inspection)"),
     ("adapters", "`import typer._adapters`: what else of pydantic typer's parameter conversion"
                  " uses (TypeAdapter, its validators)"),
-    ("cli", "`import rexec.cli.client`: rexec's CLI modules"),
+    ("cli", "`import rexec.cli.main`, `rexec.cli.run`: rexec's CLI modules"),
     ("client", "`from rexec.client.blocking import BlockingClient`: rexec's client, protocol core,"
                " config and frame models (their schemas deferred)"),
     ("parse", "typer parses `run ADDRESS -- true`: click's parser, and a TypeAdapter built for"
@@ -119,7 +127,7 @@ def stages(args: list[str]) -> None:
         stamps.append((key, time.perf_counter(), time.process_time(), schemas.total))
 
     stamp("start")
-    gc.disable()  # as rexec.cli.client does before its imports
+    gc.disable()  # as rexec.cli.main does before its imports
     import typer
 
     stamp("typer")
@@ -130,7 +138,7 @@ def stages(args: list[str]) -> None:
     import typer._adapters  # noqa: F401
 
     stamp("adapters")
-    import rexec.cli.client
+    import rexec.cli.main
     import rexec.cli.run
 
     stamp("cli")
@@ -145,9 +153,9 @@ def stages(args: list[str]) -> None:
 
     rexec.cli.run.execute = stamped_execute  # run_command looks it up when called
     try:
-        rexec.cli.client.app(args=["run", *args], prog_name="rexec")
+        rexec.cli.main.build_app(["run", *args])(args=["run", *args], prog_name="rexec")
     except SystemExit as exc:
-        status = rexec.cli.client._exit_status(exc.code)
+        status = rexec.cli.main._exit_status(exc.code)
     else:
         status = 0
     stamp("run")
@@ -157,8 +165,74 @@ def stages(args: list[str]) -> None:
                                         "schema_hooked": schemas.hooked}) + "\n")
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(status)  # as rexec.cli.client.main does
+    os._exit(status)  # as rexec.cli.main.main does
 
+
+DUMMY_COMMANDS = 24
+DUMMY_OPTIONS = 12
+
+
+def _write_dummy_modules(directory: str) -> None:
+    """DUMMY_COMMANDS command modules like rexec's, each registering one command of DUMMY_OPTIONS
+    options, written as real files (imported, and byte-compiled once, as rexec's own are)."""
+    options = ", ".join(f"opt{n}: Annotated[str | None, typer.Option(help='Option {n}.')] = None"
+                        for n in range(DUMMY_OPTIONS))
+    for index in range(DUMMY_COMMANDS):
+        with open(os.path.join(directory, f"_bench_dummy_{index}.py"), "w") as module:
+            module.write(f"from typing import Annotated\nimport typer\n\n\n"
+                         f"def command({options}) -> None:\n    'Dummy command {index}.'\n\n\n"
+                         f"def register(root):\n    root.command('dummy{index}')(command)\n")
+
+
+def registry_probe(mode: str, dummies: str, args: list[str]) -> None:
+    """One fresh start of `rexec run ARGS`: print perf_counter when typer calls execute.
+
+    ``dummies`` is the directory of _write_dummy_modules, or "" for the real registry alone.
+    """
+    gc.disable()
+    import rexec.cli.main
+    import rexec.cli.run
+
+    commands = dict(rexec.cli.main.COMMANDS)
+    if dummies:
+        sys.path.insert(0, dummies)
+        commands.update({f"dummy{n}": f"_bench_dummy_{n}" for n in range(DUMMY_COMMANDS)})
+
+    def parsed(*a: "Any", **kw: "Any") -> int:
+        sys.stdout.write(f"{time.perf_counter()!r}\n")
+        sys.stdout.flush()
+        os._exit(0)
+
+    rexec.cli.run.execute = parsed
+    argv = ["run", *args] if mode == "lazy" else []
+    rexec.cli.main.build_app(argv, commands)(args=["run", *args], prog_name="rexec")
+
+
+def registry(rounds: int) -> None:
+    """Print the Markdown table of registry_probe's start-up, median of ROUNDS fresh processes."""
+    import statistics
+    import subprocess
+    import tempfile
+
+    extra = f"+ {DUMMY_COMMANDS} commands x {DUMMY_OPTIONS} options"
+    with tempfile.TemporaryDirectory() as directory:
+        _write_dummy_modules(directory)
+        cases = [("lazy", "", "the real registry (run, token)"),
+                 ("lazy", directory, f"{extra}, lazy (only `run` registered)"),
+                 ("eager", directory, f"{extra}, eager (all registered)")]
+        times: list[list[float]] = [[] for _ in cases]
+        for _ in range(rounds + 1):  # the first round byte-compiles the modules: not counted
+            for series, (mode, dummies, _label) in zip(times, cases, strict=True):
+                started = time.perf_counter()  # interleaved cases: the same machine load
+                out = subprocess.run(
+                    [sys.executable, __file__, "registry-probe", mode, dummies,
+                     "127.0.0.1:1", "--", "true"], capture_output=True, check=True, text=True)
+                series.append(float(out.stdout.split()[-1]) - started)
+    print("| `rexec run` start-up, to parsed arguments | median ms | min ms |")
+    print("| --- | ---: | ---: |")
+    for (_mode, _dummies, label), series in zip(cases, times, strict=True):
+        print(f"| {label} | {statistics.median(series[1:]) * 1000:.1f} |"
+              f" {min(series[1:]) * 1000:.1f} |")
 
 if __name__ == "__main__":
     mode, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
@@ -166,5 +240,9 @@ if __name__ == "__main__":
         minimal_app(rest, fast=mode == "app-fast")
     elif mode == "stages":
         stages(rest)
+    elif mode == "registry":
+        registry(int(rest[0]) if rest else 15)
+    elif mode == "registry-probe":
+        registry_probe(rest[0], rest[1], rest[2:])
     else:
-        sys.exit(f"usage: {sys.argv[0]} app|app-fast|stages ADDRESS -- COMMAND...")
+        sys.exit(f"usage: {sys.argv[0]} app|app-fast|stages|registry ADDRESS -- COMMAND...")

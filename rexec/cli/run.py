@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import os
 import signal
 import sys
-from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
 import typer
 
-EXIT_FAILURE = 255
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 128 + 13
+from rexec.cli.common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    ClientConfig,
+    ConnectTimeout,
+    Identity,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    TokenFile,
+    fail,
+)
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -42,34 +49,6 @@ def _stdin_fd() -> int | None:
     except OSError:
         return None
     return None if os.isatty(0) else 0
-
-
-def _text_or_base64(data: bytes) -> tuple[str, str]:
-    try:
-        return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(data).decode("ascii"), "base64"
-
-
-def result_json(result: Any) -> str:
-    """The --json document for a Result."""
-    stdout, stdout_encoding = _text_or_base64(result.stdout)
-    stderr, stderr_encoding = _text_or_base64(result.stderr)
-    return json.dumps({
-        "command": result.command,
-        "exit_code": result.exit_code,
-        "signal": result.signal,
-        "timed_out": result.timed_out,
-        "exceeded": result.exceeded,
-        "exit_status": result.exit_status,
-        "duration": result.duration,
-        "stdout": stdout,
-        "stdout_encoding": stdout_encoding,
-        "stderr": stderr,
-        "stderr_encoding": stderr_encoding,
-        "stdout_bytes": result.stdout_bytes,
-        "stderr_bytes": result.stderr_bytes,
-    })
 
 
 class _Outputs:
@@ -113,27 +92,13 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     no_stdin: Annotated[
         bool, typer.Option("--no-stdin", "-n", help="Do not forward local stdin.")
     ] = False,
-    token_file: Annotated[
-        Path | None, typer.Option("--token-file", help="Read the token from FILE.")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="Client config file (TOML, [client] table).")
-    ] = None,
-    connect_timeout: Annotated[
-        float | None, typer.Option(help="Seconds to connect and authenticate.  [default: 10]")
-    ] = None,
-    tls_ca: Annotated[
-        Path | None, typer.Option("--tls-ca", help="Use TLS; trust servers signed by this CA.")
-    ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", help="Client certificate (PEM) for mutual TLS.")
-    ] = None,
-    tls_key: Annotated[
-        Path | None, typer.Option("--tls-key", help="The client certificate's private key.")
-    ] = None,
-    identity: Annotated[
-        str | None, typer.Option("--identity", "-i", help="Log in as this named identity.")
-    ] = None,
+    token_file: TokenFile = None,
+    config: ClientConfig = None,
+    connect_timeout: ConnectTimeout = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    identity: Identity = None,
 ) -> None:
     """Run COMMAND on the server at ADDRESS and exit with its status.
 
@@ -165,10 +130,14 @@ def execute(
     stdin_fd: int | None,
     connection: dict[str, Any],
 ) -> int:
-    """Run one command through the blocking client; return the CLI's exit status."""
+    """Run one command through the blocking client; return the CLI's exit status.
+
+    rexec's own failures (connecting, authenticating, refused) exit through ``fail()``.
+    """
     import gc
 
     from rexec.client.blocking import BlockingClient
+    from rexec.client.options import ConnectOptions
     from rexec.errors import RexecError
 
     # Start-up ran with the collector off (rexec/cli/client.py): what it made stays, frozen out
@@ -177,7 +146,8 @@ def execute(
     gc.enable()
     interrupts = 0
     try:
-        with BlockingClient(address, **connection) as client:
+        options = ConnectOptions.resolve(address, **connection)
+        with BlockingClient.from_options(options) as client:
             outputs = _Outputs(client.request_cancel)
 
             def on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -200,9 +170,10 @@ def execute(
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except RexecError as exc:
-        print(f"rexec: {exc}", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED if interrupts else EXIT_FAILURE
+        fail(exc, EXIT_INTERRUPTED if interrupts else EXIT_FAILURE)
     if json_output:
+        from rexec.cli.output import result_json
+
         _write_all(1, result_json(result).encode() + b"\n")
     if result.exceeded is not None:
         print(f"rexec: the server stopped the command: its output went over the limit"
@@ -212,3 +183,8 @@ def execute(
     if outputs.broken_pipe:
         return EXIT_BROKEN_PIPE
     return result.exit_status
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``rexec run`` to the root app."""
+    root.command("run")(run_command)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from rexec.cli.common import (
+    EXIT_USAGE,
+    config_option,
+    fail,
+    tls_cert_option,
+    tls_key_option,
+    token_file_option,
+)
 from rexec.errors import ConfigError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -22,19 +29,19 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
         int | None, typer.Option(help="TCP port; 0 picks a free one.  [default: 7878]")
     ] = None,
     token_file: Annotated[
-        Path | None, typer.Option("--token-file", help="Read the shared token from FILE.")
+        Path | None, token_file_option("Read the shared token from FILE.")
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="TOML config file (see config/server.toml).")
+        Path | None, config_option("TOML config file (see config/server.toml).")
     ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="debug, info, warning or error.  [default: info]")
     ] = None,
     tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", help="Serve TLS with this certificate (PEM).")
+        Path | None, tls_cert_option("Serve TLS with this certificate (PEM).")
     ] = None,
     tls_key: Annotated[
-        Path | None, typer.Option("--tls-key", help="The certificate's private key (PEM).")
+        Path | None, tls_key_option("The certificate's private key (PEM).")
     ] = None,
     tls_client_ca: Annotated[
         Path | None,
@@ -64,8 +71,7 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
         )
         tls = tls_setup(settings)
     except ConfigError as exc:
-        print(f"rexec-server: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+        fail(exc, EXIT_USAGE, prog="rexec-server")
     raise typer.Exit(run_server(settings, token, tls))
 
 

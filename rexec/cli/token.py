@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from rexec.cli.common import EXIT_USAGE, fail
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Make tokens and the hashes a server's identities keep of them.")
 
@@ -26,8 +28,7 @@ def new(
     from rexec.tokens import generate_token, write_token_file
 
     if output.exists():
-        print(f"rexec: {output} exists; not overwriting a token", file=sys.stderr)
-        raise typer.Exit(2)
+        fail(f"{output} exists; not overwriting a token", EXIT_USAGE)
     token = generate_token()
     write_token_file(output, token)
     print(_hash_line(token))
@@ -48,6 +49,10 @@ def hash_token(
         token = (read_token_file(token_file) if token_file is not None
                  else check_token(sys.stdin.read(), "standard input"))
     except ConfigError as exc:
-        print(f"rexec: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+        fail(exc, EXIT_USAGE)
     print(_hash_line(token))
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``rexec token new|hash`` to the root app."""
+    root.add_typer(app, name="token")

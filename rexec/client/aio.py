@@ -16,12 +16,11 @@ from types import TracebackType
 from typing import IO
 
 from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
-from rexec.client.settings import client_settings
+from rexec.client.options import ConnectOptions
 from rexec.errors import CommandFailed, ConnectError, RexecError, map_socket_errors
 from rexec.result import Result
 from rexec.sockets import READ_SIZE, STREAM_LIMIT, tune
 from rexec.tls import CLOSED_IN_HANDSHAKE, client_context, describe_ssl_error
-from rexec.wire.address import parse_address
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
 OutputCallback = Callable[[bytes | memoryview], object]
@@ -61,12 +60,23 @@ class Client:
         tls_key: str | Path | None = None,
         identity: str | None = None,
     ) -> None:
-        self.address = address
-        self.host, self.port = parse_address(address)
-        self.settings, self._token = client_settings(
-            token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
-            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, identity=identity,
-        )
+        self._setup(ConnectOptions.resolve(
+            address, token=token, token_file=token_file, config=config,
+            connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+            identity=identity,
+        ))
+
+    @classmethod
+    def from_options(cls, options: ConnectOptions) -> Client:
+        """A client for connection options already resolved (``ConnectOptions.resolve``)."""
+        client = cls.__new__(cls)
+        client._setup(options)
+        return client
+
+    def _setup(self, options: ConnectOptions) -> None:
+        self.options = options
+        self.address, self.host, self.port = options.address, options.host, options.port
+        self.settings = options.settings
         self._core: ClientCore | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -86,12 +96,11 @@ class Client:
 
     async def connect(self) -> None:
         """Open the connection and authenticate (ConnectError, AuthenticationError...)."""
-        timeout = self.settings.connect_timeout
+        options = self.options
+        timeout = options.connect_timeout
         context = None
-        if self.settings.tls_ca is not None:
-            context = client_context(
-                self.settings.tls_ca, self.settings.tls_cert, self.settings.tls_key
-            )
+        if options.tls_ca is not None:
+            context = client_context(options.tls_ca, options.tls_cert, options.tls_key)
         try:
             async with asyncio.timeout(timeout):
                 self._reader, self._writer = await asyncio.open_connection(
@@ -113,8 +122,8 @@ class Client:
         sock = self._writer.get_extra_info("socket")
         if sock is not None:
             tune(sock)
-        self._core = ClientCore(self._token, identity=self.settings.identity,
-                                client_certificate=self.settings.tls_cert is not None)
+        self._core = ClientCore(options.token, identity=options.identity,
+                                client_certificate=options.tls_cert is not None)
         try:
             async with asyncio.timeout(timeout):
                 event = await self._next_event()

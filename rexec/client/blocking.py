@@ -19,7 +19,7 @@ from types import ModuleType, TracebackType
 from typing import IO, Any
 
 from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
-from rexec.client.settings import client_settings
+from rexec.client.options import ConnectOptions
 from rexec.errors import (
     CommandFailed,
     ConnectError,
@@ -28,7 +28,6 @@ from rexec.errors import (
 )
 from rexec.result import Result
 from rexec.sockets import tune
-from rexec.wire.address import parse_address
 
 READ_SIZE = 256 * 1024
 STDIN_CHUNK = 256 * 1024
@@ -56,12 +55,23 @@ class BlockingClient:
         tls_key: str | Path | None = None,
         identity: str | None = None,
     ) -> None:
-        self.address = address
-        self.host, self.port = parse_address(address)
-        self.settings, self._token = client_settings(
-            token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
-            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, identity=identity,
-        )
+        self._setup(ConnectOptions.resolve(
+            address, token=token, token_file=token_file, config=config,
+            connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+            identity=identity,
+        ))
+
+    @classmethod
+    def from_options(cls, options: ConnectOptions) -> BlockingClient:
+        """A client for connection options already resolved (``ConnectOptions.resolve``)."""
+        client = cls.__new__(cls)
+        client._setup(options)
+        return client
+
+    def _setup(self, options: ConnectOptions) -> None:
+        self.options = options
+        self.address, self.host, self.port = options.address, options.host, options.port
+        self.settings = options.settings
         self._sock: socket.socket | None = None
         self._core: ClientCore | None = None
         self._out = bytearray()
@@ -82,7 +92,8 @@ class BlockingClient:
 
     def connect(self) -> None:
         """Open the connection and authenticate."""
-        timeout = self.settings.connect_timeout
+        options = self.options
+        timeout = options.connect_timeout
         try:
             sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except TimeoutError:
@@ -94,12 +105,12 @@ class BlockingClient:
             raise ConnectError(
                 f"cannot connect to {self.address}: {exc.strerror or exc}") from None
         tune(sock)
-        if self.settings.tls_ca is not None:
-            sock = self._wrap_tls(sock, self.settings.tls_ca)
+        if options.tls_ca is not None:
+            sock = self._wrap_tls(sock, options.tls_ca)
         sock.setblocking(False)
         self._sock = sock
-        self._core = ClientCore(self._token, identity=self.settings.identity,
-                                client_certificate=self.settings.tls_cert is not None)
+        self._core = ClientCore(options.token, identity=options.identity,
+                                client_certificate=options.tls_cert is not None)
         try:
             event = self._drive(deadline=time.monotonic() + timeout)
         except BaseException:
@@ -119,7 +130,7 @@ class BlockingClient:
 
         from rexec.tls import CLOSED_IN_HANDSHAKE, client_context, describe_ssl_error
 
-        context = client_context(ca, self.settings.tls_cert, self.settings.tls_key)
+        context = client_context(ca, self.options.tls_cert, self.options.tls_key)
         try:
             wrapped = context.wrap_socket(sock, server_hostname=self.host)
         except (ssl.SSLEOFError, ConnectionResetError):
@@ -405,7 +416,10 @@ def run(
 
     ``run_options`` are those of ``BlockingClient.run`` (env, cwd, timeout, stdin, check...).
     """
-    with BlockingClient(address, token=token, token_file=token_file, config=config,
-                        connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert,
-                        tls_key=tls_key, identity=identity) as client:
+    options = ConnectOptions.resolve(
+        address, token=token, token_file=token_file, config=config,
+        connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+        identity=identity,
+    )
+    with BlockingClient.from_options(options) as client:
         return client.run(command, **run_options)

@@ -17,7 +17,7 @@ def modules_after(imports: str) -> set[str]:
 
 
 def test_the_one_host_run_path_never_imports_asyncio() -> None:
-    loaded = modules_after("import rexec.cli.client, rexec.cli.run\n"
+    loaded = modules_after("import rexec.cli.main, rexec.cli.run\n"
                            "from rexec.client.blocking import BlockingClient")
     assert "rexec.client.blocking" in loaded
     assert "asyncio" not in loaded

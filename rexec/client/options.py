@@ -1,0 +1,59 @@
+"""ConnectOptions: every option of one connection, resolved once from flags, environment, config.
+
+``Client``, ``BlockingClient``, ``rexec.run`` and ``rexec run`` all take the same eight
+connection keywords; each turns them into one ConnectOptions here, so the merge order (the
+keywords over the environment over the config file, then the token lookup) is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rexec.client.settings import ClientSettings, client_settings
+from rexec.wire.address import parse_address
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """Where to connect, as whom, how secured and how long to wait: resolved, immutable."""
+
+    address: str
+    host: str
+    port: int
+    token: str | None = field(repr=False)  # never shown: messages and reprs hide the token
+    identity: str | None
+    tls_ca: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    connect_timeout: float
+    settings: ClientSettings = field(repr=False, compare=False)  # what they were resolved from
+
+    @classmethod
+    def resolve(
+        cls,
+        address: str,
+        *,
+        token: str | None = None,
+        token_file: str | Path | None = None,
+        config: str | Path | None = None,
+        connect_timeout: float | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        identity: str | None = None,
+    ) -> ConnectOptions:
+        """Resolve the keywords (None: not given) over the environment and the config file.
+
+        ConfigError for a bad address (checked first), a bad config or no token anywhere.
+        """
+        host, port = parse_address(address)
+        settings, resolved_token = client_settings(
+            token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, identity=identity,
+        )
+        return cls(
+            address=address, host=host, port=port, token=resolved_token,
+            identity=settings.identity, tls_ca=settings.tls_ca, tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key, connect_timeout=settings.connect_timeout, settings=settings,
+        )
