@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from rexec._version import __version__
 from rexec.errors import ConnectionLost, ProtocolError
@@ -28,6 +28,7 @@ from rexec.server.exec.runner import Confinement, describe_spawn_error
 from rexec.server.exec.shortcut import shell_pwd
 from rexec.server.exec.workdir import WorkDir, WorkDirError
 from rexec.server.identity import Identity, Refusal
+from rexec.server.state import ServerState
 from rexec.server.stream import FramedStream, TLSHandshakeFailed
 from rexec.tls import Subject
 from rexec.wire.auth import auth_message, new_nonce
@@ -46,9 +47,6 @@ from rexec.wire.frames import (
     Stdout,
 )
 from rexec.wire.protocol import State
-
-if TYPE_CHECKING:
-    from rexec.server.listener import Server
 
 log = logging.getLogger("rexec.server")
 
@@ -81,8 +79,8 @@ def _smaller(a: int | None, b: int | None) -> int | None:
 class Session:
     """One client connection: handshake, then commands one after another."""
 
-    def __init__(self, server: Server, stream: FramedStream) -> None:
-        self.server = server
+    def __init__(self, state: ServerState, stream: FramedStream) -> None:
+        self.state = state
         self.stream = stream
         self.peer = stream.peer
         self.identity: Identity | None = None
@@ -108,7 +106,7 @@ class Session:
         self._serve_task = asyncio.current_task()
         try:
             await self._handshake_with_deadline()
-            if self.server.limits.idle_timeout:
+            if self.state.limits.idle_timeout:
                 self._watchdog = asyncio.create_task(self._idle_watchdog())
             while True:
                 frame = await self.stream.receive()
@@ -117,7 +115,7 @@ class Session:
         except _Refused as exc:
             self.ended(exc.code, str(exc))
             self.log(logging.WARNING, "refused", code=exc.code, reason=str(exc))
-            self.server.audit.record("connection_refused", peer=self.peer, code=exc.code,
+            self.state.audit.record("connection_refused", peer=self.peer, code=exc.code,
                                      reason=str(exc), claimed_identity=self.claimed_identity,
                                      subject=self.stream.peer_subject_text)
             await self.send_fatal(exc.code, str(exc))
@@ -128,7 +126,7 @@ class Session:
         except TLSHandshakeFailed as exc:
             self.ended("tls_failed", str(exc))
             self.log(logging.WARNING, "refused", code="tls_failed", reason=str(exc))
-            self.server.audit.record("connection_refused", peer=self.peer, code="tls_failed",
+            self.state.audit.record("connection_refused", peer=self.peer, code="tls_failed",
                                      reason=str(exc))
         except ConnectionLost as exc:
             self.ended("disconnected", str(exc))
@@ -150,7 +148,7 @@ class Session:
 
     async def _idle_watchdog(self) -> None:
         """Close the connection after idle_timeout seconds with no frame and no command."""
-        idle = self.server.limits.idle_timeout
+        idle = self.state.limits.idle_timeout
         assert idle is not None
         while True:
             await asyncio.sleep(max(0.05, self.last_activity + idle - time.monotonic()))
@@ -165,7 +163,7 @@ class Session:
         """No longer count this connection as unauthenticated (it authenticated, or ended)."""
         if self.waiting:
             self.waiting = False
-            self.server.gate.release(self.stream.peer_host)
+            self.state.gate.release(self.stream.peer_host)
 
     def end_for_shutdown(self) -> None:
         """Tell the client the server is shutting down, stop any command, close (once)."""
@@ -190,14 +188,14 @@ class Session:
     async def _handshake_with_deadline(self) -> None:
         """TLS (when on) and the rexec handshake, both inside one deadline (LoginGraceTime)."""
         try:
-            async with asyncio.timeout(self.server.handshake_timeout):
-                if self.server.tls is not None:
-                    await self.stream.accept_tls(self.server.tls)
+            async with asyncio.timeout(self.state.handshake_timeout):
+                if self.state.tls is not None:
+                    await self.stream.accept_tls(self.state.tls)
                 await self.handshake()
         except TimeoutError:
             raise _Refused(
                 "handshake_timeout",
-                f"no successful handshake within {self.server.handshake_timeout:g} s",
+                f"no successful handshake within {self.state.handshake_timeout:g} s",
             ) from None
 
     async def handshake(self) -> None:
@@ -209,11 +207,11 @@ class Session:
                 f"this server speaks protocol version {PROTOCOL_VERSION};"
                 f" the client offered {hello.versions}",
             )
-        identities, subject = self.server.identities, self.stream.peer_subject
+        identities, subject = self.state.identities, self.stream.peer_subject
         self.claimed_identity = hello.identity
         identity = identities.resolve(hello.identity, subject)
         method, salt = identities.challenge_for(identity, hello.identity, subject)
-        delay = self.server.penalty.delay(self.stream.peer_host)
+        delay = self.state.penalty.delay(self.stream.peer_host)
         if delay:
             await asyncio.sleep(delay)  # recent failures from this source slow it down
         nonce = new_nonce()
@@ -224,14 +222,14 @@ class Session:
         auth = await self._receive_handshake(Auth)
         message = auth_message(hello.nonce, nonce, PROTOCOL_VERSION, hello.identity or "")
         if identity is None or not _proved(identity, auth, message, subject):
-            failures = self.server.penalty.failed(self.stream.peer_host)
+            failures = self.state.penalty.failed(self.stream.peer_host)
             self.log(logging.WARNING, "auth_failed", claimed_identity=hello.identity,
                      recent_failures=failures,
-                     next_delay=self.server.penalty.delay(self.stream.peer_host))
+                     next_delay=self.state.penalty.delay(self.stream.peer_host))
             raise _Refused("auth_failed", "authentication failed: unknown identity, wrong token"
                            " or wrong certificate")
         limit = identity.policy.max_connections
-        if limit is not None and self.server.active_connections[identity.name] >= limit:
+        if limit is not None and self.state.active_connections[identity.name] >= limit:
             raise _Refused("too_many_connections", f"identity {identity.name!r} already has"
                            f" {limit} connection(s) (max_connections)")
         proof = identity.verifier.server_proof(message) if identity.verifier else None
@@ -239,11 +237,11 @@ class Session:
         self.stream.authenticated()
         await self.stream.drain()
         self.identity = identity
-        self.server.active_connections[identity.name] += 1
+        self.state.active_connections[identity.name] += 1
         self.leave_startups()
         subject_text = self.stream.peer_subject_text
         self.log(logging.INFO, "authenticated", agent=hello.agent, subject=subject_text)
-        self.server.audit.record("authenticated", peer=self.peer, identity=identity.name,
+        self.state.audit.record("authenticated", peer=self.peer, identity=identity.name,
                                  method=method, subject=subject_text, agent=hello.agent)
 
     async def _receive_handshake(self, kind: type[HandshakeT]) -> HandshakeT:
@@ -281,8 +279,8 @@ class Session:
         assert identity is not None  # the state table allows run only after auth_ok
         policy = identity.policy
         command = Command(run, identity, time.monotonic(), policy.timeout(run),
-                          _smaller(policy.max_output, self.server.limits.max_output))
-        refusal = (self.server.limits.check(run) or policy.check(run)
+                          _smaller(policy.max_output, self.state.limits.max_output))
+        refusal = (self.state.limits.check(run) or policy.check(run)
                    or policy.check_env(run.env) or self._over_max_commands(identity))
         if refusal is not None:
             self.refuse(command, refusal)
@@ -303,7 +301,7 @@ class Session:
 
     def _over_max_commands(self, identity: Identity) -> Refusal | None:
         limit = identity.policy.max_commands
-        if limit is not None and self.server.active_commands[identity.name] >= limit:
+        if limit is not None and self.state.active_commands[identity.name] >= limit:
             return Refusal("max_commands", f"refused: identity {identity.name!r} already runs"
                            f" {limit} command(s) (max_commands)")
         return None
@@ -321,21 +319,21 @@ class Session:
 
     def _spawn(self, command: Command, workdir: WorkDir | None) -> None:
         """Build the child's environment and confinement, audit the start, start it."""
-        run, policy, server = command.run, command.identity.policy, self.server
+        run, policy, state = command.run, command.identity.policy, self.state
         try:
             user = account(policy.run_as)
         except KeyError:
             self.not_started(command, f"user {policy.run_as!r} does not exist")
             return
-        command.cwd = workdir.path if workdir is not None else server.own_pwd
+        command.cwd = workdir.path if workdir is not None else state.own_pwd
         env = child_environment(
-            server.child_env, user=user, client_env=run.env, identity_env=policy.env,
+            state.child_env, user=user, client_env=run.env, identity_env=policy.env,
             identity=command.identity.name, client=self.client_line, pwd=self._pwd(run, workdir),
         )
         confine = Confinement(user if policy.run_as is not None else None,
-                              server.umask if policy.umask is None else policy.umask,
+                              state.umask if policy.umask is None else policy.umask,
                               policy.rlimits)
-        if not server.audit.record("command", **self._audit_fields(command), decision="started",
+        if not state.audit.record("command", **self._audit_fields(command), decision="started",
                                    env=audit_env(run.env), run_as=policy.run_as,
                                    timeout=command.timeout):
             self.log(logging.ERROR, "command", command=run.command, decision="refused",
@@ -348,9 +346,9 @@ class Session:
         argv = None if policy.shell else policy.argv(run)
         try:
             if argv is None:
-                child = server.runner.start_shell(run.command, env, spawn_cwd, run.stdin, confine)
+                child = state.runner.start_shell(run.command, env, spawn_cwd, run.stdin, confine)
             else:
-                child = server.runner.start(argv, env, spawn_cwd, run.stdin, confine)
+                child = state.runner.start(argv, env, spawn_cwd, run.stdin, confine)
         except (OSError, subprocess.SubprocessError) as exc:
             self.not_started(command, describe_spawn_error(
                 exc, argv or ["/bin/sh"], spawn_cwd, confine))
@@ -364,20 +362,20 @@ class Session:
 
     def take_slot(self, command: Command) -> None:
         """Count the command against its identity's max_commands."""
-        self.server.active_commands[command.identity.name] += 1
+        self.state.active_commands[command.identity.name] += 1
         command.holds_slot = True
 
     def free_slot(self, command: Command) -> None:
         """Give the command's max_commands slot back, once."""
         if command.holds_slot:
             command.holds_slot = False
-            self.server.active_commands[command.identity.name] -= 1
+            self.state.active_commands[command.identity.name] -= 1
 
     def _pwd(self, run: Run, workdir: WorkDir | None) -> str:
         """The PWD a shell would export there: the client's own when it names that directory."""
         given = run.env.get("PWD")
         if workdir is None:
-            return shell_pwd(None, given) if given else self.server.own_pwd
+            return shell_pwd(None, given) if given else self.state.own_pwd
         if given and os.path.isabs(given):
             with contextlib.suppress(OSError):
                 if os.path.samefile(given, workdir.path):
@@ -411,7 +409,7 @@ class Session:
             if self.feeder is not None:
                 await self.feeder.stop()
                 self.feeder = None
-            self.server.release(child)
+            self.state.release(child)
             self.child = None
             self.free_slot(command)
             self.last_activity = time.monotonic()
@@ -433,7 +431,7 @@ class Session:
                 await self.stream.drain()
             except ConnectionLost:
                 self.lost = True
-        if self.server.shutting_down:
+        if self.state.shutting_down:
             self.end_for_shutdown()  # the command it was waiting for is done
 
     async def leader_exit(self, child: ChildProcess, command: Command) -> ExitStatus:
@@ -453,12 +451,12 @@ class Session:
         Past the command's output budget the rest is read and dropped, and the group stopped.
         """
         kind = Stdout if stream_no == 1 else Stderr
-        buffer = self.server.take_buffer()
+        buffer = self.state.take_buffer()
         view = memoryview(buffer)
         sent = 0
         try:
             while (count := await child.read_into(stream_no, buffer,
-                                                  self.server.drain_grace)) > 0:
+                                                  self.state.drain_grace)) > 0:
                 allowed = command.spend(count)
                 if allowed < count and child.exceeded is None:
                     child.exceed("max_output")
@@ -472,7 +470,7 @@ class Session:
                     self.connection_lost()
         finally:
             view.release()
-            self.server.give_buffer(buffer)
+            self.state.give_buffer(buffer)
         return sent
 
     def _audit_fields(self, command: Command) -> dict[str, Any]:
@@ -486,7 +484,7 @@ class Session:
         log_event(logging.INFO, "command", **common, **fields)
         if decision != "run":
             fields = {**fields, "env": audit_env(command.run.env)}
-        self.server.audit.record("command", **common, **fields)
+        self.state.audit.record("command", **common, **fields)
 
     def connection_lost(self) -> None:
         """The client is gone: stop sending and terminate any running command's group."""
@@ -516,7 +514,7 @@ class Session:
                 self._watchdog.cancel()
             self.connection_lost()
             if self.command_task is not None:
-                grace = self.server.runner.kill_grace + 5.0
+                grace = self.state.runner.kill_grace + 5.0
                 try:
                     await asyncio.wait_for(asyncio.shield(self.command_task), grace)
                 except TimeoutError:
@@ -526,8 +524,8 @@ class Session:
             await self.stream.close()
         finally:
             if self.identity is not None:
-                self.server.active_connections[self.identity.name] -= 1
-            self.server.audit.record(
+                self.state.active_connections[self.identity.name] -= 1
+            self.state.audit.record(
                 "connection_closed", peer=self.peer,
                 identity=self.identity.name if self.identity is not None else None,
                 code=self.end_code or "closed", reason=self.end_reason,
