@@ -18,7 +18,6 @@ import subprocess
 import time
 from typing import Any, TypeVar
 
-from rexec._version import __version__
 from rexec.errors import ConnectionLost, ProtocolError
 from rexec.server.audit import log_event
 from rexec.server.command import Command, StdinFeeder
@@ -27,17 +26,13 @@ from rexec.server.exec.env import account, audit_env, child_environment
 from rexec.server.exec.runner import Confinement, describe_spawn_error
 from rexec.server.exec.shortcut import shell_pwd
 from rexec.server.exec.workdir import WorkDir, WorkDirError
+from rexec.server.handshake import Accepted, HandshakeRefusal, ServerHandshake
 from rexec.server.identity import Identity, Refusal
 from rexec.server.state import ServerState
 from rexec.server.stream import FramedStream, TLSHandshakeFailed
-from rexec.tls import Subject
-from rexec.wire.auth import auth_message, new_nonce
 from rexec.wire.codec import Frame
 from rexec.wire.frames import (
-    PROTOCOL_VERSION,
     Auth,
-    AuthOk,
-    Challenge,
     Error,
     Exit,
     Hello,
@@ -50,7 +45,6 @@ from rexec.wire.protocol import State
 
 log = logging.getLogger("rexec.server")
 
-AGENT = f"rexec-server/{__version__}"
 ERROR_SEND_TIMEOUT = 2.0
 HandshakeT = TypeVar("HandshakeT", Hello, Auth)
 
@@ -61,15 +55,6 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _proved(identity: Identity, auth: Auth, message: bytes, subject: Subject | None) -> bool:
-    """Whether ``auth`` (and the TLS certificate) prove ``identity``."""
-    if identity.certificate is not None and identity.certificate != subject:
-        return False
-    if identity.verifier is None:
-        return auth.mac is None
-    return auth.mac is not None and identity.verifier.check(message, auth.mac)
 
 
 def _smaller(a: int | None, b: int | None) -> int | None:
@@ -199,50 +184,42 @@ class Session:
             ) from None
 
     async def handshake(self) -> None:
-        """Negotiate the version, find the client's identity and check its proof."""
+        """Drive the handshake: its frames in and out, the penalty delay, the log and audit."""
+        state, stream = self.state, self.stream
+        shake = ServerHandshake(state.identities, state.penalty, source=stream.peer_host,
+                                subject=stream.peer_subject,
+                                active_connections=state.active_connections)
         hello = await self._receive_handshake(Hello)
-        if PROTOCOL_VERSION not in hello.versions:
-            raise _Refused(
-                "unsupported_version",
-                f"this server speaks protocol version {PROTOCOL_VERSION};"
-                f" the client offered {hello.versions}",
-            )
-        identities, subject = self.state.identities, self.stream.peer_subject
-        self.claimed_identity = hello.identity
-        identity = identities.resolve(hello.identity, subject)
-        method, salt = identities.challenge_for(identity, hello.identity, subject)
-        delay = self.state.penalty.delay(self.stream.peer_host)
-        if delay:
-            await asyncio.sleep(delay)  # recent failures from this source slow it down
-        nonce = new_nonce()
-        self.stream.send(Challenge(version=PROTOCOL_VERSION, nonce=nonce, agent=AGENT,
-                                   method=method,  # type: ignore[arg-type]
-                                   salt=salt.hex() if salt is not None else None))
-        await self.stream.drain()
-        auth = await self._receive_handshake(Auth)
-        message = auth_message(hello.nonce, nonce, PROTOCOL_VERSION, hello.identity or "")
-        if identity is None or not _proved(identity, auth, message, subject):
-            failures = self.state.penalty.failed(self.stream.peer_host)
-            self.log(logging.WARNING, "auth_failed", claimed_identity=hello.identity,
-                     recent_failures=failures,
-                     next_delay=self.state.penalty.delay(self.stream.peer_host))
-            raise _Refused("auth_failed", "authentication failed: unknown identity, wrong token"
-                           " or wrong certificate")
-        limit = identity.policy.max_connections
-        if limit is not None and self.state.active_connections[identity.name] >= limit:
-            raise _Refused("too_many_connections", f"identity {identity.name!r} already has"
-                           f" {limit} connection(s) (max_connections)")
-        proof = identity.verifier.server_proof(message) if identity.verifier else None
-        self.stream.send(AuthOk(mac=proof, identity=identity.name))
-        self.stream.authenticated()
-        await self.stream.drain()
-        self.identity = identity
+        challenged = shake.receive_hello(hello)
+        self.claimed_identity = shake.claimed_identity
+        if isinstance(challenged, HandshakeRefusal):
+            raise _Refused(challenged.code, challenged.message)
+        if challenged.delay:
+            await asyncio.sleep(challenged.delay)  # recent failures from this source slow it down
+        stream.send(challenged.challenge)
+        await stream.drain()
+        accepted = shake.receive_auth(await self._receive_handshake(Auth))
+        if isinstance(accepted, HandshakeRefusal):
+            if accepted.recent_failures is not None:
+                self.log(logging.WARNING, "auth_failed", claimed_identity=hello.identity,
+                         recent_failures=accepted.recent_failures,
+                         next_delay=accepted.next_delay)
+            raise _Refused(accepted.code, accepted.message)
+        stream.send(accepted.auth_ok)
+        stream.authenticated()
+        await stream.drain()
+        self.authenticated(accepted)
+
+    def authenticated(self, accepted: Accepted) -> None:
+        """Count the connection against its identity, leave the startups, log and audit it."""
+        identity = self.identity = accepted.identity
         self.state.active_connections[identity.name] += 1
         self.leave_startups()
         subject_text = self.stream.peer_subject_text
-        self.log(logging.INFO, "authenticated", agent=hello.agent, subject=subject_text)
+        self.log(logging.INFO, "authenticated", agent=accepted.agent, subject=subject_text)
         self.state.audit.record("authenticated", peer=self.peer, identity=identity.name,
-                                 method=method, subject=subject_text, agent=hello.agent)
+                                method=accepted.method, subject=subject_text,
+                                agent=accepted.agent)
 
     async def _receive_handshake(self, kind: type[HandshakeT]) -> HandshakeT:
         """The client's next handshake frame; its error frame ends the session quietly."""
