@@ -12,20 +12,18 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import time
 from typing import Any, TypeVar
 
 from rexec.errors import ConnectionLost, ProtocolError
+from rexec.server.admission import Plan, admit
 from rexec.server.audit import log_event
 from rexec.server.command import Command, StdinFeeder
 from rexec.server.exec.child import ChildProcess, ExitStatus
-from rexec.server.exec.env import account, audit_env, child_environment
-from rexec.server.exec.runner import Confinement, describe_spawn_error
-from rexec.server.exec.shortcut import shell_pwd
-from rexec.server.exec.workdir import WorkDir, WorkDirError
+from rexec.server.exec.env import audit_env
+from rexec.server.exec.runner import describe_spawn_error
 from rexec.server.handshake import Accepted, HandshakeRefusal, ServerHandshake
 from rexec.server.identity import Identity, Refusal
 from rexec.server.state import ServerState
@@ -55,10 +53,6 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _smaller(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else min(a, b)
 
 
 class Session:
@@ -251,37 +245,25 @@ class Session:
             child.terminate()
 
     def start_command(self, run: Run) -> None:
-        """Check the command against the limits and the identity's policy, start it, supervise."""
+        """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""
         identity = self.identity
         assert identity is not None  # the state table allows run only after auth_ok
-        policy = identity.policy
-        command = Command(run, identity, time.monotonic(), policy.timeout(run),
-                          _smaller(policy.max_output, self.state.limits.max_output))
-        refusal = (self.state.limits.check(run) or policy.check(run)
-                   or policy.check_env(run.env) or self._over_max_commands(identity))
-        if refusal is not None:
-            self.refuse(command, refusal)
+        started = time.monotonic()
+        decision = admit(run, identity, self.state, client=self.client_line)
+        if isinstance(decision, Plan):
+            command = Command(run, identity, started, decision.timeout, decision.budget,
+                              cwd=decision.cwd)
+            try:
+                if self._audit_start(command, decision):
+                    self._spawn(command, decision)
+            finally:
+                decision.close()
             return
-        try:
-            workdir = policy.working_directory(run)
-        except WorkDirError as exc:
-            if exc.refused:
-                self.refuse(command, Refusal("cwd", str(exc)))
-            else:
-                self.not_started(command, str(exc))
-            return
-        try:
-            self._spawn(command, workdir)
-        finally:
-            if workdir is not None:
-                workdir.close()
-
-    def _over_max_commands(self, identity: Identity) -> Refusal | None:
-        limit = identity.policy.max_commands
-        if limit is not None and self.state.active_commands[identity.name] >= limit:
-            return Refusal("max_commands", f"refused: identity {identity.name!r} already runs"
-                           f" {limit} command(s) (max_commands)")
-        return None
+        command = Command(run, identity, started, None, None)
+        if isinstance(decision, Refusal):
+            self.refuse(command, decision)
+        else:
+            self.not_started(command, decision.reason)
 
     def refuse(self, command: Command, refusal: Refusal) -> None:
         """Tell the client (and the audit log) which rule refused the command."""
@@ -294,41 +276,31 @@ class Session:
         self.report(command, "not_started", reason=message)
         self.stream.send(Error(code=code, message=message, fatal=False))
 
-    def _spawn(self, command: Command, workdir: WorkDir | None) -> None:
-        """Build the child's environment and confinement, audit the start, start it."""
-        run, policy, state = command.run, command.identity.policy, self.state
-        try:
-            user = account(policy.run_as)
-        except KeyError:
-            self.not_started(command, f"user {policy.run_as!r} does not exist")
-            return
-        command.cwd = workdir.path if workdir is not None else state.own_pwd
-        env = child_environment(
-            state.child_env, user=user, client_env=run.env, identity_env=policy.env,
-            identity=command.identity.name, client=self.client_line, pwd=self._pwd(run, workdir),
-        )
-        confine = Confinement(user if policy.run_as is not None else None,
-                              state.umask if policy.umask is None else policy.umask,
-                              policy.rlimits)
-        if not state.audit.record("command", **self._audit_fields(command), decision="started",
-                                   env=audit_env(run.env), run_as=policy.run_as,
+    def _audit_start(self, command: Command, plan: Plan) -> bool:
+        """Audit the start; when the audit log cannot be written, refuse the command instead."""
+        if self.state.audit.record("command", **self._audit_fields(command), decision="started",
+                                   env=audit_env(plan.run.env), run_as=plan.run_as,
                                    timeout=command.timeout):
-            self.log(logging.ERROR, "command", command=run.command, decision="refused",
-                     rule="audit_unavailable")
-            self.stream.send(Error(code="audit_unavailable", fatal=False, message="refused: the"
-                                   " server cannot write its audit log; no command runs until"
-                                   " it can"))
-            return
-        spawn_cwd = workdir.spawn_path if workdir is not None else None
-        argv = None if policy.shell else policy.argv(run)
+            return True
+        self.log(logging.ERROR, "command", command=plan.run.command, decision="refused",
+                 rule="audit_unavailable")
+        self.stream.send(Error(code="audit_unavailable", fatal=False, message="refused: the"
+                               " server cannot write its audit log; no command runs until"
+                               " it can"))
+        return False
+
+    def _spawn(self, command: Command, plan: Plan) -> None:
+        """Start the child the plan describes, then supervise it."""
+        run, argv, cwd, confine = plan.run, plan.argv, plan.spawn_cwd, plan.confinement
         try:
             if argv is None:
-                child = state.runner.start_shell(run.command, env, spawn_cwd, run.stdin, confine)
+                child = self.state.runner.start_shell(run.command, plan.env, cwd, run.stdin,
+                                                      confine)
             else:
-                child = state.runner.start(argv, env, spawn_cwd, run.stdin, confine)
+                child = self.state.runner.start(argv, plan.env, cwd, run.stdin, confine)
         except (OSError, subprocess.SubprocessError) as exc:
             self.not_started(command, describe_spawn_error(
-                exc, argv or ["/bin/sh"], spawn_cwd, confine))
+                exc, argv or ["/bin/sh"], cwd, confine))
             return
         self.child = child
         if run.stdin:
@@ -347,17 +319,6 @@ class Session:
         if command.holds_slot:
             command.holds_slot = False
             self.state.active_commands[command.identity.name] -= 1
-
-    def _pwd(self, run: Run, workdir: WorkDir | None) -> str:
-        """The PWD a shell would export there: the client's own when it names that directory."""
-        given = run.env.get("PWD")
-        if workdir is None:
-            return shell_pwd(None, given) if given else self.state.own_pwd
-        if given and os.path.isabs(given):
-            with contextlib.suppress(OSError):
-                if os.path.samefile(given, workdir.path):
-                    return given
-        return workdir.path
 
     @property
     def client_line(self) -> str:
