@@ -35,7 +35,8 @@ def test_the_server_handshake_does_no_io() -> None:
     assert not loaded & {"asyncio", "socket", "select", "selectors", "ssl"}
 
 
-@pytest.mark.parametrize("module", ["runner", "child", "shortcut", "env", "workdir", "guardian"])
+@pytest.mark.parametrize("module", ["runner", "child", "group", "shortcut", "env", "workdir",
+                                    "guardian"])
 def test_the_process_layer_knows_no_sessions_and_no_frames(module: str) -> None:
     loaded = modules_after(f"import rexec.server.exec.{module}")
     outside = {m for m in loaded if m.startswith(("rexec.server.", "rexec.wire", "rexec.client"))
