@@ -29,7 +29,7 @@ class Command:
     timeout: float | None
     budget: int | None  # output bytes still allowed (None: no limit)
     cwd: str | None = None  # the physical directory it started in, once known
-    holds_slot: bool = False  # counted in Server.active_commands (max_commands)
+    holds_slot: bool = False  # counted in ServerState.active_commands (max_commands)
 
     def spend(self, count: int) -> int:
         """How many of ``count`` new output bytes may still be sent."""

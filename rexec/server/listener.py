@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
-from collections import Counter
 from typing import Any
 
 from rexec.server.audit import AuditLog, log_event
-from rexec.server.exec.child import READ_CHUNK, ChildProcess, live_groups
+from rexec.server.exec.child import live_groups
 from rexec.server.exec.env import ChildEnvSettings
 from rexec.server.exec.runner import Runner
-from rexec.server.exec.shortcut import shell_pwd
 from rexec.server.identity import Identities, Refusal
-from rexec.server.limits import AuthPenalty, ServerLimits, StartupGate
+from rexec.server.limits import ServerLimits
 from rexec.server.session import Session
+from rexec.server.state import DRAIN_GRACE, HANDSHAKE_TIMEOUT, ServerState
 from rexec.server.stream import FramedStream
 from rexec.sockets import KEEPALIVE, STREAM_LIMIT
 from rexec.wire.address import DEFAULT_PORT
@@ -25,9 +23,6 @@ from rexec.wire.frames import (
 )
 from rexec.wire.protocol import Role
 
-HANDSHAKE_TIMEOUT = 10.0
-DRAIN_GRACE = 0.5  # after the shell exits, a pipe quiet this long is left to its background holder
-BUFFER_POOL = 32  # idle pump buffers kept for reuse (8 MiB at most)
 # asyncio's default backlog (100) overflowed when 500 clients connected at once (docs/benchmarks.md)
 LISTEN_BACKLOG = 1024
 REFUSAL_FLUSH_TIMEOUT = 1.0  # a refused newcomer's error frame is tiny: it leaves at once
@@ -58,28 +53,15 @@ class Server:
         child_env: ChildEnvSettings | None = None,
         umask: int = 0o022,
     ) -> None:
-        self.identities = identities
-        self.child_env = child_env or ChildEnvSettings()
-        self.umask = umask
-        # The server's directory and PWD do not change: the PWD its commands start with.
-        self.own_pwd = shell_pwd(None, os.environ.get("PWD"))
-        self.tls = tls
-        self.limits = limits or ServerLimits()
-        self.audit = audit or AuditLog(None)
-        self.active_commands: Counter[str] = Counter()
-        self.active_connections: Counter[str] = Counter()
-        self.gate = StartupGate(self.limits.max_startups, self.limits.per_source_max_startups)
-        self.penalty = AuthPenalty(self.limits.auth_penalty_max)
+        self.state = ServerState(
+            identities, limits=limits or ServerLimits(), audit=audit or AuditLog(None),
+            runner=runner or Runner(), tls=tls, child_env=child_env or ChildEnvSettings(),
+            umask=umask, handshake_timeout=handshake_timeout, drain_grace=drain_grace,
+        )
         self.host = host
         self.port = port
-        self.runner = runner or Runner()
-        self.handshake_timeout = handshake_timeout
-        self.drain_grace = drain_grace
         self.keepalive = keepalive
         self.sessions: set[Session] = set()
-        self.unreaped: set[ChildProcess] = set()  # ended commands whose leader is not reaped yet
-        self.shutting_down = False
-        self._buffers: list[bytearray] = []
         self._server: asyncio.Server | None = None
 
     async def start(self) -> list[tuple[str, int]]:
@@ -97,16 +79,6 @@ class Server:
             return []
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 
-    def take_buffer(self) -> bytearray:
-        """A read buffer for a pump, reused: a fresh 256 KiB zeroed buffer per command costs
-        more than the rest of a short command's bookkeeping."""
-        return self._buffers.pop() if self._buffers else bytearray(READ_CHUNK)
-
-    def give_buffer(self, buffer: bytearray) -> None:
-        """Return a pump's buffer (its bytes were sent or copied by the transport)."""
-        if len(self._buffers) < BUFFER_POOL:
-            self._buffers.append(buffer)
-
     @property
     def running_commands(self) -> int:
         """How many commands are running now."""
@@ -119,7 +91,7 @@ class Server:
     async def shutdown(self, grace: float, hurry: asyncio.Event | None = None) -> None:
         """Stop accepting; let running commands finish for ``grace`` seconds (or until ``hurry``
         is set); then stop what is left. Every client is told the server is shutting down."""
-        self.shutting_down = True
+        self.state.shutting_down = True
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
@@ -132,14 +104,7 @@ class Server:
         await self._reap_children(hurry if grace > 0 else None)
         if self._server is not None:
             await self._server.wait_closed()
-        self.audit.close()
-
-    def release(self, child: ChildProcess) -> None:
-        """A session is done with ``child``: close it, and keep it until its leader is reaped."""
-        child.close()
-        if not child.reaped.done():
-            self.unreaped.add(child)
-            child.reaped.add_done_callback(lambda _: self.unreaped.discard(child))
+        self.state.audit.close()
 
     async def _reap_children(self, hurry: asyncio.Event | None) -> None:
         """Wait until ended commands' leaders are reaped, so the guardian is left nothing.
@@ -148,7 +113,7 @@ class Server:
         grace. Groups with no live process left get it at once; the others keep their grace
         unless ``hurry`` is set (or is None: ``close()``, which stops everything now).
         """
-        children = list(self.unreaped)
+        children = list(self.state.unreaped)
         if not children:
             return
         live = live_groups({child.pid for child in children}) if hurry is not None else set()
@@ -158,7 +123,7 @@ class Server:
         everything = asyncio.ensure_future(asyncio.wait([child.reaped for child in children]))
         hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else everything
         try:
-            await asyncio.wait([everything, hurried], timeout=self.runner.kill_grace + 5.0,
+            await asyncio.wait([everything, hurried], timeout=self.state.runner.kill_grace + 5.0,
                                return_when=asyncio.FIRST_COMPLETED)
             if not everything.done():
                 for child in children:
@@ -167,7 +132,7 @@ class Server:
         finally:
             everything.cancel()
             hurried.cancel()
-        for child in self.unreaped:
+        for child in self.state.unreaped:
             log_event(logging.WARNING, "command_stuck", pgid=child.pid,
                       reason="its leader did not exit after SIGKILL; giving up on it")
 
@@ -189,11 +154,11 @@ class Server:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream = FramedStream(reader, writer, Role.SERVER, self.keepalive, handshake=True)
-        refusal = self.gate.admit(stream.peer_host)
+        refusal = self.state.gate.admit(stream.peer_host)
         if refusal is not None:
             await self._refuse(stream, refusal)
             return
-        session = Session(self, stream)
+        session = Session(self.state, stream)
         self.sessions.add(session)
         try:
             await session.serve()
@@ -209,8 +174,8 @@ class Server:
         """
         log_event(logging.WARNING, "refused", peer=stream.peer, code=refusal.rule,
                   reason=refusal.message)
-        self.audit.record("connection_refused", peer=stream.peer, code=refusal.rule,
+        self.state.audit.record("connection_refused", peer=stream.peer, code=refusal.rule,
                           reason=refusal.message)
-        if self.tls is None:
+        if self.state.tls is None:
             stream.send(Error(code="too_many_startups", message=BUSY[refusal.rule], fatal=True))
         await stream.close(REFUSAL_FLUSH_TIMEOUT)

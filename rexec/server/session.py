@@ -12,31 +12,25 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from rexec._version import __version__
 from rexec.errors import ConnectionLost, ProtocolError
+from rexec.server.admission import Plan, admit
 from rexec.server.audit import log_event
 from rexec.server.command import Command, StdinFeeder
 from rexec.server.exec.child import ChildProcess, ExitStatus
-from rexec.server.exec.env import account, audit_env, child_environment
-from rexec.server.exec.runner import Confinement, describe_spawn_error
-from rexec.server.exec.shortcut import shell_pwd
-from rexec.server.exec.workdir import WorkDir, WorkDirError
+from rexec.server.exec.env import audit_env
+from rexec.server.exec.runner import describe_spawn_error
+from rexec.server.handshake import Accepted, HandshakeRefusal, ServerHandshake
 from rexec.server.identity import Identity, Refusal
+from rexec.server.state import ServerState
 from rexec.server.stream import FramedStream, TLSHandshakeFailed
-from rexec.tls import Subject
-from rexec.wire.auth import auth_message, new_nonce
 from rexec.wire.codec import Frame
 from rexec.wire.frames import (
-    PROTOCOL_VERSION,
     Auth,
-    AuthOk,
-    Challenge,
     Error,
     Exit,
     Hello,
@@ -47,12 +41,8 @@ from rexec.wire.frames import (
 )
 from rexec.wire.protocol import State
 
-if TYPE_CHECKING:
-    from rexec.server.listener import Server
-
 log = logging.getLogger("rexec.server")
 
-AGENT = f"rexec-server/{__version__}"
 ERROR_SEND_TIMEOUT = 2.0
 HandshakeT = TypeVar("HandshakeT", Hello, Auth)
 
@@ -65,24 +55,11 @@ class _Refused(Exception):
         self.code = code
 
 
-def _proved(identity: Identity, auth: Auth, message: bytes, subject: Subject | None) -> bool:
-    """Whether ``auth`` (and the TLS certificate) prove ``identity``."""
-    if identity.certificate is not None and identity.certificate != subject:
-        return False
-    if identity.verifier is None:
-        return auth.mac is None
-    return auth.mac is not None and identity.verifier.check(message, auth.mac)
-
-
-def _smaller(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
 class Session:
     """One client connection: handshake, then commands one after another."""
 
-    def __init__(self, server: Server, stream: FramedStream) -> None:
-        self.server = server
+    def __init__(self, state: ServerState, stream: FramedStream) -> None:
+        self.state = state
         self.stream = stream
         self.peer = stream.peer
         self.identity: Identity | None = None
@@ -108,7 +85,7 @@ class Session:
         self._serve_task = asyncio.current_task()
         try:
             await self._handshake_with_deadline()
-            if self.server.limits.idle_timeout:
+            if self.state.limits.idle_timeout:
                 self._watchdog = asyncio.create_task(self._idle_watchdog())
             while True:
                 frame = await self.stream.receive()
@@ -117,7 +94,7 @@ class Session:
         except _Refused as exc:
             self.ended(exc.code, str(exc))
             self.log(logging.WARNING, "refused", code=exc.code, reason=str(exc))
-            self.server.audit.record("connection_refused", peer=self.peer, code=exc.code,
+            self.state.audit.record("connection_refused", peer=self.peer, code=exc.code,
                                      reason=str(exc), claimed_identity=self.claimed_identity,
                                      subject=self.stream.peer_subject_text)
             await self.send_fatal(exc.code, str(exc))
@@ -128,7 +105,7 @@ class Session:
         except TLSHandshakeFailed as exc:
             self.ended("tls_failed", str(exc))
             self.log(logging.WARNING, "refused", code="tls_failed", reason=str(exc))
-            self.server.audit.record("connection_refused", peer=self.peer, code="tls_failed",
+            self.state.audit.record("connection_refused", peer=self.peer, code="tls_failed",
                                      reason=str(exc))
         except ConnectionLost as exc:
             self.ended("disconnected", str(exc))
@@ -150,7 +127,7 @@ class Session:
 
     async def _idle_watchdog(self) -> None:
         """Close the connection after idle_timeout seconds with no frame and no command."""
-        idle = self.server.limits.idle_timeout
+        idle = self.state.limits.idle_timeout
         assert idle is not None
         while True:
             await asyncio.sleep(max(0.05, self.last_activity + idle - time.monotonic()))
@@ -165,7 +142,7 @@ class Session:
         """No longer count this connection as unauthenticated (it authenticated, or ended)."""
         if self.waiting:
             self.waiting = False
-            self.server.gate.release(self.stream.peer_host)
+            self.state.gate.release(self.stream.peer_host)
 
     def end_for_shutdown(self) -> None:
         """Tell the client the server is shutting down, stop any command, close (once)."""
@@ -190,61 +167,53 @@ class Session:
     async def _handshake_with_deadline(self) -> None:
         """TLS (when on) and the rexec handshake, both inside one deadline (LoginGraceTime)."""
         try:
-            async with asyncio.timeout(self.server.handshake_timeout):
-                if self.server.tls is not None:
-                    await self.stream.accept_tls(self.server.tls)
+            async with asyncio.timeout(self.state.handshake_timeout):
+                if self.state.tls is not None:
+                    await self.stream.accept_tls(self.state.tls)
                 await self.handshake()
         except TimeoutError:
             raise _Refused(
                 "handshake_timeout",
-                f"no successful handshake within {self.server.handshake_timeout:g} s",
+                f"no successful handshake within {self.state.handshake_timeout:g} s",
             ) from None
 
     async def handshake(self) -> None:
-        """Negotiate the version, find the client's identity and check its proof."""
+        """Drive the handshake: its frames in and out, the penalty delay, the log and audit."""
+        state, stream = self.state, self.stream
+        shake = ServerHandshake(state.identities, state.penalty, source=stream.peer_host,
+                                subject=stream.peer_subject,
+                                active_connections=state.active_connections)
         hello = await self._receive_handshake(Hello)
-        if PROTOCOL_VERSION not in hello.versions:
-            raise _Refused(
-                "unsupported_version",
-                f"this server speaks protocol version {PROTOCOL_VERSION};"
-                f" the client offered {hello.versions}",
-            )
-        identities, subject = self.server.identities, self.stream.peer_subject
-        self.claimed_identity = hello.identity
-        identity = identities.resolve(hello.identity, subject)
-        method, salt = identities.challenge_for(identity, hello.identity, subject)
-        delay = self.server.penalty.delay(self.stream.peer_host)
-        if delay:
-            await asyncio.sleep(delay)  # recent failures from this source slow it down
-        nonce = new_nonce()
-        self.stream.send(Challenge(version=PROTOCOL_VERSION, nonce=nonce, agent=AGENT,
-                                   method=method,  # type: ignore[arg-type]
-                                   salt=salt.hex() if salt is not None else None))
-        await self.stream.drain()
-        auth = await self._receive_handshake(Auth)
-        message = auth_message(hello.nonce, nonce, PROTOCOL_VERSION, hello.identity or "")
-        if identity is None or not _proved(identity, auth, message, subject):
-            failures = self.server.penalty.failed(self.stream.peer_host)
-            self.log(logging.WARNING, "auth_failed", claimed_identity=hello.identity,
-                     recent_failures=failures,
-                     next_delay=self.server.penalty.delay(self.stream.peer_host))
-            raise _Refused("auth_failed", "authentication failed: unknown identity, wrong token"
-                           " or wrong certificate")
-        limit = identity.policy.max_connections
-        if limit is not None and self.server.active_connections[identity.name] >= limit:
-            raise _Refused("too_many_connections", f"identity {identity.name!r} already has"
-                           f" {limit} connection(s) (max_connections)")
-        proof = identity.verifier.server_proof(message) if identity.verifier else None
-        self.stream.send(AuthOk(mac=proof, identity=identity.name))
-        self.stream.authenticated()
-        await self.stream.drain()
-        self.identity = identity
-        self.server.active_connections[identity.name] += 1
+        challenged = shake.receive_hello(hello)
+        self.claimed_identity = shake.claimed_identity
+        if isinstance(challenged, HandshakeRefusal):
+            raise _Refused(challenged.code, challenged.message)
+        if challenged.delay:
+            await asyncio.sleep(challenged.delay)  # recent failures from this source slow it down
+        stream.send(challenged.challenge)
+        await stream.drain()
+        accepted = shake.receive_auth(await self._receive_handshake(Auth))
+        if isinstance(accepted, HandshakeRefusal):
+            if accepted.recent_failures is not None:
+                self.log(logging.WARNING, "auth_failed", claimed_identity=hello.identity,
+                         recent_failures=accepted.recent_failures,
+                         next_delay=accepted.next_delay)
+            raise _Refused(accepted.code, accepted.message)
+        stream.send(accepted.auth_ok)
+        stream.authenticated()
+        await stream.drain()
+        self.authenticated(accepted)
+
+    def authenticated(self, accepted: Accepted) -> None:
+        """Count the connection against its identity, leave the startups, log and audit it."""
+        identity = self.identity = accepted.identity
+        self.state.active_connections[identity.name] += 1
         self.leave_startups()
         subject_text = self.stream.peer_subject_text
-        self.log(logging.INFO, "authenticated", agent=hello.agent, subject=subject_text)
-        self.server.audit.record("authenticated", peer=self.peer, identity=identity.name,
-                                 method=method, subject=subject_text, agent=hello.agent)
+        self.log(logging.INFO, "authenticated", agent=accepted.agent, subject=subject_text)
+        self.state.audit.record("authenticated", peer=self.peer, identity=identity.name,
+                                method=accepted.method, subject=subject_text,
+                                agent=accepted.agent)
 
     async def _receive_handshake(self, kind: type[HandshakeT]) -> HandshakeT:
         """The client's next handshake frame; its error frame ends the session quietly."""
@@ -276,37 +245,25 @@ class Session:
             child.terminate()
 
     def start_command(self, run: Run) -> None:
-        """Check the command against the limits and the identity's policy, start it, supervise."""
+        """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""
         identity = self.identity
         assert identity is not None  # the state table allows run only after auth_ok
-        policy = identity.policy
-        command = Command(run, identity, time.monotonic(), policy.timeout(run),
-                          _smaller(policy.max_output, self.server.limits.max_output))
-        refusal = (self.server.limits.check(run) or policy.check(run)
-                   or policy.check_env(run.env) or self._over_max_commands(identity))
-        if refusal is not None:
-            self.refuse(command, refusal)
+        started = time.monotonic()
+        decision = admit(run, identity, self.state, client=self.client_line)
+        if isinstance(decision, Plan):
+            command = Command(run, identity, started, decision.timeout, decision.budget,
+                              cwd=decision.cwd)
+            try:
+                if self._audit_start(command, decision):
+                    self._spawn(command, decision)
+            finally:
+                decision.close()
             return
-        try:
-            workdir = policy.working_directory(run)
-        except WorkDirError as exc:
-            if exc.refused:
-                self.refuse(command, Refusal("cwd", str(exc)))
-            else:
-                self.not_started(command, str(exc))
-            return
-        try:
-            self._spawn(command, workdir)
-        finally:
-            if workdir is not None:
-                workdir.close()
-
-    def _over_max_commands(self, identity: Identity) -> Refusal | None:
-        limit = identity.policy.max_commands
-        if limit is not None and self.server.active_commands[identity.name] >= limit:
-            return Refusal("max_commands", f"refused: identity {identity.name!r} already runs"
-                           f" {limit} command(s) (max_commands)")
-        return None
+        command = Command(run, identity, started, None, None)
+        if isinstance(decision, Refusal):
+            self.refuse(command, decision)
+        else:
+            self.not_started(command, decision.reason)
 
     def refuse(self, command: Command, refusal: Refusal) -> None:
         """Tell the client (and the audit log) which rule refused the command."""
@@ -319,41 +276,31 @@ class Session:
         self.report(command, "not_started", reason=message)
         self.stream.send(Error(code=code, message=message, fatal=False))
 
-    def _spawn(self, command: Command, workdir: WorkDir | None) -> None:
-        """Build the child's environment and confinement, audit the start, start it."""
-        run, policy, server = command.run, command.identity.policy, self.server
-        try:
-            user = account(policy.run_as)
-        except KeyError:
-            self.not_started(command, f"user {policy.run_as!r} does not exist")
-            return
-        command.cwd = workdir.path if workdir is not None else server.own_pwd
-        env = child_environment(
-            server.child_env, user=user, client_env=run.env, identity_env=policy.env,
-            identity=command.identity.name, client=self.client_line, pwd=self._pwd(run, workdir),
-        )
-        confine = Confinement(user if policy.run_as is not None else None,
-                              server.umask if policy.umask is None else policy.umask,
-                              policy.rlimits)
-        if not server.audit.record("command", **self._audit_fields(command), decision="started",
-                                   env=audit_env(run.env), run_as=policy.run_as,
+    def _audit_start(self, command: Command, plan: Plan) -> bool:
+        """Audit the start; when the audit log cannot be written, refuse the command instead."""
+        if self.state.audit.record("command", **self._audit_fields(command), decision="started",
+                                   env=audit_env(plan.run.env), run_as=plan.run_as,
                                    timeout=command.timeout):
-            self.log(logging.ERROR, "command", command=run.command, decision="refused",
-                     rule="audit_unavailable")
-            self.stream.send(Error(code="audit_unavailable", fatal=False, message="refused: the"
-                                   " server cannot write its audit log; no command runs until"
-                                   " it can"))
-            return
-        spawn_cwd = workdir.spawn_path if workdir is not None else None
-        argv = None if policy.shell else policy.argv(run)
+            return True
+        self.log(logging.ERROR, "command", command=plan.run.command, decision="refused",
+                 rule="audit_unavailable")
+        self.stream.send(Error(code="audit_unavailable", fatal=False, message="refused: the"
+                               " server cannot write its audit log; no command runs until"
+                               " it can"))
+        return False
+
+    def _spawn(self, command: Command, plan: Plan) -> None:
+        """Start the child the plan describes, then supervise it."""
+        run, argv, cwd, confine = plan.run, plan.argv, plan.spawn_cwd, plan.confinement
         try:
             if argv is None:
-                child = server.runner.start_shell(run.command, env, spawn_cwd, run.stdin, confine)
+                child = self.state.runner.start_shell(run.command, plan.env, cwd, run.stdin,
+                                                      confine)
             else:
-                child = server.runner.start(argv, env, spawn_cwd, run.stdin, confine)
+                child = self.state.runner.start(argv, plan.env, cwd, run.stdin, confine)
         except (OSError, subprocess.SubprocessError) as exc:
             self.not_started(command, describe_spawn_error(
-                exc, argv or ["/bin/sh"], spawn_cwd, confine))
+                exc, argv or ["/bin/sh"], cwd, confine))
             return
         self.child = child
         if run.stdin:
@@ -364,25 +311,14 @@ class Session:
 
     def take_slot(self, command: Command) -> None:
         """Count the command against its identity's max_commands."""
-        self.server.active_commands[command.identity.name] += 1
+        self.state.active_commands[command.identity.name] += 1
         command.holds_slot = True
 
     def free_slot(self, command: Command) -> None:
         """Give the command's max_commands slot back, once."""
         if command.holds_slot:
             command.holds_slot = False
-            self.server.active_commands[command.identity.name] -= 1
-
-    def _pwd(self, run: Run, workdir: WorkDir | None) -> str:
-        """The PWD a shell would export there: the client's own when it names that directory."""
-        given = run.env.get("PWD")
-        if workdir is None:
-            return shell_pwd(None, given) if given else self.server.own_pwd
-        if given and os.path.isabs(given):
-            with contextlib.suppress(OSError):
-                if os.path.samefile(given, workdir.path):
-                    return given
-        return workdir.path
+            self.state.active_commands[command.identity.name] -= 1
 
     @property
     def client_line(self) -> str:
@@ -411,7 +347,7 @@ class Session:
             if self.feeder is not None:
                 await self.feeder.stop()
                 self.feeder = None
-            self.server.release(child)
+            self.state.release(child)
             self.child = None
             self.free_slot(command)
             self.last_activity = time.monotonic()
@@ -433,7 +369,7 @@ class Session:
                 await self.stream.drain()
             except ConnectionLost:
                 self.lost = True
-        if self.server.shutting_down:
+        if self.state.shutting_down:
             self.end_for_shutdown()  # the command it was waiting for is done
 
     async def leader_exit(self, child: ChildProcess, command: Command) -> ExitStatus:
@@ -453,12 +389,12 @@ class Session:
         Past the command's output budget the rest is read and dropped, and the group stopped.
         """
         kind = Stdout if stream_no == 1 else Stderr
-        buffer = self.server.take_buffer()
+        buffer = self.state.take_buffer()
         view = memoryview(buffer)
         sent = 0
         try:
             while (count := await child.read_into(stream_no, buffer,
-                                                  self.server.drain_grace)) > 0:
+                                                  self.state.drain_grace)) > 0:
                 allowed = command.spend(count)
                 if allowed < count and child.exceeded is None:
                     child.exceed("max_output")
@@ -472,7 +408,7 @@ class Session:
                     self.connection_lost()
         finally:
             view.release()
-            self.server.give_buffer(buffer)
+            self.state.give_buffer(buffer)
         return sent
 
     def _audit_fields(self, command: Command) -> dict[str, Any]:
@@ -486,7 +422,7 @@ class Session:
         log_event(logging.INFO, "command", **common, **fields)
         if decision != "run":
             fields = {**fields, "env": audit_env(command.run.env)}
-        self.server.audit.record("command", **common, **fields)
+        self.state.audit.record("command", **common, **fields)
 
     def connection_lost(self) -> None:
         """The client is gone: stop sending and terminate any running command's group."""
@@ -516,7 +452,7 @@ class Session:
                 self._watchdog.cancel()
             self.connection_lost()
             if self.command_task is not None:
-                grace = self.server.runner.kill_grace + 5.0
+                grace = self.state.runner.kill_grace + 5.0
                 try:
                     await asyncio.wait_for(asyncio.shield(self.command_task), grace)
                 except TimeoutError:
@@ -526,8 +462,8 @@ class Session:
             await self.stream.close()
         finally:
             if self.identity is not None:
-                self.server.active_connections[self.identity.name] -= 1
-            self.server.audit.record(
+                self.state.active_connections[self.identity.name] -= 1
+            self.state.audit.record(
                 "connection_closed", peer=self.peer,
                 identity=self.identity.name if self.identity is not None else None,
                 code=self.end_code or "closed", reason=self.end_reason,

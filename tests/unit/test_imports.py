@@ -30,7 +30,13 @@ def test_the_wire_and_the_client_core_do_no_io() -> None:
     assert not loaded & {"asyncio", "socket", "select", "selectors", "ssl"}
 
 
-@pytest.mark.parametrize("module", ["runner", "child", "shortcut", "env", "workdir", "guardian"])
+def test_the_server_handshake_does_no_io() -> None:
+    loaded = modules_after("import rexec.server.handshake")
+    assert not loaded & {"asyncio", "socket", "select", "selectors", "ssl"}
+
+
+@pytest.mark.parametrize("module", ["runner", "child", "group", "shortcut", "env", "workdir",
+                                    "guardian"])
 def test_the_process_layer_knows_no_sessions_and_no_frames(module: str) -> None:
     loaded = modules_after(f"import rexec.server.exec.{module}")
     outside = {m for m in loaded if m.startswith(("rexec.server.", "rexec.wire", "rexec.client"))

@@ -2,7 +2,8 @@
 
 Its pipes are non-blocking and read on the event loop; its exit is watched through a
 pidfd, so no thread or child watcher is involved, and the exited leader is kept unreaped while
-the server may still signal its group (``ChildProcess``).
+the server may still signal its group (``ChildProcess``; the signalling, terminate, grace and
+kill are ``rexec.server.exec.group.ProcessGroup``'s).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import contextlib
 import errno
 import fcntl
 import os
-import signal
 import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from rexec.server.exec.group import ProcessGroup
 
 READ_CHUNK = 256 * 1024
 PIPE_SIZE = 1024 * 1024  # asked of the kernel for stdout/stderr pipes; best effort
@@ -118,15 +120,12 @@ class ChildProcess:
         self._popen = popen
         self._loop = asyncio.get_running_loop()
         self.pid = popen.pid
-        self.kill_grace = kill_grace
-        self.timed_out = False
-        self.exceeded: str | None = None  # the limit that made the server stop it
+        self.group = ProcessGroup(self.pid, kill_grace, pinned=self._pinned,
+                                  after_kill=self._reap_when_done)
         # told the group's ID just before the leader is reaped, while the ID is still the group's
         self.on_close: Callable[[int], None] | None = None
         self.reaped: asyncio.Future[None] = self._loop.create_future()  # done once reaped
-        self._closed = False  # the server is done with the command: no signal from it any more
-        self._kill_armed = False
-        self._kill_timer: asyncio.TimerHandle | None = None  # while a SIGKILL is due
+        self._closed = False  # the server is done with the command: the leader may be reaped
         self._pidfd: int | None = None
         self._fds: dict[int, int | None] = {}
         self._grown: set[int] = set()
@@ -236,7 +235,7 @@ class ChildProcess:
     def _reap_when_done(self) -> None:
         """Reap the leader once it has exited, the server is done with it and no SIGKILL is due."""
         if (self.reaped.done() or not self._closed or not self._exited.done()
-                or self._kill_timer is not None):
+                or self.group.kill_due):
             return
         self._tell_on_close()  # first: the guardian must never hold an ID that is free
         self._popen.wait()  # at once: the leader is a zombie
@@ -335,49 +334,40 @@ class ChildProcess:
         """Whether the group's leader has exited (it is reaped only after ``close``)."""
         return self._exited.done()
 
+    @property
+    def kill_grace(self) -> float:
+        """Seconds between the SIGTERM and the SIGKILL of ``terminate``."""
+        return self.group.kill_grace
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the server stopped the command because it ran out of time."""
+        return self.group.timed_out
+
+    @property
+    def exceeded(self) -> str | None:
+        """The limit that made the server stop the command, if one did."""
+        return self.group.exceeded
+
     def signal_group(self, signum: int) -> bool:
-        """Send ``signum`` to what is left of the command's process group; False if not sent.
-
-        Nothing is sent once the server is done with the command (``close``), nor once the
-        leader has been reaped: its ID may be another group's by then.
-        """
-        return not self._closed and self._signal(signum)
-
-    def _signal(self, signum: int) -> bool:
-        if not self._pinned():
-            return False
-        try:
-            os.killpg(self.pid, signum)  # the zombie leader, if that is all, takes no signal
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        """Send ``signum`` to what is left of the command's process group; False if not sent."""
+        return self.group.signal(signum)
 
     def terminate(self) -> None:
         """SIGTERM the whole group now, SIGKILL what is left of it after the grace period."""
-        if self.signal_group(signal.SIGTERM) and not self._kill_armed:
-            self._kill_armed = True
-            self._kill_timer = self._loop.call_later(self.kill_grace, self._kill)
-
-    def _kill(self) -> None:
-        self._kill_timer = None
-        self._signal(signal.SIGKILL)  # even after close(): the leader is kept unreaped for it
-        self._reap_when_done()
+        self.group.terminate()
 
     def kill_now(self) -> None:
         """Send a SIGKILL that is due at once rather than at the end of the grace period."""
-        if self._kill_timer is not None:
-            self._kill_timer.cancel()
-            self._kill()
+        self.group.kill_now()
 
     def exceed(self, limit: str) -> None:
         """The command went over a server limit: record which, and terminate its group."""
-        self.exceeded = limit
-        self.terminate()
+        self.group.exceed(limit)
 
     def expire(self) -> None:
         """The command ran out of time: mark it timed out and terminate its group."""
-        self.timed_out = True
-        self.terminate()
+        self.group.expire()
 
     def close(self) -> None:
         """The server is done with the command: release the pipes and signal the group no more.
@@ -388,4 +378,5 @@ class ChildProcess:
         for stream_no in (0, 1, 2):
             self._close(stream_no)
         self._closed = True
+        self.group.close()
         self._reap_when_done()

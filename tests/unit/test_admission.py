@@ -1,0 +1,106 @@
+"""admit(): a run request, an identity and the server's state in, a plan or a refusal out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rexec.server.admission import NotStarted, Plan, admit
+from rexec.server.identity import Identities, Identity, Policy, Refusal
+from rexec.server.limits import ServerLimits
+from rexec.server.patterns import Pattern
+from rexec.server.state import ServerState
+from rexec.wire.auth import TokenVerifier
+from rexec.wire.frames import Run
+
+CLIENT = "192.0.2.7 40000 8022"
+VERIFIER = TokenVerifier.from_token("admission-test-token")
+
+
+def identity(**policy: object) -> Identity:
+    return Identity("ops", VERIFIER, policy=Policy(**policy))  # type: ignore[arg-type]
+
+
+def state(**limits: object) -> ServerState:
+    return ServerState(Identities({}), limits=ServerLimits(**limits))  # type: ignore[arg-type]
+
+
+def plan(run: Run, who: Identity, where: ServerState | None = None) -> Plan:
+    decision = admit(run, who, where or state(), client=CLIENT)
+    assert isinstance(decision, Plan), decision
+    return decision
+
+
+def test_an_unrestricted_command_gets_a_shell_plan_in_the_servers_directory() -> None:
+    where = state()
+    made = plan(Run(command="echo hi", env={"GREETING": "hello"}), identity(), where)
+    try:
+        assert made.argv is None and made.workdir is None and made.spawn_cwd is None
+        assert made.cwd == where.own_pwd
+        assert (made.timeout, made.budget, made.run_as) == (None, None, None)
+        assert made.env["GREETING"] == "hello"
+        assert made.env["REXEC_IDENTITY"] == "ops" and made.env["REXEC_CLIENT"] == CLIENT
+        assert made.confinement.umask == where.umask and made.confinement.user is None
+    finally:
+        made.close()
+
+
+def test_without_the_shell_the_plan_holds_the_words() -> None:
+    made = plan(Run(command="printf '%s\\n' 'a b'"), identity(shell=False))
+    assert made.argv == ["printf", "%s\\n", "a b"]
+
+
+def test_the_tighter_timeout_and_output_budget_win() -> None:
+    who = identity(max_timeout=5.0, max_output=1000, umask=0o077)
+    made = plan(Run(command="true", timeout=60.0), who, state(max_output=500))
+    assert (made.timeout, made.budget, made.confinement.umask) == (5.0, 500, 0o077)
+
+
+def test_the_plan_owns_the_working_directory_until_closed(tmp_path: Path) -> None:
+    made = plan(Run(command="pwd", cwd=str(tmp_path)), identity(cwd=(tmp_path.resolve(),)))
+    assert made.workdir is not None and made.cwd == str(tmp_path.resolve())
+    fd = made.workdir.fd
+    os.fstat(fd)  # open
+    made.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+@pytest.mark.parametrize(("run", "who", "rule"), [
+    (Run(command="rm -rf /"), identity(deny=(Pattern("rm .*"),)), "deny[0]"),
+    (Run(command="date"), identity(allow=(Pattern("uptime"),)), "allow"),
+    (Run(command="true", env={"SECRET": "x"}), identity(accept_env=("LANG",)), "accept_env"),
+    (Run(command="x" * 100), identity(), "max_command_length"),
+    (Run(command="true", cwd="/"), identity(cwd=(Path("/nonexistent-root"),)), "cwd"),
+])
+def test_a_broken_rule_is_named(run: Run, who: Identity, rule: str) -> None:
+    decision = admit(run, who, state(max_command_length=50), client=CLIENT)
+    assert isinstance(decision, Refusal) and decision.rule == rule
+
+
+def test_max_commands_counts_the_identitys_running_commands() -> None:
+    where, who = state(), identity(max_commands=1)
+    plan(Run(command="true"), who, where)
+    where.active_commands["ops"] = 1
+    decision = admit(Run(command="true"), who, where, client=CLIENT)
+    assert decision == Refusal("max_commands", "refused: identity 'ops' already runs 1"
+                               " command(s) (max_commands)")
+
+
+def test_what_cannot_start_says_why(tmp_path: Path) -> None:
+    missing = admit(Run(command="true", cwd=str(tmp_path / "gone")), identity(), state(),
+                    client=CLIENT)
+    assert isinstance(missing, NotStarted) and "gone" in missing.reason
+    nobody = admit(Run(command="true"), identity(run_as="no-such-user-rexec"), state(),
+                   client=CLIENT)
+    assert nobody == NotStarted("user 'no-such-user-rexec' does not exist")
+
+
+def test_a_plan_that_fails_late_closes_its_working_directory(tmp_path: Path) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    decision = admit(Run(command="true", cwd=str(tmp_path)), identity(run_as="no-such-user-rexec"),
+                     state(), client=CLIENT)
+    assert isinstance(decision, NotStarted)
+    assert set(os.listdir("/proc/self/fd")) <= before
