@@ -11,12 +11,11 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
-from rexec.client.options import ConnectOptions
+from rexec.client.options import ConnectOptions, OptionsClient
 from rexec.errors import CommandFailed, ConnectError, RexecError, map_socket_errors
 from rexec.result import Result
 from rexec.sockets import READ_SIZE, STREAM_LIMIT, tune
@@ -44,39 +43,11 @@ async def _stdin_chunks(source: StdinSource) -> AsyncIterator[bytes]:
             yield chunk
 
 
-class Client:
+class Client(OptionsClient):
     """An authenticated connection to a rexec server."""
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        token: str | None = None,
-        token_file: str | Path | None = None,
-        config: str | Path | None = None,
-        connect_timeout: float | None = None,
-        tls_ca: str | Path | None = None,
-        tls_cert: str | Path | None = None,
-        tls_key: str | Path | None = None,
-        identity: str | None = None,
-    ) -> None:
-        self._setup(ConnectOptions.resolve(
-            address, token=token, token_file=token_file, config=config,
-            connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-            identity=identity,
-        ))
-
-    @classmethod
-    def from_options(cls, options: ConnectOptions) -> Client:
-        """A client for connection options already resolved (``ConnectOptions.resolve``)."""
-        client = cls.__new__(cls)
-        client._setup(options)
-        return client
-
     def _setup(self, options: ConnectOptions) -> None:
-        self.options = options
-        self.address, self.host, self.port = options.address, options.host, options.port
-        self.settings = options.settings
+        super()._setup(options)
         self._core: ClientCore | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None

@@ -19,7 +19,7 @@ from types import ModuleType, TracebackType
 from typing import IO, Any
 
 from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
-from rexec.client.options import ConnectOptions
+from rexec.client.options import ConnectOptions, OptionsClient
 from rexec.errors import (
     CommandFailed,
     ConnectError,
@@ -39,39 +39,11 @@ OutputCallback = Callable[[bytes | memoryview], object]
 BlockingStdin = bytes | str | int | IO[bytes]
 
 
-class BlockingClient:
+class BlockingClient(OptionsClient):
     """An authenticated connection for scripts: ``with BlockingClient(addr) as c: c.run(...)``."""
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        token: str | None = None,
-        token_file: str | Path | None = None,
-        config: str | Path | None = None,
-        connect_timeout: float | None = None,
-        tls_ca: str | Path | None = None,
-        tls_cert: str | Path | None = None,
-        tls_key: str | Path | None = None,
-        identity: str | None = None,
-    ) -> None:
-        self._setup(ConnectOptions.resolve(
-            address, token=token, token_file=token_file, config=config,
-            connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-            identity=identity,
-        ))
-
-    @classmethod
-    def from_options(cls, options: ConnectOptions) -> BlockingClient:
-        """A client for connection options already resolved (``ConnectOptions.resolve``)."""
-        client = cls.__new__(cls)
-        client._setup(options)
-        return client
-
     def _setup(self, options: ConnectOptions) -> None:
-        self.options = options
-        self.address, self.host, self.port = options.address, options.host, options.port
-        self.settings = options.settings
+        super()._setup(options)
         self._sock: socket.socket | None = None
         self._core: ClientCore | None = None
         self._out = bytearray()

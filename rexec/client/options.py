@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from rexec.client.settings import ClientSettings, client_settings
 from rexec.wire.address import parse_address
@@ -57,3 +58,40 @@ class ConnectOptions:
             identity=settings.identity, tls_ca=settings.tls_ca, tls_cert=settings.tls_cert,
             tls_key=settings.tls_key, connect_timeout=settings.connect_timeout, settings=settings,
         )
+
+
+class OptionsClient:
+    """What both clients share: the connection keywords, resolved once into ``options``."""
+
+    options: ConnectOptions
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        token_file: str | Path | None = None,
+        config: str | Path | None = None,
+        connect_timeout: float | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        identity: str | None = None,
+    ) -> None:
+        self._setup(ConnectOptions.resolve(
+            address, token=token, token_file=token_file, config=config,
+            connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+            identity=identity,
+        ))
+
+    @classmethod
+    def from_options(cls, options: ConnectOptions) -> Self:
+        """A client for connection options already resolved (``ConnectOptions.resolve``)."""
+        client = cls.__new__(cls)
+        client._setup(options)
+        return client
+
+    def _setup(self, options: ConnectOptions) -> None:
+        self.options = options
+        self.address, self.host, self.port = options.address, options.host, options.port
+        self.settings = options.settings
