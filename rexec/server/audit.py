@@ -65,11 +65,6 @@ class AuditLog:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         return os.fdopen(fd, "a", encoding="ascii")
 
-    @property
-    def healthy(self) -> bool:
-        """Whether the last write succeeded (always, without a file)."""
-        return not self._failing
-
     def record(self, event: str, **fields: Any) -> bool:
         """Append one record now; False if it could not be written."""
         if self.path is None:

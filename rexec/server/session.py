@@ -270,11 +270,11 @@ class Session:
         self.report(command, "refused", rule=refusal.rule, reason=refusal.message)
         self.stream.send(Error(code="refused", message=refusal.message, fatal=False))
 
-    def not_started(self, command: Command, reason: str, code: str = "spawn_failed") -> None:
+    def not_started(self, command: Command, reason: str) -> None:
         """Tell the client (and the audit log) that the command could not start, and why."""
         message = f"cannot start the command: {reason}"
         self.report(command, "not_started", reason=message)
-        self.stream.send(Error(code=code, message=message, fatal=False))
+        self.stream.send(Error(code="spawn_failed", message=message, fatal=False))
 
     def _audit_start(self, command: Command, plan: Plan) -> bool:
         """Audit the start; when the audit log cannot be written, refuse the command instead."""

@@ -64,26 +64,22 @@ def _last_capability() -> int:
 def _child_setup(confine: Confinement) -> Callable[[], None] | None:
     """The function the child runs between fork and exec, or None when nothing is to be done."""
     user = confine.user
-    switch = user is not None and (os.geteuid() == 0 or user.uid != os.geteuid())
-    if not switch and not confine.rlimits:
-        return None
-    if switch and os.geteuid() != 0:
-        assert user is not None
+    if user is not None and os.geteuid() != 0 and user.uid != os.geteuid():
         raise PermissionError(f"running commands as {user.name!r} needs the server to run as root")
+    if user is not None and os.geteuid() != 0:
+        user = None  # already that user: nothing to switch
+    if user is None and not confine.rlimits:
+        return None
     rlimits = confine.rlimits
-    if not switch:
-        def set_limits() -> None:
-            for resource_id, limit in rlimits:
-                resource.setrlimit(resource_id, (limit, limit))
-        return set_limits
-    assert user is not None
-    groups = os.getgrouplist(user.name, user.gid)
-    prctl = _prctl()
-    drop_caps = range(_last_capability() + 1) if user.uid != 0 else range(0)
+    groups = os.getgrouplist(user.name, user.gid) if user is not None else []
+    prctl = _prctl() if user is not None else None
+    drop_caps = range(_last_capability() + 1) if user is not None and user.uid != 0 else range(0)
 
-    def switch_user() -> None:  # in the child: no allocation-heavy work, no locks
+    def setup() -> None:  # in the child: no allocation-heavy work, no locks
         for resource_id, limit in rlimits:
             resource.setrlimit(resource_id, (limit, limit))
+        if user is None or prctl is None:
+            return
         os.setgroups(groups)
         os.setresgid(user.gid, user.gid, user.gid)
         for cap in drop_caps:
@@ -92,7 +88,7 @@ def _child_setup(confine: Confinement) -> Callable[[], None] | None:
             raise OSError("PR_SET_NO_NEW_PRIVS failed")
         os.setresuid(user.uid, user.uid, user.uid)
 
-    return switch_user
+    return setup
 
 
 def describe_spawn_error(exc: BaseException, argv: list[str], cwd: str | None,
