@@ -40,6 +40,7 @@ from rexec.wire.frames import (
     Hello,
     Run,
     Signal,
+    SignalName,
     Stdin,
     StdinEof,
 )
@@ -159,10 +160,10 @@ class ClientCore:
         if self.conn.state is State.RUNNING:
             self._send(Cancel())
 
-    def send_signal(self, name: str) -> None:
+    def send_signal(self, name: SignalName) -> None:
         """Ask the server to signal the command's process group (e.g. "INT", "HUP")."""
         if self.conn.state is State.RUNNING:
-            self._send(Signal(signal=name))  # type: ignore[arg-type]
+            self._send(Signal(signal=name))
 
     # --- what arrives ------------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class ClientCore:
     def _verify_server(self, mac: str | None, identity: str) -> Authenticated:
         expected = self._expected_server_proof
         if expected is not None and (mac is None or not proofs_match(expected, mac)):
-            self.conn.state = State.CLOSED  # never usable: the server is unverified
+            self.conn.close()  # never usable: the server is unverified
             raise AuthenticationError(
                 "the server's proof of the token is wrong: it is not the server you"
                 " think it is, or its token differs", "server_auth_failed")

@@ -82,7 +82,7 @@ class Server:
     @property
     def running_commands(self) -> int:
         """How many commands are running now."""
-        return sum(1 for s in self.sessions if s.child is not None)
+        return sum(1 for s in self.sessions if s.running is not None)
 
     async def close(self) -> None:
         """Stop accepting, end every session now (killing running commands) and wait for them."""
@@ -95,7 +95,7 @@ class Server:
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
-            if session.child is None:
+            if session.running is None:
                 session.end_for_shutdown()  # idle or still in the handshake: nothing to wait for
         await self._wait_for_sessions(grace, hurry)
         for session in list(self.sessions):

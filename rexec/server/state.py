@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from rexec.server.audit import AuditLog
-from rexec.server.exec.child import READ_CHUNK, ChildProcess
+from rexec.server.exec.child import READ_CHUNK, Child
 from rexec.server.exec.env import ChildEnvSettings
 from rexec.server.exec.runner import Runner
 from rexec.server.exec.shortcut import shell_pwd
@@ -47,7 +47,7 @@ class ServerState:
     own_pwd: str = field(default_factory=_own_pwd)
     active_commands: Counter[str] = field(default_factory=Counter)
     active_connections: Counter[str] = field(default_factory=Counter)
-    unreaped: set[ChildProcess] = field(default_factory=set)  # ended, leader not reaped yet
+    unreaped: set[Child] = field(default_factory=set)  # ended, leader not reaped yet
     shutting_down: bool = False
     gate: StartupGate = field(init=False)
     penalty: AuthPenalty = field(init=False)
@@ -67,7 +67,7 @@ class ServerState:
         if len(self._buffers) < BUFFER_POOL:
             self._buffers.append(buffer)
 
-    def release(self, child: ChildProcess) -> None:
+    def release(self, child: Child) -> None:
         """A session is done with ``child``: close it, and keep it until its leader is reaped."""
         child.close()
         if not child.reaped.done():
