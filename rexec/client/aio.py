@@ -15,7 +15,15 @@ from types import TracebackType
 from typing import IO
 
 from rexec.client.connect import describe_connect_error, no_handshake_error, tls_failure
-from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
+from rexec.client.core import (
+    CANCEL_WAIT,
+    STDIN_CHUNK,
+    Authenticated,
+    ClientCore,
+    Event,
+    Finished,
+    Output,
+)
 from rexec.client.options import ConnectOptions, OptionsClient
 from rexec.errors import CommandFailed, RexecError, map_socket_errors
 from rexec.result import Result
@@ -24,8 +32,6 @@ from rexec.tls import client_context
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
 OutputCallback = Callable[[bytes | memoryview], object]
-CANCEL_WAIT = 10.0  # how long to wait for the exit frame after cancelling, before closing
-STDIN_CHUNK = 256 * 1024
 
 
 async def _stdin_chunks(source: StdinSource) -> AsyncIterator[bytes]:

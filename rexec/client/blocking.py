@@ -19,7 +19,15 @@ from types import ModuleType, TracebackType
 from typing import IO, Any
 
 from rexec.client.connect import describe_connect_error, no_handshake_error, tls_failure
-from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
+from rexec.client.core import (
+    CANCEL_WAIT,
+    STDIN_CHUNK,
+    Authenticated,
+    ClientCore,
+    Event,
+    Finished,
+    Output,
+)
 from rexec.client.options import ConnectOptions, OptionsClient
 from rexec.errors import (
     CommandFailed,
@@ -28,12 +36,9 @@ from rexec.errors import (
     RexecError,
 )
 from rexec.result import Result
-from rexec.sockets import tune
+from rexec.sockets import READ_SIZE, tune
 
-READ_SIZE = 256 * 1024
-STDIN_CHUNK = 256 * 1024
 SEND_HIGH_WATER = 1024 * 1024  # stop reading local stdin while this much waits to be sent
-CANCEL_WAIT = 10.0
 _IN, _OUT = select.POLLIN | select.POLLHUP | select.POLLERR, select.POLLOUT
 
 OutputCallback = Callable[[bytes | memoryview], object]

@@ -21,6 +21,7 @@ def test_the_one_host_run_path_never_imports_asyncio() -> None:
                            "from rexec.client.blocking import BlockingClient")
     assert "rexec.client.blocking" in loaded
     assert "asyncio" not in loaded
+    assert "ssl" not in loaded  # loaded only by a connection that uses TLS
     assert not {m for m in loaded if m.startswith("rexec.server")}
 
 
