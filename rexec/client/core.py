@@ -55,6 +55,10 @@ from rexec.wire.frames import (
 from rexec.wire.protocol import Connection, Role, State
 
 AGENT = f"rexec/{__version__}"
+STDIN_CHUNK = 256 * 1024
+"""The most of local stdin either driver reads at once (within the server's credit)."""
+CANCEL_WAIT = 10.0
+"""Seconds either driver waits for the exit frame after cancelling, before it closes."""
 StreamName: TypeAlias = Literal["stdout", "stderr"]
 
 

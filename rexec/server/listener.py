@@ -7,6 +7,7 @@ import logging
 import ssl
 from typing import Any
 
+from rexec.server import defaults
 from rexec.server.audit import AuditLog, log_event
 from rexec.server.exec.child import live_groups
 from rexec.server.exec.env import ChildEnvSettings
@@ -14,7 +15,7 @@ from rexec.server.exec.runner import Runner
 from rexec.server.identity import Identities, Refusal
 from rexec.server.limits import ServerLimits
 from rexec.server.session import Session
-from rexec.server.state import DRAIN_GRACE, HANDSHAKE_TIMEOUT, ServerState
+from rexec.server.state import ServerState
 from rexec.server.stream import FramedStream
 from rexec.sockets import KEEPALIVE, STREAM_LIMIT
 from rexec.wire.address import DEFAULT_PORT
@@ -40,18 +41,18 @@ class Server:
     def __init__(
         self,
         identities: Identities,
-        host: str = "127.0.0.1",
+        host: str = defaults.HOST,
         port: int = DEFAULT_PORT,
         *,
         runner: Runner | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        drain_grace: float = DRAIN_GRACE,
+        handshake_timeout: float = defaults.HANDSHAKE_TIMEOUT,
+        drain_grace: float = defaults.DRAIN_GRACE,
         keepalive: float = KEEPALIVE,
         tls: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
         audit: AuditLog | None = None,
         child_env: ChildEnvSettings | None = None,
-        umask: int = 0o022,
+        umask: int = defaults.UMASK,
     ) -> None:
         self.state = ServerState(
             identities, limits=limits or ServerLimits(), audit=audit or AuditLog(None),

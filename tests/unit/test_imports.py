@@ -21,6 +21,7 @@ def test_the_one_host_run_path_never_imports_asyncio() -> None:
                            "from rexec.client.blocking import BlockingClient")
     assert "rexec.client.blocking" in loaded
     assert "asyncio" not in loaded
+    assert "ssl" not in loaded  # loaded only by a connection that uses TLS
     assert not {m for m in loaded if m.startswith("rexec.server")}
 
 
@@ -41,7 +42,18 @@ def test_the_process_layer_knows_no_sessions_and_no_frames(module: str) -> None:
     loaded = modules_after(f"import rexec.server.exec.{module}")
     outside = {m for m in loaded if m.startswith(("rexec.server.", "rexec.wire", "rexec.client"))
                and not m.startswith("rexec.server.exec")}
-    assert not outside
+    assert outside <= {"rexec.server.defaults"}  # constants, which import nothing
+
+
+def test_the_server_defaults_import_nothing() -> None:
+    """Any module of the server may read rexec.server.defaults, the process layer too: it
+    learns no sessions and no frames from a module that imports nothing."""
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "rexec" / "server" / "defaults.py"
+    tree = ast.parse(path.read_text())
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
 
 
 def test_nothing_inside_rexec_imports_the_package_face() -> None:
