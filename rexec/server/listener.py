@@ -124,12 +124,13 @@ class Server:
         everything = asyncio.ensure_future(asyncio.wait([child.reaped for child in children]))
         hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else everything
         try:
-            await asyncio.wait([everything, hurried], timeout=self.state.runner.kill_grace + 5.0,
+            await asyncio.wait([everything, hurried], timeout=self.state.runner.kill_grace
+                               + defaults.KILLED_SLACK,
                                return_when=asyncio.FIRST_COMPLETED)
             if not everything.done():
                 for child in children:
                     child.kill_now()
-                await asyncio.wait([everything], timeout=5.0)
+                await asyncio.wait([everything], timeout=defaults.KILLED_SLACK)
         finally:
             everything.cancel()
             hurried.cancel()

@@ -18,6 +18,7 @@ import time
 from typing import Any, TypeVar
 
 from rexec.errors import ConnectionLost, ProtocolError
+from rexec.server import defaults
 from rexec.server.admission import Plan, admit
 from rexec.server.audit import log_event
 from rexec.server.command import Command, RunningCommand, spawn
@@ -362,7 +363,7 @@ class Session:
                 self._watchdog.cancel()
             self.connection_lost()
             if self.command_task is not None:
-                grace = self.state.runner.kill_grace + 5.0
+                grace = self.state.runner.kill_grace + defaults.KILLED_SLACK
                 try:
                     await asyncio.wait_for(asyncio.shield(self.command_task), grace)
                 except TimeoutError:

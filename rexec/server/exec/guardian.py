@@ -46,7 +46,7 @@ import subprocess
 import sys
 import time
 
-from rexec.server.defaults import KILL_GRACE
+from rexec.server.exec.defaults import KILL_GRACE
 
 DRAIN_INTERVAL = 0.5
 """Seconds between reads of the orders that piled up (the pipe holds ~100,000 of them)."""

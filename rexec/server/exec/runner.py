@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rexec.server import defaults
+from rexec.server.exec import defaults
 from rexec.server.exec.child import ChildProcess
 from rexec.server.exec.env import Account
 from rexec.server.exec.shortcut import direct_argv
