@@ -59,7 +59,11 @@ class BlockingClient(OptionsClient):
         self.server_agent = ""
 
     def __enter__(self) -> BlockingClient:
-        self.connect()
+        try:
+            self.connect()
+        except BaseException:
+            self.close()  # __exit__ will not run: release the wake-up pipe now
+            raise
         return self
 
     def __exit__(

@@ -127,3 +127,20 @@ def test_a_name_that_does_not_resolve_reads_the_same_everywhere(
     status, _, stderr = invoke("run", "nowhere.example:7878", "--", "true")
     assert (str(blocking.value), str(asynchronous.value)) == (expected, expected)
     assert (status, stderr) == (255, f"rexec: {expected}\n")
+
+
+def test_a_failed_with_block_leaves_no_descriptor_open() -> None:
+    import os
+    import socket
+
+    import rexec
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: nothing listens there
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(rexec.ConnectError), rexec.BlockingClient(
+                f"127.0.0.1:{port}", token="t" * 32):
+            pass
+    assert len(os.listdir("/proc/self/fd")) == before
