@@ -76,26 +76,61 @@ def load_settings(
     """Merge defaults, the file's table, the environment and CLI options into ``model``."""
     environ = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
-    source = "defaults"
+    origin: dict[str, str] = {}  # where each key's value came from, for the error messages
     if path is not None:
         merged.update(read_toml_table(path, table))
-        source = f"config file {path}, table [{table}]"
+        origin = dict.fromkeys(merged, f"config file {path}: [{table}]")
     if environ.get("REXEC_TOKEN"):
         merged["token"] = environ["REXEC_TOKEN"]
+        origin["token"] = "REXEC_TOKEN"  # noqa: S105 - a variable name, not a token
         merged.pop("token_file", None)
     for key, value in (cli or {}).items():
         if value is not None:
             merged[key] = value
+            origin[key] = "--" + key.replace("_", "-")
             if key == "token_file":
                 merged.pop("token", None)
     try:
         return model.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            for err in exc.errors(include_url=False, include_input=False)
-        )
-        raise ConfigError(f"invalid settings ({source}): {problems}") from None
+        problems = "; ".join(_describe(err, origin, model)
+                             for err in exc.errors(include_url=False, include_input=False))
+        raise ConfigError(problems) from None
+
+
+def _describe(error: Any, origin: dict[str, str], model: type[BaseModel]) -> str:
+    """One settings error, naming where the value came from (a flag, a variable, the file's
+    table and key) and, for an unknown key, the known one it is closest to."""
+    loc = [str(part) for part in error["loc"]]
+    key = loc[0] if loc else ""
+    where = origin.get(key)
+    if where is None:
+        where = "the settings"
+    elif where.startswith("config file"):
+        where = f"{where} {'.'.join(loc)}"
+    elif len(loc) > 1:
+        where = f"{where} ({'.'.join(loc[1:])})"
+    if error["type"] == "extra_forbidden":
+        import difflib
+
+        known = [name for name in model.model_fields if name not in ("token",)]
+        if len(loc) > 1:  # a nested table's key (an identity's): its model's fields
+            annotation = model.model_fields.get(loc[0])
+            known = _nested_fields(annotation.annotation) if annotation else known
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{where}: unknown setting {loc[-1]!r}{hint}"
+    return f"{where}: {str(error['msg']).removeprefix('Value error, ')}"
+
+
+def _nested_fields(annotation: Any) -> list[str]:
+    """The field names of the settings model a nested table holds (dict[str, Model])."""
+    from typing import get_args
+
+    for arg in get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return list(arg.model_fields)
+    return []
 
 
 def resolve_token(settings: _Settings, fallback: Path | None = None) -> str | None:

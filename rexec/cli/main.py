@@ -59,7 +59,10 @@ def wanted(argv: Sequence[str], commands: Mapping[str, str] = COMMANDS) -> list[
 
 def build_app(argv: Sequence[str], commands: Mapping[str, str] = COMMANDS) -> typer.Typer:
     """The root app with the command modules that ``argv`` needs imported and registered."""
-    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=HELP)
+    # rich_markup_mode=None: help is plain text, so "[client]" or "[default: 10]" in a help
+    # string is shown as written, not taken for rich markup.
+    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=HELP,
+                      rich_markup_mode=None)
     app.callback()(root)
     for name in wanted(argv, commands):
         # __import__, not importlib.import_module: -X importtime profiles only the former

@@ -7,23 +7,28 @@ import os
 import signal
 import sys
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from rexec.cli.common import (
     EXIT_BROKEN_PIPE,
-    EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_USAGE,
     ClientConfig,
     ConnectTimeout,
     Identity,
+    RemoteCommand,
     TlsCa,
     TlsCert,
     TlsKey,
     TokenFile,
+    exit_help,
     fail,
+    status_for,
 )
+from rexec.client.core import check_request
+from rexec.errors import InvalidRequest
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -72,25 +77,65 @@ class _Outputs:
             _write_all(2, data)
 
 
+RUN_HELP = f"""Run COMMAND on the server at ADDRESS and exit with its status, as ssh does.
+
+ADDRESS is HOST:PORT, [IPV6]:PORT, or HOST (port 7878). Put -- before the command, so that its
+own options are not taken for rexec's: rexec run web1:7878 -- ls -l /srv
+
+{exit_help()}
+"""
+
+
+class Notes:
+    """rexec's own notices on stderr: -v adds the details, -q keeps only errors."""
+
+    def __init__(self, verbose: int, quiet: bool) -> None:
+        self.verbose = 0 if quiet else verbose
+        self.quiet = quiet
+
+    def say(self, message: str) -> None:
+        """A notice (a timeout, a limit): shown unless -q."""
+        if not self.quiet:
+            print(f"rexec: {message}", file=sys.stderr, flush=True)
+
+    def detail(self, message: str, level: int = 1) -> None:
+        """A -v detail (never a secret)."""
+        if self.verbose >= level:
+            print(f"rexec: {message}", file=sys.stderr, flush=True)
+
+
 def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and options
-    address: Annotated[str, typer.Argument(help="The server, as HOST:PORT.", show_default=False)],
+    address: Annotated[str, typer.Argument(metavar="ADDRESS", show_default=False,
+                                           help="HOST:PORT, [IPV6]:PORT or HOST (port 7878).")],
     command: Annotated[
         list[str],
-        typer.Argument(help="The command; its words are joined with spaces, as ssh does.",
-                       show_default=False),
+        typer.Argument(metavar="COMMAND", show_default=False,
+                       help="The command; its words are joined with spaces, as ssh does."),
     ],
     timeout: Annotated[
-        float | None, typer.Option(help="Kill the command after SECONDS (exit status 124).")
+        float | None, typer.Option(metavar="SECONDS",
+                                   help="Stop the command after SECONDS (exit status 124).")
     ] = None,
     env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help="Set KEY=VALUE (repeatable).")
+        list[str] | None, typer.Option("--env", "-e", metavar="KEY=VALUE",
+                                       help="Set a variable for the command (repeatable).")
     ] = None,
-    cwd: Annotated[str | None, typer.Option(help="Remote working directory.")] = None,
+    cwd: Annotated[str | None, typer.Option(metavar="DIR",
+                                            help="Remote working directory.")] = None,
     json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object with the whole result.")
+        bool, typer.Option("--json", help="Print one JSON object with the whole result"
+                           " (or the error).")
     ] = False,
     no_stdin: Annotated[
         bool, typer.Option("--no-stdin", "-n", help="Do not forward local stdin.")
+    ] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, show_default=False,
+                          help="Say where the token came from, the address, TLS, identity and"
+                          " timings on stderr (never a secret).")
+    ] = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No notices from rexec itself; errors only.")
     ] = False,
     token_file: TokenFile = None,
     config: ClientConfig = None,
@@ -100,23 +145,32 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     tls_key: TlsKey = None,
     identity: Identity = None,
 ) -> None:
-    """Run COMMAND on the server at ADDRESS and exit with its status.
-
-    Exit status: the remote exit code; 128+N if it died of signal N; 124 if it timed out;
-    130 if interrupted; 255 if the connection, authentication or protocol failed.
-    """
-    if not command:
-        raise typer.BadParameter("no command given", param_hint="COMMAND")
-    if timeout is not None and timeout <= 0:
-        raise typer.BadParameter("must be a positive number of seconds", param_hint="'--timeout'")
+    line = " ".join(command)
+    notes = Notes(verbose, quiet)
+    try:
+        check_request(line, env=_parse_env(env or []), cwd=cwd, timeout=timeout)
+    except InvalidRequest as exc:
+        option = {"env": "--env", "cwd": "--cwd", "timeout": "--timeout"}.get(exc.field,
+                                                                              "COMMAND")
+        _failed(line, json_output, f"{option}: {exc}", exc, EXIT_USAGE)
     code = execute(
-        address, " ".join(command), timeout=timeout, env=_parse_env(env or []), cwd=cwd,
-        json_output=json_output, stdin_fd=None if no_stdin else _stdin_fd(),
+        address, line, timeout=timeout, env=_parse_env(env or []), cwd=cwd,
+        json_output=json_output, stdin_fd=None if no_stdin else _stdin_fd(), notes=notes,
         connection={"token_file": token_file, "config": config,
                     "connect_timeout": connect_timeout, "tls_ca": tls_ca, "tls_cert": tls_cert,
                     "tls_key": tls_key, "identity": identity},
     )
     raise typer.Exit(code)
+
+
+def _failed(command: str, json_output: bool, message: str, error: BaseException,
+            status: int) -> NoReturn:
+    """Say what failed (one line on stderr, and the JSON document with --json); exit."""
+    if json_output:
+        from rexec.cli.output import error_json
+
+        _write_all(1, error_json(command, error, status).encode() + b"\n")
+    fail(message, status)
 
 
 def execute(
@@ -129,25 +183,35 @@ def execute(
     json_output: bool,
     stdin_fd: int | None,
     connection: dict[str, Any],
+    notes: Notes | None = None,
 ) -> int:
     """Run one command through the blocking client; return the CLI's exit status.
 
-    rexec's own failures (connecting, authenticating, refused) exit through ``fail()``.
+    rexec's own failures (connecting, authenticating, refused) exit through ``fail()``:
+    local input (ConfigError) with 2, the rest with 255.
     """
     import gc
+    import time
 
     from rexec.client.blocking import BlockingClient
     from rexec.client.options import ConnectOptions
-    from rexec.errors import RexecError
+    from rexec.errors import AuthenticationError, RexecError
 
+    notes = notes or Notes(0, False)
     # Start-up ran with the collector off (rexec/cli/client.py): what it made stays, frozen out
     # of every future collection; a long-running command's own garbage is collected as usual.
     gc.freeze()
     gc.enable()
     interrupts = 0
+    options = None
     try:
         options = ConnectOptions.resolve(address, **connection)
+        notes.detail(f"token from {options.token_source}")
+        notes.detail(f"connecting to {options.host} port {options.port}"
+                     f" ({'TLS, CA ' + str(options.tls_ca) if options.tls_ca else 'plaintext'})"
+                     f"{', identity ' + options.identity if options.identity else ''}")
         with BlockingClient.from_options(options) as client:
+            _connected(client, notes)
             outputs = _Outputs(client.request_cancel)
 
             def on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -158,6 +222,7 @@ def execute(
                 client.request_cancel()
 
             previous = signal.signal(signal.SIGINT, on_sigint)
+            started = time.monotonic()
             try:
                 result = client.run(
                     command, env=env, cwd=cwd, timeout=timeout, stdin=stdin_fd,
@@ -167,24 +232,56 @@ def execute(
                 )
             finally:
                 signal.signal(signal.SIGINT, previous)
+            notes.detail(f"ran in {(time.monotonic() - started) * 1000:.1f} ms"
+                         f" (the server's count: {result.duration * 1000:.1f} ms); exit status"
+                         f" {result.exit_status}")
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except RexecError as exc:
-        fail(exc, EXIT_INTERRUPTED if interrupts else EXIT_FAILURE)
+        message = str(exc)
+        if isinstance(exc, AuthenticationError) and exc.code == "auth_failed" and options:
+            who = f"identity {options.identity!r}" if options.identity else "identity 'default'"
+            message += f" (tried {who} with the token from {options.token_source})"
+        status = EXIT_INTERRUPTED if interrupts else status_for(exc)
+        _failed(command, json_output, message, exc, status)
+    status = (EXIT_INTERRUPTED if interrupts else EXIT_BROKEN_PIPE if outputs.broken_pipe
+              else result.exit_status)
     if json_output:
         from rexec.cli.output import result_json
 
-        _write_all(1, result_json(result).encode() + b"\n")
+        _write_all(1, result_json(result, status).encode() + b"\n")
+    _explain(result, timeout, options, notes)
+    return status
+
+
+def _connected(client: Any, notes: Notes) -> None:
+    """-v: what the connection turned out to be."""
+    if not notes.verbose:
+        return
+    timings = client.timings
+    if client.tls_version:
+        notes.detail(f"TLS {client.tls_version}, server certificate {client.server_subject}")
+    steps = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in timings.items())
+    notes.detail(f"logged in as {client._core.identity if client._core else '?'}"
+                 f" to {client.server_agent or 'the server'} ({steps})")
+
+
+def _explain(result: Any, timeout: float | None, options: Any, notes: Notes) -> None:
+    """Say why the server stopped the command, when it did (timeouts, limits)."""
     if result.exceeded is not None:
-        print(f"rexec: the server stopped the command: its output went over the limit"
-              f" ({result.exceeded})", file=sys.stderr, flush=True)
-    if interrupts:
-        return EXIT_INTERRUPTED
-    if outputs.broken_pipe:
-        return EXIT_BROKEN_PIPE
-    return result.exit_status
+        notes.say(f"the server stopped the command: its output went over the limit"
+                  f" ({result.exceeded})")
+    if result.timed_out:
+        if timeout is not None and result.duration >= timeout * 0.98:
+            notes.say(f"the command timed out after {timeout:g} s (--timeout {timeout:g}) and"
+                      " was stopped")
+        else:
+            who = options.identity if options is not None and options.identity else "default"
+            notes.say(f"the server stopped the command after {result.duration:.3g} s: the time"
+                      f" limit of identity {who!r} (its max_timeout) is shorter than"
+                      + (f" --timeout {timeout:g}" if timeout is not None else " no --timeout"))
 
 
 def register(root: typer.Typer) -> None:
     """Add ``rexec run`` to the root app."""
-    root.command("run")(run_command)
+    root.command("run", cls=RemoteCommand, help=RUN_HELP)(run_command)

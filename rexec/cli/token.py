@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from rexec.cli.common import EXIT_USAGE, fail
+from rexec.cli.common import EXIT_USAGE, Command, fail
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Make tokens and the hashes a server's identities keep of them.")
 
 
@@ -20,11 +20,12 @@ def _hash_line(token: str) -> str:
     return f'token_hash = "{TokenVerifier.from_token(token).format()}"'
 
 
-@app.command("new")
+@app.command("new", cls=Command)
 def new(
-    output: Annotated[Path, typer.Argument(help="Write the new token to this file (mode 0600).")],
+    output: Annotated[Path, typer.Argument(metavar="FILE", show_default=False,
+                                           help="Write the new token to FILE (mode 0600).")],
 ) -> None:
-    """Generate a token into OUTPUT and print the token_hash line for the server's config."""
+    """Generate a token into FILE and print the token_hash line for the server's config."""
     from rexec.tokens import generate_token, write_token_file
 
     if output.exists():
@@ -34,10 +35,11 @@ def new(
     print(_hash_line(token))
 
 
-@app.command("hash")
+@app.command("hash", cls=Command)
 def hash_token(
     token_file: Annotated[
-        Path | None, typer.Option("--token-file", help="Read the token from FILE, not stdin.")
+        Path | None,
+        typer.Option("--token-file", metavar="FILE", help="Read the token from FILE, not stdin."),
     ] = None,
 ) -> None:
     """Print the token_hash line for a token (read from stdin or --token-file)."""

@@ -134,7 +134,9 @@ class Client(OptionsClient):
                 except ConnectionResetError:  # a close all the same (the blocking client's too):
                     data = b""  # the core says what was lost, and when
                 except ssl.SSLError as exc:  # an alert or a bad record: say which
-                    if (lost := tls_failure(exc, self.address, core.received)) is not None:
+                    if (lost := tls_failure(exc, self.address, core.received,
+                                            logged_in=core.ready,
+                                            running=core.running)) is not None:
                         raise lost from None
                     raise
             if data:

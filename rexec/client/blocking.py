@@ -44,6 +44,9 @@ _IN, _OUT = select.POLLIN | select.POLLHUP | select.POLLERR, select.POLLOUT
 OutputCallback = Callable[[bytes | memoryview], object]
 BlockingStdin = bytes | str | int | IO[bytes]
 
+_SHORT_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+                "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST"}
+
 
 class BlockingClient(OptionsClient):
     """An authenticated connection for scripts: ``with BlockingClient(addr) as c: c.run(...)``."""
@@ -57,6 +60,7 @@ class BlockingClient(OptionsClient):
         self._cancel_requested = False
         self._ssl: ModuleType | None = None  # the ssl module, once the connection uses TLS
         self.server_agent = ""
+        self.timings: dict[str, float] = {}  # seconds: connect, tls, login (after connect())
 
     def __enter__(self) -> BlockingClient:
         try:
@@ -76,13 +80,16 @@ class BlockingClient(OptionsClient):
         """Open the connection and authenticate."""
         options = self.options
         timeout = options.connect_timeout
+        started = time.monotonic()
         try:
             sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as exc:  # TimeoutError and socket.gaierror included
             raise self._connect_error(exc, tls=False) from None
         tune(sock)
+        self.timings["connect"] = time.monotonic() - started
         if options.tls_ca is not None:
             sock = self._wrap_tls(sock, options.tls_ca)
+            self.timings["tls"] = time.monotonic() - started - self.timings["connect"]
         sock.setblocking(False)
         self._sock = sock
         self._core = ClientCore(options.token, identity=options.identity,
@@ -97,6 +104,23 @@ class BlockingClient(OptionsClient):
             raise no_handshake_error(self.address, timeout)
         assert isinstance(event, Authenticated)
         self.server_agent = event.server_agent
+        self.timings["login"] = time.monotonic() - started - sum(self.timings.values())
+
+    @property
+    def tls_version(self) -> str | None:
+        """The TLS version of the connection (e.g. "TLSv1.3"), or None without TLS."""
+        version = getattr(self._sock, "version", None)
+        return version() if callable(version) else None
+
+    @property
+    def server_subject(self) -> str | None:
+        """The subject of the server's certificate, as "CN=...,O=...", or None."""
+        get = getattr(self._sock, "getpeercert", None)
+        cert = get() if callable(get) else None
+        if not cert:
+            return None
+        return ",".join(f"{_SHORT_NAMES.get(key, key)}={value}"
+                        for rdn in cert.get("subject", ()) for key, value in rdn)
 
     def _wrap_tls(self, sock: socket.socket, ca: Path) -> socket.socket:
         """Do the TLS handshake (blocking, within the connect timeout)."""
@@ -297,7 +321,9 @@ class BlockingClient(OptionsClient):
 
     def _raise_tls_failure(self, exc: OSError, core: ClientCore) -> None:
         """Raise ConnectionLost explaining a TLS error (an alert, a bad record), if it is one."""
-        if (lost := tls_failure(exc, self.address, core.received)) is not None:
+        if (lost := tls_failure(exc, self.address, core.received,
+                                logged_in=core.ready,
+                                running=core.running)) is not None:
             raise lost from None
 
 

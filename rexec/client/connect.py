@@ -42,18 +42,30 @@ def no_handshake_error(address: str, timeout: float) -> ConnectError:
                         f" within {timeout:g} s (is it a rexec server?)")
 
 
-def tls_failure(exc: BaseException, address: str, received: int) -> ConnectionLost | None:
-    """A ConnectionLost explaining a TLS error past the handshake (an alert, a bad record).
+def tls_failure(exc: BaseException, address: str, received: int, *, logged_in: bool = False,
+                running: bool = False) -> ConnectionLost | None:
+    """A ConnectionLost explaining a TLS error past the TLS handshake (an alert, a bad record).
 
-    None when ``exc`` is no TLS error, or a close without close_notify: that is just a loss,
-    which the caller reports as any other (the client core says what was lost, and when).
+    Before the login is complete it is the handshake's failure still (TLS 1.3 sends a refused
+    client certificate's alert then); once logged in, the connection was corrupted or cut, and
+    with a command ``running`` its outcome is unknown. None when ``exc`` is no TLS error, or a
+    close without close_notify: that is just a loss, which the caller reports as any other (the
+    client core says what was lost, and when).
     """
     ssl = sys.modules.get("ssl")
     if ssl is None or not isinstance(exc, ssl.SSLError) or isinstance(exc, ssl.SSLEOFError):
         return None
     from rexec.tls import describe_ssl_error
 
-    return ConnectionLost(f"{address}: {describe_ssl_error(exc)}", received)
+    if not logged_in and not running:
+        return ConnectionLost(f"{address}: {describe_ssl_error(exc)}", received)
+    reason = getattr(exc, "reason", None) or str(exc)
+    if running:
+        return ConnectionLost(f"{address}: the TLS connection was corrupted or lost while the"
+                              f" command was running ({reason}): its outcome is unknown",
+                              received)
+    return ConnectionLost(f"{address}: the TLS connection was corrupted or lost ({reason})",
+                          received)
 
 
 def _tls_handshake_message(exc: BaseException) -> str | None:

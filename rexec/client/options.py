@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from rexec.client.settings import ClientSettings, client_settings
+from rexec.client.settings import ClientSettings, resolve_client
 from rexec.wire.address import parse_address
 
 
@@ -29,6 +29,7 @@ class ConnectOptions:
     tls_key: Path | None
     connect_timeout: float
     settings: ClientSettings = field(repr=False, compare=False)  # what they were resolved from
+    token_source: str = ""  # where the token came from, without its value ("REXEC_TOKEN"...)
 
     @classmethod
     def resolve(
@@ -49,7 +50,7 @@ class ConnectOptions:
         ConfigError for a bad address (checked first), a bad config or no token anywhere.
         """
         host, port = parse_address(address)
-        settings, resolved_token = client_settings(
+        settings, resolved_token, token_source = resolve_client(
             token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
             tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, identity=identity,
         )
@@ -57,6 +58,7 @@ class ConnectOptions:
             address=address, host=host, port=port, token=resolved_token,
             identity=settings.identity, tls_ca=settings.tls_ca, tls_cert=settings.tls_cert,
             tls_key=settings.tls_key, connect_timeout=settings.connect_timeout, settings=settings,
+            token_source=token_source,
         )
 
 

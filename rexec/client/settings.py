@@ -60,21 +60,54 @@ def client_settings(
     The arguments are the command line's (or the API caller's): they override the config file.
     The token may be None only when a client certificate is configured (certificate identities).
     """
+    settings, resolved, _ = resolve_client(
+        token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
+        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, identity=identity)
+    return settings, resolved
+
+
+def resolve_client(
+    *,
+    token: str | None = None,
+    token_file: str | Path | None = None,
+    config: str | Path | None = None,
+    connect_timeout: float | None = None,
+    tls_ca: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    identity: str | None = None,
+) -> tuple[ClientSettings, str | None, str]:
+    """``client_settings``, and where the token came from, said without its value (for -v
+    and for an authentication failure): "REXEC_TOKEN", "--token-file FILE", the config file,
+    the default file, or a client certificate alone."""
     config_path = _path(config)
+    if config_path is None:
+        config_path = default_client_config()
     settings = load_settings(
         ClientSettings,
         "client",
-        config_path if config_path is not None else default_client_config(),
+        config_path,
         cli={"token": token, "token_file": _path(token_file), "connect_timeout": connect_timeout,
              "tls_ca": _path(tls_ca), "tls_cert": _path(tls_cert), "tls_key": _path(tls_key),
              "identity": identity},
     )
     resolved = resolve_token(settings)
-    if resolved is None:  # the default file is the last place: looked up only when needed
+    if token is not None:
+        source = "the token argument"
+    elif token_file is not None:
+        source = f"--token-file {settings.token_file}"
+    elif os.environ.get("REXEC_TOKEN"):
+        source = "REXEC_TOKEN"
+    elif resolved is not None:
+        where = f" (token_file {settings.token_file})" if settings.token_file else ""
+        source = f"the config file {config_path}{where}"
+    else:  # the default file is the last place: looked up only when needed
         resolved = resolve_token(settings, fallback=default_token_path())
+        source = (str(default_token_path()) if resolved is not None
+                  else "no token: the client certificate alone")
     if resolved is None and settings.tls_cert is None:
         raise ConfigError(
             "no token: set REXEC_TOKEN, pass --token-file FILE, put token_file in the client"
             f" config, or copy the server's token to {default_token_path()}"
         )
-    return settings, resolved
+    return settings, resolved, source

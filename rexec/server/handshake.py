@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from rexec._version import __version__
 from rexec.server.identity import Identities, Identity
-from rexec.server.limits import AuthPenalty
+from rexec.server.limits import PENALTY_WINDOW, AuthPenalty
 from rexec.wire.auth import auth_message, new_nonce
 from rexec.wire.frames import (
     PROTOCOL_VERSION,
@@ -59,6 +59,13 @@ class Accepted:
     auth_ok: AuthOk
     method: AuthMethod  # how it proved itself
     agent: str  # the client's, from its hello
+
+
+def delay_note(failures: int, delay: float) -> str:
+    """What a refused client is told of the penalty its address now pays."""
+    noun = "failure" if failures == 1 else "failures"
+    return (f"{failures} recent {noun} from your address: the server delays its next logins"
+            f" by {delay:g} s, for {PENALTY_WINDOW:g} s after the last failure")
 
 
 def proved(identity: Identity, auth: Auth, message: bytes, subject: Subject | None) -> bool:
@@ -115,8 +122,9 @@ class ServerHandshake:
         message = auth_message(hello.nonce, self._nonce, PROTOCOL_VERSION, hello.identity or "")
         if identity is None or not proved(identity, auth, message, self._subject):
             failures = self._penalty.failed(self._source)
-            return HandshakeRefusal("auth_failed", AUTH_FAILED, failures,
-                                    self._penalty.delay(self._source))
+            delay = self._penalty.delay(self._source)
+            return HandshakeRefusal("auth_failed", f"{AUTH_FAILED} ({delay_note(failures, delay)})",
+                                    failures, delay)
         limit = identity.policy.max_connections
         if limit is not None and self._active_connections[identity.name] >= limit:
             return HandshakeRefusal("too_many_connections", f"identity {identity.name!r} already"

@@ -35,16 +35,16 @@ def test_version() -> None:
 
 
 def test_no_arguments_shows_the_help_with_every_command() -> None:
-    status, stdout, _ = invoke()
+    status, stdout, stderr = invoke()
     assert status == 2
-    assert "run" in stdout and "token" in stdout
+    assert "run" in stdout + stderr and "token" in stdout + stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["run"], "Missing argument"),
     (["run", "h:1"], "Missing argument"),
     (["run", "--env", "NOVALUE", "h:1", "--", "true"], "expected KEY=VALUE"),
-    (["run", "--timeout", "0", "h:1", "--", "true"], "positive number of seconds"),
+    (["run", "--timeout", "0", "h:1", "--", "true"], "--timeout: the timeout must be more than 0"),
     (["run", "--connect-timeout", "soon", "h:1", "--", "true"], "Invalid value"),
     (["nosuchcommand"], "No such command"),
 ])
@@ -54,16 +54,16 @@ def test_usage_errors_exit_2_with_their_message(args: list[str], message: str) -
     assert message in stderr
 
 
-def test_no_token_anywhere_exits_255_and_says_where_to_put_one() -> None:
+def test_no_token_anywhere_exits_2_and_says_where_to_put_one() -> None:
     status, _, stderr = invoke("run", "-n", "127.0.0.1:1", "--", "true")
-    assert status == common.EXIT_FAILURE
+    assert status == common.EXIT_USAGE
     assert stderr.startswith("rexec: no token: set REXEC_TOKEN")
 
 
-def test_a_bad_address_exits_255(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_address_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REXEC_TOKEN", "t")
     status, _, stderr = invoke("run", "-n", "host:notaport", "--", "true")
-    assert status == common.EXIT_FAILURE
+    assert status == common.EXIT_USAGE
     assert "port" in stderr
 
 

@@ -97,6 +97,16 @@ def test_a_tls_alert_after_the_handshake_is_explained() -> None:
     assert lost.received == 12
 
 
+def test_a_tls_error_after_the_login_is_no_handshake_failure() -> None:
+    bad_record = ssl_error("DECRYPTION_FAILED_OR_BAD_RECORD_MAC")
+    running = tls_failure(bad_record, ADDRESS, 4096, logged_in=True, running=True)
+    assert str(running) == (
+        "db.example:7878: the TLS connection was corrupted or lost while the command was"
+        " running (DECRYPTION_FAILED_OR_BAD_RECORD_MAC): its outcome is unknown")
+    idle = tls_failure(bad_record, ADDRESS, 4096, logged_in=True)
+    assert "handshake" not in str(idle) and "corrupted or lost" in str(idle)
+
+
 @pytest.mark.parametrize("exc", [ssl_error("UNEXPECTED_EOF_WHILE_READING", ssl.SSLEOFError),
                                  ConnectionResetError(errno.ECONNRESET, "reset"), EOFError()])
 def test_a_plain_loss_is_left_to_the_caller(exc: BaseException) -> None:

@@ -86,7 +86,9 @@ def test_a_wrong_token_is_refused_and_counted_against_the_source() -> None:
     refusal = pair.verdict()
     assert refusal == HandshakeRefusal(
         "auth_failed",
-        "authentication failed: unknown identity, wrong token or wrong certificate",
+        "authentication failed: unknown identity, wrong token or wrong certificate (1 recent"
+        " failure from your address: the server delays its next logins by 0.25 s, for 30 s"
+        " after the last failure)",
         recent_failures=1, next_delay=0.25)
     assert pair.penalty.delay(SOURCE) == 0.25
     again = Pair(ClientCore(TOKEN))

@@ -481,7 +481,7 @@ BAD_IDENTITIES = [
     ("token-instead-of-hash", f'token_hash = "{TOKEN}"',
      "identities.alice.token_hash", "a token hash looks like rexec-sha256$SALT$"),
     ("unknown-field", f'token_hash = "{HASH}"\nalow = ["x"]',
-     "identities.alice.alow", "Extra inputs are not permitted"),
+     "identities.alice.alow", "unknown setting 'alow'; did you mean 'allow'?"),
     ("zero-max-timeout", f'token_hash = "{HASH}"\nmax_timeout = 0',
      "identities.alice.max_timeout", "greater than 0"),
     ("zero-max-connections", f'token_hash = "{HASH}"\nmax_connections = 0',

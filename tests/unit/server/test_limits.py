@@ -269,14 +269,14 @@ def test_settings_take_either_form_and_default_to_128_30_512() -> None:
 
 
 @pytest.mark.parametrize(("table", "fragment"), [
-    ({"max_startups": "600:30:512"}, "max_startups: Value error, full (512) must be at least"
+    ({"max_startups": "600:30:512"}, "max-startups: full (512) must be at least"
                                      " start (600)"),
-    ({"max_startups": "10:0:60"}, "max_startups: Value error, rate (0)"),
-    ({"max_startups": "ten"}, "max_startups: Value error, 'ten' is not"),
-    ({"max_startups": 0}, "max_startups: Value error, 0 must be 1 to 100000"),
-    ({"max_startups": True}, "max_startups: Value error, expected"),
-    ({"per_source_max_startups": 0}, "per_source_max_startups: Input should be greater than"),
-    ({"per_source_max_startups": "many"}, "per_source_max_startups: Input should be a valid"),
+    ({"max_startups": "10:0:60"}, "max-startups: rate (0)"),
+    ({"max_startups": "ten"}, "max-startups: 'ten' is not"),
+    ({"max_startups": 0}, "max-startups: 0 must be 1 to 100000"),
+    ({"max_startups": True}, "max-startups: expected"),
+    ({"per_source_max_startups": 0}, "per-source-max-startups: Input should be greater than"),
+    ({"per_source_max_startups": "many"}, "per-source-max-startups: Input should be a valid"),
 ])
 def test_settings_errors_name_the_field(table: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
