@@ -2,6 +2,7 @@
 
     RexecError                      anything rexec raises on purpose
     ├── ConfigError                 a bad config file, token file, address or option (local)
+    │   └── KnownHostsError         a known_hosts file that does not parse (names file, line)
     ├── ProtocolError               bytes that break the wire protocol (either side may detect it)
     ├── ConnectError                could not open or secure a connection (refused, DNS, timeout)
     ├── ConnectionLost              the peer closed or vanished mid-conversation
@@ -31,6 +32,10 @@ class RexecError(Exception):
 
 class ConfigError(RexecError):
     """A configuration file, token file, address or option is invalid."""
+
+
+class KnownHostsError(ConfigError):
+    """A known_hosts file cannot be read or does not parse: the client trusts nothing in it."""
 
 
 class ProtocolError(RexecError):

@@ -8,6 +8,9 @@ client's identity. Every file problem becomes a ConfigError naming the file.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 import ssl
 from collections.abc import Iterable
@@ -54,16 +57,74 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
 
 
 def client_context(
-    ca: Path, cert: Path | None = None, key: Path | None = None
+    ca: Path | None, cert: Path | None = None, key: Path | None = None
 ) -> ssl.SSLContext:
-    """A client context trusting only ``ca``, checking the host name, maybe presenting a cert."""
+    """A client context trusting only ``ca``, checking the host name, maybe presenting a cert.
+
+    With ``ca`` None the context verifies nothing (no chain, no host name): the caller must
+    check the server certificate's fingerprint (a pin, known_hosts) before sending anything.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load("CA file", ca, lambda: context.load_verify_locations(ca))
+    if ca is not None:
+        _load("CA file", ca, lambda: context.load_verify_locations(ca))
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     if cert is not None:
         _check_key(key if key is not None else cert)
         _load("client certificate/key", cert, lambda: context.load_cert_chain(cert, key))
     return context
+
+
+FINGERPRINT_PREFIX = "SHA256:"
+_HEX_FINGERPRINT = re.compile(r"[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}")
+_B64_FINGERPRINT = re.compile(r"[A-Za-z0-9+/]{43}")
+
+
+def format_fingerprint(digest: bytes) -> str:
+    """A SHA-256 digest as ssh writes key fingerprints: ``SHA256:`` + base64 without padding."""
+    return FINGERPRINT_PREFIX + base64.b64encode(digest).decode().rstrip("=")
+
+
+def fingerprint(der: bytes) -> str:
+    """A certificate's fingerprint: the SHA-256 of its DER bytes, as ``SHA256:<base64>``."""
+    return format_fingerprint(hashlib.sha256(der).digest())
+
+
+def parse_fingerprint(text: str) -> str:
+    """A fingerprint in its canonical ``SHA256:<base64>`` form (ValueError if it is not one).
+
+    Takes that form, or the 32 hex pairs ``openssl x509 -fingerprint -sha256`` prints (colons
+    optional, its ``sha256 Fingerprint=`` label or a ``SHA256:`` prefix allowed).
+    """
+    body = text.strip()
+    label, sep, rest = body.partition("=")
+    if sep and label.strip().lower() == "sha256 fingerprint":
+        body = rest.strip()
+    if body[:7].upper() == FINGERPRINT_PREFIX:
+        body = body[7:]
+        if _B64_FINGERPRINT.fullmatch(body):
+            try:
+                return format_fingerprint(base64.b64decode(body + "=", validate=True))
+            except binascii.Error:
+                pass
+    if _HEX_FINGERPRINT.fullmatch(body):
+        return format_fingerprint(bytes.fromhex(body.replace(":", "")))
+    raise ValueError(f"{text!r} is not a SHA-256 fingerprint: expected SHA256: and 43 base64"
+                     " characters (as rexec prints them) or 32 hex pairs (as openssl does)")
+
+
+def certificate_fingerprint(path: Path) -> str:
+    """The fingerprint of the first certificate in a PEM file (ConfigError naming the file)."""
+    try:
+        pem = path.read_text("ascii")
+        der = ssl.PEM_cert_to_DER_cert(pem[pem.index("-----BEGIN CERTIFICATE-----"):])
+    except FileNotFoundError:
+        raise ConfigError(f"certificate {path} does not exist") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, no PEM block, bad base64
+        raise ConfigError(f"cannot read certificate {path}: {exc}") from None
+    return fingerprint(der)
 
 
 Subject = tuple[tuple[tuple[str, str], ...], ...]

@@ -15,12 +15,15 @@ from rexec.cli.common import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_USAGE,
     ClientConfig,
     ConnectTimeout,
     Identity,
     TlsCa,
     TlsCert,
     TlsKey,
+    TlsPin,
+    TlsTofu,
     TokenFile,
     fail,
 )
@@ -98,12 +101,15 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     tls_ca: TlsCa = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    tls_pin: TlsPin = None,
+    tls_tofu: TlsTofu = False,
     identity: Identity = None,
 ) -> None:
     """Run COMMAND on the server at ADDRESS and exit with its status.
 
     Exit status: the remote exit code; 128+N if it died of signal N; 124 if it timed out;
-    130 if interrupted; 255 if the connection, authentication or protocol failed.
+    130 if interrupted; 2 if the known_hosts file is corrupt; 255 if the connection,
+    authentication or protocol failed.
     """
     if not command:
         raise typer.BadParameter("no command given", param_hint="COMMAND")
@@ -114,7 +120,8 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         json_output=json_output, stdin_fd=None if no_stdin else _stdin_fd(),
         connection={"token_file": token_file, "config": config,
                     "connect_timeout": connect_timeout, "tls_ca": tls_ca, "tls_cert": tls_cert,
-                    "tls_key": tls_key, "identity": identity},
+                    "tls_key": tls_key, "tls_pin": tls_pin, "tls_tofu": tls_tofu or None,
+                    "identity": identity},
     )
     raise typer.Exit(code)
 
@@ -138,7 +145,7 @@ def execute(
 
     from rexec.client.blocking import BlockingClient
     from rexec.client.options import ConnectOptions
-    from rexec.errors import RexecError
+    from rexec.errors import KnownHostsError, RexecError
 
     # Start-up ran with the collector off (rexec/cli/client.py): what it made stays, frozen out
     # of every future collection; a long-running command's own garbage is collected as usual.
@@ -169,6 +176,8 @@ def execute(
                 signal.signal(signal.SIGINT, previous)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except KnownHostsError as exc:  # a local file refused before any work, as a usage error
+        fail(exc, EXIT_USAGE)
     except RexecError as exc:
         fail(exc, EXIT_INTERRUPTED if interrupts else EXIT_FAILURE)
     if json_output:

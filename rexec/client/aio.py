@@ -16,10 +16,11 @@ from typing import IO
 
 from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
 from rexec.client.options import ConnectOptions, OptionsClient
+from rexec.client.trust import check_server, tls_context
 from rexec.errors import CommandFailed, ConnectError, RexecError, map_socket_errors
 from rexec.result import Result
 from rexec.sockets import READ_SIZE, STREAM_LIMIT, tune
-from rexec.tls import CLOSED_IN_HANDSHAKE, client_context, describe_ssl_error
+from rexec.tls import CLOSED_IN_HANDSHAKE, describe_ssl_error
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
 OutputCallback = Callable[[bytes | memoryview], object]
@@ -69,9 +70,7 @@ class Client(OptionsClient):
         """Open the connection and authenticate (ConnectError, AuthenticationError...)."""
         options = self.options
         timeout = options.connect_timeout
-        context = None
-        if options.tls_ca is not None:
-            context = client_context(options.tls_ca, options.tls_cert, options.tls_key)
+        context = tls_context(options)
         try:
             async with asyncio.timeout(timeout):
                 self._reader, self._writer = await asyncio.open_connection(
@@ -90,6 +89,8 @@ class Client(OptionsClient):
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConnectError(f"cannot connect to {self.address}: {reason}") from None
+        if context is not None:
+            await self._check_server()
         sock = self._writer.get_extra_info("socket")
         if sock is not None:
             tune(sock)
@@ -108,6 +109,16 @@ class Client(OptionsClient):
             raise
         assert isinstance(event, Authenticated)
         self.server_agent = event.server_agent
+
+    async def _check_server(self) -> None:
+        """The pin or known_hosts check, before a byte of the protocol is sent."""
+        assert self._writer is not None
+        try:
+            check_server(self.options,
+                         self._writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Close the connection (a running command's process group is killed by the server)."""

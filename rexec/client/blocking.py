@@ -77,8 +77,8 @@ class BlockingClient(OptionsClient):
             raise ConnectError(
                 f"cannot connect to {self.address}: {exc.strerror or exc}") from None
         tune(sock)
-        if options.tls_ca is not None:
-            sock = self._wrap_tls(sock, options.tls_ca)
+        if options.uses_tls:
+            sock = self._wrap_tls(sock)
         sock.setblocking(False)
         self._sock = sock
         self._core = ClientCore(options.token, identity=options.identity,
@@ -96,13 +96,15 @@ class BlockingClient(OptionsClient):
         assert isinstance(event, Authenticated)
         self.server_agent = event.server_agent
 
-    def _wrap_tls(self, sock: socket.socket, ca: Path) -> socket.socket:
-        """Do the TLS handshake (blocking, within the connect timeout)."""
+    def _wrap_tls(self, sock: socket.socket) -> socket.socket:
+        """Do the TLS handshake (blocking, within the connect timeout), then the pin check."""
         import ssl
 
-        from rexec.tls import CLOSED_IN_HANDSHAKE, client_context, describe_ssl_error
+        from rexec.client.trust import check_server, tls_context
+        from rexec.tls import CLOSED_IN_HANDSHAKE, describe_ssl_error
 
-        context = client_context(ca, self.options.tls_cert, self.options.tls_key)
+        context = tls_context(self.options)
+        assert context is not None
         try:
             wrapped = context.wrap_socket(sock, server_hostname=self.host)
         except (ssl.SSLEOFError, ConnectionResetError):
@@ -115,6 +117,11 @@ class BlockingClient(OptionsClient):
             sock.close()
             raise ConnectError(
                 f"{self.address}: TLS handshake failed: {exc.strerror or exc}") from None
+        try:
+            check_server(self.options, wrapped.getpeercert(binary_form=True))
+        except BaseException:
+            wrapped.close()
+            raise
         self._ssl = ssl
         return wrapped
 
@@ -381,6 +388,8 @@ def run(
     tls_ca: str | Path | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
+    tls_pin: str | None = None,
+    tls_tofu: bool | None = None,
     identity: str | None = None,
     **run_options: Any,
 ) -> Result:
@@ -391,7 +400,7 @@ def run(
     options = ConnectOptions.resolve(
         address, token=token, token_file=token_file, config=config,
         connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-        identity=identity,
+        tls_pin=tls_pin, tls_tofu=tls_tofu, identity=identity,
     )
     with BlockingClient.from_options(options) as client:
         return client.run(command, **run_options)
