@@ -43,6 +43,12 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
     tls_key: Annotated[
         Path | None, tls_key_option("The certificate's private key (PEM).")
     ] = None,
+    tls: Annotated[
+        str | None,
+        typer.Option("--tls", metavar="auto",
+                     help="auto: serve TLS with a self-signed certificate made once into"
+                          " ~/.rexec (server.crt, server.key); its fingerprint is printed."),
+    ] = None,
     tls_client_ca: Annotated[
         Path | None,
         typer.Option("--tls-client-ca", help="Require client certificates signed by this CA."),
@@ -66,13 +72,13 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
     try:
         settings, token = server_setup(
             config, host=host, port=port, token_file=token_file, log_level=log_level,
-            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls=tls,
             audit_log=audit_log, dangerously_allow_plaintext=dangerously_allow_plaintext or None,
         )
-        tls = tls_setup(settings)
+        context = tls_setup(settings)
     except ConfigError as exc:
         fail(exc, EXIT_USAGE, prog="rexec-server")
-    raise typer.Exit(run_server(settings, token, tls))
+    raise typer.Exit(run_server(settings, token, context))
 
 
 def main() -> None:
