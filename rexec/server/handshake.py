@@ -67,12 +67,14 @@ class ServerHandshake:
 
     def __init__(self, identities: Identities, penalty: AuthPenalty, *, source: str,
                  subject: Subject | None, active_connections: Counter[str],
-                 agent: str = AGENT) -> None:
-        """``source``: the peer's address (the penalty's key); ``subject``: its certificate's."""
+                 agent: str = AGENT, subject_text: str | None = None) -> None:
+        """``source``: the peer's address (the penalty's key); ``subject``: its certificate's
+        (``subject_text``: as logs write it, ``rexec.tls.format_subject``)."""
         self._identities = identities
         self._penalty = penalty
         self._source = source
         self._subject = subject
+        self._subject_text = subject_text
         self._active_connections = active_connections
         self._agent = agent
         self.claimed_identity: str | None = None  # the name the hello gave, once accepted
@@ -99,6 +101,17 @@ class ServerHandshake:
                               salt=salt.hex() if salt is not None else None)
         return Challenged(challenge, self._penalty.delay(self._source))
 
+    def _failed_message(self) -> str:
+        """AUTH_FAILED, and the certificate subject as this server compares it, if one came.
+
+        rexec has no -v: the refusal itself tells a client what its own certificate is seen as,
+        which it knows already (nothing about the server's identities is revealed).
+        """
+        if self._subject_text is None:
+            return AUTH_FAILED
+        return (f"{AUTH_FAILED} (this server sees your certificate's subject as"
+                f" {self._subject_text})")
+
     def receive_auth(self, auth: Auth) -> Accepted | HandshakeRefusal:
         """Check the client's proof and its identity's max_connections."""
         hello, identity = self._hello, self._identity
@@ -107,7 +120,7 @@ class ServerHandshake:
         message = auth_message(hello.nonce, self._nonce, PROTOCOL_VERSION, hello.identity or "")
         if identity is None or not proved(identity, auth, message, self._subject):
             failures = self._penalty.failed(self._source)
-            return HandshakeRefusal("auth_failed", AUTH_FAILED, failures,
+            return HandshakeRefusal("auth_failed", self._failed_message(), failures,
                                     self._penalty.delay(self._source))
         limit = identity.policy.max_connections
         if limit is not None and self._active_connections[identity.name] >= limit:
