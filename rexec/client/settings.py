@@ -87,6 +87,11 @@ def client_settings(
     The arguments are the command line's (or the API caller's): they override the config file.
     The token may be None only when a client certificate is configured (certificate identities).
     """
+    trusts = [flag for flag, value in (("tls_ca", tls_ca), ("tls_pin", tls_pin),
+                                       ("tls_tofu", tls_tofu)) if value]
+    if len(trusts) > 1:  # given together, one would silently replace the other (REPLACES)
+        raise ConfigError(f"{' and '.join(trusts)} are different ways to trust the server:"
+                          " choose one")
     config_path = _path(config)
     settings = load_settings(
         ClientSettings,

@@ -17,7 +17,18 @@ from rexec.config import load_settings
 from rexec.errors import ConfigError
 from rexec.server.identity import Identities, Identity
 from rexec.server.settings import ServerSettings
-from rexec.tls import _ATTRIBUTES, Subject, format_subject, make_subject, parse_subject, subject_of
+from rexec.tls import (
+    _ATTRIBUTES,
+    Subject,
+    certificate_fingerprint,
+    fingerprint,
+    format_fingerprint,
+    format_subject,
+    make_subject,
+    parse_fingerprint,
+    parse_subject,
+    subject_of,
+)
 
 CN, ORG, OU = "commonName", "organizationName", "organizationalUnitName"
 
@@ -272,3 +283,51 @@ def test_a_bad_subject_is_a_config_error_naming_the_identity(
         settings(tmp_path, value)
     assert "identities.ci.certificate: " in str(info.value)
     assert fragment in str(info.value)
+
+
+# --- fingerprints (issue 11) ---------------------------------------------------------------
+
+
+def test_a_fingerprint_is_ssh_s_form_of_the_der_s_sha256() -> None:
+    import base64
+    import hashlib
+
+    der = b"any DER bytes"
+    digest = hashlib.sha256(der).digest()
+    assert fingerprint(der) == "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    assert len(fingerprint(der)) == 7 + 43
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_every_spelling_of_a_fingerprint_parses_to_the_canonical_one(digest: bytes) -> None:
+    canonical = format_fingerprint(digest)
+    colons = ":".join(f"{byte:02X}" for byte in digest)
+    for text in (canonical, f"  {canonical} ", "sha256:" + canonical[7:], colons,
+                 colons.lower(), digest.hex(), f"sha256 Fingerprint={colons}",
+                 f"SHA256 Fingerprint={colons}", f"SHA256:{colons}"):
+        assert parse_fingerprint(text) == canonical
+
+
+@pytest.mark.parametrize("text", [
+    "", "SHA256:", "SHA256:abc", "SHA1:" + "A" * 43, "SHA256:" + "A" * 42 + "=",
+    "SHA256:" + "A" * 44, "AB" * 31, "AB:" * 31 + "A", "AB" * 32 + "AB", "SHA256:" + "*" * 43,
+    "MD5 Fingerprint=" + "AB:" * 15 + "AB",
+])
+def test_what_is_not_a_fingerprint(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a SHA-256 fingerprint"):
+        parse_fingerprint(text)
+
+
+def test_the_fingerprint_of_a_pem_file(tmp_path: Path) -> None:
+    import trustme
+
+    cert = trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0]
+    path = tmp_path / "server.crt"
+    path.write_bytes(b"junk before the block\n" + cert.bytes())
+    der = ssl.PEM_cert_to_DER_cert(cert.bytes().decode())
+    assert certificate_fingerprint(path) == fingerprint(der)
+    with pytest.raises(ConfigError, match="does not exist"):
+        certificate_fingerprint(tmp_path / "missing.crt")
+    (tmp_path / "bad.crt").write_text("no certificate here")
+    with pytest.raises(ConfigError, match="cannot read certificate"):
+        certificate_fingerprint(tmp_path / "bad.crt")
