@@ -40,7 +40,7 @@ import sys
 import time
 from typing import Any
 
-# rexec.server.exec.child.READ_CHUNK, rexec.sockets.READ_SIZE, rexec.client.blocking.READ_SIZE
+# rexec.server.exec.child.READ_CHUNK, rexec.sockets.READ_SIZE (both clients read that much)
 CHUNK = 256 * 1024
 PIPE_SIZE = 1024 * 1024  # rexec.server.exec.child.PIPE_SIZE
 TIMEOUT = 300.0  # no socket operation waits longer; the suite also kills a slow run

@@ -2,6 +2,7 @@
 
     RexecError                      anything rexec raises on purpose
     ├── ConfigError                 a bad config file, token file, address or option (local)
+    │   ├── InvalidRequest          a command the client will not send (empty, over a protocol cap)
     │   └── KnownHostsError         a known_hosts file that does not parse (names file, line)
     ├── ProtocolError               bytes that break the wire protocol (either side may detect it)
     ├── ConnectError                could not open or secure a connection (refused, DNS, timeout)
@@ -32,6 +33,19 @@ class RexecError(Exception):
 
 class ConfigError(RexecError):
     """A configuration file, token file, address or option is invalid."""
+
+
+class InvalidRequest(ConfigError, ValueError):
+    """A command the client refuses to send, before anything is sent: an empty command, a bad
+    timeout, cwd or environment, or a request over one of the protocol's caps.
+
+    ``field`` names the part of the request at fault: "command", "env", "cwd" or "timeout".
+    It is a ValueError too, as the validation errors it replaces were.
+    """
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class KnownHostsError(ConfigError):

@@ -189,3 +189,149 @@ def make_token_file(path: Path, text: str, mode: int = 0o600) -> Path:
     path.write_text(text)
     path.chmod(mode)
     return path
+
+
+# --- the in-process layer: a real Server in the test's event loop, with scripted children ---
+
+
+class ScriptedChild:
+    """A ``rexec.server.exec.child.Child`` that plays a script instead of running a process.
+
+    It writes ``stdout`` and ``stderr`` (lists of chunks) and exits with ``exit_code``, or,
+    with ``hang``, keeps running until it is signalled, terminated, expired or told to
+    ``finish()``. With ``echo``, what it is fed on stdin comes back on stdout, and it exits 0
+    at stdin's end of file (``cat``). Everything the server does to it is recorded.
+    """
+
+    _next_pid = 4_000_000  # above any pid_max: never a real process
+
+    def __init__(self, stdout: list[bytes] | None = None, stderr: list[bytes] | None = None,
+                 exit_code: int = 0, *, hang: bool = False, echo: bool = False,
+                 stdin: bool = False) -> None:
+        import asyncio
+
+        ScriptedChild._next_pid += 1
+        self.pid = ScriptedChild._next_pid
+        loop = asyncio.get_running_loop()
+        self.reaped: asyncio.Future[None] = loop.create_future()
+        self._exited: asyncio.Future[object] = loop.create_future()
+        self._queues = {1: list(stdout or []), 2: list(stderr or [])}
+        self._wake = asyncio.Event()
+        self._eof = {1: False, 2: False}
+        self.echo = echo
+        self._stdin_open = stdin
+        self.fed = bytearray()
+        self.signals: list[int] = []
+        self.events: list[str] = []
+        self.timed_out = False
+        self.exceeded: str | None = None
+        self.closed = False
+        if not hang and not echo:
+            self._end(exit_code, None)
+
+    def _end(self, exit_code: int | None, signum: int | None) -> None:
+        from rexec.server.exec.child import ExitStatus
+
+        if not self._exited.done():
+            self._exited.set_result(ExitStatus(exit_code, signum))
+            self._eof = {1: True, 2: True}  # its pipes close when it exits
+            self._wake.set()
+
+    def finish(self, exit_code: int = 0) -> None:
+        """A hanging child exits by itself."""
+        self._end(exit_code, None)
+
+    @property
+    def stdin_open(self) -> bool:
+        return self._stdin_open
+
+    async def read_into(self, stream_no: int, buffer: bytearray,
+                        quiet_after_exit: float | None = None) -> int:
+        while True:
+            queue = self._queues[stream_no]
+            if queue:
+                chunk = queue[0]
+                count = min(len(chunk), len(buffer))
+                buffer[:count] = chunk[:count]
+                if count == len(chunk):
+                    queue.pop(0)
+                else:
+                    queue[0] = chunk[count:]
+                return count
+            if self._eof[stream_no]:
+                return 0
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def write_stdin(self, data: bytes | memoryview) -> bool:
+        if not self._stdin_open:
+            return False
+        self.fed += data
+        if self.echo:
+            self._queues[1].append(bytes(data))
+            self._wake.set()
+        return True
+
+    def close_stdin(self) -> None:
+        self.events.append("close_stdin")
+        self._stdin_open = False
+        if self.echo:
+            self._end(0, None)
+
+    async def wait(self) -> object:
+        import asyncio
+
+        return await asyncio.shield(self._exited)
+
+    def signal_group(self, signum: int) -> bool:
+        if self.closed:
+            return False
+        self.signals.append(signum)
+        if signum not in (signal.SIGCONT, signal.SIGSTOP, signal.SIGUSR1, signal.SIGUSR2):
+            self._end(None, signum)
+        return True
+
+    def terminate(self) -> None:
+        self.events.append("terminate")
+        self.signal_group(signal.SIGTERM)
+
+    def kill_now(self) -> None:
+        self.events.append("kill_now")
+
+    def exceed(self, limit: str) -> None:
+        self.exceeded = limit
+        self.terminate()
+
+    def expire(self) -> None:
+        self.timed_out = True
+        self.terminate()
+
+    def close(self) -> None:
+        self.closed = True
+        if not self.reaped.done():
+            self.reaped.set_result(None)
+
+
+class ScriptedRunner:
+    """A Runner whose children are ``ScriptedChild``: ``script(command)`` makes each one
+    (an OSError it raises is a spawn failure). Every start is recorded in ``started``."""
+
+    def __init__(self, script: object, kill_grace: float = 1.0) -> None:
+        self.script = script
+        self.kill_grace = kill_grace
+        self.guardian = None
+        self.started: list[dict[str, object]] = []
+        self.children: list[ScriptedChild] = []
+
+    def start_shell(self, command: str, env: object, cwd: str | None = None,
+                    stdin: bool = False, confine: object = None) -> ScriptedChild:
+        self.started.append({"command": command, "env": env, "cwd": cwd, "stdin": stdin})
+        child = self.script(command, stdin)  # type: ignore[operator]
+        self.children.append(child)
+        return child
+
+    def start(self, argv: list[str], env: object, cwd: str | None = None,
+              stdin: bool = False, confine: object = None) -> ScriptedChild:
+        import shlex
+
+        return self.start_shell(shlex.join(argv), env, cwd, stdin, confine)

@@ -14,18 +14,24 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import IO
 
-from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
+from rexec.client.connect import describe_connect_error, no_handshake_error, tls_failure
+from rexec.client.core import (
+    CANCEL_WAIT,
+    STDIN_CHUNK,
+    Authenticated,
+    ClientCore,
+    Event,
+    Finished,
+    Output,
+)
 from rexec.client.options import ConnectOptions, OptionsClient
 from rexec.client.trust import check_server, tls_context
-from rexec.errors import CommandFailed, ConnectError, RexecError, map_socket_errors
+from rexec.errors import CommandFailed, RexecError, map_socket_errors
 from rexec.result import Result
 from rexec.sockets import READ_SIZE, STREAM_LIMIT, tune
-from rexec.tls import CLOSED_IN_HANDSHAKE, describe_ssl_error
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
 OutputCallback = Callable[[bytes | memoryview], object]
-CANCEL_WAIT = 10.0  # how long to wait for the exit frame after cancelling, before closing
-STDIN_CHUNK = 256 * 1024
 
 
 async def _stdin_chunks(source: StdinSource) -> AsyncIterator[bytes]:
@@ -77,18 +83,9 @@ class Client(OptionsClient):
                     self.host, self.port, limit=STREAM_LIMIT, ssl=context,
                     server_hostname=self.host if context is not None else None,
                 )
-        except TimeoutError:
-            raise ConnectError(f"timed out connecting to {self.address} after {timeout:g} s")\
-                from None
-        except (ssl.SSLEOFError, ConnectionResetError) as exc:
-            if context is None:
-                raise ConnectError(f"cannot connect to {self.address}: {exc}") from None
-            raise ConnectError(f"{self.address}: {CLOSED_IN_HANDSHAKE}") from None
-        except ssl.SSLError as exc:
-            raise ConnectError(f"{self.address}: {describe_ssl_error(exc)}") from None
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConnectError(f"cannot connect to {self.address}: {reason}") from None
+        except OSError as exc:  # TimeoutError and ssl.SSLError included
+            raise describe_connect_error(exc, self.address, self.host, tls=context is not None,
+                                         timeout=timeout) from None
         if context is not None:
             await self._check_server()
         sock = self._writer.get_extra_info("socket")
@@ -101,9 +98,7 @@ class Client(OptionsClient):
                 event = await self._next_event()
         except TimeoutError:
             await self.close()
-            raise ConnectError(
-                f"{self.address} accepted the connection but did not complete the handshake"
-                f" within {timeout:g} s (is it a rexec server?)") from None
+            raise no_handshake_error(self.address, timeout) from None
         except BaseException:
             await self.close()
             raise
@@ -148,6 +143,10 @@ class Client(OptionsClient):
                     data = await reader.read(READ_SIZE)
                 except ConnectionResetError:  # a close all the same (the blocking client's too):
                     data = b""  # the core says what was lost, and when
+                except ssl.SSLError as exc:  # an alert or a bad record: say which
+                    if (lost := tls_failure(exc, self.address, core.received)) is not None:
+                        raise lost from None
+                    raise
             if data:
                 core.receive_data(data)
             else:

@@ -18,7 +18,16 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import IO, Any
 
-from rexec.client.core import Authenticated, ClientCore, Event, Finished, Output
+from rexec.client.connect import describe_connect_error, no_handshake_error, tls_failure
+from rexec.client.core import (
+    CANCEL_WAIT,
+    STDIN_CHUNK,
+    Authenticated,
+    ClientCore,
+    Event,
+    Finished,
+    Output,
+)
 from rexec.client.options import ConnectOptions, OptionsClient
 from rexec.errors import (
     CommandFailed,
@@ -27,12 +36,9 @@ from rexec.errors import (
     RexecError,
 )
 from rexec.result import Result
-from rexec.sockets import tune
+from rexec.sockets import READ_SIZE, tune
 
-READ_SIZE = 256 * 1024
-STDIN_CHUNK = 256 * 1024
 SEND_HIGH_WATER = 1024 * 1024  # stop reading local stdin while this much waits to be sent
-CANCEL_WAIT = 10.0
 _IN, _OUT = select.POLLIN | select.POLLHUP | select.POLLERR, select.POLLOUT
 
 OutputCallback = Callable[[bytes | memoryview], object]
@@ -53,7 +59,11 @@ class BlockingClient(OptionsClient):
         self.server_agent = ""
 
     def __enter__(self) -> BlockingClient:
-        self.connect()
+        try:
+            self.connect()
+        except BaseException:
+            self.close()  # __exit__ will not run: release the wake-up pipe now
+            raise
         return self
 
     def __exit__(
@@ -68,14 +78,8 @@ class BlockingClient(OptionsClient):
         timeout = options.connect_timeout
         try:
             sock = socket.create_connection((self.host, self.port), timeout=timeout)
-        except TimeoutError:
-            raise ConnectError(
-                f"timed out connecting to {self.address} after {timeout:g} s") from None
-        except socket.gaierror as exc:
-            raise ConnectError(f"cannot resolve host {self.host!r}: {exc.strerror}") from None
-        except OSError as exc:
-            raise ConnectError(
-                f"cannot connect to {self.address}: {exc.strerror or exc}") from None
+        except OSError as exc:  # TimeoutError and socket.gaierror included
+            raise self._connect_error(exc, tls=False) from None
         tune(sock)
         if options.uses_tls:
             sock = self._wrap_tls(sock)
@@ -90,9 +94,7 @@ class BlockingClient(OptionsClient):
             raise
         if event is None:
             self.close()
-            raise ConnectError(
-                f"{self.address} accepted the connection but did not complete the handshake"
-                f" within {timeout:g} s (is it a rexec server?)")
+            raise no_handshake_error(self.address, timeout)
         assert isinstance(event, Authenticated)
         self.server_agent = event.server_agent
 
@@ -101,22 +103,14 @@ class BlockingClient(OptionsClient):
         import ssl
 
         from rexec.client.trust import check_server, tls_context
-        from rexec.tls import CLOSED_IN_HANDSHAKE, describe_ssl_error
 
         context = tls_context(self.options)
         assert context is not None
         try:
             wrapped = context.wrap_socket(sock, server_hostname=self.host)
-        except (ssl.SSLEOFError, ConnectionResetError):
+        except OSError as exc:  # ssl.SSLError and TimeoutError included
             sock.close()
-            raise ConnectError(f"{self.address}: {CLOSED_IN_HANDSHAKE}") from None
-        except ssl.SSLError as exc:
-            sock.close()
-            raise ConnectError(f"{self.address}: {describe_ssl_error(exc)}") from None
-        except OSError as exc:
-            sock.close()
-            raise ConnectError(
-                f"{self.address}: TLS handshake failed: {exc.strerror or exc}") from None
+            raise self._connect_error(exc, tls=True) from None
         try:
             check_server(self.options, wrapped.getpeercert(binary_form=True))
         except BaseException:
@@ -124,6 +118,10 @@ class BlockingClient(OptionsClient):
             raise
         self._ssl = ssl
         return wrapped
+
+    def _connect_error(self, exc: OSError, *, tls: bool) -> ConnectError:
+        return describe_connect_error(exc, self.address, self.host, tls=tls,
+                                      timeout=self.options.connect_timeout)
 
     def close(self) -> None:
         """Close the connection and the wake-up pipe."""
@@ -305,13 +303,8 @@ class BlockingClient(OptionsClient):
 
     def _raise_tls_failure(self, exc: OSError, core: ClientCore) -> None:
         """Raise ConnectionLost explaining a TLS error (an alert, a bad record), if it is one."""
-        ssl = self._ssl
-        if ssl is None or not isinstance(exc, ssl.SSLError) or isinstance(exc, ssl.SSLEOFError):
-            return  # a plain socket error, or a TLS close without close_notify: just lost
-        from rexec.tls import describe_ssl_error
-
-        raise ConnectionLost(f"{self.address}: {describe_ssl_error(exc)}", core.received) \
-            from None
+        if (lost := tls_failure(exc, self.address, core.received)) is not None:
+            raise lost from None
 
 
 class _StdinSource:

@@ -8,14 +8,18 @@ server's error frames into exceptions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
+
+from pydantic import ValidationError
 
 from rexec._version import __version__
 from rexec.errors import (
     AuthenticationError,
     CommandNotStarted,
     ConnectionLost,
+    InvalidRequest,
     ProtocolError,
     RemoteError,
 )
@@ -27,8 +31,12 @@ from rexec.wire.auth import (
     new_nonce,
     proofs_match,
 )
+from rexec.wire.codec import HeaderTooLarge, encode_prefix
 from rexec.wire.frames import (
     MAX_BODY_SIZE,
+    MAX_COMMAND_LENGTH,
+    MAX_ENV_ENTRIES,
+    MAX_HEADER_SIZE,
     PROTOCOL_VERSION,
     STDIN_WINDOW,
     Auth,
@@ -40,12 +48,17 @@ from rexec.wire.frames import (
     Hello,
     Run,
     Signal,
+    SignalName,
     Stdin,
     StdinEof,
 )
 from rexec.wire.protocol import Connection, Role, State
 
 AGENT = f"rexec/{__version__}"
+STDIN_CHUNK = 256 * 1024
+"""The most of local stdin either driver reads at once (within the server's credit)."""
+CANCEL_WAIT = 10.0
+"""Seconds either driver waits for the exit frame after cancelling, before it closes."""
 StreamName: TypeAlias = Literal["stdout", "stderr"]
 
 
@@ -76,6 +89,64 @@ class Finished:
 
 
 Event: TypeAlias = Authenticated | Output | Finished
+
+
+STDIN_HINT = "send a long script on stdin instead (rexec run HOST -- sh -s < script.sh)"
+TIMEOUT_MAX = 10_000_000  # Run.timeout's bound: about 116 days
+
+
+_TIMEOUT_RANGE = (f"the timeout must be more than 0 and at most {TIMEOUT_MAX} seconds"
+                  " (about 116 days)")
+_PROBLEMS: dict[tuple[str, str], Callable[[Any], str]] = {
+    ("command", "string_too_short"): lambda v: "the command is empty",
+    ("command", "string_too_long"): lambda v: (
+        f"the command is {len(v)} characters long, more than the protocol's"
+        f" {MAX_COMMAND_LENGTH}: {STDIN_HINT}"),
+    ("cwd", "string_too_short"): lambda v: "the working directory is empty",
+    ("cwd", "string_too_long"): lambda v: (
+        f"the working directory is {len(v)} characters long, more than 4096"),
+    ("env", "too_long"): lambda v: (
+        f"{len(v)} environment variables, more than the protocol's {MAX_ENV_ENTRIES}"),
+    ("timeout", "finite_number"): lambda v: (
+        f"the timeout must be a finite number of seconds, not {v}"),
+    ("timeout", "greater_than"): lambda v: f"{_TIMEOUT_RANGE}, not {v:g}",
+    ("timeout", "less_than_equal"): lambda v: f"{_TIMEOUT_RANGE}, not {v:g}",
+}
+"""What is wrong with a request, and the fix, for the validation errors a user can cause."""
+
+
+def build_run(command: str, *, env: dict[str, str] | None = None, cwd: str | None = None,
+              timeout: float | None = None, stdin: bool = False) -> Run:
+    """The ``run`` frame for a command; InvalidRequest (naming the field) if no server would
+    take it. Callers that want to check a request before connecting call this first."""
+    values = {"command": command, "env": env or {}, "cwd": cwd, "timeout": timeout}
+    try:
+        return Run(command=command, env=env or {}, cwd=cwd, timeout=timeout, stdin=stdin)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        field = str(error["loc"][0]) if error["loc"] else "command"
+        say = _PROBLEMS.get((field, error["type"]))
+        message = say(values.get(field)) if say else str(error["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(message, field) from None
+
+
+def _too_large(exc: HeaderTooLarge) -> InvalidRequest:
+    return InvalidRequest(
+        f"the command and its environment take {exc.size} bytes in the run frame, more than"
+        f" the protocol's {MAX_HEADER_SIZE}: send long scripts and data on stdin instead",
+        "command")
+
+
+def check_request(command: str, *, env: dict[str, str] | None = None, cwd: str | None = None,
+                  timeout: float | None = None, stdin: bool = False) -> Run:
+    """``build_run``, and the frame's size too: every check ``ClientCore.start`` makes, for a
+    caller (the CLI) that checks a request before it connects."""
+    run = build_run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
+    try:
+        encode_prefix(run)
+    except HeaderTooLarge as exc:
+        raise _too_large(exc) from None
+    return run
 
 
 class ClientCore:
@@ -129,8 +200,11 @@ class ClientCore:
         """Queue a ``run`` frame (validated here: a bad argument raises before anything is sent)."""
         if self.conn.state is not State.READY:
             raise RuntimeError(f"cannot start a command in state {self.conn.state.value}")
-        run = Run(command=command, env=env or {}, cwd=cwd, timeout=timeout, stdin=stdin)
-        self._send(run)
+        run = build_run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
+        try:
+            self._send(run)
+        except HeaderTooLarge as exc:
+            raise _too_large(exc) from None
         self._run = run
         self.stdin_credit = STDIN_WINDOW if stdin else 0
         self._capture = capture
@@ -159,10 +233,10 @@ class ClientCore:
         if self.conn.state is State.RUNNING:
             self._send(Cancel())
 
-    def send_signal(self, name: str) -> None:
+    def send_signal(self, name: SignalName) -> None:
         """Ask the server to signal the command's process group (e.g. "INT", "HUP")."""
         if self.conn.state is State.RUNNING:
-            self._send(Signal(signal=name))  # type: ignore[arg-type]
+            self._send(Signal(signal=name))
 
     # --- what arrives ------------------------------------------------------------------------
 
@@ -234,7 +308,7 @@ class ClientCore:
     def _verify_server(self, mac: str | None, identity: str) -> Authenticated:
         expected = self._expected_server_proof
         if expected is not None and (mac is None or not proofs_match(expected, mac)):
-            self.conn.state = State.CLOSED  # never usable: the server is unverified
+            self.conn.close()  # never usable: the server is unverified
             raise AuthenticationError(
                 "the server's proof of the token is wrong: it is not the server you"
                 " think it is, or its token differs", "server_auth_failed")

@@ -18,7 +18,7 @@ from rexec.server.audit import AuditLog
 from rexec.server.exec.env import DEFAULT_PATH, ChildEnvSettings
 from rexec.server.exec.guardian import Guardian
 from rexec.server.identity import Identities
-from rexec.server.limits import MaxStartups, ServerLimits
+from rexec.server.limits import ServerLimits
 from rexec.server.listener import Server
 from rexec.server.settings import ServerSettings
 from rexec.tls import server_context
@@ -121,13 +121,7 @@ async def _serve(
     identities = Identities.from_token(token) if token else Identities()
     for name, table in settings.identities.items():
         identities.by_name[name] = table.identity(name)
-    limits = ServerLimits(max_output=settings.max_output,
-                          max_command_length=settings.max_command_length,
-                          max_env_bytes=settings.max_env_bytes,
-                          max_startups=MaxStartups.parse(settings.max_startups),
-                          per_source_max_startups=settings.per_source_max_startups,
-                          idle_timeout=settings.idle_timeout or None,
-                          auth_penalty_max=settings.auth_penalty_max)
+    limits = ServerLimits.from_settings(settings)
     audit = AuditLog(settings.audit_log)
     try:
         audit.open()  # fail closed: no server without its audit log

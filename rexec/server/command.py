@@ -1,19 +1,41 @@
-"""One running command: what was asked and its output budget, and the stdin fed to it."""
+"""One command, from the spawn to the exit frame.
+
+``spawn`` starts the child an admission Plan describes. A ``RunningCommand`` then supervises it:
+it pumps stdout and stderr to the client as they come (within the output budget), feeds the
+client's stdin frames to the child (``StdinFeeder``, crediting them back), applies the timeout,
+signals and cancels, counts the command against its identity's ``max_commands`` until the
+leader exits, and sends one ``exit`` frame once the child has exited and both pipes are at end
+of file. It knows its connection only as a ``Link``: the Session is one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
-from rexec.errors import ProtocolError
-from rexec.server.exec.child import ChildProcess
+from rexec.errors import ConnectionLost, ProtocolError
+from rexec.server.admission import Plan
+from rexec.server.exec.child import Child, ExitStatus
+from rexec.server.exec.runner import describe_spawn_error
 from rexec.server.identity import Identity
+from rexec.server.state import ServerState
 from rexec.wire.frames import (
     STDIN_WINDOW,
+    ExceededLimit,
+    Exit,
+    Header,
     Run,
+    SignalName,
+    Stderr,
+    StdinCredit,
+    Stdout,
 )
 
 CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
@@ -48,7 +70,7 @@ class StdinFeeder:
     a cancel or signal frame behind the stdin is acted on at once.
     """
 
-    def __init__(self, child: ChildProcess, send_credit: Callable[[int], None]) -> None:
+    def __init__(self, child: Child, send_credit: Callable[[int], None]) -> None:
         self._child = child
         self._send_credit = send_credit
         self._queue: deque[bytes] = deque()
@@ -101,3 +123,160 @@ class StdinFeeder:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+class Link(Protocol):
+    """What a running command needs of its connection (the Session)."""
+
+    lost: bool  # the client is gone, or the connection closed by a fatal error
+
+    def send(self, header: Header, body: bytes | memoryview = b"") -> None:
+        """Queue a frame (ConnectionLost or ProtocolError once the connection is closing)."""
+
+    async def drain(self) -> None:
+        """Wait until the queued frames are written (backpressure)."""
+
+    def may_send_credit(self) -> bool:
+        """Whether a stdin credit may be sent now."""
+
+    def connection_lost(self) -> None:
+        """The client is gone: send nothing more, stop the command."""
+
+    def report(self, command: Command, decision: str, **fields: Any) -> None:
+        """The command's log line and audit record."""
+
+
+def spawn(state: ServerState, plan: Plan) -> Child | str:
+    """Start the child ``plan`` describes; or say why it could not start."""
+    run, argv, cwd, confine = plan.run, plan.argv, plan.spawn_cwd, plan.confinement
+    try:
+        if argv is None:
+            return state.runner.start_shell(run.command, plan.env, cwd, run.stdin, confine)
+        return state.runner.start(argv, plan.env, cwd, run.stdin, confine)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return describe_spawn_error(exc, argv or ["/bin/sh"], cwd, confine)
+
+
+class RunningCommand:
+    """One started command, supervised until its exit frame is sent (``supervise``)."""
+
+    def __init__(self, state: ServerState, link: Link, command: Command, child: Child,
+                 on_release: Callable[[], None]) -> None:
+        self.state = state
+        self.link = link
+        self.command = command
+        self.child = child
+        self._on_release = on_release
+        self.feeder = StdinFeeder(child, self._send_credit) if command.run.stdin else None
+        state.active_commands[command.identity.name] += 1  # its identity's max_commands
+        command.holds_slot = True
+
+    # what the client's frames ask of the command
+
+    def stdin(self, data: memoryview) -> None:
+        """A stdin frame (ProtocolError if the client overran its window)."""
+        if self.feeder is not None:
+            self.feeder.push(data)
+
+    def stdin_eof(self) -> None:
+        """The client's stdin ended."""
+        if self.feeder is not None:
+            self.feeder.close()
+
+    def signal(self, name: SignalName) -> None:
+        """Send the named signal to the command's process group."""
+        self.child.signal_group(signal.Signals[f"SIG{name}"])
+
+    def cancel(self) -> None:
+        """Stop the command: SIGTERM its group, SIGKILL after the grace."""
+        self.child.terminate()
+
+    def _send_credit(self, amount: int) -> None:
+        if not self.link.lost and self.link.may_send_credit():
+            self.link.send(StdinCredit(amount=amount))
+
+    def _free_slot(self) -> None:
+        """Give the command's max_commands slot back, once."""
+        command = self.command
+        if command.holds_slot:
+            command.holds_slot = False
+            self.state.active_commands[command.identity.name] -= 1
+
+    async def supervise(self) -> None:
+        """Pump the child's output, wait for it, then send the exit frame and report it."""
+        child, command, link = self.child, self.command, self.link
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(command.timeout, child.expire) if command.timeout else None
+        try:
+            # gather() waits for all three even if one fails, so no pump is left reading a
+            # pipe that close() below releases.
+            out, err, status = await asyncio.gather(
+                self._pump(1), self._pump(2), self._leader_exit(),
+            )
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if self.feeder is not None:
+                await self.feeder.stop()
+                self.feeder = None
+            self.state.release(child)
+            self._free_slot()
+            self._on_release()
+        exit_frame = Exit(
+            exit_code=status.exit_code,
+            signal=status.signal,
+            timed_out=child.timed_out,
+            exceeded=cast("ExceededLimit | None", child.exceeded),  # only _pump sets it
+            duration=round(time.monotonic() - command.started, 6),
+            stdout_bytes=out,
+            stderr_bytes=err,
+        )
+        link.report(command, "run", exit_code=status.exit_code, signal=status.signal,
+                    timed_out=child.timed_out, exceeded=child.exceeded, stdout_bytes=out,
+                    stderr_bytes=err, duration=exit_frame.duration, delivered=not link.lost)
+        if not link.lost:
+            try:
+                link.send(exit_frame)
+                await link.drain()
+            except ConnectionLost:
+                link.lost = True
+
+    async def _leader_exit(self) -> ExitStatus:
+        """Wait for the leader's exit, which ends the command: its slot is freed then, even
+        while its output still waits for a client that does not read (the pumps block on it).
+
+        Background processes the command left are not counted, as after its exit frame.
+        """
+        try:
+            return await self.child.wait()
+        finally:
+            self._free_slot()
+
+    async def _pump(self, stream_no: int) -> int:
+        """Forward one of the child's pipes to the client until EOF; return the bytes sent.
+
+        Past the command's output budget the rest is read and dropped, and the group stopped.
+        """
+        child, command, link = self.child, self.command, self.link
+        kind = Stdout if stream_no == 1 else Stderr
+        buffer = self.state.take_buffer()
+        view = memoryview(buffer)
+        sent = 0
+        try:
+            while (count := await child.read_into(stream_no, buffer,
+                                                  self.state.drain_grace)) > 0:
+                allowed = command.spend(count)
+                if allowed < count and child.exceeded is None:
+                    child.exceed("max_output")
+                if link.lost or not allowed:
+                    continue  # keep draining so the child is never stuck on a full pipe
+                sent += allowed
+                try:
+                    link.send(kind(size=allowed), view[:allowed])
+                    await link.drain()
+                except (ConnectionLost, ProtocolError):  # gone, or closed by a fatal error
+                    link.connection_lost()
+        finally:
+            view.release()
+            self.state.give_buffer(buffer)
+        return sent

@@ -16,7 +16,15 @@ from rexec._version import __version__
 from rexec.server.identity import Identities, Identity
 from rexec.server.limits import AuthPenalty
 from rexec.wire.auth import auth_message, new_nonce
-from rexec.wire.frames import PROTOCOL_VERSION, Auth, AuthOk, Challenge, Hello
+from rexec.wire.frames import (
+    PROTOCOL_VERSION,
+    Auth,
+    AuthMethod,
+    AuthOk,
+    Challenge,
+    Hello,
+    ServerErrorCode,
+)
 
 if TYPE_CHECKING:
     from rexec.tls import Subject  # a tuple type: no need to load ssl at run time
@@ -29,7 +37,7 @@ AUTH_FAILED = "authentication failed: unknown identity, wrong token or wrong cer
 class HandshakeRefusal:
     """The handshake fails: the code and message the client is sent in a fatal error."""
 
-    code: str
+    code: ServerErrorCode
     message: str
     recent_failures: int | None = None  # auth_failed: this source's recent failures, this one in
     next_delay: float = 0.0  # auth_failed: what this source's next challenge waits
@@ -49,7 +57,7 @@ class Accepted:
 
     identity: Identity
     auth_ok: AuthOk
-    method: str  # how it proved itself: "token" or "certificate"
+    method: AuthMethod  # how it proved itself
     agent: str  # the client's, from its hello
 
 
@@ -80,7 +88,7 @@ class ServerHandshake:
         self.claimed_identity: str | None = None  # the name the hello gave, once accepted
         self._hello: Hello | None = None
         self._identity: Identity | None = None
-        self._method = "token"
+        self._method: AuthMethod = "token"
         self._nonce = ""
 
     def receive_hello(self, hello: Hello) -> Challenged | HandshakeRefusal:
@@ -97,7 +105,7 @@ class ServerHandshake:
                                                             self._subject)
         self._nonce = new_nonce()
         challenge = Challenge(version=PROTOCOL_VERSION, nonce=self._nonce, agent=self._agent,
-                              method=self._method,  # type: ignore[arg-type]
+                              method=self._method,
                               salt=salt.hex() if salt is not None else None)
         return Challenged(challenge, self._penalty.delay(self._source))
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from rexec.server.exec.env import is_unsafe, matches_any
 from rexec.server.exec.workdir import WorkDir, open_workdir
 from rexec.wire.auth import TokenVerifier, decoy_salt
-from rexec.wire.frames import Run
+from rexec.wire.frames import AuthMethod, Run
 
 if TYPE_CHECKING:
     from rexec.server.patterns import Pattern
@@ -185,7 +185,7 @@ class Identities:
         return self.by_name.get(DEFAULT_IDENTITY)
 
     def challenge_for(self, identity: Identity | None, name: str | None,
-                      subject: Subject | None) -> tuple[str, bytes | None]:
+                      subject: Subject | None) -> tuple[AuthMethod, bytes | None]:
         """The method and salt to challenge with, revealing nothing about unknown names.
 
         "certificate" only when the client's certificate already matches the identity; every

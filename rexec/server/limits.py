@@ -8,10 +8,15 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
+from rexec.server import defaults
 from rexec.server.identity import Refusal
 from rexec.wire.frames import MAX_COMMAND_LENGTH, Run
+
+if TYPE_CHECKING:
+    from rexec.server.settings import ServerSettings
 
 PENALTY_WINDOW = 30.0  # seconds a failed authentication counts against its source
 MAX_STARTUPS_CEILING = 100_000
@@ -71,8 +76,7 @@ class MaxStartups:
         return f"{self.start}:{self.rate}:{self.full}"
 
 
-DEFAULT_MAX_STARTUPS = MaxStartups(128, 30, 512)
-DEFAULT_PER_SOURCE_MAX_STARTUPS = 64
+DEFAULT_MAX_STARTUPS = MaxStartups.parse(defaults.MAX_STARTUPS)
 
 
 class StartupGate:
@@ -84,7 +88,7 @@ class StartupGate:
     """
 
     def __init__(self, max_startups: MaxStartups = DEFAULT_MAX_STARTUPS,
-                 per_source: int = DEFAULT_PER_SOURCE_MAX_STARTUPS,
+                 per_source: int = defaults.PER_SOURCE_MAX_STARTUPS,
                  random: Callable[[], float] | None = None) -> None:
         """``random``: uniform in [0, 1) (by default the OS's: the drops must not be guessed)."""
         self.max_startups = max_startups
@@ -127,16 +131,26 @@ class StartupGate:
 
 @dataclass
 class ServerLimits:
-    """Server-wide limits, for every identity (see ServerSettings for their meaning)."""
+    """Server-wide limits, for every identity (see ServerSettings for their meaning).
+
+    Each field is the ServerSettings field of the same name, and defaults to the same value.
+    """
 
     max_output: int | None = None
     max_command_length: int = MAX_COMMAND_LENGTH
-    max_env_bytes: int = 64 * 1024
+    max_env_bytes: int = defaults.MAX_ENV_BYTES
     # unauthenticated connections: all of them, and from one source address
     max_startups: MaxStartups = DEFAULT_MAX_STARTUPS
-    per_source_max_startups: int = DEFAULT_PER_SOURCE_MAX_STARTUPS
-    idle_timeout: float | None = 900.0  # authenticated, no command running
-    auth_penalty_max: float = 3.0  # the longest a source with recent failures waits
+    per_source_max_startups: int = defaults.PER_SOURCE_MAX_STARTUPS
+    idle_timeout: float = defaults.IDLE_TIMEOUT  # authenticated, no command running; 0: off
+    auth_penalty_max: float = defaults.AUTH_PENALTY_MAX
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> ServerLimits:
+        """The limits ``settings`` give: every field from its namesake, max_startups parsed."""
+        values: dict[str, Any] = {f.name: getattr(settings, f.name) for f in fields(cls)}
+        values["max_startups"] = MaxStartups.parse(settings.max_startups)
+        return cls(**values)
 
     def check(self, run: Run) -> Refusal | None:
         """Refuse a command line or environment over the limits."""

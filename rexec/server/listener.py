@@ -7,6 +7,7 @@ import logging
 import ssl
 from typing import Any
 
+from rexec.server import defaults
 from rexec.server.audit import AuditLog, log_event
 from rexec.server.exec.child import live_groups
 from rexec.server.exec.env import ChildEnvSettings
@@ -14,7 +15,7 @@ from rexec.server.exec.runner import Runner
 from rexec.server.identity import Identities, Refusal
 from rexec.server.limits import ServerLimits
 from rexec.server.session import Session
-from rexec.server.state import DRAIN_GRACE, HANDSHAKE_TIMEOUT, ServerState
+from rexec.server.state import ServerState
 from rexec.server.stream import FramedStream
 from rexec.sockets import KEEPALIVE, STREAM_LIMIT
 from rexec.wire.address import DEFAULT_PORT
@@ -40,18 +41,18 @@ class Server:
     def __init__(
         self,
         identities: Identities,
-        host: str = "127.0.0.1",
+        host: str = defaults.HOST,
         port: int = DEFAULT_PORT,
         *,
         runner: Runner | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        drain_grace: float = DRAIN_GRACE,
+        handshake_timeout: float = defaults.HANDSHAKE_TIMEOUT,
+        drain_grace: float = defaults.DRAIN_GRACE,
         keepalive: float = KEEPALIVE,
         tls: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
         audit: AuditLog | None = None,
         child_env: ChildEnvSettings | None = None,
-        umask: int = 0o022,
+        umask: int = defaults.UMASK,
     ) -> None:
         self.state = ServerState(
             identities, limits=limits or ServerLimits(), audit=audit or AuditLog(None),
@@ -82,7 +83,7 @@ class Server:
     @property
     def running_commands(self) -> int:
         """How many commands are running now."""
-        return sum(1 for s in self.sessions if s.child is not None)
+        return sum(1 for s in self.sessions if s.running is not None)
 
     async def close(self) -> None:
         """Stop accepting, end every session now (killing running commands) and wait for them."""
@@ -95,7 +96,7 @@ class Server:
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
-            if session.child is None:
+            if session.running is None:
                 session.end_for_shutdown()  # idle or still in the handshake: nothing to wait for
         await self._wait_for_sessions(grace, hurry)
         for session in list(self.sessions):
@@ -123,12 +124,13 @@ class Server:
         everything = asyncio.ensure_future(asyncio.wait([child.reaped for child in children]))
         hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else everything
         try:
-            await asyncio.wait([everything, hurried], timeout=self.state.runner.kill_grace + 5.0,
+            await asyncio.wait([everything, hurried], timeout=self.state.runner.kill_grace
+                               + defaults.KILLED_SLACK,
                                return_when=asyncio.FIRST_COMPLETED)
             if not everything.done():
                 for child in children:
                     child.kill_now()
-                await asyncio.wait([everything], timeout=5.0)
+                await asyncio.wait([everything], timeout=defaults.KILLED_SLACK)
         finally:
             everything.cancel()
             hurried.cancel()

@@ -1,9 +1,11 @@
 """One connection: the handshake, then its commands one after another.
 
-A Session authenticates its client, then runs its commands one after another: it starts the child
-synchronously when the ``run`` frame arrives (so stdin frames right behind it find the child), pumps
-stdout and stderr to the client as they come, feeds stdin frames to the child, and sends one
-``exit`` frame when the child has exited and both pipes are at end of file.
+A Session drives the server handshake (``ServerHandshake``), then reads the client's frames and
+acts on them: a ``run`` is admitted (``admit``), audited and spawned synchronously when the frame
+arrives (so stdin frames right behind it find the child), then supervised by a
+``RunningCommand`` until its exit frame; stdin, signal and cancel frames go to that command.
+The session is the command's ``Link`` to the client, and ends the connection (idle timeout,
+shutdown, a fatal error) whatever the command is doing.
 """
 
 from __future__ import annotations
@@ -12,18 +14,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
-import subprocess
 import time
 from typing import Any, TypeVar
 
 from rexec.errors import ConnectionLost, ProtocolError
+from rexec.server import defaults
 from rexec.server.admission import Plan, admit
 from rexec.server.audit import log_event
-from rexec.server.command import Command, StdinFeeder
-from rexec.server.exec.child import ChildProcess, ExitStatus
+from rexec.server.command import Command, RunningCommand, spawn
 from rexec.server.exec.env import audit_env
-from rexec.server.exec.runner import describe_spawn_error
 from rexec.server.handshake import Accepted, HandshakeRefusal, ServerHandshake
 from rexec.server.identity import Identity, Refusal
 from rexec.server.state import ServerState
@@ -32,12 +31,10 @@ from rexec.wire.codec import Frame
 from rexec.wire.frames import (
     Auth,
     Error,
-    Exit,
+    Header,
     Hello,
     Run,
-    Stderr,
-    StdinCredit,
-    Stdout,
+    ServerErrorCode,
 )
 from rexec.wire.protocol import State
 
@@ -50,9 +47,9 @@ HandshakeT = TypeVar("HandshakeT", Hello, Auth)
 class _Refused(Exception):
     """The handshake failed for a reason the client must be told (sent as a fatal error)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ServerErrorCode, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code: ServerErrorCode = code
 
 
 class Session:
@@ -64,8 +61,7 @@ class Session:
         self.peer = stream.peer
         self.identity: Identity | None = None
         self.claimed_identity: str | None = None
-        self.child: ChildProcess | None = None
-        self.feeder: StdinFeeder | None = None
+        self.running: RunningCommand | None = None
         self.command_task: asyncio.Task[None] | None = None
         self.lost = False
         self.waiting = True  # counted by the server's StartupGate until authenticated
@@ -131,7 +127,7 @@ class Session:
         assert idle is not None
         while True:
             await asyncio.sleep(max(0.05, self.last_activity + idle - time.monotonic()))
-            if self.child is None and time.monotonic() - self.last_activity >= idle:
+            if self.running is None and time.monotonic() - self.last_activity >= idle:
                 self.log(logging.INFO, "idle_timeout", seconds=idle)
                 self.ended("idle_timeout", f"no command for {idle:g} s")
                 await self.send_fatal("idle_timeout", f"no command for {idle:g} s: closing")
@@ -226,23 +222,21 @@ class Session:
 
     async def handle(self, frame: Frame) -> None:
         """Act on one frame from an authenticated client."""
-        header, child = frame.header, self.child
+        header, running = frame.header, self.running
         if header.type == "run":
             self.start_command(header)
         elif header.type == "error":
             raise ConnectionLost(f"the client reported an error: {header.message}")
-        elif child is None:
+        elif running is None:
             return  # stdin, eof, signal or cancel that crossed the exit frame: nothing to do
         elif header.type == "stdin":
-            if self.feeder is not None:
-                self.feeder.push(frame.body)
+            running.stdin(frame.body)
         elif header.type == "stdin_eof":
-            if self.feeder is not None:
-                self.feeder.close()
+            running.stdin_eof()
         elif header.type == "signal":
-            child.signal_group(signal.Signals[f"SIG{header.signal}"])
+            running.signal(header.signal)
         elif header.type == "cancel":
-            child.terminate()
+            running.cancel()
 
     def start_command(self, run: Run) -> None:
         """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""
@@ -290,126 +284,43 @@ class Session:
         return False
 
     def _spawn(self, command: Command, plan: Plan) -> None:
-        """Start the child the plan describes, then supervise it."""
-        run, argv, cwd, confine = plan.run, plan.argv, plan.spawn_cwd, plan.confinement
-        try:
-            if argv is None:
-                child = self.state.runner.start_shell(run.command, plan.env, cwd, run.stdin,
-                                                      confine)
-            else:
-                child = self.state.runner.start(argv, plan.env, cwd, run.stdin, confine)
-        except (OSError, subprocess.SubprocessError) as exc:
-            self.not_started(command, describe_spawn_error(
-                exc, argv or ["/bin/sh"], cwd, confine))
+        """Start the child the plan describes, and supervise it until its exit frame."""
+        child = spawn(self.state, plan)
+        if isinstance(child, str):
+            self.not_started(command, child)
             return
-        self.child = child
-        if run.stdin:
-            self.feeder = StdinFeeder(child, self.send_credit)
-        self.take_slot(command)
+        self.running = RunningCommand(self.state, self, command, child, self._released)
         self.commands += 1
-        self.command_task = asyncio.create_task(self.supervise(child, command))
+        self.command_task = asyncio.create_task(self._supervise(self.running))
 
-    def take_slot(self, command: Command) -> None:
-        """Count the command against its identity's max_commands."""
-        self.state.active_commands[command.identity.name] += 1
-        command.holds_slot = True
+    async def _supervise(self, running: RunningCommand) -> None:
+        await running.supervise()
+        if self.state.shutting_down:
+            self.end_for_shutdown()  # the command it was waiting for is done
 
-    def free_slot(self, command: Command) -> None:
-        """Give the command's max_commands slot back, once."""
-        if command.holds_slot:
-            command.holds_slot = False
-            self.state.active_commands[command.identity.name] -= 1
+    def _released(self) -> None:
+        """The running command let its child go (its exit frame follows): none runs now."""
+        self.running = None
+        self.last_activity = time.monotonic()
 
     @property
     def client_line(self) -> str:
         """REXEC_CLIENT: the client's address and port and the server's port, as SSH_CLIENT."""
         return f"{self.stream.peer_host} {self.stream.peer_port} {self.stream.local_port}"
 
-    def send_credit(self, amount: int) -> None:
-        """Let the client send ``amount`` more bytes of stdin."""
-        if not self.lost and self.stream.conn.state is State.RUNNING:
-            self.stream.send(StdinCredit(amount=amount))
+    # the Link a RunningCommand sends through
 
-    async def supervise(self, child: ChildProcess, command: Command) -> None:
-        """Pump the child's output, wait for it, then send the exit frame and report it."""
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(command.timeout, child.expire) if command.timeout else None
-        try:
-            # gather() waits for all three even if one fails, so no pump is left reading a
-            # pipe that close() below releases.
-            out, err, status = await asyncio.gather(
-                self.pump(child, 1, command), self.pump(child, 2, command),
-                self.leader_exit(child, command),
-            )
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if self.feeder is not None:
-                await self.feeder.stop()
-                self.feeder = None
-            self.state.release(child)
-            self.child = None
-            self.free_slot(command)
-            self.last_activity = time.monotonic()
-        exit_frame = Exit(
-            exit_code=status.exit_code,
-            signal=status.signal,
-            timed_out=child.timed_out,
-            exceeded=child.exceeded,  # type: ignore[arg-type]
-            duration=round(time.monotonic() - command.started, 6),
-            stdout_bytes=out,
-            stderr_bytes=err,
-        )
-        self.report(command, "run", exit_code=status.exit_code, signal=status.signal,
-                    timed_out=child.timed_out, exceeded=child.exceeded, stdout_bytes=out,
-                    stderr_bytes=err, duration=exit_frame.duration, delivered=not self.lost)
-        if not self.lost:
-            try:
-                self.stream.send(exit_frame)
-                await self.stream.drain()
-            except ConnectionLost:
-                self.lost = True
-        if self.state.shutting_down:
-            self.end_for_shutdown()  # the command it was waiting for is done
+    def send(self, header: Header, body: bytes | memoryview = b"") -> None:
+        """Queue a frame to the client."""
+        self.stream.send(header, body)
 
-    async def leader_exit(self, child: ChildProcess, command: Command) -> ExitStatus:
-        """Wait for the leader's exit, which ends the command: its slot is freed then, even
-        while its output still waits for a client that does not read (the pumps block on it).
+    async def drain(self) -> None:
+        """Wait until the queued frames are written."""
+        await self.stream.drain()
 
-        Background processes the command left are not counted, as after its exit frame.
-        """
-        try:
-            return await child.wait()
-        finally:
-            self.free_slot(command)
-
-    async def pump(self, child: ChildProcess, stream_no: int, command: Command) -> int:
-        """Forward one of the child's pipes to the client until EOF; return the bytes sent.
-
-        Past the command's output budget the rest is read and dropped, and the group stopped.
-        """
-        kind = Stdout if stream_no == 1 else Stderr
-        buffer = self.state.take_buffer()
-        view = memoryview(buffer)
-        sent = 0
-        try:
-            while (count := await child.read_into(stream_no, buffer,
-                                                  self.state.drain_grace)) > 0:
-                allowed = command.spend(count)
-                if allowed < count and child.exceeded is None:
-                    child.exceed("max_output")
-                if self.lost or not allowed:
-                    continue  # keep draining so the child is never stuck on a full pipe
-                sent += allowed
-                try:
-                    self.stream.send(kind(size=allowed), view[:allowed])
-                    await self.stream.drain()
-                except (ConnectionLost, ProtocolError):  # gone, or closed by a fatal error
-                    self.connection_lost()
-        finally:
-            view.release()
-            self.state.give_buffer(buffer)
-        return sent
+    def may_send_credit(self) -> bool:
+        """Whether a stdin credit may be sent (a command is still running on the connection)."""
+        return self.stream.conn.state is State.RUNNING
 
     def _audit_fields(self, command: Command) -> dict[str, Any]:
         return {"peer": self.peer, "identity": command.identity.name,
@@ -427,8 +338,8 @@ class Session:
     def connection_lost(self) -> None:
         """The client is gone: stop sending and terminate any running command's group."""
         self.lost = True
-        if self.child is not None:
-            self.child.terminate()
+        if self.running is not None:
+            self.running.cancel()
 
     async def send_fatal(self, code: str, message: str) -> None:
         """Tell the client why the connection is closing (best effort, bounded in time)."""
@@ -452,7 +363,7 @@ class Session:
                 self._watchdog.cancel()
             self.connection_lost()
             if self.command_task is not None:
-                grace = self.state.runner.kill_grace + 5.0
+                grace = self.state.runner.kill_grace + defaults.KILLED_SLACK
                 try:
                     await asyncio.wait_for(asyncio.shield(self.command_task), grace)
                 except TimeoutError:

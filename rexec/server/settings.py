@@ -23,6 +23,8 @@ from pydantic import (
 )
 
 from rexec.config import _Settings
+from rexec.server import defaults
+from rexec.sockets import KEEPALIVE
 from rexec.wire.address import DEFAULT_PORT
 from rexec.wire.auth import TokenVerifier
 from rexec.wire.frames import MAX_COMMAND_LENGTH
@@ -201,7 +203,7 @@ IdentityKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 class ServerSettings(_Settings):
     """What ``rexec-server`` runs with."""
 
-    host: str = "127.0.0.1"
+    host: str = defaults.HOST
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -211,37 +213,42 @@ class ServerSettings(_Settings):
     dangerously_allow_plaintext: bool = Field(
         False, description="allow listening off loopback without TLS (a trusted network only)"
     )
-    kill_grace: float = Field(5.0, ge=0, le=3600, description="SIGTERM to SIGKILL, seconds")
+    kill_grace: float = Field(defaults.KILL_GRACE, ge=0, le=3600,
+                              description="SIGTERM to SIGKILL, seconds")
     shutdown_grace: float = Field(
-        30.0, ge=0, le=86400,
+        defaults.SHUTDOWN_GRACE, ge=0, le=86400,
         description="on SIGTERM, seconds running commands get to finish (a second signal: now)",
     )
     keepalive: float = Field(
-        30.0, ge=0, le=7200,
+        KEEPALIVE, ge=0, le=7200,
         description="seconds before TCP keepalive probes; a vanished client is found in ~2x",
     )
     drain_grace: float = Field(
-        0.5, ge=0, le=60,
+        defaults.DRAIN_GRACE, ge=0, le=60,
         description="after the shell exits, seconds of quiet before its pipes are let go",
     )
     handshake_timeout: float = Field(
-        10.0, gt=0, le=600, description="seconds a client has to authenticate"
+        defaults.HANDSHAKE_TIMEOUT, gt=0, le=600,
+        description="seconds a client has to authenticate",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     identities: dict[IdentityKey, IdentitySettings] = Field(default_factory=dict)
     audit_log: Path | None = None
     max_output: int | None = Field(None, gt=0, description="bytes per command, all identities")
     max_command_length: int = Field(MAX_COMMAND_LENGTH, ge=1, le=MAX_COMMAND_LENGTH)
-    max_env_bytes: int = Field(64 * 1024, ge=0, le=1024 * 1024)
+    max_env_bytes: int = Field(defaults.MAX_ENV_BYTES, ge=0, le=1024 * 1024)
     max_startups: int | str = Field(
-        "128:30:512",
+        defaults.MAX_STARTUPS,
         description='unauthenticated connections: "start:rate:full" (as sshd) or N (= N:100:N)',
     )
     per_source_max_startups: int = Field(
-        64, ge=1, le=100_000, description="unauthenticated connections from one IP address"
+        defaults.PER_SOURCE_MAX_STARTUPS, ge=1, le=100_000,
+        description="unauthenticated connections from one IP address",
     )
-    idle_timeout: float = Field(900.0, ge=0, description="seconds; 0 turns it off")
-    auth_penalty_max: float = Field(3.0, ge=0, le=8, description="seconds, per source")
+    idle_timeout: float = Field(defaults.IDLE_TIMEOUT, ge=0,
+                                description="seconds; 0 turns it off")
+    auth_penalty_max: float = Field(defaults.AUTH_PENALTY_MAX, ge=0, le=8,
+                                    description="seconds, per source")
     path: str | None = Field(
         None, min_length=1, description="every command's PATH (default: exec.env.DEFAULT_PATH)"
     )
@@ -249,7 +256,8 @@ class ServerSettings(_Settings):
     inherit_env: list[str] = Field(
         default_factory=list, description="server variables passed on (globs; never REXEC_*)"
     )
-    umask: Umask = Field(0o022, description="every command's umask (an identity may override)")
+    umask: Umask = Field(defaults.UMASK,
+                         description="every command's umask (an identity may override)")
 
     @field_validator("env")
     @classmethod

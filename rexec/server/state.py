@@ -13,16 +13,15 @@ import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 
+from rexec.server import defaults
 from rexec.server.audit import AuditLog
-from rexec.server.exec.child import READ_CHUNK, ChildProcess
+from rexec.server.exec.child import READ_CHUNK, Child
 from rexec.server.exec.env import ChildEnvSettings
 from rexec.server.exec.runner import Runner
 from rexec.server.exec.shortcut import shell_pwd
 from rexec.server.identity import Identities
 from rexec.server.limits import AuthPenalty, ServerLimits, StartupGate
 
-HANDSHAKE_TIMEOUT = 10.0
-DRAIN_GRACE = 0.5  # after the shell exits, a pipe quiet this long is left to its background holder
 BUFFER_POOL = 32  # idle pump buffers kept for reuse (8 MiB at most)
 
 
@@ -41,13 +40,13 @@ class ServerState:
     runner: Runner = field(default_factory=Runner)
     tls: ssl.SSLContext | None = None
     child_env: ChildEnvSettings = field(default_factory=ChildEnvSettings)
-    umask: int = 0o022
-    handshake_timeout: float = HANDSHAKE_TIMEOUT
-    drain_grace: float = DRAIN_GRACE
+    umask: int = defaults.UMASK
+    handshake_timeout: float = defaults.HANDSHAKE_TIMEOUT
+    drain_grace: float = defaults.DRAIN_GRACE
     own_pwd: str = field(default_factory=_own_pwd)
     active_commands: Counter[str] = field(default_factory=Counter)
     active_connections: Counter[str] = field(default_factory=Counter)
-    unreaped: set[ChildProcess] = field(default_factory=set)  # ended, leader not reaped yet
+    unreaped: set[Child] = field(default_factory=set)  # ended, leader not reaped yet
     shutting_down: bool = False
     gate: StartupGate = field(init=False)
     penalty: AuthPenalty = field(init=False)
@@ -67,7 +66,7 @@ class ServerState:
         if len(self._buffers) < BUFFER_POOL:
             self._buffers.append(buffer)
 
-    def release(self, child: ChildProcess) -> None:
+    def release(self, child: Child) -> None:
         """A session is done with ``child``: close it, and keep it until its leader is reaped."""
         child.close()
         if not child.reaped.done():

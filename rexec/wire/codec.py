@@ -45,9 +45,24 @@ class Frame:
     body: memoryview = _EMPTY
 
 
+class HeaderTooLarge(ValueError):
+    """A header we were asked to send is over MAX_HEADER_SIZE: the peer would refuse it."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the frame header takes {size} bytes, more than the protocol's"
+                         f" {MAX_HEADER_SIZE}")
+        self.size = size
+
+
 def encode_prefix(header: Header) -> bytes:
-    """The bytes that go before a frame's body: the header length and the header."""
+    """The bytes that go before a frame's body: the header length and the header.
+
+    HeaderTooLarge (a ValueError) if the header is over MAX_HEADER_SIZE: nothing that no peer
+    accepts is ever sent.
+    """
     raw = header.model_dump_json().encode()
+    if len(raw) > MAX_HEADER_SIZE:
+        raise HeaderTooLarge(len(raw))
     return _LENGTH.pack(len(raw)) + raw
 
 

@@ -8,7 +8,7 @@ control frames have no body, so their ``size`` can only be 0. See docs/protocol.
 from __future__ import annotations
 
 from functools import cache
-from typing import Annotated, Any, Literal, TypeAlias, cast
+from typing import Annotated, Any, Literal, TypeAlias, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -33,7 +33,37 @@ MAX_ENV_ENTRIES = 256
 NONCE_HEX_LENGTH = 64  # 32 random bytes, hex encoded
 MAC_HEX_LENGTH = 64  # HMAC-SHA256, hex encoded
 
-SIGNAL_NAMES = ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP")
+# --- the protocol's vocabulary, as types (docs/protocol.md) ---------------------------------
+
+SignalName: TypeAlias = Literal["HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT",
+                                "STOP"]
+"""The signals a client may send to a command's process group (``signal.signal``)."""
+SIGNAL_NAMES: tuple[SignalName, ...] = get_args(SignalName)
+
+AuthMethod: TypeAlias = Literal["token", "certificate"]
+"""How a client proves who it is (``challenge.method``)."""
+
+ExceededLimit: TypeAlias = Literal["max_output"]
+"""A server limit that stopped a command (``exit.exceeded``)."""
+
+ServerErrorCode: TypeAlias = Literal[
+    "bad_length", "bad_header", "truncated", "unexpected_frame", "stdin_overflow",
+    "unsupported_version", "auth_failed", "handshake_timeout", "too_many_startups",
+    "tls_required", "too_many_connections", "idle_timeout", "shutting_down", "refused",
+    "spawn_failed", "audit_unavailable", "internal_error",
+]
+"""The codes of the error frames the server sends (docs/protocol.md, Errors)."""
+
+ClientErrorCode: TypeAlias = Literal[
+    "bad_length", "bad_header", "unexpected_frame", "unsupported_version",
+    "server_auth_failed", "byte_count_mismatch",
+]
+"""The codes of the protocol errors the client detects and reports locally (it sends none)."""
+
+ErrorCode: TypeAlias = ServerErrorCode | ClientErrorCode
+ERROR_CODES: frozenset[str] = frozenset(get_args(ServerErrorCode) + get_args(ClientErrorCode))
+"""Every code this implementation uses. ``error.code`` on the wire stays any well-formed code,
+so that a newer peer's codes still parse."""
 
 Hex64 = Annotated[str, Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
 ShortText = Annotated[str, Field(max_length=200)]
@@ -96,7 +126,7 @@ class Challenge(_Control):
     version: int = Field(ge=1, le=65535)
     nonce: Hex64
     agent: ShortText = ""
-    method: Literal["token", "certificate"] = "token"
+    method: AuthMethod = "token"
     salt: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
 
 
@@ -165,7 +195,7 @@ class Signal(_Control):
     """Client -> server: deliver a signal to the command's whole process group."""
 
     type: Literal["signal"] = "signal"
-    signal: Literal["HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP"]
+    signal: SignalName
 
 
 class Cancel(_Control):
@@ -200,7 +230,7 @@ class Exit(_Control):
     exit_code: int | None = Field(ge=0, le=255)
     signal: int | None = Field(default=None, ge=1, le=128)
     timed_out: bool = False
-    exceeded: Literal["max_output"] | None = None  # a limit that made the server stop it
+    exceeded: ExceededLimit | None = None  # a limit that made the server stop it
     duration: float = Field(ge=0)
     stdout_bytes: int = Field(ge=0)
     stderr_bytes: int = Field(ge=0)

@@ -98,11 +98,17 @@ class Connection:
         """Where the conversation is (both ends agree on it)."""
         return self._state
 
-    @state.setter
-    def state(self, new: State) -> None:
+    def _enter(self, new: State) -> None:
+        # Every state change goes through here: the table's (next_frame, send, send_prefix),
+        # and close().
         if new is State.READY and self._state is not State.READY:
             self._decoder.max_header = self._max_header  # authenticated: the full cap
         self._state = new
+
+    def close(self) -> None:
+        """End the conversation here: a check the table cannot make failed (an unverified
+        server proof, say), and nothing more may be sent or received."""
+        self._enter(State.CLOSED)
 
     def _check_incoming(self, header: Header) -> None:
         # Refuse a frame the table does not allow as soon as its header is in, so that a peer
@@ -134,19 +140,19 @@ class Connection:
         """Return the next whole frame from the peer (None: need more bytes), checking order."""
         frame = self._decoder.next_frame()
         if frame is not None:
-            self.state = transition(self.state, self.their_role, event_name(frame.header))
+            self._enter(transition(self.state, self.their_role, event_name(frame.header)))
         return frame
 
     def send(self, header: Header, body: bytes | bytearray | memoryview = b"") -> bytes:
         """Return the wire bytes for a frame we send, after checking the table allows it."""
         new_state = transition(self.state, self.our_role, event_name(header))
         data = encode(header, body)
-        self.state = new_state
+        self._enter(new_state)
         return data
 
     def send_prefix(self, header: Header, body_size: int) -> bytes:
         """Like ``send``, but return only the bytes before the body, which the caller writes."""
         if header.size != body_size:
             raise ValueError(f"header says size={header.size} but the body has {body_size} bytes")
-        self.state = transition(self.state, self.our_role, event_name(header))
+        self._enter(transition(self.state, self.our_role, event_name(header)))
         return encode_prefix(header)

@@ -21,6 +21,7 @@ def test_the_one_host_run_path_never_imports_asyncio() -> None:
                            "from rexec.client.blocking import BlockingClient")
     assert "rexec.client.blocking" in loaded
     assert "asyncio" not in loaded
+    assert "ssl" not in loaded  # loaded only by a connection that uses TLS
     assert not {m for m in loaded if m.startswith("rexec.server")}
 
 
@@ -57,7 +58,23 @@ def test_the_process_layer_knows_no_sessions_and_no_frames(module: str) -> None:
     loaded = modules_after(f"import rexec.server.exec.{module}")
     outside = {m for m in loaded if m.startswith(("rexec.server.", "rexec.wire", "rexec.client"))
                and not m.startswith("rexec.server.exec")}
-    assert not outside
+    assert outside == set()
+
+
+def test_the_defaults_modules_import_no_more_than_each_other() -> None:
+    """Any module may read the defaults: rexec.server.exec.defaults imports nothing, and
+    rexec.server.defaults only it (so settings.py loads no other module of the server)."""
+    import ast
+    from pathlib import Path
+
+    server = Path(__file__).resolve().parents[2] / "rexec" / "server"
+    for path, allowed in ((server / "exec" / "defaults.py", set()),
+                          (server / "defaults.py", {"rexec.server.exec.defaults"})):
+        tree = ast.parse(path.read_text())
+        imported = {node.module if isinstance(node, ast.ImportFrom) else alias.name
+                    for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
+                    for alias in node.names}
+        assert imported == allowed, path
 
 
 def test_nothing_inside_rexec_imports_the_package_face() -> None:

@@ -46,6 +46,8 @@ import subprocess
 import sys
 import time
 
+from rexec.server.exec.defaults import KILL_GRACE
+
 DRAIN_INTERVAL = 0.5
 """Seconds between reads of the orders that piled up (the pipe holds ~100,000 of them)."""
 
@@ -120,7 +122,7 @@ def guard(orders: int, kill_grace: float, drain_interval: float = DRAIN_INTERVAL
 def main() -> int:
     """Entry point of the guardian process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the end of the pipe ends us
-    kill_grace = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+    kill_grace = float(sys.argv[1]) if len(sys.argv) > 1 else KILL_GRACE
     guard(sys.stdin.fileno(), kill_grace)
     return 0
 

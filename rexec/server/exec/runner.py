@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from rexec.server.exec import defaults
 from rexec.server.exec.child import ChildProcess
 from rexec.server.exec.env import Account
 from rexec.server.exec.shortcut import direct_argv
@@ -40,7 +41,7 @@ class Confinement:
     """
 
     user: Account | None = None
-    umask: int = 0o022
+    umask: int = defaults.UMASK
     rlimits: tuple[tuple[int, int], ...] = ()  # (resource.RLIMIT_*, soft = hard limit)
 
 
@@ -110,7 +111,8 @@ def describe_spawn_error(exc: BaseException, argv: list[str], cwd: str | None,
 class Runner:
     """Starts commands in their own session: ``/bin/sh -c COMMAND``, or an argv without a shell."""
 
-    def __init__(self, kill_grace: float = 5.0, guardian: Guardian | None = None) -> None:
+    def __init__(self, kill_grace: float = defaults.KILL_GRACE,
+                 guardian: Guardian | None = None) -> None:
         self.kill_grace = kill_grace
         self.guardian = guardian
 

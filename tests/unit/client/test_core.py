@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from rexec.client.core import Authenticated, ClientCore, Finished, Output
+from rexec.client.core import Authenticated, ClientCore, Finished, Output, check_request
 from rexec.errors import (
     AuthenticationError,
     CommandNotStarted,
     ConnectionLost,
+    InvalidRequest,
     ProtocolError,
     RemoteError,
 )
@@ -478,10 +479,14 @@ def test_start_checks_state_and_arguments_before_sending() -> None:
     with pytest.raises(RuntimeError, match="state await_challenge"):
         core.start("true")
     core, server = handshake()
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidRequest, match="NUL") as bad:
         core.start("bad\x00command")
-    with pytest.raises(ValidationError):
+    assert bad.value.field == "command" and isinstance(bad.value, ValueError)
+    with pytest.raises(InvalidRequest, match="A=B") as bad:
         core.start("x", env={"A=B": "1"})
+    assert bad.value.field == "env"
+    with pytest.raises(InvalidRequest, match="more than the protocol's 65536: send long") as bad:
+        core.start("x", env={f"V{i}": "y" * 1000 for i in range(70)})  # each field fits
     assert core.pending == 0
     assert core.ready
     start(core, server)
@@ -628,3 +633,31 @@ def test_a_close_before_the_first_byte_hints_the_server_may_be_busy() -> None:
     core.receive_eof()
     with pytest.raises(ConnectionLost, match="before the handshake: it may be busy"):
         core.next_event()
+
+
+@pytest.mark.parametrize(("request_", "field", "says"), [
+    ({"command": ""}, "command", "the command is empty"),
+    ({"command": "x" * 40_000}, "command", "40000 characters long, more than the protocol's"
+                                           " 32768: send a long script on stdin"),
+    ({"command": "a", "timeout": float("nan")}, "timeout", "finite number of seconds, not nan"),
+    ({"command": "a", "timeout": float("inf")}, "timeout", "finite number of seconds, not inf"),
+    ({"command": "a", "timeout": 1e9}, "timeout", "at most 10000000 seconds (about 116 days)"),
+    ({"command": "a", "timeout": 0.0}, "timeout", "more than 0"),
+    ({"command": "a", "cwd": ""}, "cwd", "the working directory is empty"),
+    ({"command": "a", "env": {str(i): "" for i in range(300)}}, "env",
+     "300 environment variables, more than the protocol's 256"),
+    ({"command": "a", "env": {"A": "b\x00"}}, "env", "env value of A contains a NUL byte"),
+    ({"command": "a", "env": {"X": "x" * 70_000}}, "command", "70"),  # the frame's size
+])
+def test_check_request_names_the_field_and_the_fix(request_: dict, field: str,
+                                                    says: str) -> None:
+    with pytest.raises(InvalidRequest) as bad:
+        check_request(**request_)
+    assert bad.value.field == field and says in str(bad.value)
+    assert "validation error" not in str(bad.value) and "pydantic" not in str(bad.value)
+
+
+def test_check_request_returns_the_frame_it_checked() -> None:
+    run = check_request("echo hi", env={"A": "1"}, cwd="/tmp", timeout=2.5, stdin=True)
+    assert (run.command, run.env, run.cwd, run.timeout, run.stdin) == (
+        "echo hi", {"A": "1"}, "/tmp", 2.5, True)

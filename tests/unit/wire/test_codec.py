@@ -498,3 +498,14 @@ def test_random_frames_round_trip_through_random_splits(
     for (header, body), (got_header, got_body) in zip(frames, got, strict=True):
         assert got_header == header
         assert got_body == body
+
+
+def test_a_header_over_the_cap_is_never_encoded() -> None:
+    from rexec.wire.codec import HeaderTooLarge, encode_prefix
+
+    fits = f.Run(command="x", env={"A": "y" * (f.MAX_HEADER_SIZE - 200)})
+    assert len(encode_prefix(fits)) <= 4 + f.MAX_HEADER_SIZE
+    over = f.Run(command="x", env={"A": "y" * f.MAX_HEADER_SIZE})
+    with pytest.raises(HeaderTooLarge) as too_large:
+        encode_prefix(over)
+    assert too_large.value.size > f.MAX_HEADER_SIZE and isinstance(too_large.value, ValueError)
