@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
@@ -25,13 +25,18 @@ from rexec.tokens import read_token_file
 from rexec.wire.auth import check_token
 
 KNOWN_TABLES = ("server", "client")
-PATH_KEYS = ("token_file", "tls_cert", "tls_key", "tls_ca", "tls_client_ca", "audit_log")
+PATH_KEYS = ("token_file", "tls_cert", "tls_key", "tls_ca", "tls_client_ca", "audit_log",
+             "known_hosts")
 """Settings that name files: relative paths in a config file are relative to that file."""
 
 
 class _Settings(BaseModel):
     # defer_build: validators are built on first use, so the client never builds the server's.
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    # A key given by a higher source drops these keys of the lower ones: a token file on the
+    # command line wins over a token in the config file, not a conflict between the two.
+    REPLACES: ClassVar[Mapping[str, tuple[str, ...]]] = {"token_file": ("token",)}
 
     token: SecretStr | None = None
     token_file: Path | None = None
@@ -88,8 +93,8 @@ def load_settings(
         if value is not None:
             merged[key] = value
             origin[key] = "--" + key.replace("_", "-")
-            if key == "token_file":
-                merged.pop("token", None)
+            for replaced in model.REPLACES.get(key, ()):
+                merged.pop(replaced, None)
     try:
         return model.model_validate(merged)
     except ValidationError as exc:

@@ -2,7 +2,8 @@
 
     RexecError                      anything rexec raises on purpose
     ├── ConfigError                 a bad config file, token file, address or option (local)
-    │   └── InvalidRequest          a command the client will not send (empty, over a protocol cap)
+    │   ├── InvalidRequest          a command the client will not send (empty, over a protocol cap)
+    │   └── KnownHostsError         a known_hosts file that does not parse (names file, line)
     ├── ProtocolError               bytes that break the wire protocol (either side may detect it)
     ├── ConnectError                could not open or secure a connection (refused, DNS, timeout)
     ├── ConnectionLost              the peer closed or vanished mid-conversation
@@ -45,6 +46,10 @@ class InvalidRequest(ConfigError, ValueError):
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class KnownHostsError(ConfigError):
+    """A known_hosts file cannot be read or does not parse: the client trusts nothing in it."""
 
 
 class ProtocolError(RexecError):

@@ -8,6 +8,9 @@ client's identity. Every file problem becomes a ConfigError naming the file.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 import ssl
 from collections.abc import Iterable
@@ -54,16 +57,74 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
 
 
 def client_context(
-    ca: Path, cert: Path | None = None, key: Path | None = None
+    ca: Path | None, cert: Path | None = None, key: Path | None = None
 ) -> ssl.SSLContext:
-    """A client context trusting only ``ca``, checking the host name, maybe presenting a cert."""
+    """A client context trusting only ``ca``, checking the host name, maybe presenting a cert.
+
+    With ``ca`` None the context verifies nothing (no chain, no host name): the caller must
+    check the server certificate's fingerprint (a pin, known_hosts) before sending anything.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load("CA file", ca, lambda: context.load_verify_locations(ca))
+    if ca is not None:
+        _load("CA file", ca, lambda: context.load_verify_locations(ca))
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     if cert is not None:
         _check_key(key if key is not None else cert)
         _load("client certificate/key", cert, lambda: context.load_cert_chain(cert, key))
     return context
+
+
+FINGERPRINT_PREFIX = "SHA256:"
+_HEX_FINGERPRINT = re.compile(r"[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}")
+_B64_FINGERPRINT = re.compile(r"[A-Za-z0-9+/]{43}")
+
+
+def format_fingerprint(digest: bytes) -> str:
+    """A SHA-256 digest as ssh writes key fingerprints: ``SHA256:`` + base64 without padding."""
+    return FINGERPRINT_PREFIX + base64.b64encode(digest).decode().rstrip("=")
+
+
+def fingerprint(der: bytes) -> str:
+    """A certificate's fingerprint: the SHA-256 of its DER bytes, as ``SHA256:<base64>``."""
+    return format_fingerprint(hashlib.sha256(der).digest())
+
+
+def parse_fingerprint(text: str) -> str:
+    """A fingerprint in its canonical ``SHA256:<base64>`` form (ValueError if it is not one).
+
+    Takes that form, or the 32 hex pairs ``openssl x509 -fingerprint -sha256`` prints (colons
+    optional, its ``sha256 Fingerprint=`` label or a ``SHA256:`` prefix allowed).
+    """
+    body = text.strip()
+    label, sep, rest = body.partition("=")
+    if sep and label.strip().lower() == "sha256 fingerprint":
+        body = rest.strip()
+    if body[:7].upper() == FINGERPRINT_PREFIX:
+        body = body[7:]
+        if _B64_FINGERPRINT.fullmatch(body):
+            try:
+                return format_fingerprint(base64.b64decode(body + "=", validate=True))
+            except binascii.Error:
+                pass
+    if _HEX_FINGERPRINT.fullmatch(body):
+        return format_fingerprint(bytes.fromhex(body.replace(":", "")))
+    raise ValueError(f"{text!r} is not a SHA-256 fingerprint: expected SHA256: and 43 base64"
+                     " characters (as rexec prints them) or 32 hex pairs (as openssl does)")
+
+
+def certificate_fingerprint(path: Path) -> str:
+    """The fingerprint of the first certificate in a PEM file (ConfigError naming the file)."""
+    try:
+        pem = path.read_text("ascii")
+        der = ssl.PEM_cert_to_DER_cert(pem[pem.index("-----BEGIN CERTIFICATE-----"):])
+    except FileNotFoundError:
+        raise ConfigError(f"certificate {path} does not exist") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, no PEM block, bad base64
+        raise ConfigError(f"cannot read certificate {path}: {exc}") from None
+    return fingerprint(der)
 
 
 Subject = tuple[tuple[tuple[str, str], ...], ...]
@@ -93,7 +154,7 @@ _LONG_NAMES = {key.lower(): long for short, long, oid in _ATTRIBUTES for key in 
 _SHORT_NAMES = {long: short for short, long, _ in _ATTRIBUTES}
 _TYPE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+")
 _ESCAPED = frozenset('\\"+,;<>')  # escaped anywhere in a value (RFC 4514 section 2.4)
-_ESCAPABLE = _ESCAPED | {" ", "#", "="}
+_ESCAPABLE = _ESCAPED | {" ", "#", "=", "/"}
 _MUST_ESCAPE = frozenset('";<>\0')  # not allowed unescaped inside a value
 _HEX_PAIR = re.compile(r"[0-9A-Fa-f]{2}")
 
@@ -130,58 +191,106 @@ def format_subject(subject: Subject) -> str:
                              for name, value in rdn) for rdn in subject)
 
 
-def _parse_value(text: str, i: int) -> tuple[str, int]:
-    """The RFC 4514 string value starting at ``text[i]``, and where it ends."""
-    if text.startswith("#", i):
-        raise ValueError("a value starting with '#' would be hex-encoded BER, which rexec does"
-                         " not take: write \\# for a '#'")
-    if text.startswith(" ", i):
-        raise ValueError("a leading space must be escaped (\\ )")
-    raw, trailing_space = bytearray(), False
-    while i < len(text) and text[i] not in ",+":
-        char = text[i]
-        if char == "\\":
-            pair = text[i + 1:i + 3]
-            if _HEX_PAIR.fullmatch(pair):
-                raw.append(int(pair, 16))
-                i += 3
-            elif text[i + 1:i + 2] in _ESCAPABLE:
-                raw += text[i + 1].encode()
-                i += 2
-            else:
-                raise ValueError(f"bad escape {text[i:i + 2]!r}: escape one of"
-                                 " \\ , + \" ; < > # = space, or write two hex digits")
-            trailing_space = False
-            continue
-        if char in _MUST_ESCAPE:
-            raise ValueError(f"{char!r} must be escaped in a value ({_escape(char)})")
-        raw += char.encode()
-        trailing_space = char == " "
+def _skip_spaces(text: str, i: int) -> int:
+    while text.startswith(" ", i):
         i += 1
-    if trailing_space:
-        raise ValueError("a trailing space must be escaped (\\ )")
+    return i
+
+
+def _escaped(text: str, i: int, raw: bytearray) -> int:
+    """Append the escape at ``text[i]`` (a backslash) to ``raw``; return where it ends."""
+    pair = text[i + 1:i + 3]
+    if _HEX_PAIR.fullmatch(pair):
+        raw.append(int(pair, 16))
+        return i + 3
+    if text[i + 1:i + 2] in _ESCAPABLE:
+        raw += text[i + 1].encode()
+        return i + 2
+    raise ValueError(f"bad escape {text[i:i + 2]!r}: escape one of"
+                     " \\ , + \" ; < > # = / space, or write two hex digits")
+
+
+def _parse_quoted(text: str, i: int) -> tuple[bytearray, int]:
+    """A value in double quotes (as openssl prints one with separators) from ``text[i]``."""
+    raw = bytearray()
+    i += 1
+    while i < len(text) and text[i] != '"':
+        if text[i] == "\\":
+            i = _escaped(text, i, raw)
+        else:
+            raw += text[i].encode()
+            i += 1
+    if i == len(text):
+        raise ValueError("a quoted value has no closing '\"'")
+    return raw, i + 1
+
+
+def _parse_value(text: str, i: int, rdn_separator: str) -> tuple[str, int]:
+    """The string value starting at ``text[i]``, and where it ends.
+
+    Spaces that are not escaped are dropped at either end: RFC 4514 does not allow them there,
+    so ``CN = ci`` can only mean ``CN=ci``; a space that belongs to the value is written ``\\ ``.
+    """
+    if text.startswith('"', i):
+        raw, i = _parse_quoted(text, i)
+        i = _skip_spaces(text, i)
+        if i < len(text) and text[i] not in (rdn_separator, "+"):
+            raise ValueError(f"expected {rdn_separator!r} or '+' after a quoted value at"
+                             f" {text[i:]!r}")
+        keep = len(raw)
+    else:
+        if text.startswith("#", i):
+            raise ValueError("a value starting with '#' would be hex-encoded BER, which rexec"
+                             " does not take: write \\# for a '#'")
+        must_escape = _MUST_ESCAPE | ({","} if rdn_separator == "/" else set())
+        raw, keep = bytearray(), 0
+        while i < len(text) and text[i] not in (rdn_separator, "+"):
+            char = text[i]
+            if char == "\\":
+                i = _escaped(text, i, raw)
+            elif char in must_escape:
+                raise ValueError(f"{char!r} must be escaped in a value ({_escape(char)})")
+            else:
+                raw += char.encode()
+                i += 1
+                if char == " ":
+                    continue  # kept only if more of the value follows
+            keep = len(raw)
     try:
-        return raw.decode(), i
+        return raw[:keep].decode(), i
     except UnicodeDecodeError:
         raise ValueError("the \\XX escapes are not UTF-8") from None
 
 
+_LABEL = re.compile(r" *subject *[=:] *", re.IGNORECASE)  # what openssl prints before one
+
+
 def parse_subject(text: str) -> Subject:
-    """A subject written as ``CN=ci,O=Example`` (RFC 4514 escaping, the certificate's order)."""
-    if not text:
+    """A subject written as ``CN=ci,O=Example`` (RFC 4514 escaping, the certificate's order).
+
+    Also as openssl prints it: ``subject=CN = ci, O = Example`` (spaces around separators,
+    values with separators in double quotes) and ``/CN=ci/O=Example`` (``-subj``; then a
+    comma in a value must be escaped, ``\\,``, so it is never read as a separator).
+    """
+    label = _LABEL.match(text)
+    i = _skip_spaces(text, label.end() if label else 0)
+    if i == len(text):
         raise ValueError("the subject is empty")
+    separator = ","
+    if text.startswith("/", i):
+        separator, i = "/", i + 1
     rdns: list[list[tuple[str, str]]] = [[]]
-    i = 0
     while True:
+        i = _skip_spaces(text, i)
         equals = text.find("=", i)
-        name = text[i:equals] if equals >= 0 else text[i:]
+        name = (text[i:equals] if equals >= 0 else text[i:]).rstrip(" ")
         if equals < 0 or not _TYPE.fullmatch(name):
-            raise ValueError(f"expected TYPE=value at {text[i:]!r} (no spaces around , + =)")
-        value, i = _parse_value(text, equals + 1)
+            raise ValueError(f"expected TYPE=value at {text[i:]!r}")
+        value, i = _parse_value(text, _skip_spaces(text, equals + 1), separator)
         rdns[-1].append((name, value))
         if i == len(text):
             return make_subject(rdns)
-        if text[i] == ",":
+        if text[i] == separator:
             rdns.append([])
         i += 1
 

@@ -45,14 +45,35 @@ def default_token_path() -> Path:
 
 def write_token_file(path: Path, token: str) -> None:
     """Write a token to a new file readable only by its owner, replacing any earlier one."""
+    write_private_file(path, token.encode() + b"\n")
+
+
+def write_private_file(path: Path, data: bytes, *, replace: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file renamed), readable only by its owner.
+
+    The folder is made (0700) if missing. ``replace=False`` refuses (FileExistsError) to put it
+    where a file already is, even one made a moment ago.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, token.encode() + b"\n")
-    finally:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
         os.close(fd)
-    os.replace(tmp, path)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    try:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path exists: no window to overwrite in
+    finally:
+        tmp.unlink(missing_ok=True)  # after os.replace there is nothing left to remove
 
 
 def generate_token() -> str:

@@ -170,6 +170,17 @@ TlsCa = Annotated[
     Path | None,
     typer.Option("--tls-ca", metavar="FILE", help="Use TLS; trust servers signed by this CA."),
 ]
+TlsPin = Annotated[
+    str | None,
+    typer.Option("--tls-pin", metavar="SHA256:...",
+                 help="Use TLS; trust only the server certificate with this fingerprint."),
+]
+TlsTofu = Annotated[
+    bool,
+    typer.Option("--tls-tofu",
+                 help="Use TLS; trust the server's certificate on first use, as ssh does"
+                      " (~/.rexec/known_hosts)."),
+]
 TlsCert = Annotated[Path | None, tls_cert_option("Client certificate (PEM) for mutual TLS.")]
 TlsKey = Annotated[Path | None, tls_key_option("The client certificate's private key.")]
 Identity = Annotated[

@@ -30,6 +30,7 @@ from rexec._version import __version__  # noqa: E402
 COMMANDS: Mapping[str, str] = {
     "run": "rexec.cli.run",
     "token": "rexec.cli.token",
+    "tls": "rexec.cli.tls",
 }
 HELP = "Run commands on rexec servers."
 

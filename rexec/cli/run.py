@@ -22,6 +22,8 @@ from rexec.cli.common import (
     TlsCa,
     TlsCert,
     TlsKey,
+    TlsPin,
+    TlsTofu,
     TokenFile,
     exit_help,
     fail,
@@ -143,6 +145,8 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     tls_ca: TlsCa = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    tls_pin: TlsPin = None,
+    tls_tofu: TlsTofu = False,
     identity: Identity = None,
 ) -> None:
     line = " ".join(command)
@@ -158,7 +162,8 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         json_output=json_output, stdin_fd=None if no_stdin else _stdin_fd(), notes=notes,
         connection={"token_file": token_file, "config": config,
                     "connect_timeout": connect_timeout, "tls_ca": tls_ca, "tls_cert": tls_cert,
-                    "tls_key": tls_key, "identity": identity},
+                    "tls_key": tls_key, "tls_pin": tls_pin, "tls_tofu": tls_tofu or None,
+                    "identity": identity},
     )
     raise typer.Exit(code)
 
@@ -208,7 +213,7 @@ def execute(
         options = ConnectOptions.resolve(address, **connection)
         notes.detail(f"token from {options.token_source}")
         notes.detail(f"connecting to {options.host} port {options.port}"
-                     f" ({'TLS, CA ' + str(options.tls_ca) if options.tls_ca else 'plaintext'})"
+                     f" ({_trust(options)})"
                      f"{', identity ' + options.identity if options.identity else ''}")
         with BlockingClient.from_options(options) as client:
             _connected(client, notes)
@@ -252,6 +257,17 @@ def execute(
         _write_all(1, result_json(result, status).encode() + b"\n")
     _explain(result, timeout, options, notes)
     return status
+
+
+def _trust(options: Any) -> str:
+    """How the server is to be trusted, for -v."""
+    if options.tls_ca is not None:
+        return f"TLS, servers signed by {options.tls_ca}"
+    if options.tls_pin is not None:
+        return f"TLS, the server certificate pinned to {options.tls_pin}"
+    if options.tls_tofu:
+        return f"TLS, trust on first use in {options.known_hosts}"
+    return "plaintext"
 
 
 def _connected(client: Any, notes: Notes) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from rexec.cli.common import (
     EXIT_USAGE,
+    Command,
     config_option,
     fail,
     tls_cert_option,
@@ -17,16 +18,26 @@ from rexec.cli.common import (
 )
 from rexec.errors import ConfigError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
-@app.command()
+def _version(value: bool) -> None:
+    if value:
+        from rexec._version import __version__
+
+        print(f"rexec-server {__version__}")
+        raise typer.Exit()
+
+
+@app.command(cls=Command)
 def serve(  # noqa: PLR0917 - typer maps parameters to options
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on.  [default: 127.0.0.1]")
+        str | None, typer.Option(metavar="ADDRESS",
+                                 help="Address to listen on.  [default: 127.0.0.1]")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="TCP port; 0 picks a free one.  [default: 7878]")
+        int | None, typer.Option(metavar="PORT",
+                                 help="TCP port; 0 picks a free one.  [default: 7878]")
     ] = None,
     token_file: Annotated[
         Path | None, token_file_option("Read the shared token from FILE.")
@@ -35,7 +46,8 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
         Path | None, config_option("TOML config file (see config/server.toml).")
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="debug, info, warning or error.  [default: info]")
+        str | None, typer.Option(metavar="LEVEL",
+                                 help="debug, info, warning or error.  [default: info]")
     ] = None,
     tls_cert: Annotated[
         Path | None, tls_cert_option("Serve TLS with this certificate (PEM).")
@@ -43,17 +55,29 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
     tls_key: Annotated[
         Path | None, tls_key_option("The certificate's private key (PEM).")
     ] = None,
+    tls: Annotated[
+        str | None,
+        typer.Option("--tls", metavar="auto",
+                     help="auto: serve TLS with a self-signed certificate made once into"
+                          " ~/.rexec (server.crt, server.key); its fingerprint is printed."),
+    ] = None,
     tls_client_ca: Annotated[
         Path | None,
-        typer.Option("--tls-client-ca", help="Require client certificates signed by this CA."),
+        typer.Option("--tls-client-ca", metavar="FILE",
+                     help="Require client certificates signed by this CA."),
     ] = None,
     audit_log: Annotated[
-        Path | None, typer.Option("--audit-log", help="Append one JSON record per decision.")
+        Path | None, typer.Option("--audit-log", metavar="FILE",
+                                  help="Append one JSON record per decision.")
     ] = None,
     dangerously_allow_plaintext: Annotated[
         bool,
         typer.Option("--dangerously-allow-plaintext",
                      help="Listen off loopback WITHOUT TLS. Only on a network you fully trust."),
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True,
+                           help="Show the version.")
     ] = False,
 ) -> None:
     """Run the rexec server until SIGTERM or Ctrl-C.
@@ -66,13 +90,13 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
     try:
         settings, token = server_setup(
             config, host=host, port=port, token_file=token_file, log_level=log_level,
-            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls=tls,
             audit_log=audit_log, dangerously_allow_plaintext=dangerously_allow_plaintext or None,
         )
-        tls = tls_setup(settings)
+        context = tls_setup(settings)
     except ConfigError as exc:
         fail(exc, EXIT_USAGE, prog="rexec-server")
-    raise typer.Exit(run_server(settings, token, tls))
+    raise typer.Exit(run_server(settings, token, context))
 
 
 def main() -> None:

@@ -25,10 +25,10 @@ from rexec.client.core import (
     Output,
 )
 from rexec.client.options import ConnectOptions, OptionsClient
+from rexec.client.trust import check_server, tls_context
 from rexec.errors import CommandFailed, RexecError, map_socket_errors
 from rexec.result import Result
 from rexec.sockets import READ_SIZE, STREAM_LIMIT, tune
-from rexec.tls import client_context
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
 OutputCallback = Callable[[bytes | memoryview], object]
@@ -76,9 +76,7 @@ class Client(OptionsClient):
         """Open the connection and authenticate (ConnectError, AuthenticationError...)."""
         options = self.options
         timeout = options.connect_timeout
-        context = None
-        if options.tls_ca is not None:
-            context = client_context(options.tls_ca, options.tls_cert, options.tls_key)
+        context = tls_context(options)
         try:
             async with asyncio.timeout(timeout):
                 self._reader, self._writer = await asyncio.open_connection(
@@ -88,6 +86,8 @@ class Client(OptionsClient):
         except OSError as exc:  # TimeoutError and ssl.SSLError included
             raise describe_connect_error(exc, self.address, self.host, tls=context is not None,
                                          timeout=timeout) from None
+        if context is not None:
+            await self._check_server()
         sock = self._writer.get_extra_info("socket")
         if sock is not None:
             tune(sock)
@@ -104,6 +104,16 @@ class Client(OptionsClient):
             raise
         assert isinstance(event, Authenticated)
         self.server_agent = event.server_agent
+
+    async def _check_server(self) -> None:
+        """The pin or known_hosts check, before a byte of the protocol is sent."""
+        assert self._writer is not None
+        try:
+            check_server(self.options,
+                         self._writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Close the connection (a running command's process group is killed by the server)."""

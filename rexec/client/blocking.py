@@ -87,8 +87,8 @@ class BlockingClient(OptionsClient):
             raise self._connect_error(exc, tls=False) from None
         tune(sock)
         self.timings["connect"] = time.monotonic() - started
-        if options.tls_ca is not None:
-            sock = self._wrap_tls(sock, options.tls_ca)
+        if options.uses_tls:
+            sock = self._wrap_tls(sock)
             self.timings["tls"] = time.monotonic() - started - self.timings["connect"]
         sock.setblocking(False)
         self._sock = sock
@@ -122,18 +122,24 @@ class BlockingClient(OptionsClient):
         return ",".join(f"{_SHORT_NAMES.get(key, key)}={value}"
                         for rdn in cert.get("subject", ()) for key, value in rdn)
 
-    def _wrap_tls(self, sock: socket.socket, ca: Path) -> socket.socket:
-        """Do the TLS handshake (blocking, within the connect timeout)."""
+    def _wrap_tls(self, sock: socket.socket) -> socket.socket:
+        """Do the TLS handshake (blocking, within the connect timeout), then the pin check."""
         import ssl
 
-        from rexec.tls import client_context
+        from rexec.client.trust import check_server, tls_context
 
-        context = client_context(ca, self.options.tls_cert, self.options.tls_key)
+        context = tls_context(self.options)
+        assert context is not None
         try:
             wrapped = context.wrap_socket(sock, server_hostname=self.host)
         except OSError as exc:  # ssl.SSLError and TimeoutError included
             sock.close()
             raise self._connect_error(exc, tls=True) from None
+        try:
+            check_server(self.options, wrapped.getpeercert(binary_form=True))
+        except BaseException:
+            wrapped.close()
+            raise
         self._ssl = ssl
         return wrapped
 
@@ -401,6 +407,8 @@ def run(
     tls_ca: str | Path | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
+    tls_pin: str | None = None,
+    tls_tofu: bool | None = None,
     identity: str | None = None,
     **run_options: Any,
 ) -> Result:
@@ -411,7 +419,7 @@ def run(
     options = ConnectOptions.resolve(
         address, token=token, token_file=token_file, config=config,
         connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-        identity=identity,
+        tls_pin=tls_pin, tls_tofu=tls_tofu, identity=identity,
     )
     with BlockingClient.from_options(options) as client:
         return client.run(command, **run_options)

@@ -332,9 +332,11 @@ class ClientCore:
         if challenge.salt is None:
             raise ProtocolError("the server's token challenge has no salt", "bad_header")
         if self._token is None:
-            raise AuthenticationError(
-                f"the server asks for a token for identity {self.identity or 'default'!r}, and"
-                " none is configured (REXEC_TOKEN, --token-file)", "no_token")
+            # Only the certificate to offer (a core has one or the other), and the server did
+            # not take it for this identity: answer with no proof, so that its refusal names
+            # the subject it saw.
+            self._send(Auth(mac=None))
+            return
         salt = bytes.fromhex(challenge.salt)
         self._expected_server_proof = expected_server_proof(self._token, salt, message)
         self._send(Auth(mac=client_proof(self._token, salt, message)))

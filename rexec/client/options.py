@@ -1,6 +1,6 @@
 """ConnectOptions: every option of one connection, resolved once from flags, environment, config.
 
-``Client``, ``BlockingClient``, ``rexec.run`` and ``rexec run`` all take the same eight
+``Client``, ``BlockingClient``, ``rexec.run`` and ``rexec run`` all take the same ten
 connection keywords; each turns them into one ConnectOptions here, so the merge order (the
 keywords over the environment over the config file, then the token lookup) is written once.
 """
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from rexec.client.known_hosts import default_known_hosts
 from rexec.client.settings import ClientSettings, resolve_client
 from rexec.wire.address import parse_address
 
@@ -30,6 +31,14 @@ class ConnectOptions:
     connect_timeout: float
     settings: ClientSettings = field(repr=False, compare=False)  # what they were resolved from
     token_source: str = ""  # where the token came from, without its value ("REXEC_TOKEN"...)
+    tls_pin: str | None = None  # the server certificate's fingerprint, SHA256:<base64>
+    tls_tofu: bool = False  # trust the first certificate seen, as recorded in known_hosts
+    known_hosts: Path = field(default_factory=default_known_hosts)
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the connection is TLS (the server trusted through a CA, a pin or tofu)."""
+        return self.tls_ca is not None or self.tls_pin is not None or self.tls_tofu
 
     @classmethod
     def resolve(
@@ -43,6 +52,8 @@ class ConnectOptions:
         tls_ca: str | Path | None = None,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
+        tls_pin: str | None = None,
+        tls_tofu: bool | None = None,
         identity: str | None = None,
     ) -> ConnectOptions:
         """Resolve the keywords (None: not given) over the environment and the config file.
@@ -52,13 +63,15 @@ class ConnectOptions:
         host, port = parse_address(address)
         settings, resolved_token, token_source = resolve_client(
             token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
-            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, identity=identity,
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
+            tls_tofu=tls_tofu, identity=identity,
         )
         return cls(
             address=address, host=host, port=port, token=resolved_token,
             identity=settings.identity, tls_ca=settings.tls_ca, tls_cert=settings.tls_cert,
             tls_key=settings.tls_key, connect_timeout=settings.connect_timeout, settings=settings,
-            token_source=token_source,
+            token_source=token_source, tls_pin=settings.tls_pin, tls_tofu=settings.tls == "tofu",
+            known_hosts=settings.known_hosts or default_known_hosts(),
         )
 
 
@@ -78,12 +91,14 @@ class OptionsClient:
         tls_ca: str | Path | None = None,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
+        tls_pin: str | None = None,
+        tls_tofu: bool | None = None,
         identity: str | None = None,
     ) -> None:
         self._setup(ConnectOptions.resolve(
             address, token=token, token_file=token_file, config=config,
             connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-            identity=identity,
+            tls_pin=tls_pin, tls_tofu=tls_tofu, identity=identity,
         ))
 
     @classmethod

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rexec.config import _Settings, load_settings, resolve_token
 from rexec.errors import ConfigError
@@ -21,11 +22,35 @@ class ClientSettings(_Settings):
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls: Literal["tofu"] | None = None  # "tofu": trust on first use, recorded in known_hosts
+    tls_pin: str | None = None  # the server certificate's SHA-256 fingerprint
+    known_hosts: Path | None = None  # default: ~/.rexec/known_hosts
+
+    # How the server is trusted is one choice: the command line's replaces the file's.
+    REPLACES: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        **_Settings.REPLACES, "tls_ca": ("tls_pin", "tls"), "tls_pin": ("tls_ca", "tls"),
+        "tls": ("tls_ca", "tls_pin"),
+    }
+
+    @field_validator("tls_pin")
+    @classmethod
+    def _pin_parses(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from rexec.tls import parse_fingerprint  # loads ssl: only when a pin is given
+
+        return parse_fingerprint(value)
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> ClientSettings:
-        if self.tls_cert is not None and self.tls_ca is None:
-            raise ValueError("tls_cert needs tls_ca: a client certificate is only sent over TLS")
+        trusts = [name for name, value in (("tls_ca", self.tls_ca), ("tls_pin", self.tls_pin),
+                                           ("tls = \"tofu\"", self.tls)) if value is not None]
+        if len(trusts) > 1:
+            raise ValueError(f"{' and '.join(trusts)} are different ways to trust the server:"
+                             " choose one")
+        if self.tls_cert is not None and not trusts:
+            raise ValueError("tls_cert needs tls_ca, tls_pin or tls = \"tofu\": a client"
+                             " certificate is only sent over TLS")
         if self.tls_key is not None and self.tls_cert is None:
             raise ValueError("tls_key needs tls_cert")
         return self
@@ -53,6 +78,8 @@ def client_settings(
     tls_ca: str | Path | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
+    tls_pin: str | None = None,
+    tls_tofu: bool | None = None,
     identity: str | None = None,
 ) -> tuple[ClientSettings, str | None]:
     """The client's merged settings and its token; ConfigError if no token can be found.
@@ -62,7 +89,8 @@ def client_settings(
     """
     settings, resolved, _ = resolve_client(
         token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
-        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, identity=identity)
+        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin, tls_tofu=tls_tofu,
+        identity=identity)
     return settings, resolved
 
 
@@ -75,11 +103,18 @@ def resolve_client(
     tls_ca: str | Path | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
+    tls_pin: str | None = None,
+    tls_tofu: bool | None = None,
     identity: str | None = None,
 ) -> tuple[ClientSettings, str | None, str]:
     """``client_settings``, and where the token came from, said without its value (for -v
     and for an authentication failure): "REXEC_TOKEN", "--token-file FILE", the config file,
     the default file, or a client certificate alone."""
+    trusts = [flag for flag, value in (("tls_ca", tls_ca), ("tls_pin", tls_pin),
+                                       ("tls_tofu", tls_tofu)) if value]
+    if len(trusts) > 1:  # given together, one would silently replace the other (REPLACES)
+        raise ConfigError(f"{' and '.join(trusts)} are different ways to trust the server:"
+                          " choose one")
     config_path = _path(config)
     if config_path is None:
         config_path = default_client_config()
@@ -89,7 +124,7 @@ def resolve_client(
         config_path,
         cli={"token": token, "token_file": _path(token_file), "connect_timeout": connect_timeout,
              "tls_ca": _path(tls_ca), "tls_cert": _path(tls_cert), "tls_key": _path(tls_key),
-             "identity": identity},
+             "tls_pin": tls_pin, "tls": "tofu" if tls_tofu else None, "identity": identity},
     )
     resolved = resolve_token(settings)
     if token is not None:

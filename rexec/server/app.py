@@ -100,6 +100,12 @@ def run_server(
 
 def tls_setup(settings: ServerSettings) -> ssl.SSLContext | None:
     """The server's TLS context, if the settings turn TLS on (ConfigError on bad files)."""
+    if settings.tls == "auto":
+        from rexec.pki import auto_certificate  # cryptography: only for --tls auto
+
+        auto = auto_certificate(settings.host)
+        print(f"rexec-server: {auto.describe()}", file=sys.stderr, flush=True)
+        return server_context(auto.cert, auto.key, settings.tls_client_ca)
     if settings.tls_cert is None or settings.tls_key is None:
         return None
     return server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)

@@ -82,12 +82,14 @@ class ServerHandshake:
 
     def __init__(self, identities: Identities, penalty: AuthPenalty, *, source: str,
                  subject: Subject | None, active_connections: Counter[str],
-                 agent: str = AGENT) -> None:
-        """``source``: the peer's address (the penalty's key); ``subject``: its certificate's."""
+                 agent: str = AGENT, subject_text: str | None = None) -> None:
+        """``source``: the peer's address (the penalty's key); ``subject``: its certificate's
+        (``subject_text``: as logs write it, ``rexec.tls.format_subject``)."""
         self._identities = identities
         self._penalty = penalty
         self._source = source
         self._subject = subject
+        self._subject_text = subject_text
         self._active_connections = active_connections
         self._agent = agent
         self.claimed_identity: str | None = None  # the name the hello gave, once accepted
@@ -114,6 +116,19 @@ class ServerHandshake:
                               salt=salt.hex() if salt is not None else None)
         return Challenged(challenge, self._penalty.delay(self._source))
 
+    def _failed_message(self, failures: int, delay: float) -> str:
+        """AUTH_FAILED, with the certificate subject as this server compares it (if one came)
+        and the delay this address's logins now wait.
+
+        The refusal itself tells a client what its own certificate is seen as, which it knows
+        already, and its own address's failures: nothing about the server's identities.
+        """
+        notes = [delay_note(failures, delay)]
+        if self._subject_text is not None:
+            notes.insert(0, f"this server sees your certificate's subject as"
+                            f" {self._subject_text}")
+        return f"{AUTH_FAILED} ({'; '.join(notes)})"
+
     def receive_auth(self, auth: Auth) -> Accepted | HandshakeRefusal:
         """Check the client's proof and its identity's max_connections."""
         hello, identity = self._hello, self._identity
@@ -123,7 +138,7 @@ class ServerHandshake:
         if identity is None or not proved(identity, auth, message, self._subject):
             failures = self._penalty.failed(self._source)
             delay = self._penalty.delay(self._source)
-            return HandshakeRefusal("auth_failed", f"{AUTH_FAILED} ({delay_note(failures, delay)})",
+            return HandshakeRefusal("auth_failed", self._failed_message(failures, delay),
                                     failures, delay)
         limit = identity.policy.max_connections
         if limit is not None and self._active_connections[identity.name] >= limit:

@@ -177,7 +177,7 @@ class Session:
         """Drive the handshake: its frames in and out, the penalty delay, the log and audit."""
         state, stream = self.state, self.stream
         shake = ServerHandshake(state.identities, state.penalty, source=stream.peer_host,
-                                subject=stream.peer_subject,
+                                subject=stream.peer_subject, subject_text=stream.peer_subject_text,
                                 active_connections=state.active_connections)
         hello = await self._receive_handshake(Hello)
         challenged = shake.receive_hello(hello)

@@ -208,6 +208,8 @@ class ServerSettings(_Settings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    tls: Literal["auto"] | None = Field(
+        None, description='"auto": a self-signed certificate made once into ~/.rexec (rexec.pki)')
     dangerously_allow_plaintext: bool = Field(
         False, description="allow listening off loopback without TLS (a trusted network only)"
     )
@@ -273,6 +275,8 @@ class ServerSettings(_Settings):
     def _tls_files_go_together(self) -> ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
-        if self.tls_client_ca is not None and self.tls_cert is None:
+        if self.tls == "auto" and self.tls_cert is not None:
+            raise ValueError('tls = "auto" makes its own certificate: drop tls_cert and tls_key')
+        if self.tls_client_ca is not None and self.tls_cert is None and self.tls is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
         return self

@@ -55,7 +55,7 @@ ServerErrorCode: TypeAlias = Literal[
 """The codes of the error frames the server sends (docs/protocol.md, Errors)."""
 
 ClientErrorCode: TypeAlias = Literal[
-    "bad_length", "bad_header", "unexpected_frame", "unsupported_version", "no_token",
+    "bad_length", "bad_header", "unexpected_frame", "unsupported_version",
     "server_auth_failed", "byte_count_mismatch",
 ]
 """The codes of the protocol errors the client detects and reports locally (it sends none)."""

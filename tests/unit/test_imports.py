@@ -25,6 +25,22 @@ def test_the_one_host_run_path_never_imports_asyncio() -> None:
     assert not {m for m in loaded if m.startswith("rexec.server")}
 
 
+def test_no_client_path_imports_cryptography() -> None:
+    """Only the server and ``rexec tls init`` make keys: ``rexec run``, with TLS, pins and
+    known_hosts included, never pays for loading cryptography."""
+    loaded = modules_after("import rexec.cli.main, rexec.cli.run, rexec.client.trust,"
+                           " rexec.client.aio, rexec.client.known_hosts\n"
+                           "from rexec.client.blocking import BlockingClient")
+    assert "rexec.client.trust" in loaded
+    assert not {m for m in loaded if m.startswith(("cryptography", "rexec.pki"))}
+
+
+def test_the_one_host_run_path_without_tls_never_imports_ssl() -> None:
+    loaded = modules_after("import rexec.cli.main, rexec.cli.run, rexec.client.options\n"
+                           "from rexec.client.blocking import BlockingClient")
+    assert "ssl" not in loaded
+
+
 def test_the_wire_and_the_client_core_do_no_io() -> None:
     loaded = modules_after("import rexec.wire.frames, rexec.wire.codec, rexec.wire.protocol,"
                            " rexec.wire.auth, rexec.wire.address, rexec.client.core")

@@ -17,7 +17,18 @@ from rexec.config import load_settings
 from rexec.errors import ConfigError
 from rexec.server.identity import Identities, Identity
 from rexec.server.settings import ServerSettings
-from rexec.tls import _ATTRIBUTES, Subject, format_subject, make_subject, parse_subject, subject_of
+from rexec.tls import (
+    _ATTRIBUTES,
+    Subject,
+    certificate_fingerprint,
+    fingerprint,
+    format_fingerprint,
+    format_subject,
+    make_subject,
+    parse_fingerprint,
+    parse_subject,
+    subject_of,
+)
 
 CN, ORG, OU = "commonName", "organizationName", "organizationalUnitName"
 
@@ -93,18 +104,46 @@ def test_parse(text: str, subject: Subject) -> None:
     assert parse_subject(text) == subject
 
 
+@pytest.mark.parametrize("text", [
+    "CN=ci,O=Example",
+    "CN = ci, O = Example",  # openssl x509 -noout -subject
+    "subject=CN = ci, O = Example",
+    "Subject: CN = ci, O = Example",  # openssl x509 -text
+    " CN=ci ,O=Example ",
+    "/CN=ci/O=Example",  # openssl req -subj, and old openssl's output
+    "subject= /CN=ci/O=Example",
+    'CN = "ci", O = Example',
+    "cn=ci,o=Example",
+])
+def test_the_common_spellings_of_one_subject(text: str) -> None:
+    """Spaces where RFC 4514 allows none unescaped, quotes and slashes cannot mean anything else."""
+    assert parse_subject(text) == (((CN, "ci"),), ((ORG, "Example"),))
+
+
+@pytest.mark.parametrize(("text", "subject"), [
+    ('UID = 3 + CN = "ci, inc/x", O = Ex',  # openssl prints a value with a comma quoted
+     (((CN, "ci, inc/x"), ("userId", "3")), ((ORG, "Ex"),))),
+    (r'CN="a\"b"', (((CN, 'a"b'),),)),
+    (r"/CN=a\/b\,c+UID=d", (((CN, "a/b,c"), ("userId", "d")),)),
+    ("CN=a\\ ", (((CN, "a "),),)),  # an escaped space is kept, an unescaped one is not
+    ("CN = a b", (((CN, "a b"),),)),
+])
+def test_openssl_spellings_keep_their_meaning(text: str, subject: Subject) -> None:
+    assert parse_subject(text) == subject
+
+
 @pytest.mark.parametrize(("text", "reason"), [
     ("", "the subject is empty"),
     ("CN", "expected TYPE=value at 'CN'"),
     ("=alice", "expected TYPE=value at '=alice'"),
     ("CN=a,", "expected TYPE=value at ''"),
     ("CN=a+", "expected TYPE=value at ''"),
-    ("CN=a, O=b", "expected TYPE=value at ' O=b' (no spaces around , + =)"),
-    ("CN = a", "expected TYPE=value at 'CN = a'"),
-    (" CN=a", "expected TYPE=value"),
-    ("CN= a", "a leading space must be escaped"),
-    ("CN=a ", "a trailing space must be escaped"),
     ("CN=#04026869", "hex-encoded BER"),
+    ("/CN=ci,O=Example", "',' must be escaped"),  # never read as one CN or as two RDNs
+    ('CN="a" b', "expected ',' or '+' after a quoted value"),
+    ('CN="a', "no closing"),
+    ("subject=", "the subject is empty"),
+
     ("CN=a;O=b", "';' must be escaped in a value (\\;)"),
     ('CN=a"b', "'\"' must be escaped"),
     ("CN=a<b>", "'<' must be escaped"),
@@ -161,6 +200,22 @@ def test_format_then_parse_gives_back_the_structure(subject: Subject) -> None:
     assert make_subject(subject) == subject
 
 
+def _spaced(subject: Subject, gap: str) -> str:
+    """The subject as format_subject writes it, with ``gap`` around every = , and +."""
+    from rexec.tls import _SHORT_NAMES, _escape
+
+    return f"{gap},{gap}".join(f"{gap}+{gap}".join(
+        f"{_SHORT_NAMES.get(name, name)}{gap}={gap}{_escape(value)}" for name, value in rdn)
+        for rdn in subject)
+
+
+@given(SUBJECTS, st.sampled_from([" ", "  "]))
+def test_spaces_around_separators_never_change_the_subject(subject: Subject, gap: str) -> None:
+    """What openssl prints (CN = ci, O = x) means the same subject, whatever the values hold."""
+    assert parse_subject(_spaced(subject, gap)) == subject
+    assert parse_subject("subject=" + _spaced(subject, gap)) == subject
+
+
 @given(SUBJECTS, SUBJECTS)
 def test_different_subjects_are_written_differently(a: Subject, b: Subject) -> None:
     assert (format_subject(a) == format_subject(b)) == (a == b)
@@ -208,6 +263,7 @@ def settings(tmp_path: Path, certificate: str) -> ServerSettings:
     ('"CN=ci,O=Example"', (((CN, "ci"),), ((ORG, "Example"),))),
     ("'CN=ci\\,O=Example'", (((CN, "ci,O=Example"),),)),  # a TOML literal string
     ('"CN=ci\\\\,O=Example"', (((CN, "ci,O=Example"),),)),  # a basic string: \\ is \
+    ('"CN = ci, O = Example"', (((CN, "ci"),), ((ORG, "Example"),))),  # copied from openssl
 ])
 def test_the_config_parses_the_subject_once(tmp_path: Path, value: str, subject: Subject) -> None:
     identity = settings(tmp_path, value).identities["ci"].identity("ci")
@@ -215,7 +271,7 @@ def test_the_config_parses_the_subject_once(tmp_path: Path, value: str, subject:
 
 
 @pytest.mark.parametrize(("value", "fragment"), [
-    ('"CN=ci, O=Example"', "bad certificate subject 'CN=ci, O=Example': expected TYPE=value"),
+    ('"/CN=ci,O=Example"', "bad certificate subject '/CN=ci,O=Example': ',' must be escaped"),
     ('""', "bad certificate subject '': the subject is empty"),
     ('"CN=a;b"', "';' must be escaped"),
     ('{CN = "ci", O = "Example"}', "Input should be a valid string"),  # no table form
@@ -227,3 +283,51 @@ def test_a_bad_subject_is_a_config_error_naming_the_identity(
         settings(tmp_path, value)
     assert "identities.ci.certificate: " in str(info.value)
     assert fragment in str(info.value)
+
+
+# --- fingerprints (issue 11) ---------------------------------------------------------------
+
+
+def test_a_fingerprint_is_ssh_s_form_of_the_der_s_sha256() -> None:
+    import base64
+    import hashlib
+
+    der = b"any DER bytes"
+    digest = hashlib.sha256(der).digest()
+    assert fingerprint(der) == "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    assert len(fingerprint(der)) == 7 + 43
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_every_spelling_of_a_fingerprint_parses_to_the_canonical_one(digest: bytes) -> None:
+    canonical = format_fingerprint(digest)
+    colons = ":".join(f"{byte:02X}" for byte in digest)
+    for text in (canonical, f"  {canonical} ", "sha256:" + canonical[7:], colons,
+                 colons.lower(), digest.hex(), f"sha256 Fingerprint={colons}",
+                 f"SHA256 Fingerprint={colons}", f"SHA256:{colons}"):
+        assert parse_fingerprint(text) == canonical
+
+
+@pytest.mark.parametrize("text", [
+    "", "SHA256:", "SHA256:abc", "SHA1:" + "A" * 43, "SHA256:" + "A" * 42 + "=",
+    "SHA256:" + "A" * 44, "AB" * 31, "AB:" * 31 + "A", "AB" * 32 + "AB", "SHA256:" + "*" * 43,
+    "MD5 Fingerprint=" + "AB:" * 15 + "AB",
+])
+def test_what_is_not_a_fingerprint(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a SHA-256 fingerprint"):
+        parse_fingerprint(text)
+
+
+def test_the_fingerprint_of_a_pem_file(tmp_path: Path) -> None:
+    import trustme
+
+    cert = trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0]
+    path = tmp_path / "server.crt"
+    path.write_bytes(b"junk before the block\n" + cert.bytes())
+    der = ssl.PEM_cert_to_DER_cert(cert.bytes().decode())
+    assert certificate_fingerprint(path) == fingerprint(der)
+    with pytest.raises(ConfigError, match="does not exist"):
+        certificate_fingerprint(tmp_path / "missing.crt")
+    (tmp_path / "bad.crt").write_text("no certificate here")
+    with pytest.raises(ConfigError, match="cannot read certificate"):
+        certificate_fingerprint(tmp_path / "bad.crt")

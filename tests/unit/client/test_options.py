@@ -51,3 +51,59 @@ def test_both_clients_resolve_their_keywords_to_the_same_options(
     if isinstance(by_keywords, BlockingClient) and isinstance(by_options, BlockingClient):
         by_keywords.close()
         by_options.close()
+
+
+# --- how the server is trusted: a CA, a pin or trust on first use (issue 11) ------------------
+
+PIN = "SHA256:LXEWQrcmsEQBYnyp+6wy9chTD7GQPMTbAiWHF5IaSIE"
+PIN_HEX = ("2D:71:16:42:B7:26:B0:44:01:62:7C:A9:FB:AC:32:F5:C8:53:0F:B1:90:3C:C4:DB:02:25:87:17"
+           ":92:1A:48:81")
+
+
+def test_a_pin_is_kept_canonical() -> None:
+    options = ConnectOptions.resolve("h:1", token="t" * 20, tls_pin=PIN_HEX)
+    assert options.tls_pin == PIN and options.uses_tls and not options.tls_tofu
+    with pytest.raises(ConfigError, match=r"^--tls-pin: .*is not a SHA-256 fingerprint"):
+        ConnectOptions.resolve("h:1", token="t" * 20, tls_pin="SHA256:short")
+
+
+def test_one_way_to_trust_the_server_per_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tls_ca and tls_pin are different ways"):
+        ConnectOptions.resolve("h:1", token="t" * 20, tls_ca=tmp_path / "ca", tls_pin=PIN)
+    with pytest.raises(ConfigError, match="tls_pin and tls_tofu are different ways"):
+        ConnectOptions.resolve("h:1", token="t" * 20, tls_tofu=True, tls_pin=PIN)
+    config = tmp_path / "client.toml"
+    config.write_text(f'[client]\ntls = "tofu"\ntls_pin = "{PIN}"\n')
+    with pytest.raises(ConfigError, match='tls_pin and tls = "tofu" are different ways'):
+        ConnectOptions.resolve("h:1", token="t" * 20, config=config)
+
+
+def test_the_command_line_s_trust_replaces_the_config_file_s(tmp_path: Path) -> None:
+    config = tmp_path / "client.toml"
+    config.write_text('[client]\ntls_ca = "ca.pem"\ntls_cert = "me.crt"\n')
+    options = ConnectOptions.resolve("h:1", token="t" * 20, config=config, tls_pin=PIN)
+    assert (options.tls_ca, options.tls_pin, options.tls_cert) == (None, PIN, tmp_path / "me.crt")
+    options = ConnectOptions.resolve("h:1", token="t" * 20, config=config, tls_tofu=True)
+    assert (options.tls_ca, options.tls_tofu) == (None, True)
+    config.write_text('[client]\ntls = "tofu"\n')
+    options = ConnectOptions.resolve("h:1", token="t" * 20, config=config, tls_ca="ca.pem")
+    assert (options.tls_ca, options.tls_tofu) == (Path("ca.pem"), False)
+
+
+def test_a_client_certificate_goes_with_any_way_of_trusting(tmp_path: Path) -> None:
+    cert = tmp_path / "me.crt"
+    assert ConnectOptions.resolve("h:1", tls_pin=PIN, tls_cert=cert).tls_cert == cert
+    assert ConnectOptions.resolve("h:1", tls_tofu=True, tls_cert=cert).tls_tofu
+    with pytest.raises(ConfigError, match='tls_cert needs tls_ca, tls_pin or tls = "tofu"'):
+        ConnectOptions.resolve("h:1", tls_cert=cert)
+
+
+def test_known_hosts_lives_in_rexec_home(isolated_home: Path) -> None:
+    assert ConnectOptions.resolve("h:1", token="t" * 20).known_hosts == (
+        isolated_home / "known_hosts")
+
+
+def test_both_clients_take_pin_and_tofu() -> None:
+    for client in (Client("h:1", token="t" * 20, tls_pin=PIN),
+                   BlockingClient("h:1", token="t" * 20, tls_tofu=True)):
+        assert client.options.uses_tls
