@@ -174,7 +174,7 @@ def _failed(command: str, json_output: bool, message: str, error: BaseException,
     if json_output:
         from rexec.cli.output import error_json
 
-        _write_all(1, error_json(command, error, status).encode() + b"\n")
+        print(error_json(command, error, status), flush=True)
     fail(message, status)
 
 

@@ -20,7 +20,7 @@ runner = CliRunner()
 
 def invoke(*args: str) -> tuple[int, str, str]:
     """Run ``rexec ARGS...`` in process; its exit status, stdout and stderr."""
-    result = runner.invoke(build_app(args), list(args))
+    result = runner.invoke(build_app(args), list(args), prog_name="rexec")
     return result.exit_code, result.stdout, result.stderr
 
 
