@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rexec.config import load_settings, resolve_token
 from rexec.errors import ConfigError
-from rexec.server.audit import AuditLog
+from rexec.server.audit import AuditLog, log_event
 from rexec.server.exec.env import DEFAULT_PATH, ChildEnvSettings
 from rexec.server.exec.guardian import Guardian
 from rexec.server.identity import Identities
@@ -160,7 +160,11 @@ async def _serve(
     stop, hurry = asyncio.Event(), asyncio.Event()
 
     def on_signal() -> None:  # runs on the event loop, not in a signal handler
-        (hurry if stop.is_set() else stop).set()
+        if not stop.is_set():
+            stop.set()
+        elif not hurry.is_set():
+            log_event(logging.INFO, "shutdown_hurried", running=server.running_commands)
+            hurry.set()
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
