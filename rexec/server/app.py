@@ -1,4 +1,4 @@
-"""Starting the server process: settings, token, logging, signals. Used by ``rexec-server``."""
+"""Starting the server process: settings, token, logging, signals (SIGHUP reloads)."""
 
 from __future__ import annotations
 
