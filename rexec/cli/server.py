@@ -80,23 +80,24 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
                            help="Show the version.")
     ] = False,
 ) -> None:
-    """Run the rexec server until SIGTERM or Ctrl-C.
+    """Run the rexec server until SIGTERM or Ctrl-C; SIGHUP reloads the config file.
 
     The token comes from --token-file, then REXEC_TOKEN, then the config file; with none of
     them the server generates one into ~/.rexec/token (or reuses the one it generated before).
     """
-    from rexec.server.app import run_server, server_setup, tls_setup
+    from rexec.server.app import ConfigSource, run_server, tls_setup
 
+    source = ConfigSource.capture(
+        config, host=host, port=port, token_file=token_file, log_level=log_level,
+        tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls=tls,
+        audit_log=audit_log, dangerously_allow_plaintext=dangerously_allow_plaintext or None,
+    )
     try:
-        settings, token = server_setup(
-            config, host=host, port=port, token_file=token_file, log_level=log_level,
-            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls=tls,
-            audit_log=audit_log, dangerously_allow_plaintext=dangerously_allow_plaintext or None,
-        )
+        settings, token = source.load()
         context = tls_setup(settings)
     except ConfigError as exc:
         fail(exc, EXIT_USAGE, prog="rexec-server")
-    raise typer.Exit(run_server(settings, token, context))
+    raise typer.Exit(run_server(settings, token, context, source))
 
 
 def main() -> None:

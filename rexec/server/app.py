@@ -1,52 +1,72 @@
-"""Starting the server process: settings, token, logging, signals. Used by ``rexec-server``."""
+"""Starting the server process: settings, token, logging, signals (SIGHUP reloads)."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import os
 import signal
 import ssl
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rexec.config import load_settings, resolve_token
 from rexec.errors import ConfigError
-from rexec.server.audit import AuditLog
-from rexec.server.exec.env import DEFAULT_PATH, ChildEnvSettings
+from rexec.server.audit import log_event
 from rexec.server.exec.guardian import Guardian
-from rexec.server.identity import Identities
-from rexec.server.limits import ServerLimits
 from rexec.server.listener import Server
+from rexec.server.reload import Configuration, reload
 from rexec.server.settings import ServerSettings
 from rexec.tls import server_context
 from rexec.tokens import default_token_path, generate_token, write_token_file
 from rexec.wire.address import format_address
 
 
-def server_setup(config: Path | None, **cli: object) -> tuple[ServerSettings, str | None]:
-    """Merge the settings (command-line options in ``cli``) and find or generate the token.
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the settings come from: kept, so that SIGHUP loads them again the same way."""
 
-    With no token configured, a token is generated, unless the config names identities: then
-    they alone can log in.
-    """
-    settings = load_settings(ServerSettings, "server", config, cli=cli)
-    forget_token_variable()
-    token = resolve_token(settings)
-    if token is None and not settings.identities:
-        path = default_token_path()
-        token = resolve_token(settings, fallback=path)
-        if token is None:
-            token = generate_token()
-            write_token_file(path, token)
-            print(f"rexec-server: no token configured; generated one in {path}"
-                  " (readable only by you)", file=sys.stderr, flush=True)
-        else:
-            print(f"rexec-server: no token configured; using the one generated earlier in {path}",
-                  file=sys.stderr, flush=True)
-    return settings, token
+    config: Path | None
+    cli: dict[str, object] = field(default_factory=dict)
+    env_token: str | None = None
+    """REXEC_TOKEN as the server found it: it removes the variable from its environment, and
+    the token stays valid across reloads."""
+
+    @classmethod
+    def capture(cls, config: Path | None, **cli: object) -> ConfigSource:
+        """The config file and command-line options (``cli``), with REXEC_TOKEN as it is now."""
+        return cls(config, cli, os.environ.get("REXEC_TOKEN") or None)
+
+    def load(self) -> tuple[ServerSettings, str | None]:
+        """Merge the settings and find or generate the token.
+
+        With no token configured, a token is generated, unless the config names identities:
+        then they alone can log in.
+        """
+        environ = {"REXEC_TOKEN": self.env_token} if self.env_token else {}
+        settings = load_settings(ServerSettings, "server", self.config, cli=self.cli,
+                                 environ=environ)
+        forget_token_variable()
+        token = resolve_token(settings)
+        if token is None and not settings.identities:
+            token = _generated_token(settings)
+        return settings, token
+
+
+def _generated_token(settings: ServerSettings) -> str:
+    path = default_token_path()
+    token = resolve_token(settings, fallback=path)
+    if token is None:
+        token = generate_token()
+        write_token_file(path, token)
+        print(f"rexec-server: no token configured; generated one in {path}"
+              " (readable only by you)", file=sys.stderr, flush=True)
+    else:
+        print(f"rexec-server: no token configured; using the one generated earlier in {path}",
+              file=sys.stderr, flush=True)
+    return token
 
 
 def forget_token_variable() -> None:
@@ -82,10 +102,33 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _plaintext_refused(addresses: list[tuple[str, int]], settings: ServerSettings,
+                       tls: ssl.SSLContext | None) -> bool:
+    """Refuse (say why, return True) or warn about plaintext off loopback."""
+    exposed = [host for host, _ in addresses if not _is_loopback(host)]
+    if not exposed or tls is not None:
+        return False
+    if not settings.dangerously_allow_plaintext:
+        print(f"rexec-server: refusing to listen on {', '.join(exposed)} without TLS: anyone"
+              " on the network could read and alter commands and output. Give --tls-cert and"
+              " --tls-key, or listen on 127.0.0.1; on a network you fully trust,"
+              " --dangerously-allow-plaintext overrides this.", file=sys.stderr)
+        return True
+    logging.getLogger("rexec.server").warning(
+        "DANGER: listening on %s WITHOUT TLS (--dangerously-allow-plaintext): commands and"
+        " their output cross the network unencrypted and can be altered in transit",
+        ", ".join(exposed))
+    return False
+
+
 def run_server(
-    settings: ServerSettings, token: str | None, tls: ssl.SSLContext | None = None
+    settings: ServerSettings, token: str | None, tls: ssl.SSLContext | None = None,
+    source: ConfigSource | None = None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT; return the process exit status."""
+    """Serve until SIGTERM or SIGINT, reloading on SIGHUP; return the process exit status.
+
+    ``source`` is where ``settings`` came from; without it, SIGHUP reloads nothing (logged).
+    """
     logging.basicConfig(
         stream=sys.stderr,
         level=settings.log_level.upper(),
@@ -95,7 +138,7 @@ def run_server(
     # children at once: every exit status would read 0, and an exited leader could not be kept
     # to hold its group's ID (rexec.server.exec.child.ChildProcess).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    return asyncio.run(_serve(settings, token, tls))
+    return asyncio.run(_serve(settings, token, tls, source))
 
 
 def tls_setup(settings: ServerSettings) -> ssl.SSLContext | None:
@@ -112,71 +155,71 @@ def tls_setup(settings: ServerSettings) -> ssl.SSLContext | None:
 
 
 async def _serve(
-    settings: ServerSettings, token: str | None, tls: ssl.SSLContext | None
+    settings: ServerSettings, token: str | None, tls: ssl.SSLContext | None,
+    source: ConfigSource | None,
 ) -> int:
     from rexec.server.exec.runner import Runner
     from rexec.wire.frames import build_all
 
     build_all()
-    identities = Identities.from_token(token) if token else Identities()
-    for name, table in settings.identities.items():
-        identities.by_name[name] = table.identity(name)
-    limits = ServerLimits.from_settings(settings)
-    audit = AuditLog(settings.audit_log)
     try:
-        audit.open()  # fail closed: no server without its audit log
+        config = Configuration.build(settings, token, tls)  # fail closed: no audit log, no server
     except ConfigError as exc:
         print(f"rexec-server: {exc}", file=sys.stderr)
         return 2
     guardian = Guardian(settings.kill_grace) if sys.platform == "linux" else None
-    server = Server(identities, settings.host, settings.port,
+    server = Server(config.identities, settings.host, settings.port,
                     runner=Runner(settings.kill_grace, guardian),
                     handshake_timeout=settings.handshake_timeout,
                     drain_grace=settings.drain_grace, keepalive=settings.keepalive,
-                    tls=tls, limits=limits,
-                    audit=audit,
-                    child_env=ChildEnvSettings(settings.path or DEFAULT_PATH, dict(settings.env),
-                                               tuple(settings.inherit_env)),
-                    umask=settings.umask)
+                    tls=tls, limits=config.limits, audit=config.audit,
+                    child_env=config.child_env, umask=settings.umask)
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_hangup() -> None:  # on the event loop, as the others: between two callbacks
+        nonlocal config
+        if stop.is_set():
+            log_event(logging.WARNING, "reload_failed", reason="the server is shutting down")
+        elif source is None:
+            log_event(logging.WARNING, "reload_failed", reason="started without a settings"
+                      " source: nothing to reload from")
+        else:
+            config = reload(server, config, source.load, tls_setup)
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)  # before the first "listening on"
     try:
         addresses = await server.start()
     except OSError as exc:
         if guardian is not None:
             guardian.close()
+        config.audit.close()
         where = format_address(settings.host, settings.port)
         print(f"rexec-server: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    exposed = [host for host, _ in addresses if not _is_loopback(host)]
-    if exposed and tls is None:
-        if not settings.dangerously_allow_plaintext:
-            await server.close()
-            if guardian is not None:
-                guardian.close()
-            print(f"rexec-server: refusing to listen on {', '.join(exposed)} without TLS: anyone"
-                  " on the network could read and alter commands and output. Give --tls-cert and"
-                  " --tls-key, or listen on 127.0.0.1; on a network you fully trust,"
-                  " --dangerously-allow-plaintext overrides this.", file=sys.stderr)
-            return 2
-        logging.getLogger("rexec.server").warning(
-            "DANGER: listening on %s WITHOUT TLS (--dangerously-allow-plaintext): commands and"
-            " their output cross the network unencrypted and can be altered in transit",
-            ", ".join(exposed))
-    for host, port in addresses:
-        print(f"listening on {format_address(host, port)}", flush=True)
-    stop, hurry = asyncio.Event(), asyncio.Event()
-
+    if _plaintext_refused(addresses, settings, tls):
+        await server.close()
+        if guardian is not None:
+            guardian.close()
+        return 2
     def on_signal() -> None:  # runs on the event loop, not in a signal handler
-        (hurry if stop.is_set() else stop).set()
+        if not stop.is_set():
+            stop.set()
+        elif not hurry.is_set():
+            log_event(logging.INFO, "shutdown_hurried", running=server.running_commands)
+            hurry.set()
 
-    loop = asyncio.get_running_loop()
+    # Before "listening on": a supervisor that stops the server as soon as it says it listens
+    # gets the graceful shutdown, not the default action of SIGTERM (exit -15).
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
+    for host, port in addresses:
+        print(f"listening on {format_address(host, port)}", flush=True)
     await stop.wait()
-    log = logging.getLogger("rexec.server")
-    log.info(json.dumps({"event": "shutdown", "running": server.running_commands,
-                         "grace": settings.shutdown_grace}))
-    await server.shutdown(settings.shutdown_grace, hurry)
+    grace = config.settings.shutdown_grace  # as the last reload left it
+    log_event(logging.INFO, "shutdown", running=server.running_commands, grace=grace)
+    await server.shutdown(grace, hurry)
     if guardian is not None:
         guardian.close()
-    log.info(json.dumps({"event": "stopped"}))
+    log_event(logging.INFO, "stopped")
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
 
 from rexec.server import defaults
 from rexec.server.audit import AuditLog, log_event
@@ -142,16 +141,16 @@ class Server:
         """Wait until every session has ended, ``grace`` seconds pass, or ``hurry`` is set."""
         if grace <= 0 or not self.sessions:
             return
-        sessions = list(self.sessions)
-        waiters: list[asyncio.Future[Any]] = [
-            asyncio.ensure_future(asyncio.gather(*(s.done.wait() for s in sessions)))
-        ]
-        if hurry is not None:
-            waiters.append(asyncio.ensure_future(hurry.wait()))
+        # One task per waiter, each cancelled afterwards: a cancelled gather() would end with
+        # a CancelledError as its exception, logged as "never retrieved" on a second SIGTERM.
+        ended = [asyncio.ensure_future(s.done.wait()) for s in list(self.sessions)]
+        everything = asyncio.ensure_future(asyncio.wait(ended))
+        hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else everything
         try:
-            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([everything, hurried], timeout=grace,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
+            for waiter in (*ended, everything, hurried):
                 waiter.cancel()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -264,6 +264,14 @@ class ServerSettings(_Settings):
     def _env_names(cls, values: dict[str, str]) -> dict[str, str]:
         return _check_env(values)
 
+    @field_validator("host")
+    @classmethod
+    def _unbracketed(cls, value: str) -> str:
+        # "[::1]" is how addresses are written (and copied from "listening on [::1]:7878")
+        if value.startswith("[") and value.endswith("]"):
+            return value[1:-1]
+        return value
+
     @field_validator("max_startups", mode="before")
     @classmethod
     def _startups_parse(cls, value: object) -> object:

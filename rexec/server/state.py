@@ -56,6 +56,15 @@ class ServerState:
         self.gate = StartupGate(self.limits.max_startups, self.limits.per_source_max_startups)
         self.penalty = AuthPenalty(self.limits.auth_penalty_max)
 
+    def apply_limits(self, limits: ServerLimits) -> None:
+        """New limits for a running server (a reload). The gate and the penalty keep what they
+        count, re-limited: connections waiting stay counted (each releases what it took), and
+        a source's recent failed logins are not forgiven by a reload."""
+        self.limits = limits
+        self.gate.max_startups = limits.max_startups
+        self.gate.per_source = limits.per_source_max_startups
+        self.penalty.max_delay = limits.auth_penalty_max
+
     def take_buffer(self) -> bytearray:
         """A read buffer for a pump, reused: a fresh 256 KiB zeroed buffer per command costs
         more than the rest of a short command's bookkeeping."""

@@ -96,6 +96,33 @@ def test_a_second_signal_ends_the_grace_early(tmp_path):
         srv.stop()
 
 
+NOISE = ("Traceback", "never retrieved", "CancelledError", "Task was destroyed", "ERROR")
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM),
+                                     (signal.SIGTERM, signal.SIGTERM, signal.SIGTERM)])
+def test_a_second_sigterm_ends_the_grace_without_error_traces(tmp_path, signals):
+    srv = _server(tmp_path, "shutdown_grace = 60", "kill_grace = 1")
+    pidfile = tmp_path / "pid"
+    client = _client(srv, f"echo $$ > {pidfile}.t; mv {pidfile}.t {pidfile}; sleep 60",
+                     tmp_path)
+    try:
+        pgid = _wait_for_file(pidfile)
+        for signum in signals:
+            srv.proc.send_signal(signum)
+            time.sleep(0.3)
+        assert srv.proc.wait(20) == 0  # the documented status: 0, however many signals
+        assert client.wait(20) == 255
+        assert wait_until(lambda: not pids_in_group(pgid))
+        log = srv.log()
+        assert not [word for word in NOISE if word in log], log
+        assert '"event": "shutdown_hurried"' in log
+        assert log.rstrip().endswith('{"event": "stopped"}'), log
+    finally:
+        reap(client)
+        srv.stop()
+
+
 def test_idle_connections_are_told_at_once(tmp_path):
     srv = _server(tmp_path, "shutdown_grace = 60")
     try:
@@ -325,3 +352,13 @@ def test_flood_into_a_slow_reader_keeps_memory_flat_and_every_byte(server, clien
     finally:
         reap(reader)
         reap(rexec_cli)
+
+
+def test_sigterm_right_after_listening_on_is_a_graceful_stop(tmp_path):
+    """A supervisor may stop the server the moment it says it listens: the handlers are in
+    place by then, so the stop is graceful (exit 0), never SIGTERM's default action (-15)."""
+    for attempt in range(5):
+        (tmp_path / str(attempt)).mkdir()
+        srv = start_server(tmp_path / str(attempt))
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=30) == 0, srv.log()

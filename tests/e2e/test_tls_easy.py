@@ -123,8 +123,8 @@ def test_another_fingerprint_is_refused_before_anything_is_sent(auto_server: Ser
 
 def test_a_bad_pin_is_a_usage_error(auto_server: ServerProcess) -> None:
     r = run(auto_server, "--tls-pin", "SHA256:nope")
-    assert r.returncode == 255  # a ConfigError, as every other bad option of rexec run
-    assert b"is not a SHA-256 fingerprint" in r.stderr
+    assert r.returncode == 2  # a ConfigError: local input, as every other bad option
+    assert r.stderr.startswith(b"rexec: --tls-pin: 'SHA256:nope' is not a SHA-256 fingerprint")
     assert b"Traceback" not in r.stderr
 
 
