@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rexec.server.identity import Identities
 from rexec.server.limits import MaxStartups, ServerLimits
-from rexec.server.reload import Configuration, changes, needs_restart
+from rexec.server.reload import Configuration, changes, needs_restart, serves_tls
 from rexec.server.settings import ServerSettings
 from rexec.server.state import ServerState
 from rexec.wire.auth import TokenVerifier
@@ -68,3 +68,10 @@ def test_configuration_opens_the_audit_log_it_names(tmp_path: Path) -> None:
         assert sorted(config.identities.by_name) == ["default"]
     finally:
         config.audit.close()
+
+
+def test_tls_auto_serves_tls_and_turning_it_off_needs_a_restart() -> None:
+    auto, plain = ServerSettings(tls="auto"), ServerSettings()
+    assert serves_tls(auto) and not serves_tls(plain)
+    assert needs_restart(auto, plain) == ["tls"]
+    assert needs_restart(auto, ServerSettings(tls="auto")) == []
