@@ -276,7 +276,9 @@ def _connected(client: Any, notes: Notes) -> None:
         return
     timings = client.timings
     if client.tls_version:
-        notes.detail(f"TLS {client.tls_version}, server certificate {client.server_subject}")
+        subject = client.server_subject
+        notes.detail(f"TLS {client.tls_version}, server certificate {client.server_fingerprint}"
+                     + (f" ({subject})" if subject else ""))
     steps = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in timings.items())
     notes.detail(f"logged in as {client._core.identity if client._core else '?'}"
                  f" to {client.server_agent or 'the server'} ({steps})")

@@ -113,6 +113,17 @@ class BlockingClient(OptionsClient):
         return version() if callable(version) else None
 
     @property
+    def server_fingerprint(self) -> str | None:
+        """The SHA-256 fingerprint of the server's certificate (SHA256:...), or None."""
+        get = getattr(self._sock, "getpeercert", None)
+        der = get(binary_form=True) if callable(get) else None
+        if not der:
+            return None
+        from rexec.tls import fingerprint
+
+        return fingerprint(der)
+
+    @property
     def server_subject(self) -> str | None:
         """The subject of the server's certificate, as "CN=...,O=...", or None."""
         get = getattr(self._sock, "getpeercert", None)

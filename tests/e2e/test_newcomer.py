@@ -105,3 +105,42 @@ def test_the_readme_python_snippet_runs_as_written(server, tmp_path):
     out = r.stdout.decode()
     assert out.startswith(f"0 b'{os.uname().release}\\n' True\n")
     assert "stdout b'total" in out and "Filesystem" in out
+
+
+def test_json_on_a_connection_failure_is_one_object(server):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    r = run_cli("run", "--json", f"127.0.0.1:{port}", "--", "true",
+                env={"REXEC_TOKEN": server.token})
+    assert r.returncode == 255
+    document = json.loads(r.stdout)  # one object, alone on stdout
+    assert document["exit_status"] == 255 and document["error_type"] == "ConnectError"
+    assert document["error"].startswith(f"cannot connect to 127.0.0.1:{port}")
+
+
+def test_json_after_ctrl_c_says_130(server, tmp_path):
+    import signal
+    import time
+
+    marker = tmp_path / "started"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "client.py"), "run", "--json", server.address, "--",
+         f"touch {marker}; sleep 60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env={**os.environ, "REXEC_TOKEN": server.token})
+    try:
+        deadline = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+    document = json.loads(out)
+    assert document["exit_status"] == 130 and document["signal"] is not None

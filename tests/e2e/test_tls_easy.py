@@ -104,6 +104,14 @@ def test_the_pinned_fingerprint_connects(auto_server: ServerProcess, pin: str) -
     assert (r.returncode, r.stdout, r.stderr) == (0, b"secure\n", b"")
 
 
+def test_verbose_shows_the_tls_version_and_the_servers_fingerprint(auto_server: ServerProcess,
+                                                                   pin: str) -> None:
+    r = run(auto_server, "-v", "--tls-pin", pin)
+    assert r.returncode == 0
+    assert f"(TLS, the server certificate pinned to {pin})".encode() in r.stderr
+    assert f"rexec: TLS TLSv1.3, server certificate {pin}\n".encode() in r.stderr
+
+
 def test_openssl_s_hex_fingerprint_works_too(auto_server: ServerProcess, auto_home: Path,
                                               pin: str) -> None:
     import base64
