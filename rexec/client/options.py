@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Self
 
 from rexec.client.known_hosts import default_known_hosts
-from rexec.client.settings import ClientSettings, resolve_client
+from rexec.client.settings import ClientSettings, client_settings
 from rexec.wire.address import parse_address
 
 
@@ -61,7 +61,7 @@ class ConnectOptions:
         ConfigError for a bad address (checked first), a bad config or no token anywhere.
         """
         host, port = parse_address(address)
-        settings, resolved_token, token_source = resolve_client(
+        settings, resolved_token, token_source = client_settings(
             token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
             tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
             tls_tofu=tls_tofu, identity=identity,

@@ -81,35 +81,15 @@ def client_settings(
     tls_pin: str | None = None,
     tls_tofu: bool | None = None,
     identity: str | None = None,
-) -> tuple[ClientSettings, str | None]:
-    """The client's merged settings and its token; ConfigError if no token can be found.
+) -> tuple[ClientSettings, str | None, str]:
+    """The client's merged settings, its token, and where the token came from, said without
+    its value (for -v and an authentication failure): "REXEC_TOKEN", "--token-file FILE", the
+    config file, the default file, or a client certificate alone. ConfigError if no token can
+    be found.
 
     The arguments are the command line's (or the API caller's): they override the config file.
     The token may be None only when a client certificate is configured (certificate identities).
     """
-    settings, resolved, _ = resolve_client(
-        token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
-        tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin, tls_tofu=tls_tofu,
-        identity=identity)
-    return settings, resolved
-
-
-def resolve_client(
-    *,
-    token: str | None = None,
-    token_file: str | Path | None = None,
-    config: str | Path | None = None,
-    connect_timeout: float | None = None,
-    tls_ca: str | Path | None = None,
-    tls_cert: str | Path | None = None,
-    tls_key: str | Path | None = None,
-    tls_pin: str | None = None,
-    tls_tofu: bool | None = None,
-    identity: str | None = None,
-) -> tuple[ClientSettings, str | None, str]:
-    """``client_settings``, and where the token came from, said without its value (for -v
-    and for an authentication failure): "REXEC_TOKEN", "--token-file FILE", the config file,
-    the default file, or a client certificate alone."""
     trusts = [flag for flag, value in (("tls_ca", tls_ca), ("tls_pin", tls_pin),
                                        ("tls_tofu", tls_tofu)) if value]
     if len(trusts) > 1:  # given together, one would silently replace the other (REPLACES)

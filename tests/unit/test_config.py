@@ -196,15 +196,17 @@ def test_client_settings_finds_the_token(
     assert str(isolated_home / "token") in str(info.value)
 
     make_token_file(isolated_home / "token", "home-token\n")
-    assert client_settings()[1] == "home-token"
+    assert client_settings()[1:] == ("home-token", str(isolated_home / "token"))
 
     config = write_config(tmp_path / "c.toml", '[client]\nconnect_timeout = 3\ntoken_file = "t"\n')
     make_token_file(tmp_path / "t", "config-token")
-    settings, token = client_settings(config=config)
+    settings, token, source = client_settings(config=config)
     assert (settings.connect_timeout, token) == (3.0, "config-token")
+    assert source == f"the config file {config} (token_file {tmp_path / 't'})"
 
     monkeypatch.setenv("REXEC_TOKEN", "env-token")
-    assert client_settings(config=config)[1] == "env-token"
-    assert client_settings(token="cli-token", config=config)[1] == "cli-token"
+    assert client_settings(config=config)[1:] == ("env-token", "REXEC_TOKEN")
+    assert client_settings(token="cli-token", config=config)[1:] == (
+        "cli-token", "the token argument")
     monkeypatch.setenv("REXEC_CONFIG", str(config))
     assert client_settings(connect_timeout=7)[0].connect_timeout == 7.0
