@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from rexec.client.aio import Client, CommandStream
     from rexec.client.blocking import BlockingClient, run
     from rexec.client.core import Output
+    from rexec.fleet.inventory import Inventory, InventoryError
+    from rexec.fleet.nodeset import PatternError
 
 __all__ = [
     "AuthenticationError",
@@ -46,8 +48,11 @@ __all__ = [
     "ConnectError",
     "ConnectionLost",
     "InvalidRequest",
+    "Inventory",
+    "InventoryError",
     "KnownHostsError",
     "Output",
+    "PatternError",
     "ProtocolError",
     "RemoteError",
     "Result",
@@ -62,6 +67,9 @@ _LAZY = {
     "Output": "rexec.client.core",
     "BlockingClient": "rexec.client.blocking",
     "run": "rexec.client.blocking",
+    "Inventory": "rexec.fleet.inventory",
+    "InventoryError": "rexec.fleet.inventory",
+    "PatternError": "rexec.fleet.nodeset",
 }
 
 

@@ -163,11 +163,12 @@ def _unspecified(host: str) -> bool:
         return False
 
 
-def server_names(host: str) -> list[str]:
-    """What the automatic certificate names: this machine, localhost, loopback and ``host``."""
+def server_names(host: str | Sequence[str]) -> list[str]:
+    """What the automatic certificate names: this machine, localhost, loopback and ``host``
+    (each of them, for a server listening on several addresses)."""
     names = [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
-    if not _unspecified(host):
-        names.append(host)
+    names += [name for name in ([host] if isinstance(host, str) else host)
+              if not _unspecified(name)]
     valid = []
     for name in names:
         try:
@@ -195,7 +196,7 @@ class AutoCertificate:
                 f" is {self.fingerprint} (clients: --tls-pin {self.fingerprint}, or --tls-tofu)")
 
 
-def auto_certificate(host: str, home: Path | None = None) -> AutoCertificate:
+def auto_certificate(host: str | Sequence[str], home: Path | None = None) -> AutoCertificate:
     """The server's own certificate in ``home`` (server.crt, server.key), made on first start.
 
     ConfigError when only one of the two files exists: a lost key is not silently replaced,

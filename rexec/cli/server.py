@@ -32,8 +32,10 @@ def _version(value: bool) -> None:
 @app.command(cls=Command)
 def serve(  # noqa: PLR0917 - typer maps parameters to options
     host: Annotated[
-        str | None, typer.Option(metavar="ADDRESS",
-                                 help="Address to listen on.  [default: 127.0.0.1]")
+        list[str] | None,
+        typer.Option(metavar="ADDRESS",
+                     help="Address to listen on; repeat it to listen on several (with --port"
+                          " 0, each may get its own port).  [default: 127.0.0.1]")
     ] = None,
     port: Annotated[
         int | None, typer.Option(metavar="PORT",
@@ -88,7 +90,7 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
     from rexec.server.app import ConfigSource, run_server, tls_setup
 
     source = ConfigSource.capture(
-        config, host=host, port=port, token_file=token_file, log_level=log_level,
+        config, host=host or None, port=port, token_file=token_file, log_level=log_level,
         tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls=tls,
         audit_log=audit_log, dangerously_allow_plaintext=dangerously_allow_plaintext or None,
     )

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rexec.client.options import ConnectOptions
 from rexec.errors import ConfigError
@@ -61,6 +61,15 @@ class HostSettings(BaseModel):
     tls_tofu: bool | None = None
     connect_timeout: float | None = Field(default=None, gt=0, le=3600)
     vars: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tls_pin")
+    @classmethod
+    def _pin_parses(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from rexec.tls import parse_fingerprint  # loads ssl: only when a pin is given
+
+        return parse_fingerprint(value)
 
     def over(self, lower: HostSettings) -> HostSettings:
         """These settings over ``lower``'s: field by field, vars key by key."""

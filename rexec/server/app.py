@@ -146,7 +146,7 @@ def tls_setup(settings: ServerSettings) -> ssl.SSLContext | None:
     if settings.tls == "auto":
         from rexec.pki import auto_certificate  # cryptography: only for --tls auto
 
-        auto = auto_certificate(settings.host)
+        auto = auto_certificate(settings.hosts)
         print(f"rexec-server: {auto.describe()}", file=sys.stderr, flush=True)
         return server_context(auto.cert, auto.key, settings.tls_client_ca)
     if settings.tls_cert is None or settings.tls_key is None:
@@ -194,7 +194,7 @@ async def _serve(
         if guardian is not None:
             guardian.close()
         config.audit.close()
-        where = format_address(settings.host, settings.port)
+        where = ", ".join(format_address(host, settings.port) for host in settings.hosts)
         print(f"rexec-server: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if _plaintext_refused(addresses, settings, tls):

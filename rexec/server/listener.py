@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Sequence
 
 from rexec.server import defaults
 from rexec.server.audit import AuditLog, log_event
@@ -40,7 +41,7 @@ class Server:
     def __init__(
         self,
         identities: Identities,
-        host: str = defaults.HOST,
+        host: str | Sequence[str] = defaults.HOST,
         port: int = DEFAULT_PORT,
         *,
         runner: Runner | None = None,
@@ -74,10 +75,14 @@ class Server:
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """Where the server listens."""
+        """Where the server listens, in the order the hosts were given (asyncio binds them
+        concurrently); with port 0, each host has a port of its own."""
         if self._server is None:
             return []
-        return [sock.getsockname()[:2] for sock in self._server.sockets]
+        given = [self.host] if isinstance(self.host, str) else list(self.host)
+        bound = [sock.getsockname()[:2] for sock in self._server.sockets]
+        return sorted(bound, key=lambda address: (
+            given.index(address[0]) if address[0] in given else len(given)))
 
     @property
     def running_commands(self) -> int:

@@ -200,10 +200,16 @@ def _re2_hint(pattern: str) -> str:
 IdentityKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
 
 
+def _unbracket(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 class ServerSettings(_Settings):
     """What ``rexec-server`` runs with."""
 
-    host: str = defaults.HOST
+    host: str | tuple[str, ...] = Field(
+        defaults.HOST, description="address to listen on, or a list of them (as sshd's"
+                                   " ListenAddress): one socket each")
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -264,13 +270,27 @@ class ServerSettings(_Settings):
     def _env_names(cls, values: dict[str, str]) -> dict[str, str]:
         return _check_env(values)
 
-    @field_validator("host")
+    @field_validator("host", mode="before")
     @classmethod
-    def _unbracketed(cls, value: str) -> str:
+    def _unbracketed(cls, value: object) -> object:
         # "[::1]" is how addresses are written (and copied from "listening on [::1]:7878")
-        if value.startswith("[") and value.endswith("]"):
-            return value[1:-1]
-        return value
+        if isinstance(value, str):
+            return _unbracket(value)
+        if not isinstance(value, list | tuple):
+            return value  # pydantic says what is wrong with it
+        hosts = [_unbracket(host) if isinstance(host, str) else host for host in value]
+        if not hosts:
+            raise ValueError("an empty list: give at least one address")
+        repeated = sorted({str(host) for host in hosts if hosts.count(host) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} given twice")
+        # one address is the string it always was: a reload compares it with the running one
+        return hosts[0] if len(hosts) == 1 else tuple(hosts)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every address to listen on."""
+        return (self.host,) if isinstance(self.host, str) else self.host
 
     @field_validator("max_startups", mode="before")
     @classmethod
