@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +59,7 @@ class ServerProcess:
     token: str
     token_file: Path
     log_path: Path
+    addresses: list[str] = field(default_factory=list)  # every "listening on" line's
 
     @property
     def address(self) -> str:
@@ -82,8 +83,9 @@ class ServerProcess:
 
 def start_server(tmp: Path, *extra: str, token: str = TOKEN, env: dict[str, str] | None = None,
                  timeout: float = 20.0, replace_env: bool = False,
-                 token_in_env: bool = False) -> ServerProcess:
-    """Start ``python server.py --port 0`` and wait for its ``listening on`` line.
+                 token_in_env: bool = False, listeners: int = 1) -> ServerProcess:
+    """Start ``python server.py --port 0`` and wait for its ``listening on`` line (as many as
+    ``listeners``, for a server given several ``--host``: each has its own port).
 
     ``env`` is added to this process's environment, or replaces it with ``replace_env``. The
     token goes in a ``--token-file``, or in ``REXEC_TOKEN`` with ``token_in_env``.
@@ -104,17 +106,19 @@ def start_server(tmp: Path, *extra: str, token: str = TOKEN, env: dict[str, str]
     log.close()
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    line = b""
-    while time.monotonic() < deadline:
+    line, addresses = b"", []
+    while time.monotonic() < deadline and len(addresses) < listeners:
         line = proc.stdout.readline()
-        if line.startswith(b"listening on ") or not line:
+        if line.startswith(b"listening on "):
+            addresses.append(line.decode().split()[-1])
+        elif not line:
             break
-    if not line.startswith(b"listening on "):
+    if len(addresses) < listeners:
         proc.kill()
         proc.wait()
         raise RuntimeError(f"server did not start: {line!r}\n{log_path.read_text()}")
-    host, _, port = line.decode().split()[-1].rpartition(":")
-    return ServerProcess(proc, host, int(port), token, token_file, log_path)
+    host, _, port = addresses[0].rpartition(":")
+    return ServerProcess(proc, host, int(port), token, token_file, log_path, addresses)
 
 
 def run_cli(*args: str, token_file: Path | None = None, input: bytes | None = None,

@@ -26,7 +26,8 @@ from rexec.server.listener import Server
 from rexec.server.settings import ServerSettings
 
 RESTART_NEEDED = ("host", "port", "dangerously_allow_plaintext", "kill_grace")
-"""Settings a running server keeps until it is restarted: what it listens on, and the kill
+"""Settings a running server keeps until it is restarted: what it listens on (every host of a
+list: one added or removed needs a restart, a new order does not), and the kill
 grace its guardian was started with. Turning TLS on or off needs a restart too (the plaintext
 check is made when the server binds); new TLS files for a server already serving TLS do not."""
 TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
@@ -78,11 +79,17 @@ class Configuration:
 
 def needs_restart(running: ServerSettings, new: ServerSettings) -> list[str]:
     """The settings that changed but cannot change until a restart."""
-    names = [name for name in RESTART_NEEDED if getattr(running, name) != getattr(new, name)]
+    names = [name for name in RESTART_NEEDED if _listened(running, name) != _listened(new, name)]
     if serves_tls(running) != serves_tls(new):
         names += [name for name in (*TLS_FILES, "tls")
                   if getattr(running, name) != getattr(new, name)]
     return names
+
+
+def _listened(settings: ServerSettings, name: str) -> object:
+    """A setting as the listener sees it: the hosts as a set (their order is only the order
+    of the "listening on" lines)."""
+    return frozenset(settings.hosts) if name == "host" else getattr(settings, name)
 
 
 def serves_tls(settings: ServerSettings) -> bool:

@@ -36,6 +36,44 @@ def test_example_client_config_loads():
     assert settings.connect_timeout == 10.0
 
 
+def _load_inventory(path: Path) -> object:
+    from rexec.fleet.inventory import Inventory
+
+    return Inventory.load([path])
+
+
+EXAMPLE_LOADERS = {
+    "server.toml": lambda path: load_settings(ServerSettings, "server", path, environ={}),
+    "client.toml": lambda path: load_settings(ClientSettings, "client", path, environ={}),
+    "inventory.toml": _load_inventory,
+}
+"""Every example TOML file under config/ and the model that loads it."""
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_file_loads_with_its_model(path: Path):
+    assert path.name in EXAMPLE_LOADERS, f"config/{path.name}: add its loader to this test"
+    assert EXAMPLE_LOADERS[path.name](path) is not None
+
+
+def test_the_example_inventory_uses_every_feature(tmp_path: Path):
+    from rexec.fleet.inventory import GroupEntry, HostEntry, Inventory
+
+    path = ROOT / "config" / "inventory.toml"
+    text = path.read_text()
+    missing = [name for name in (*HostEntry.model_fields, *GroupEntry.model_fields)
+               if not _named(text, name)]
+    assert not missing, f"config/inventory.toml does not show: {missing}"
+    inventory = Inventory.load([path])
+    assert inventory.expand("@prod") == [
+        "build", "web01", "web02", "web03", "web04", "db-primary", "db-replica1.example.net",
+        "db-replica2.example.net"]
+    assert inventory.hosts["web03"].address == "127.0.0.4"
+    assert inventory.vars("web01") == {"site": "par1", "role": "web", "env": "prod",
+                                       "tier": "front", "canary": True}
+    assert inventory.defaults.token_file == ROOT / "config" / "tokens" / "fleet.token"
+
+
 SERVER_TOML = ROOT / "config" / "server.toml"
 UNIT = ROOT / "config" / "rexec-server.service"
 

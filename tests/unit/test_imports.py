@@ -23,6 +23,16 @@ def test_the_one_host_run_path_never_imports_asyncio() -> None:
     assert "asyncio" not in loaded
     assert "ssl" not in loaded  # loaded only by a connection that uses TLS
     assert not {m for m in loaded if m.startswith("rexec.server")}
+    assert not {m for m in loaded if m.startswith(("ClusterShell", "rexec.fleet.inventory"))}
+
+
+def test_telling_a_pattern_from_an_address_never_imports_clustershell() -> None:
+    """``is_pattern`` decides single-host or fleet mode on every ``rexec run``: it is cheap,
+    and ClusterShell (about 15 ms) loads only to expand or fold a pattern."""
+    loaded = modules_after("from rexec.fleet.nodeset import is_pattern\n"
+                           "assert not is_pattern('web1:7878')")
+    assert not {m for m in loaded if m.startswith("ClusterShell")}
+    assert "asyncio" not in loaded
 
 
 def test_no_client_path_imports_cryptography() -> None:

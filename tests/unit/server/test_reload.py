@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from rexec.server.identity import Identities
 from rexec.server.limits import MaxStartups, ServerLimits
 from rexec.server.reload import Configuration, changes, needs_restart, serves_tls
@@ -33,6 +35,24 @@ def test_only_listening_settings_the_kill_grace_and_tls_on_or_off_need_a_restart
 def test_a_bracketed_ipv6_host_is_the_bare_address() -> None:
     assert _settings(host="[::1]").host == "::1"
     assert needs_restart(_settings(host="::1"), _settings(host="[::1]")) == []
+
+
+def test_host_may_be_a_list_each_unbracketed_and_one_is_the_plain_string() -> None:
+    several = _settings(host=["127.0.0.2", "[::1]", "127.0.0.3"])
+    assert several.host == ("127.0.0.2", "::1", "127.0.0.3") == several.hosts
+    assert _settings(host=["[::1]"]).host == "::1" and _settings(host="::1").hosts == ("::1",)
+    assert needs_restart(_settings(), _settings(host=["127.0.0.1"])) == []
+    assert needs_restart(several, _settings(host=["127.0.0.2", "::1", "127.0.0.3"])) == []
+    assert needs_restart(several, _settings(host=["127.0.0.2", "::1"])) == ["host"]
+    assert needs_restart(several, _settings(host=["127.0.0.3", "::1", "127.0.0.2"])) == []
+
+
+@pytest.mark.parametrize(("hosts", "message"), [
+    ([], "an empty list"), (["127.0.0.2", "127.0.0.2"], "127.0.0.2 given twice"),
+])
+def test_a_host_list_must_name_each_address_once(hosts: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _settings(host=hosts)
 
 
 def test_changes_name_settings_identities_and_a_new_token_in_the_same_file() -> None:
