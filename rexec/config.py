@@ -45,17 +45,23 @@ class _Settings(BaseModel):
 SettingsT = TypeVar("SettingsT", bound=_Settings)
 
 
-def read_toml_table(path: Path, table: str) -> dict[str, Any]:
-    """Return one table of a TOML config file, resolving relative paths against its folder."""
+def read_toml(path: Path, what: str = "config file",
+              error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """A whole TOML file; ``error`` says "WHAT PATH does not exist" or what does not parse."""
     import tomllib  # only when there is a file: a one-shot CLI run usually has none
 
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise error(f"{what} {path} does not exist") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
+        raise error(f"{what} {path}: {exc}") from None
+
+
+def read_toml_table(path: Path, table: str) -> dict[str, Any]:
+    """Return one table of a TOML config file, resolving relative paths against its folder."""
+    data = read_toml(path)
     unknown = sorted(set(data) - set(KNOWN_TABLES))
     if unknown:
         raise ConfigError(

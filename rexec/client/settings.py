@@ -14,6 +14,15 @@ from rexec.errors import ConfigError
 from rexec.tokens import default_home, default_token_path
 
 
+def parse_pin(value: str | None) -> str | None:
+    """A ``tls_pin`` setting as kept: None, or the fingerprint parsed (ValueError if bad)."""
+    if value is None:
+        return None
+    from rexec.tls import parse_fingerprint  # loads ssl: only when a pin is given
+
+    return parse_fingerprint(value)
+
+
 class ClientSettings(_Settings):
     """What ``rexec`` and ``rexec.Client`` run with."""
 
@@ -32,14 +41,7 @@ class ClientSettings(_Settings):
         "tls": ("tls_ca", "tls_pin"),
     }
 
-    @field_validator("tls_pin")
-    @classmethod
-    def _pin_parses(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from rexec.tls import parse_fingerprint  # loads ssl: only when a pin is given
-
-        return parse_fingerprint(value)
+    _pin_parses = field_validator("tls_pin")(parse_pin)
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> ClientSettings:

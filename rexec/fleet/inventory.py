@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rexec.client.options import ConnectOptions
+from rexec.client.settings import parse_pin
+from rexec.config import read_toml
 from rexec.errors import ConfigError
 from rexec.fleet.nodeset import PatternError, expand, split_items
 from rexec.fleet.target import Target
@@ -62,14 +64,7 @@ class HostSettings(BaseModel):
     connect_timeout: float | None = Field(default=None, gt=0, le=3600)
     vars: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("tls_pin")
-    @classmethod
-    def _pin_parses(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from rexec.tls import parse_fingerprint  # loads ssl: only when a pin is given
-
-        return parse_fingerprint(value)
+    _pin_parses = field_validator("tls_pin")(parse_pin)  # as the client's: at load time
 
     def over(self, lower: HostSettings) -> HostSettings:
         """These settings over ``lower``'s: field by field, vars key by key."""
@@ -362,15 +357,7 @@ class Inventory:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InventoryError(f"inventory {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InventoryError(f"inventory {path}: {exc}") from None
+    data = read_toml(path, "inventory", InventoryError)
     for key in data:
         if key not in TABLES:
             raise InventoryError(f"inventory {path}: unknown table {key!r}"
