@@ -7,6 +7,8 @@ The public API::
 
     result = rexec.run("web1:7878", "uname -a", token=...)   # blocking, for scripts
 
+    results = await rexec.Group(targets).run("uptime")   # many hosts -> rexec.GroupResult
+
 Clients are imported lazily so that ``import rexec`` stays cheap for the command-line tool.
 """
 
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
     from rexec.client.aio import Client, CommandStream
     from rexec.client.blocking import BlockingClient, run
     from rexec.client.core import Output
+    from rexec.fleet.group import Group, run_group
+    from rexec.fleet.outcome import GroupResult, HostOutcome
+    from rexec.fleet.target import Target
 
 __all__ = [
     "AuthenticationError",
@@ -45,6 +50,9 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectionLost",
+    "Group",
+    "GroupResult",
+    "HostOutcome",
     "InvalidRequest",
     "KnownHostsError",
     "Output",
@@ -52,8 +60,10 @@ __all__ = [
     "RemoteError",
     "Result",
     "RexecError",
+    "Target",
     "__version__",
     "run",
+    "run_group",
 ]
 
 _LAZY = {
@@ -62,6 +72,11 @@ _LAZY = {
     "Output": "rexec.client.core",
     "BlockingClient": "rexec.client.blocking",
     "run": "rexec.client.blocking",
+    "Group": "rexec.fleet.group",
+    "run_group": "rexec.fleet.group",
+    "GroupResult": "rexec.fleet.outcome",
+    "HostOutcome": "rexec.fleet.outcome",
+    "Target": "rexec.fleet.target",
 }
 
 
