@@ -348,7 +348,13 @@ class GroupStream:
         return self
 
     async def __aenter__(self) -> GroupStream:
+        self._start()
         return self
+
+    def _start(self) -> None:
+        """Start the run (at ``async with``, or at the first ``__anext__``)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -363,8 +369,7 @@ class GroupStream:
                 self._queue.put_nowait(None)
 
     async def __anext__(self) -> tuple[str, StreamName, bytes]:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
+        self._start()
         if not (self._finished and self._queue.empty()):
             item = await self._queue.get()
             if item is not None:
