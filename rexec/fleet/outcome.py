@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rexec.fleet.target import HostStatus
 from rexec.result import Result
+
+if TYPE_CHECKING:  # the Target's module loads the client's options; the statuses need only
+    from rexec.fleet.target import HostStatus  # their names
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a command failed (non-zero, signal, timeout) and every host was reached
