@@ -33,6 +33,8 @@ TIMEOUT_GRACE = 5.0
 cancels the command itself (a server that stopped answering)."""
 STREAM_QUEUE = 256  # output chunks Group.stream() holds before the hosts wait for the reader
 
+FAILURES: frozenset[HostStatus] = frozenset({"failed", "timed_out"})  # what has a failed_line
+
 OnOutput = Callable[[str, StreamName, bytes], object]
 """``on_output(host, stream, data)``, called for each chunk of output as it arrives."""
 
@@ -123,6 +125,7 @@ class Group:
         self.result: GroupResult | None = None  # the last run's, set even when it was cancelled
         self._tasks: dict[asyncio.Task[HostOutcome], Target] = {}
         self._interrupted = False
+        self._running = False
 
     def __repr__(self) -> str:
         return f"<Group {len(self.targets)} hosts, forks={self.forks}>"
@@ -186,8 +189,10 @@ class Group:
         return _Job(commands, env, cwd, timeout, capture, stdin=shared)
 
     async def _run(self, job: _Job) -> GroupResult:
-        self._interrupted = False
-        self.result = None
+        if self._running:
+            raise RexecError("this Group is already running a command: a Group runs one at a"
+                             " time (make another Group for the same targets)")
+        self._running, self._interrupted, self.result = True, False, None
         forks = asyncio.Semaphore(self.forks)
         try:
             if job.stdin is not None:
@@ -197,6 +202,7 @@ class Group:
             if self._tasks:
                 await self._wait_all()
         finally:
+            self._running = False
             if job.stdin is not None:
                 job.stdin.close()
         result = self.result = self._gather()
@@ -215,9 +221,9 @@ class Group:
             raise
 
     def _gather(self) -> GroupResult:
+        tasks, self._tasks = self._tasks, {}
         outcomes = [_outcome(target, "cancelled", 0.0) if task.cancelled() else task.result()
-                    for task, target in self._tasks.items()]
-        self._tasks = {}
+                    for task, target in tasks.items()]
         return GroupResult(outcomes, interrupted=self._interrupted)
 
     async def _host(self, target: Target, job: _Job, forks: asyncio.Semaphore) -> HostOutcome:
@@ -251,7 +257,7 @@ class Group:
 def _outcome(target: Target, status: HostStatus, started: float, *,
              result: Result | None = None, error: str | None = None, job: _Job | None = None,
              done: Sequence[CommandOutcome] = ()) -> HostOutcome:
-    failed = next((c for c in done if not c.ok), None)
+    failed = next((c for c in done if not c.ok), None) if status in FAILURES else None
     return HostOutcome(
         host=target.name, address=target.options.address, status=status, result=result,
         error=error, duration=time.monotonic() - started if started else 0.0,

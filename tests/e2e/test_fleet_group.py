@@ -266,3 +266,27 @@ def test_the_caller_s_mistakes_are_found_before_anything_runs(many: ManyServers)
         Group("@web")
     with pytest.raises(rexec.ConfigError, match="more than once"):
         Group(targets(many, 2) * 2)
+
+
+def test_a_group_runs_one_command_at_a_time(many: ManyServers) -> None:
+    async def main() -> rexec.GroupResult:
+        group = Group(targets(many, 1))
+        first = asyncio.create_task(group.run("sleep 0.3"))
+        await asyncio.sleep(0)
+        with pytest.raises(rexec.RexecError, match="already running"):
+            await group.run("true")
+        return await first
+
+    assert asyncio.run(main()).ok
+
+
+def test_a_command_the_server_cannot_start_fails_the_host_without_a_result(
+        many: ManyServers, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing")
+    result = asyncio.run(Group(targets(many, 2)).batch(["true", "true"], cwd=missing,
+                                                       keep_going=True))
+    outcome = result.outcomes["h01"]
+    assert outcome.status == "failed" and outcome.result is None and len(result) == 0
+    assert outcome.error is not None and "missing" in outcome.error
+    assert [c.error is not None for c in outcome.commands] == [True, True]
+    assert outcome.failed_line == 1 and result.exit_status == 1
