@@ -290,3 +290,23 @@ def test_a_command_the_server_cannot_start_fails_the_host_without_a_result(
     assert outcome.error is not None and "missing" in outcome.error
     assert [c.error is not None for c in outcome.commands] == [True, True]
     assert outcome.failed_line == 1 and result.exit_status == 1
+
+
+def test_the_readme_group_snippet_runs_as_written(many: ManyServers) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = next(block.split("```", 1)[0] for block in readme.split("```python\n")[1:]
+                   if "rexec.Group(" in block)
+    names = '("web01", "web02", "db01")'
+    assert names in snippet and 'f"{name}:7878"' in snippet
+    code = snippet.replace(names, repr(tuple(many.addresses[:3]))).replace('f"{name}:7878"',
+                                                                           "name")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                       cwd=ROOT, env={**os.environ, "REXEC_TOKEN": TOKEN})
+    assert r.returncode == 0, r.stderr.decode()
+    lines = r.stdout.decode().splitlines()
+    assert lines[3] == "{} [] 0" and lines[-2:] == ["True", "None"]
