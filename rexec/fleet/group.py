@@ -37,6 +37,8 @@ FAILURES: frozenset[HostStatus] = frozenset({"failed", "timed_out"})  # what has
 
 OnOutput = Callable[[str, StreamName, bytes], object]
 """``on_output(host, stream, data)``, called for each chunk of output as it arrives."""
+OnDone = Callable[[HostOutcome], object]
+"""``on_done(outcome)``, called once for each host as it finishes (whatever its status)."""
 
 
 class Resolver(Protocol):
@@ -60,6 +62,7 @@ class _Job:
     batch: bool = False
     stdin: SharedStdin | None = None
     on_output: OnOutput | None = None
+    on_done: OnDone | None = None
     queue: asyncio.Queue[tuple[str, StreamName, bytes] | None] | None = None
 
 
@@ -133,21 +136,24 @@ class Group:
     async def run(self, command: str, *, env: dict[str, str] | None = None,
                   cwd: str | None = None, timeout: float | None = None,
                   stdin: StdinSource | None = None, capture: bool = True,
-                  on_output: OnOutput | None = None) -> GroupResult:
+                  on_output: OnOutput | None = None,
+                  on_done: OnDone | None = None) -> GroupResult:
         """Run ``command`` on every host (``/bin/sh -c``) and return their GroupResult.
 
         ``timeout`` is per host; ``stdin`` (bytes, str, a binary file, an iterable or async
         iterable of bytes) is read once and sent to every host; ``capture=False`` keeps no
-        output (``on_output`` still sees it). InvalidRequest before anything is sent.
+        output (``on_output`` still sees it); ``on_done(outcome)`` is called as each host
+        finishes. InvalidRequest before anything is sent.
         """
         job = self._job([BatchCommand(1, command)], env, cwd, timeout, capture, stdin)
-        job.on_output = on_output
+        job.on_output, job.on_done = on_output, on_done
         return await self._run(job)
 
     async def batch(self, commands: str | Iterable[str | BatchCommand], *,
                     keep_going: bool = False, env: dict[str, str] | None = None,
                     cwd: str | None = None, timeout: float | None = None, capture: bool = True,
-                    on_output: OnOutput | None = None) -> GroupResult:
+                    on_output: OnOutput | None = None,
+                    on_done: OnDone | None = None) -> GroupResult:
         """Run a batch on every host: the commands in order over one connection per host,
         stopping a host at its first failing command unless ``keep_going``.
 
@@ -155,12 +161,14 @@ class Group:
         ``timeout`` applies to each command. Each HostOutcome lists its ``commands``.
         """
         job = self._job(_batch_commands(commands), env, cwd, timeout, capture, None)
-        job.on_output, job.keep_going, job.batch = on_output, keep_going, True
+        job.on_output, job.on_done = on_output, on_done
+        job.keep_going, job.batch = keep_going, True
         return await self._run(job)
 
     def stream(self, command: str, *, env: dict[str, str] | None = None,
                cwd: str | None = None, timeout: float | None = None,
-               stdin: StdinSource | None = None, capture: bool = False) -> GroupStream:
+               stdin: StdinSource | None = None, capture: bool = False,
+               on_done: OnDone | None = None) -> GroupStream:
         """Run ``command`` on every host, iterating over (host, stream, bytes) as output comes.
 
         ``async with group.stream(cmd) as live: async for host, name, data in live: ...``;
@@ -168,6 +176,7 @@ class Group:
         every remote command. ``capture=True`` also keeps the output in the Results.
         """
         job = self._job([BatchCommand(1, command)], env, cwd, timeout, capture, stdin)
+        job.on_done = on_done
         return GroupStream(self, job)
 
     def cancel(self) -> None:
@@ -197,34 +206,47 @@ class Group:
         try:
             if job.stdin is not None:
                 await job.stdin.prepare()
-            self._tasks = {asyncio.create_task(self._host(target, job, forks)): target
+            self._tasks = {asyncio.create_task(self._reported(target, job, forks)): target
                            for target in self.targets}
             if self._tasks:
-                await self._wait_all()
+                await self._wait_all(job)
         finally:
             self._running = False
             if job.stdin is not None:
                 job.stdin.close()
-        result = self.result = self._gather()
+        result = self.result = self._gather(job)
         if isinstance(job.stdin, Broadcast) and job.stdin.error is not None:
             raise job.stdin.error
         return result
 
-    async def _wait_all(self) -> None:
+    async def _wait_all(self, job: _Job) -> None:
         """Wait for every host; if this task is cancelled, cancel them, wait, and re-raise."""
         try:
             await asyncio.wait(self._tasks)
         except asyncio.CancelledError:
             self.cancel()
             await asyncio.wait(self._tasks)
-            self.result = self._gather()
+            self.result = self._gather(job)
             raise
 
-    def _gather(self) -> GroupResult:
+    def _gather(self, job: _Job) -> GroupResult:
         tasks, self._tasks = self._tasks, {}
-        outcomes = [_outcome(target, "cancelled", 0.0) if task.cancelled() else task.result()
-                    for task, target in tasks.items()]
+        outcomes = []
+        for task, target in tasks.items():
+            if task.cancelled():  # cancelled before it began: never reported
+                outcomes.append(_outcome(target, "cancelled", 0.0))
+                if job.on_done is not None:
+                    job.on_done(outcomes[-1])
+            else:
+                outcomes.append(task.result())
         return GroupResult(outcomes, interrupted=self._interrupted)
+
+    async def _reported(self, target: Target, job: _Job,
+                        forks: asyncio.Semaphore) -> HostOutcome:
+        outcome = await self._host(target, job, forks)
+        if job.on_done is not None:
+            job.on_done(outcome)
+        return outcome
 
     async def _host(self, target: Target, job: _Job, forks: asyncio.Semaphore) -> HostOutcome:
         """One host's whole part: a fork slot, the connection, the commands."""

@@ -47,7 +47,10 @@ def test_every_host_runs_and_the_down_and_refused_hosts_are_unreachable(
     wrong = Target("wrongtoken", ConnectOptions.resolve(many.addresses[0],
                                                        token="not-the-token-0123456789"))
     group = Group([*targets(many), down_target(), wrong], forks=8)
-    result = asyncio.run(group.run("echo hello; echo warn >&2"))
+    done: list[rexec.HostOutcome] = []
+    result = asyncio.run(group.run("echo hello; echo warn >&2", on_done=done.append))
+    assert sorted(o.host for o in done) == sorted(t.name for t in group.targets)
+    assert {o.host: o for o in done} == result.outcomes  # each reported once, as it finished
     assert set(result.unreachable) == {"down", "wrongtoken"}
     assert "refused" in result.unreachable["down"]
     assert "token" in result.unreachable["wrongtoken"].lower()
@@ -92,9 +95,10 @@ def _pgids(folder: Path) -> list[int]:
 def test_cancelling_stops_every_remote_command(many: ManyServers, tmp_path: Path,
                                                how: str) -> None:
     group = Group(targets(many))
+    done: list[rexec.HostOutcome] = []
 
     async def main() -> rexec.GroupResult | None:
-        task = asyncio.create_task(group.run(_sleepers(tmp_path)))
+        task = asyncio.create_task(group.run(_sleepers(tmp_path), on_done=done.append))
         while len(_pgids(tmp_path)) < HOSTS:
             await asyncio.sleep(0.05)
         assert all(len(pids_in_group(pgid)) >= 2 for pgid in _pgids(tmp_path))
@@ -110,6 +114,7 @@ def test_cancelling_stops_every_remote_command(many: ManyServers, tmp_path: Path
     assert result is not None
     assert result.cancelled == [t.name for t in group.targets]
     assert result.exit_status == 130 and result.interrupted
+    assert sorted(o.host for o in done) == result.cancelled
     for pgid in _pgids(tmp_path):
         assert wait_until(lambda pgid=pgid: not pids_in_group(pgid)), pgid
 
@@ -310,3 +315,27 @@ def test_the_readme_group_snippet_runs_as_written(many: ManyServers) -> None:
     assert r.returncode == 0, r.stderr.decode()
     lines = r.stdout.decode().splitlines()
     assert lines[3] == "{} [] 0" and lines[-2:] == ["True", "None"]
+
+
+def test_hosts_waiting_for_a_fork_or_not_yet_begun_are_cancelled_too(many: ManyServers,
+                                                                      tmp_path: Path) -> None:
+    async def main() -> tuple[rexec.GroupResult, rexec.GroupResult, list[str]]:
+        waiting = Group(targets(many), forks=2)
+        task = asyncio.create_task(waiting.run(_sleepers(tmp_path)))
+        while len(_pgids(tmp_path)) < 2:
+            await asyncio.sleep(0.05)
+        waiting.cancel()
+        first = await task
+        reported: list[str] = []
+        unborn = Group(targets(many, 3))
+        task = asyncio.create_task(unborn.run("true", on_done=lambda o: reported.append(o.host)))
+        await asyncio.sleep(0)  # the run made its host tasks; none has begun
+        unborn.cancel()
+        return first, await task, reported
+
+    first, unborn, reported = asyncio.run(main())
+    assert len(first.cancelled) == HOSTS and len(first) == 2  # two had started their command
+    assert all(first.outcomes[h].duration == 0 for h in first.cancelled if h not in first)
+    assert unborn.cancelled == ["h01", "h02", "h03"] and reported == unborn.cancelled
+    for pgid in _pgids(tmp_path):
+        assert wait_until(lambda pgid=pgid: not pids_in_group(pgid)), pgid
