@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from rexec.client.aio import Client, StdinSource
 from rexec.client.core import StreamName, check_request
-from rexec.errors import CommandNotStarted, ConfigError, RexecError
+from rexec.errors import CommandNotStarted, ConfigError, InvalidRequest, RexecError
 from rexec.fleet.batch import BatchCommand, parse_batch
 from rexec.fleet.outcome import CommandOutcome, GroupResult, HostOutcome, status_of
 from rexec.fleet.stdin import Broadcast, SharedStdin, shared_stdin
@@ -68,14 +68,18 @@ class _Job:
 
 @dataclass(slots=True)
 class _Captured:
-    """What one host's current command has sent so far (kept only when capturing)."""
+    """What one host's current command has sent so far: counted, and kept if ``keep``."""
 
+    keep: bool
+    started: float
     stdout: list[bytes] = field(default_factory=list)
     stderr: list[bytes] = field(default_factory=list)
-    started: float = 0.0
+    counts: dict[StreamName, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
 
     def add(self, stream: StreamName, data: bytes) -> None:
-        (self.stdout if stream == "stdout" else self.stderr).append(data)
+        self.counts[stream] += len(data)
+        if self.keep:
+            (self.stdout if stream == "stdout" else self.stderr).append(data)
 
     def into(self, result: Result) -> Result:
         """``result`` (sent without output) with the output captured."""
@@ -85,10 +89,10 @@ class _Captured:
 
     def partial(self, command: str, *, timed_out: bool = False) -> Result:
         """A Result for a command that did not end on its own (no exit code)."""
-        out, err = b"".join(self.stdout), b"".join(self.stderr)
         return Result(command, None, timed_out=timed_out,
-                      duration=time.monotonic() - self.started, stdout=out, stderr=err,
-                      stdout_bytes=len(out), stderr_bytes=len(err))
+                      duration=time.monotonic() - self.started, stdout=b"".join(self.stdout),
+                      stderr=b"".join(self.stderr), stdout_bytes=self.counts["stdout"],
+                      stderr_bytes=self.counts["stderr"])
 
 
 class _Stopped(Exception):
@@ -160,7 +164,11 @@ class Group:
         ``commands`` is a batch file's text, its commands, or parsed BatchCommands;
         ``timeout`` applies to each command. Each HostOutcome lists its ``commands``.
         """
-        job = self._job(_batch_commands(commands), env, cwd, timeout, capture, None)
+        items = _batch_commands(commands)
+        if not items:
+            raise InvalidRequest("the batch has no commands (only blank lines and comments)",
+                                 "command")
+        job = self._job(items, env, cwd, timeout, capture, None)
         job.on_output, job.on_done = on_output, on_done
         job.keep_going, job.batch = keep_going, True
         return await self._run(job)
@@ -294,7 +302,7 @@ async def _commands(client: Client, target: Target, job: _Job,  # noqa: PLR0917
     """Run the job's commands in order on one connected host."""
     failure: tuple[HostStatus, CommandOutcome] | None = None
     for item in job.commands:
-        captured = _Captured(started=time.monotonic())
+        captured = _Captured(job.capture, time.monotonic())
         try:
             result = await _one(client, target.name, item.command, job, stdin, captured)
         except _Stopped as stop:
@@ -331,8 +339,7 @@ async def _one(client: Client, host: str, command: str, job: _Job,  # noqa: PLR0
             async for chunk in stream:
                 data = chunk.data
                 assert isinstance(data, bytes)
-                if job.capture:
-                    captured.add(chunk.stream, data)
+                captured.add(chunk.stream, data)
                 if job.on_output is not None:
                     job.on_output(host, chunk.stream, data)
                 if job.queue is not None:

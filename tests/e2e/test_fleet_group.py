@@ -267,6 +267,8 @@ def test_the_caller_s_mistakes_are_found_before_anything_runs(many: ManyServers)
     group = Group(targets(many, 2))
     with pytest.raises(rexec.InvalidRequest, match="empty"):
         asyncio.run(group.run(""))
+    with pytest.raises(rexec.InvalidRequest, match="no commands"):
+        asyncio.run(group.batch("# only a comment\n\n"))
     with pytest.raises(rexec.ConfigError, match="inventory"):
         Group("@web")
     with pytest.raises(rexec.ConfigError, match="more than once"):
