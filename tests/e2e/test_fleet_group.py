@@ -341,3 +341,16 @@ def test_hosts_waiting_for_a_fork_or_not_yet_begun_are_cancelled_too(many: ManyS
     assert unborn.cancelled == ["h01", "h02", "h03"] and reported == unborn.cancelled
     for pgid in _pgids(tmp_path):
         assert wait_until(lambda pgid=pgid: not pids_in_group(pgid)), pgid
+
+
+def test_a_host_that_never_answers_is_unreachable_after_its_connect_timeout(
+        many: ManyServers) -> None:
+    with socket.socket() as silent:  # the kernel accepts; nobody ever speaks
+        silent.bind(("127.0.0.98", 0))
+        silent.listen()
+        address = f"127.0.0.98:{silent.getsockname()[1]}"
+        mute = Target("mute", ConnectOptions.resolve(address, token=TOKEN, connect_timeout=0.5))
+        result = asyncio.run(Group([mute, *targets(many, 3)]).run("true"))
+    assert list(result.unreachable) == ["mute"] and "0.5 s" in result.unreachable["mute"]
+    assert result.succeeded == ["h01", "h02", "h03"] and result.exit_status == 3
+    assert result.outcomes["mute"].duration < 5
