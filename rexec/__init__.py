@@ -7,6 +7,8 @@ The public API::
 
     result = rexec.run("web1:7878", "uname -a", token=...)   # blocking, for scripts
 
+    results = await rexec.Group(targets).run("uptime")   # many hosts -> rexec.GroupResult
+
 Clients are imported lazily so that ``import rexec`` stays cheap for the command-line tool.
 """
 
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from rexec.client.core import Output
     from rexec.fleet.inventory import Inventory, InventoryError
     from rexec.fleet.nodeset import PatternError
+    from rexec.fleet.group import Group, run_group
+    from rexec.fleet.outcome import GroupResult, HostOutcome
+    from rexec.fleet.target import Target
 
 __all__ = [
     "AuthenticationError",
@@ -47,6 +52,9 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectionLost",
+    "Group",
+    "GroupResult",
+    "HostOutcome",
     "InvalidRequest",
     "Inventory",
     "InventoryError",
@@ -57,8 +65,10 @@ __all__ = [
     "RemoteError",
     "Result",
     "RexecError",
+    "Target",
     "__version__",
     "run",
+    "run_group",
 ]
 
 _LAZY = {
@@ -70,6 +80,11 @@ _LAZY = {
     "Inventory": "rexec.fleet.inventory",
     "InventoryError": "rexec.fleet.inventory",
     "PatternError": "rexec.fleet.nodeset",
+    "Group": "rexec.fleet.group",
+    "run_group": "rexec.fleet.group",
+    "GroupResult": "rexec.fleet.outcome",
+    "HostOutcome": "rexec.fleet.outcome",
+    "Target": "rexec.fleet.target",
 }
 
 

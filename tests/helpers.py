@@ -339,3 +339,80 @@ class ScriptedRunner:
         import shlex
 
         return self.start_shell(shlex.join(argv), env, cwd, stdin, confine)
+
+
+# --- many loopback "hosts" served by one process (fleet tests) ---
+
+
+def serve_many(hosts: list[str], token: str = TOKEN) -> None:
+    """Serve each of ``hosts`` (127.0.0.N) with a real Server and real children, all in one
+    process; print ``listening on HOST:PORT`` for each, then ``ready``; stop at SIGTERM.
+
+    One process stands in for many servers: a server process per address would cost the
+    fleet tests seconds and hundreds of megabytes.
+    """
+    import asyncio
+
+    from rexec.server.exec.runner import Runner
+    from rexec.server.identity import Identities, Identity, Policy
+    from rexec.server.listener import Server
+    from rexec.wire.auth import TokenVerifier
+
+    async def main() -> None:
+        identities = Identities({"default": Identity("default", TokenVerifier.from_token(token),
+                                                     policy=Policy())})
+        servers = [Server(identities, host, 0, runner=Runner(kill_grace=2.0)) for host in hosts]
+        for server in servers:
+            for bound_host, port in await server.start():
+                print(f"listening on {bound_host}:{port}", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print("ready", flush=True)
+        await stop.wait()
+        await asyncio.gather(*(server.close() for server in servers))
+
+    asyncio.run(main())
+
+
+@dataclass
+class ManyServers:
+    """A ``serve_many`` process: ``addresses[i]`` serves ``127.0.0.(first + i)``."""
+
+    proc: subprocess.Popen[bytes]
+    addresses: list[str]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+def start_many_servers(count: int, first: int = 2, token: str = TOKEN,
+                       timeout: float = 30.0) -> ManyServers:
+    """Start a ``serve_many`` process for 127.0.0.first ... 127.0.0.(first + count - 1)."""
+    hosts = [f"127.0.0.{first + i}" for i in range(count)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c",
+         f"from tests.helpers import serve_many; serve_many({hosts!r}, {token!r})"],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    addresses: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(b"listening on "):
+            addresses.append(line.decode().split()[-1])
+        elif line == b"ready\n" or not line:
+            break
+    if len(addresses) != count:
+        reap(proc)
+        raise RuntimeError(f"the servers did not start: {addresses}")
+    return ManyServers(proc, addresses)

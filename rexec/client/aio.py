@@ -34,7 +34,8 @@ StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
 OutputCallback = Callable[[bytes | memoryview], object]
 
 
-async def _stdin_chunks(source: StdinSource) -> AsyncIterator[bytes]:
+async def stdin_chunks(source: StdinSource) -> AsyncIterator[bytes]:
+    """The chunks of any stdin source a command takes (the fan-out reads one source for all)."""
     if isinstance(source, str):
         yield source.encode()
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -249,7 +250,7 @@ class CommandStream:
         client = self._client
         writer = client._writer
         assert writer is not None
-        async for chunk in _stdin_chunks(source):
+        async for chunk in stdin_chunks(source):
             view = memoryview(chunk)
             while view:
                 if not core.running:

@@ -57,6 +57,17 @@ def test_the_wire_and_the_client_core_do_no_io() -> None:
     assert not loaded & {"asyncio", "socket", "select", "selectors", "ssl"}
 
 
+def test_the_fleet_s_sans_io_modules_do_no_io() -> None:
+    loaded = modules_after("import rexec.fleet.lines, rexec.fleet.batch, rexec.fleet.outcome")
+    assert not loaded & {"asyncio", "socket", "select", "selectors", "ssl"}
+
+
+def test_import_rexec_and_its_fleet_names_stay_light() -> None:
+    """``rexec.Group`` & co. are exported lazily: ``import rexec`` loads no asyncio."""
+    loaded = modules_after("import rexec")
+    assert "asyncio" not in loaded and "rexec.fleet.group" not in loaded
+
+
 def test_the_server_handshake_does_no_io() -> None:
     loaded = modules_after("import rexec.server.handshake")
     assert not loaded & {"asyncio", "socket", "select", "selectors", "ssl"}

@@ -1,0 +1,438 @@
+"""Group: one command, or a batch of them, on many hosts at once -> GroupResult.
+
+Every host gets its own ``rexec.Client`` (one connection, all of a batch's commands over it),
+at most ``forks`` connections at once, all on the running event loop: no thread and no buffer
+of its own per host beyond what it captures. A host that cannot be connected to, logged in to
+or secured is "unreachable" and the others go on; a per-host ``timeout`` is enforced by each
+server (the output produced is kept); cancelling the run (``Group.cancel()``, or cancelling the
+task awaiting it) cancels every remote command at once, and the hosts not finished are
+"cancelled". What the run produced is in ``Group.result`` even when the run was cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Protocol
+
+from rexec.client.aio import Client, StdinSource
+from rexec.client.core import StreamName, check_request
+from rexec.errors import CommandNotStarted, ConfigError, InvalidRequest, RexecError
+from rexec.fleet.batch import BatchCommand, parse_batch
+from rexec.fleet.outcome import CommandOutcome, GroupResult, HostOutcome, status_of
+from rexec.fleet.stdin import Broadcast, SharedStdin, shared_stdin
+from rexec.fleet.target import HostStatus, Target
+from rexec.result import Result
+
+DEFAULT_FORKS = 64  # as clush's fanout
+TIMEOUT_GRACE = 5.0
+"""Seconds past a command's timeout the client waits for the server to end it, before it
+cancels the command itself (a server that stopped answering)."""
+STREAM_QUEUE = 256  # output chunks Group.stream() holds before the hosts wait for the reader
+
+FAILURES: frozenset[HostStatus] = frozenset({"failed", "timed_out"})  # what has a failed_line
+
+OnOutput = Callable[[str, StreamName, bytes], object]
+"""``on_output(host, stream, data)``, called for each chunk of output as it arrives."""
+OnDone = Callable[[HostOutcome], object]
+"""``on_done(outcome)``, called once for each host as it finishes (whatever its status)."""
+
+
+class Resolver(Protocol):
+    """What turns a pattern into targets (``rexec.fleet.inventory.Inventory`` is one)."""
+
+    def resolve(self, pattern: str) -> list[Target]:
+        """The targets ``pattern`` names, in order; ConfigError when it names none."""
+        ...
+
+
+@dataclass(slots=True)
+class _Job:
+    """One run of a Group: the commands, their options, where their output goes."""
+
+    commands: list[BatchCommand]
+    env: dict[str, str] | None
+    cwd: str | None
+    timeout: float | None
+    capture: bool
+    keep_going: bool = False
+    batch: bool = False
+    stdin: SharedStdin | None = None
+    on_output: OnOutput | None = None
+    on_done: OnDone | None = None
+    queue: asyncio.Queue[tuple[str, StreamName, bytes] | None] | None = None
+
+
+@dataclass(slots=True)
+class _Captured:
+    """What one host's current command has sent so far: counted, and kept if ``keep``."""
+
+    keep: bool
+    started: float
+    stdout: list[bytes] = field(default_factory=list)
+    stderr: list[bytes] = field(default_factory=list)
+    counts: dict[StreamName, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+
+    def add(self, stream: StreamName, data: bytes) -> None:
+        self.counts[stream] += len(data)
+        if self.keep:
+            (self.stdout if stream == "stdout" else self.stderr).append(data)
+
+    def into(self, result: Result) -> Result:
+        """``result`` (sent without output) with the output captured."""
+        if not self.stdout and not self.stderr:
+            return result
+        return replace(result, stdout=b"".join(self.stdout), stderr=b"".join(self.stderr))
+
+    def partial(self, command: str, *, timed_out: bool = False) -> Result:
+        """A Result for a command that did not end on its own (no exit code)."""
+        return Result(command, None, timed_out=timed_out,
+                      duration=time.monotonic() - self.started, stdout=b"".join(self.stdout),
+                      stderr=b"".join(self.stderr), stdout_bytes=self.counts["stdout"],
+                      stderr_bytes=self.counts["stderr"])
+
+
+class _Stopped(Exception):
+    """A host's command did not end with an exit frame: (status, partial result, error).
+
+    ``fatal``: the connection cannot run another command (lost, or closed by a cancel).
+    """
+
+    def __init__(self, status: HostStatus, result: Result | None, error: str,
+                 *, fatal: bool = True) -> None:
+        super().__init__(error)
+        self.status, self.result, self.error, self.fatal = status, result, error, fatal
+
+
+class Group:
+    """Many hosts, one command at a time: ``await Group(targets).run("uptime")``.
+
+    ``targets`` is a sequence of Targets, or a pattern that ``inventory`` resolves (any
+    object with ``resolve(pattern) -> list[Target]``). At most ``forks`` hosts are connected
+    at once. Host names must be unique: they key the results.
+    """
+
+    def __init__(self, targets: Sequence[Target] | str, *, inventory: Resolver | None = None,
+                 forks: int = DEFAULT_FORKS) -> None:
+        if isinstance(targets, str):
+            if inventory is None:
+                raise ConfigError(f"the pattern {targets!r} needs an inventory to resolve it")
+            targets = inventory.resolve(targets)
+        if forks < 1:
+            raise ConfigError(f"forks must be at least 1, not {forks}")
+        self.targets: tuple[Target, ...] = tuple(targets)
+        names = [target.name for target in self.targets]
+        if len(set(names)) != len(names):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise ConfigError(f"hosts named more than once: {', '.join(twice)}")
+        self.forks = forks
+        self.result: GroupResult | None = None  # the last run's, set even when it was cancelled
+        self._tasks: dict[asyncio.Task[HostOutcome], Target] = {}
+        self._interrupted = False
+        self._running = False
+
+    def __repr__(self) -> str:
+        return f"<Group {len(self.targets)} hosts, forks={self.forks}>"
+
+    async def run(self, command: str, *, env: dict[str, str] | None = None,
+                  cwd: str | None = None, timeout: float | None = None,
+                  stdin: StdinSource | None = None, capture: bool = True,
+                  on_output: OnOutput | None = None,
+                  on_done: OnDone | None = None) -> GroupResult:
+        """Run ``command`` on every host (``/bin/sh -c``) and return their GroupResult.
+
+        ``timeout`` is per host; ``stdin`` (bytes, str, a binary file, an iterable or async
+        iterable of bytes) is read once and sent to every host; ``capture=False`` keeps no
+        output (``on_output`` still sees it); ``on_done(outcome)`` is called as each host
+        finishes. InvalidRequest before anything is sent.
+        """
+        job = self._job([BatchCommand(1, command)], env, cwd, timeout, capture, stdin)
+        job.on_output, job.on_done = on_output, on_done
+        return await self._run(job)
+
+    async def batch(self, commands: str | Iterable[str | BatchCommand], *,
+                    keep_going: bool = False, env: dict[str, str] | None = None,
+                    cwd: str | None = None, timeout: float | None = None, capture: bool = True,
+                    on_output: OnOutput | None = None,
+                    on_done: OnDone | None = None) -> GroupResult:
+        """Run a batch on every host: the commands in order over one connection per host,
+        stopping a host at its first failing command unless ``keep_going``.
+
+        ``commands`` is a batch file's text, its commands, or parsed BatchCommands;
+        ``timeout`` applies to each command. Each HostOutcome lists its ``commands``.
+        """
+        items = _batch_commands(commands)
+        if not items:
+            raise InvalidRequest("the batch has no commands (only blank lines and comments)",
+                                 "command")
+        job = self._job(items, env, cwd, timeout, capture, None)
+        job.on_output, job.on_done = on_output, on_done
+        job.keep_going, job.batch = keep_going, True
+        return await self._run(job)
+
+    def stream(self, command: str, *, env: dict[str, str] | None = None,
+               cwd: str | None = None, timeout: float | None = None,
+               stdin: StdinSource | None = None, capture: bool = False,
+               on_done: OnDone | None = None) -> GroupStream:
+        """Run ``command`` on every host, iterating over (host, stream, bytes) as output comes.
+
+        ``async with group.stream(cmd) as live: async for host, name, data in live: ...``;
+        the GroupResult is in ``live.result`` once the iteration ends. Leaving early cancels
+        every remote command. ``capture=True`` also keeps the output in the Results.
+        """
+        job = self._job([BatchCommand(1, command)], env, cwd, timeout, capture, stdin)
+        job.on_done = on_done
+        return GroupStream(self, job)
+
+    def cancel(self) -> None:
+        """Cancel the run: every remote command is cancelled at once, and the hosts not
+        finished are "cancelled" in the GroupResult (which ``run`` still returns)."""
+        self._interrupted = True
+        for task in self._tasks:
+            task.cancel()  # a task cancelled before it began is "cancelled" in _gather
+
+    def _job(self, commands: list[BatchCommand], env: dict[str, str] | None,  # noqa: PLR0917
+             cwd: str | None, timeout: float | None, capture: bool,
+             stdin: StdinSource | None) -> _Job:
+        for item in commands:  # the caller's mistakes are found before anything is sent
+            check_request(item.command, env=env, cwd=cwd, timeout=timeout,
+                          stdin=stdin is not None)
+        shared = None
+        if stdin is not None:
+            shared = shared_stdin(stdin, live=len(self.targets) <= self.forks)
+        return _Job(commands, env, cwd, timeout, capture, stdin=shared)
+
+    async def _run(self, job: _Job) -> GroupResult:
+        if self._running:
+            raise RexecError("this Group is already running a command: a Group runs one at a"
+                             " time (make another Group for the same targets)")
+        self._running, self._interrupted, self.result = True, False, None
+        forks = asyncio.Semaphore(self.forks)
+        try:
+            if job.stdin is not None:
+                await job.stdin.prepare()
+            self._tasks = {asyncio.create_task(self._reported(target, job, forks)): target
+                           for target in self.targets}
+            if self._tasks:
+                await self._wait_all(job)
+        finally:
+            self._running = False
+            if job.stdin is not None:
+                job.stdin.close()
+        result = self.result = self._gather(job)
+        if isinstance(job.stdin, Broadcast) and job.stdin.error is not None:
+            raise job.stdin.error
+        return result
+
+    async def _wait_all(self, job: _Job) -> None:
+        """Wait for every host; if this task is cancelled, cancel them, wait, and re-raise."""
+        try:
+            await asyncio.wait(self._tasks)
+        except asyncio.CancelledError:
+            self.cancel()
+            await asyncio.wait(self._tasks)
+            self.result = self._gather(job)
+            raise
+
+    def _gather(self, job: _Job) -> GroupResult:
+        tasks, self._tasks = self._tasks, {}
+        outcomes = []
+        for task, target in tasks.items():
+            if task.cancelled():  # cancelled before it began: never reported
+                outcomes.append(_outcome(target, "cancelled", 0.0))
+                if job.on_done is not None:
+                    job.on_done(outcomes[-1])
+            else:
+                outcomes.append(task.result())
+        return GroupResult(outcomes, interrupted=self._interrupted)
+
+    async def _reported(self, target: Target, job: _Job,
+                        forks: asyncio.Semaphore) -> HostOutcome:
+        outcome = await self._host(target, job, forks)
+        if job.on_done is not None:
+            job.on_done(outcome)
+        return outcome
+
+    async def _host(self, target: Target, job: _Job, forks: asyncio.Semaphore) -> HostOutcome:
+        """One host's whole part: a fork slot, the connection, the commands."""
+        stdin, release = job.stdin.for_host() if job.stdin is not None else (None, None)
+        started = 0.0
+        done: list[CommandOutcome] = []
+        try:
+            async with forks:
+                started = time.monotonic()
+                client = Client.from_options(target.options)
+                try:
+                    try:
+                        await client.connect()
+                    except RexecError as exc:
+                        return _outcome(target, "unreachable", started, error=str(exc))
+                    return await _commands(client, target, job, stdin, started, done)
+                finally:
+                    await client.close()
+        except asyncio.CancelledError:  # only Group.cancel() cancels a host's task
+            last = done[-1].result if done else None
+            return _outcome(target, "cancelled", started, result=last, job=job, done=done)
+        except _Stopped as stop:
+            return _outcome(target, stop.status, started, result=stop.result, error=stop.error,
+                            job=job, done=done)
+        finally:
+            if release is not None:
+                release()
+
+
+def _outcome(target: Target, status: HostStatus, started: float, *,
+             result: Result | None = None, error: str | None = None, job: _Job | None = None,
+             done: Sequence[CommandOutcome] = ()) -> HostOutcome:
+    failed = next((c for c in done if not c.ok), None) if status in FAILURES else None
+    return HostOutcome(
+        host=target.name, address=target.options.address, status=status, result=result,
+        error=error, duration=time.monotonic() - started if started else 0.0,
+        commands=tuple(done) if job is not None and job.batch else (),
+        failed_line=failed.line if failed is not None else None,
+    )
+
+
+async def _commands(client: Client, target: Target, job: _Job,  # noqa: PLR0917
+                    stdin: StdinSource | None, started: float,
+                    done: list[CommandOutcome]) -> HostOutcome:
+    """Run the job's commands in order on one connected host."""
+    failure: tuple[HostStatus, CommandOutcome] | None = None
+    for item in job.commands:
+        captured = _Captured(job.capture, time.monotonic())
+        try:
+            result = await _one(client, target.name, item.command, job, stdin, captured)
+        except _Stopped as stop:
+            done.append(CommandOutcome(item.line, item.command, stop.result, stop.error))
+            if stop.fatal:
+                raise
+            outcome, status = done[-1], stop.status
+        except asyncio.CancelledError:
+            done.append(CommandOutcome(item.line, item.command, captured.partial(item.command)))
+            raise
+        else:
+            outcome = CommandOutcome(item.line, item.command, result)
+            done.append(outcome)
+            status = status_of(result)
+        if status != "ok" and failure is None:
+            failure = status, outcome
+            if not job.keep_going:
+                break
+    if failure is None:
+        return _outcome(target, "ok", started, result=done[-1].result, job=job, done=done)
+    status, outcome = failure
+    return _outcome(target, status, started, result=outcome.result, error=outcome.error,
+                    job=job, done=done)
+
+
+async def _one(client: Client, host: str, command: str, job: _Job,  # noqa: PLR0917
+               stdin: StdinSource | None, captured: _Captured) -> Result:
+    """One command on a connected host; _Stopped when it does not end with an exit frame."""
+    stream = client.stream(command, env=job.env, cwd=job.cwd, timeout=job.timeout,
+                           stdin=stdin, capture=False)
+    guard = job.timeout + TIMEOUT_GRACE if job.timeout is not None else None
+    try:
+        async with asyncio.timeout(guard):
+            async for chunk in stream:
+                data = chunk.data
+                assert isinstance(data, bytes)
+                captured.add(chunk.stream, data)
+                if job.on_output is not None:
+                    job.on_output(host, chunk.stream, data)
+                if job.queue is not None:
+                    await job.queue.put((host, chunk.stream, data))
+    except TimeoutError:
+        raise _Stopped("timed_out", captured.partial(command, timed_out=True),
+                       f"the server did not stop the command at its {job.timeout:g} s timeout"
+                       ) from None
+    except CommandNotStarted as exc:  # the connection is still good for the next command
+        raise _Stopped("failed", None, str(exc), fatal=False) from None
+    except RexecError as exc:  # ConnectionLost, a ProtocolError: the connection is gone
+        raise _Stopped("failed", captured.partial(command), str(exc)) from None
+    assert stream.result is not None
+    return captured.into(stream.result)
+
+
+def _batch_commands(commands: str | Iterable[str | BatchCommand]
+                    ) -> list[BatchCommand]:
+    if isinstance(commands, str):
+        return parse_batch(commands)
+    return [item if isinstance(item, BatchCommand) else BatchCommand(number, item)
+            for number, item in enumerate(commands, 1)]
+
+
+class GroupStream:
+    """Live output of a Group's run: an async iterator of (host, stream, bytes).
+
+    ``result`` holds the GroupResult once the iteration has ended (or the stream was closed).
+    """
+
+    def __init__(self, group: Group, job: _Job) -> None:
+        self._group, self._job = group, job
+        self._queue: asyncio.Queue[tuple[str, StreamName, bytes] | None] = asyncio.Queue(
+            STREAM_QUEUE)
+        job.queue = self._queue
+        self._task: asyncio.Task[GroupResult] | None = None
+        self._finished = False
+        self.result: GroupResult | None = None
+
+    def __aiter__(self) -> GroupStream:
+        return self
+
+    async def __aenter__(self) -> GroupStream:
+        self._start()
+        return self
+
+    def _start(self) -> None:
+        """Start the run (at ``async with``, or at the first ``__anext__``)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def _run(self) -> GroupResult:
+        try:
+            return await self._group._run(self._job)
+        finally:
+            self._finished = True
+            if not self._queue.full():  # else the reader finds the end once it empties it
+                self._queue.put_nowait(None)
+
+    async def __anext__(self) -> tuple[str, StreamName, bytes]:
+        self._start()
+        if not (self._finished and self._queue.empty()):
+            item = await self._queue.get()
+            if item is not None:
+                return item
+        await self._end()
+        raise StopAsyncIteration
+
+    async def _end(self) -> None:
+        if self._task is not None:
+            self.result = await self._task
+
+    async def aclose(self) -> None:
+        """Stop: cancel every remote command still running, and wait for the GroupResult."""
+        if self._task is None:
+            return
+        if not self._task.done():
+            self._group.cancel()
+        try:
+            await self._end()
+        except asyncio.CancelledError:
+            self.result = self._group.result
+            raise
+
+
+def run_group(targets: Sequence[Target] | str, command: str, *,
+              inventory: Resolver | None = None, forks: int = DEFAULT_FORKS,
+              **options: Any) -> GroupResult:
+    """Blocking ``Group(targets, inventory=, forks=).run(command, **options)``, for scripts."""
+    group = Group(targets, inventory=inventory, forks=forks)
+    return asyncio.run(group.run(command, **options))
+
