@@ -36,9 +36,9 @@ if TYPE_CHECKING:
     from rexec.client.aio import Client, CommandStream
     from rexec.client.blocking import BlockingClient, run
     from rexec.client.core import Output
+    from rexec.fleet.group import Group, run_group
     from rexec.fleet.inventory import Inventory, InventoryError
     from rexec.fleet.nodeset import PatternError
-    from rexec.fleet.group import Group, run_group
     from rexec.fleet.outcome import GroupResult, HostOutcome
     from rexec.fleet.target import Target
 

@@ -96,7 +96,7 @@ class RemoteCommand(Command):
     """A command that takes ``ADDRESS -- COMMAND...``: an option it does not know, found after
     the address, is most likely the remote command's own: the error says to put ``--`` first."""
 
-    usage = "[OPTIONS] ADDRESS -- COMMAND..."
+    usage = "[OPTIONS] TARGET -- COMMAND..."
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         original = list(args)

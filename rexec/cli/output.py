@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+import os
+import sys
+from typing import Any, Protocol
 
 
 def text_or_base64(data: bytes) -> tuple[str, str]:
@@ -62,3 +64,217 @@ def error_json(command: str, error: BaseException, exit_status: int) -> str:
         "error": str(error),
         "error_type": type(error).__name__,
     })
+
+
+# --- fleet mode: many hosts' output ---------------------------------------------------------
+#
+# The renderers below take what the fan-out reports (rexec.fleet.group): each host's output as
+# it arrives (``output(host, stream, data)``), each host's outcome when it ends (``done``), and
+# the whole GroupResult at the end (``finish``). They write bytes to the file descriptors, one
+# os.write per line, so that a line is never split by another host's output.
+
+
+class Outcome(Protocol):
+    """What the renderers read of one host's end (rexec.fleet.outcome.HostOutcome)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def result(self) -> Any: ...
+
+
+def write_fd(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (a line at a time: one write unless the pipe is full)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def outcome_json(outcome: Outcome) -> str:
+    """One --json line of fleet mode: the host, how it ended, its output and the error."""
+    result = outcome.result
+    stdout, stdout_encoding = text_or_base64(result.stdout if result is not None else b"")
+    stderr, stderr_encoding = text_or_base64(result.stderr if result is not None else b"")
+    return json.dumps({
+        "host": outcome.host,
+        "address": outcome.address,
+        "status": outcome.status,
+        "exit_code": result.exit_code if result is not None else None,
+        "signal": result.signal if result is not None else None,
+        "exit_status": result.exit_status if result is not None else None,
+        "duration": round(outcome.duration, 6),
+        "stdout": stdout,
+        "stdout_encoding": stdout_encoding,
+        "stderr": stderr,
+        "stderr_encoding": stderr_encoding,
+        "error": outcome.error,
+        **_commands_json(outcome),
+    })
+
+
+def _commands_json(outcome: Any) -> dict[str, Any]:
+    """A batch's per-command results, for its host's --json line."""
+    commands = getattr(outcome, "commands", ())
+    if not commands:
+        return {}
+    listed = []
+    for item in commands:
+        r = item.result
+        out, out_encoding = text_or_base64(r.stdout if r is not None else b"")
+        err, err_encoding = text_or_base64(r.stderr if r is not None else b"")
+        listed.append({"line": item.line, "command": item.command,
+                       "exit_code": r.exit_code if r is not None else None,
+                       "signal": r.signal if r is not None else None,
+                       "exit_status": r.exit_status if r is not None else None,
+                       "timed_out": r.timed_out if r is not None else False,
+                       "duration": r.duration if r is not None else None,
+                       "stdout": out, "stdout_encoding": out_encoding,
+                       "stderr": err, "stderr_encoding": err_encoding,
+                       "error": item.error})
+    return {"commands": listed, "failed_line": outcome.failed_line}
+
+
+def gathered(outputs: dict[str, tuple[bytes, int | None]], fold: Any) -> bytes:
+    """``-b/--gather``: hosts with the same stdout and exit status printed once, under a header
+    naming them as a folded node set, as ``clush -b`` and ``dshbak -c`` do; the largest group
+    first, then by first host."""
+    groups: dict[tuple[bytes, int | None], list[str]] = {}
+    for host, key in outputs.items():
+        groups.setdefault(key, []).append(host)
+    out = bytearray()
+    for (stdout, status), hosts in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        name = fold(hosts)
+        label = f"{name} ({len(hosts)})" if len(hosts) > 1 else name
+        if status not in (0, None):
+            label += f" exit {status}"
+        rule = "-" * min(max(len(label), 15), 78)
+        out += f"{rule}\n{label}\n{rule}\n".encode()
+        out += stdout if stdout.endswith(b"\n") or not stdout else stdout + b"\n"
+    return bytes(out)
+
+
+def summary_lines(result: Any, fold: Any, *, quiet: bool = False, slowest: int = 3,
+                  batch: bool = False) -> list[str]:
+    """The end-of-run summary: counts, the failed and unreachable hosts as folded node sets
+    (with why, when all share one reason), the slowest hosts; only the failures with quiet."""
+    statuses: dict[str, str] = dict(result.statuses)
+    total = len(statuses)
+    by: dict[str, list[str]] = {}
+    for host, status in statuses.items():
+        by.setdefault(status, []).append(host)
+    lines = []
+    if not quiet:
+        counts = ", ".join(f"{len(by[s])} {s.replace('_', ' ')}" for s in
+                           ("ok", "failed", "timed_out", "unreachable", "cancelled") if by.get(s))
+        lines.append(f"{total} host{'s' if total != 1 else ''}: {counts}")
+    for status in ("failed", "timed_out", "cancelled"):
+        if by.get(status):
+            line = f"{status.replace('_', ' ')}: {fold(by[status])}"
+            if status == "failed":
+                codes = {_failure(result, host, batch) for host in by[status]}
+                if len(codes) == 1:
+                    line += f" ({codes.pop()})"
+                else:
+                    line += "".join(f"\n  {host}: {_failure(result, host, batch)}"
+                                    for host in by[status])
+            lines.append(line)
+    if by.get("unreachable"):
+        reasons = {result.unreachable[h] for h in by["unreachable"]}
+        why = f" ({reasons.pop()})" if len(reasons) == 1 else ""
+        lines.append(f"unreachable: {fold(by['unreachable'])}{why}")
+        if not why:
+            lines += [f"  {h}: {result.unreachable[h]}" for h in by["unreachable"]]
+    durations = dict(result.durations)
+    if not quiet and len(durations) > 1:
+        slow = sorted(durations.items(), key=lambda kv: -kv[1])[:slowest]
+        lines.append("slowest: " + ", ".join(f"{h} {d:.2f} s" for h, d in slow))
+    return lines
+
+
+def _failure(result: Any, host: str, batch: bool) -> str:
+    """How one failed host failed: its exit status, the batch line, or the error."""
+    outcome = result.outcomes.get(host)
+    r = result.get(host)
+    where = ""
+    if batch and outcome is not None and getattr(outcome, "failed_line", None) is not None:
+        where = f"line {outcome.failed_line}: "
+    if r is None:
+        return where + (outcome.error if outcome is not None and outcome.error else "failed")
+    if r.signal is not None:
+        return f"{where}signal {r.signal}"
+    return f"{where}exit {r.exit_status}"
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    """``--summary``: host, status, exit, duration and bytes for every host, aligned."""
+    rows = [("HOST", "STATUS", "EXIT", "SECONDS", "STDOUT", "STDERR")]
+    for o in outcomes:
+        r = o.result
+        rows.append((o.host, o.status,
+                     "" if r is None else str(r.exit_status),
+                     f"{o.duration:.3f}",
+                     "" if r is None else str(r.stdout_bytes),
+                     "" if r is None else str(r.stderr_bytes)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+                     .rstrip() for row in rows) + "\n"
+
+
+class Progress:
+    """The done/total bar on a terminal (rich), below the streaming lines, gone at the end.
+
+    Lines for the same terminal are printed through rich's console while the bar is shown, so
+    they appear above it; lines for somewhere else (stdout redirected) go straight there.
+    """
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
+
+        self.console = Console(file=sys.stderr)
+        self._bar = Bar(TextColumn("rexec"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[failures]}"), TimeElapsedColumn(),
+                        console=self.console, transient=True, auto_refresh=True,
+                        refresh_per_second=8)
+        self._task = self._bar.add_task("hosts", total=total, failures="")
+        self.failed = self.unreachable = 0
+        self.shared = _same_terminal(1, 2)
+        self._bar.start()
+
+    def line(self, fd: int, data: bytes) -> None:
+        """Print one line above the bar (or straight to ``fd`` when it is elsewhere)."""
+        if fd == 2 or self.shared:
+            self.console.out(data.decode("utf-8", "replace"), end="", highlight=False)
+        else:
+            write_fd(fd, data)
+
+    def done(self, status: str) -> None:
+        """One host ended."""
+        if status == "unreachable":
+            self.unreachable += 1
+        elif status != "ok":
+            self.failed += 1
+        notes = [f"{self.failed} failed"] if self.failed else []
+        notes += [f"{self.unreachable} unreachable"] if self.unreachable else []
+        self._bar.update(self._task, advance=1, failures=", ".join(notes))
+
+    def stop(self) -> None:
+        """Remove the bar (transient: nothing is left of it on the terminal)."""
+        self._bar.stop()
+
+
+def _same_terminal(a: int, b: int) -> bool:
+    try:
+        return os.isatty(a) and os.isatty(b) and os.ttyname(a) == os.ttyname(b)
+    except OSError:
+        return False

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
 
@@ -30,7 +31,21 @@ from rexec.cli.common import (
     status_for,
 )
 from rexec.client.core import check_request
-from rexec.errors import InvalidRequest
+from rexec.errors import ConfigError, InvalidRequest
+
+Forks = Annotated[int, typer.Option("--forks", "-f", metavar="N",
+                                    help="Fleet mode: at most N hosts at once.")]
+Gather = Annotated[bool, typer.Option(
+    "--gather", "-b", help="Fleet mode: print each distinct output once at the end, under the"
+                           " hosts that gave it (as clush -b).")]
+OutDir = Annotated[Path | None, typer.Option(
+    "--out-dir", metavar="DIR", help="Fleet mode: write each host's output to DIR/HOST.out and"
+                                     " DIR/HOST.err.")]
+Summary = Annotated[bool, typer.Option(
+    "--summary", help="Fleet mode: end with a table of every host (status, exit, time, bytes).")]
+InventoryFiles = Annotated[list[Path] | None, typer.Option(
+    "--inventory", metavar="FILE",
+    help="Inventory file (TOML); repeat it to extend one with the next.")]
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -79,10 +94,15 @@ class _Outputs:
             _write_all(2, data)
 
 
-RUN_HELP = f"""Run COMMAND on the server at ADDRESS and exit with its status, as ssh does.
+RUN_HELP = f"""Run COMMAND on TARGET and exit with its status, as ssh does; or on many hosts.
 
-ADDRESS is HOST:PORT, [IPV6]:PORT, or HOST (port 7878). Put -- before the command, so that its
-own options are not taken for rexec's: rexec run web1:7878 -- ls -l /srv
+TARGET is HOST:PORT, [IPV6]:PORT, HOST (port 7878) or an inventory host: one host, its output
+as it is. A node-set pattern (web[01-20], @group, @web,!web03, @web&@prod) runs on every host
+it names, at most --forks at once, each line prefixed with its host. Put -- before the
+command, so that its own options are not taken for rexec's: rexec run web1 -- ls -l /srv
+
+In fleet mode the exit status is 0 when every host succeeded, 1 when a command failed on a
+host, 3 when a host was unreachable, 2 for bad usage, 130 after Ctrl-C.
 
 {exit_help()}
 """
@@ -107,8 +127,10 @@ class Notes:
 
 
 def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and options
-    address: Annotated[str, typer.Argument(metavar="ADDRESS", show_default=False,
-                                           help="HOST:PORT, [IPV6]:PORT or HOST (port 7878).")],
+    address: Annotated[str, typer.Argument(
+        metavar="TARGET", show_default=False,
+        help="HOST:PORT, [IPV6]:PORT, HOST (port 7878), an inventory host, or a node-set"
+             " pattern of many hosts (web[01-20], @group, @web,!web03).")],
     command: Annotated[
         list[str],
         typer.Argument(metavar="COMMAND", show_default=False,
@@ -148,6 +170,11 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     tls_pin: TlsPin = None,
     tls_tofu: TlsTofu = False,
     identity: Identity = None,
+    forks: Forks = 64,
+    gather: Gather = False,
+    out_dir: OutDir = None,
+    summary: Summary = False,
+    inventory: InventoryFiles = None,
 ) -> None:
     line = " ".join(command)
     notes = Notes(verbose, quiet)
@@ -157,15 +184,59 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         option = {"env": "--env", "cwd": "--cwd", "timeout": "--timeout"}.get(exc.field,
                                                                               "COMMAND")
         _failed(line, json_output, f"{option}: {exc}", exc, EXIT_USAGE)
+    connection = {"token_file": token_file, "config": config,
+                  "connect_timeout": connect_timeout, "tls_ca": tls_ca, "tls_cert": tls_cert,
+                  "tls_key": tls_key, "tls_pin": tls_pin, "tls_tofu": tls_tofu or None,
+                  "identity": identity}
+    kind, found = _classify(address, inventory, config, line, json_output)
+    if kind == "fleet":
+        from rexec.cli.fleet import run_fleet, stdin_source, with_flags
+
+        try:
+            targets = with_flags(found, connection)
+        except ConfigError as exc:
+            _failed(line, False, str(exc), exc, EXIT_USAGE)
+        raise typer.Exit(run_fleet(
+            targets, commands=None, command=line, forks=_forks(forks), timeout=timeout,
+            env=_parse_env(env or []), cwd=cwd, stdin=stdin_source(no_stdin),
+            renderer_options=_render_options(json_output, gather, out_dir, summary, quiet)))
     code = execute(
         address, line, timeout=timeout, env=_parse_env(env or []), cwd=cwd,
         json_output=json_output, stdin_fd=None if no_stdin else _stdin_fd(), notes=notes,
-        connection={"token_file": token_file, "config": config,
-                    "connect_timeout": connect_timeout, "tls_ca": tls_ca, "tls_cert": tls_cert,
-                    "tls_key": tls_key, "tls_pin": tls_pin, "tls_tofu": tls_tofu or None,
-                    "identity": identity},
+        connection=connection, target=found,
     )
     raise typer.Exit(code)
+
+
+def _classify(target: str, inventory: list[Path] | None, config: Path | None, line: str,
+              json_output: bool) -> tuple[str, Any]:
+    """("address", None), ("host", Target) or ("fleet", [Target...]); exit 2 on a bad pattern
+    or inventory."""
+    from rexec.cli.fleet import classify
+
+    try:
+        return classify(target, inventory, config)
+    except ConfigError as exc:
+        _failed(line, json_output, str(exc), exc, EXIT_USAGE)
+
+
+def _forks(forks: int) -> int:
+    if forks < 1:
+        fail(f"--forks: must be at least 1, not {forks}", EXIT_USAGE)
+    return forks
+
+
+def _render_options(json_output: bool, gather: bool, out_dir: Path | None, summary: bool,
+                    quiet: bool) -> dict[str, Any]:
+    """The fleet renderer's mode from the flags (they exclude each other: exit 2)."""
+    chosen = [name for name, on in (("--json", json_output), ("--gather", gather),
+                                    ("--out-dir", out_dir is not None)) if on]
+    if len(chosen) > 1:
+        fail(f"{' and '.join(chosen)} are different ways to show the output: choose one",
+             EXIT_USAGE)
+    mode = ("json" if json_output else "gather" if gather
+            else "out_dir" if out_dir is not None else "lines")
+    return {"mode": mode, "out_dir": out_dir, "summary": summary, "quiet": quiet}
 
 
 def _failed(command: str, json_output: bool, message: str, error: BaseException,
@@ -189,6 +260,7 @@ def execute(
     stdin_fd: int | None,
     connection: dict[str, Any],
     notes: Notes | None = None,
+    target: Any = None,
 ) -> int:
     """Run one command through the blocking client; return the CLI's exit status.
 
@@ -210,7 +282,12 @@ def execute(
     interrupts = 0
     options = None
     try:
-        options = ConnectOptions.resolve(address, **connection)
+        if target is not None:  # an inventory host: its settings, the flags over them
+            from rexec.cli.fleet import with_flags
+
+            options = with_flags([target], connection)[0].options
+        else:
+            options = ConnectOptions.resolve(address, **connection)
         notes.detail(f"token from {options.token_source}")
         notes.detail(f"connecting to {options.host} port {options.port}"
                      f" ({_trust(options)})"

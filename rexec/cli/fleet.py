@@ -1,0 +1,252 @@
+"""Fleet mode of ``rexec run`` and ``rexec batch``: a pattern's hosts, fanned out, rendered.
+
+``rexec.fleet`` does the work (Inventory -> Targets -> Group); this module turns the flags into
+one Renderer, feeds it what the Group reports as it happens, prints the summary and returns the
+fleet's exit status: 0 every host ok, 1 a command failed (all reached), 3 a host unreachable
+(before 1), 130 Ctrl-C; usage errors are 2 before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rexec.cli.output import (
+    Outcome,
+    Progress,
+    gathered,
+    outcome_json,
+    summary_lines,
+    summary_table,
+    write_fd,
+)
+
+EXIT_FAILED = 1
+EXIT_UNREACHABLE = 3
+
+
+class Renderer:
+    """Where each host's output goes: prefixed lines (default), gathered (-b), files
+    (--out-dir) or JSON Lines (--json); plus the progress bar and the summary on stderr."""
+
+    def __init__(self, hosts: list[str], *, mode: str, prefix: bool = True,
+                 out_dir: Path | None = None, summary: bool = False, quiet: bool = False,
+                 fold: Any = None, batch: bool = False) -> None:
+        from rexec.fleet.lines import HostLines
+
+        self.mode = mode
+        self.prefix = prefix
+        self.quiet = quiet
+        self.summary = summary
+        self.fold = fold
+        self.batch = batch
+        self._lines = HostLines()
+        self._stdout: dict[str, bytearray] = {}
+        self._files: dict[tuple[str, str], Any] = {}
+        self.out_dir = out_dir
+        self.outcomes: list[Outcome] = []
+        show_bar = not quiet and sys.stderr.isatty() and len(hosts) > 1
+        self.progress = Progress(len(hosts)) if show_bar else None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for host in hosts:
+                for stream in ("out", "err"):
+                    self._files[host, stream] = (out_dir / f"{host}.{stream}").open("wb")
+
+    # --- as it happens ---------------------------------------------------------------------
+
+    def output(self, host: str, stream: str, data: bytes) -> None:
+        """Some of one host's output arrived."""
+        if self.mode == "json":
+            return  # the host's line carries it, when it ends
+        if self.mode == "out_dir":
+            self._files[host, "out" if stream == "stdout" else "err"].write(data)
+            return
+        if self.mode == "gather" and stream == "stdout":
+            self._stdout.setdefault(host, bytearray()).extend(data)
+            return
+        for line in self._lines.feed(host, stream, data):  # type: ignore[arg-type]
+            self._line(host, stream, line)
+
+    def _line(self, host: str, stream: str, line: bytes) -> None:
+        fd = 1 if stream == "stdout" else 2
+        data = f"{host}: ".encode() + line if self.prefix else line
+        if self.progress is not None:
+            self.progress.line(fd, data)
+        else:
+            write_fd(fd, data)
+
+    def done(self, outcome: Outcome) -> None:
+        """One host ended (ok, failed, timed out, unreachable or cancelled)."""
+        self.outcomes.append(outcome)
+        if self.mode in ("lines", "gather"):
+            for stream, line in self._lines.flush(outcome.host):
+                if self.mode == "lines" or stream == "stderr":
+                    self._line(outcome.host, stream, line)
+        if self.mode == "out_dir":
+            for suffix in ("out", "err"):
+                self._files[outcome.host, suffix].close()
+        if self.mode == "json":
+            line = (outcome_json(outcome) + "\n").encode()
+            if self.progress is not None:
+                self.progress.line(1, line)
+            else:
+                write_fd(1, line)
+        if self.progress is not None:
+            self.progress.done(outcome.status)
+
+    # --- at the end -----------------------------------------------------------------------
+
+    def finish(self, result: Any) -> None:
+        """The run is over: remove the bar, print what -b gathered, and the summary."""
+        if self.progress is not None:
+            self.progress.stop()
+        for handle in self._files.values():
+            if not handle.closed:
+                handle.close()
+        if self.mode == "gather":
+            outputs = {}
+            for host in result.statuses:
+                r = result.get(host)
+                if r is not None:  # the unreachable and never-started are in the summary
+                    outputs[host] = (bytes(self._stdout.get(host, b"")), r.exit_status)
+            write_fd(1, gathered(outputs, self.fold))
+        if self.summary:
+            write_fd(2, summary_table(list(result.outcomes.values())).encode())
+        for line in summary_lines(result, self.fold, quiet=self.quiet, batch=self.batch):
+            write_fd(2, f"rexec: {line}\n".encode())
+
+
+def fleet_status(result: Any, interrupted: bool) -> int:
+    """The fleet's exit status (README, "Fleets")."""
+    if interrupted:
+        return 130
+    statuses = set(dict(result.statuses).values())
+    if "unreachable" in statuses:
+        return EXIT_UNREACHABLE
+    if statuses - {"ok"}:
+        return EXIT_FAILED
+    return 0
+
+
+def stdin_source(no_stdin: bool) -> Any:
+    """Local stdin for every host (read once, streamed to all), when it is not a terminal."""
+    if no_stdin:
+        return None
+    try:
+        os.fstat(0)
+    except OSError:
+        return None
+    return None if os.isatty(0) else sys.stdin.buffer
+
+
+def with_flags(targets: list[Any], connection: dict[str, Any]) -> list[Any]:
+    """The command line's connection flags over each host's inventory settings (as ssh's
+    options override ~/.ssh/config). A trust flag replaces the host's way of trusting."""
+    given = {key: value for key, value in connection.items()
+             if value not in (None, False) and key != "config"}
+    if not given:
+        return targets
+    from dataclasses import replace
+
+    from rexec.client.options import ConnectOptions
+
+    trust_given = any(key in given for key in ("tls_ca", "tls_pin", "tls_tofu"))
+    changed = []
+    for target in targets:
+        o = target.options
+        keywords: dict[str, Any] = {
+            "token": None if "token_file" in given else o.token,
+            "identity": o.identity, "connect_timeout": o.connect_timeout,
+            "tls_cert": o.tls_cert, "tls_key": o.tls_key,
+            "config": connection.get("config"),
+        }
+        if not trust_given:
+            keywords.update(tls_ca=o.tls_ca, tls_pin=o.tls_pin, tls_tofu=o.tls_tofu or None)
+        keywords.update(given)
+        changed.append(replace(target, options=ConnectOptions.resolve(o.address, **keywords)))
+    return changed
+
+
+def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | None,
+              renderer_options: dict[str, Any], forks: int, timeout: float | None,
+              env: dict[str, str], cwd: str | None, stdin: Any, keep_going: bool = False) -> int:
+    """Fan ``command`` (or a batch's ``commands``) out; render; return the fleet exit status.
+
+    Ctrl-C cancels every remote command at once and the summary is still printed; a second
+    Ctrl-C exits at once, without waiting.
+    """
+    import asyncio
+    import signal
+
+    from rexec.fleet.group import Group
+    from rexec.fleet.nodeset import fold
+
+    hosts = [target.name for target in targets]
+    renderer = Renderer(hosts, fold=fold, batch=commands is not None, **renderer_options)
+    group = Group(targets, forks=forks)
+    json_mode = renderer.mode == "json"
+    interrupted = 0
+
+    async def main() -> Any:
+        nonlocal interrupted
+        loop = asyncio.get_running_loop()
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted += 1
+            if interrupted > 1:
+                os._exit(130)  # the second Ctrl-C: do not wait (the servers kill the groups)
+            group.cancel()
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            if commands is not None:
+                return await group.batch(commands, keep_going=keep_going, env=env, cwd=cwd,
+                                         timeout=timeout, capture=json_mode,
+                                         on_output=renderer.output, on_done=renderer.done)
+            assert command is not None
+            return await group.run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin,
+                                   capture=json_mode, on_output=renderer.output,
+                                   on_done=renderer.done)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        if renderer.progress is not None:
+            renderer.progress.stop()
+    renderer.finish(result)
+    return fleet_status(result, bool(interrupted))
+
+
+def classify(target: str, inventory_files: list[Path] | None,
+             config: Path | None) -> tuple[str, Any]:
+    """What TARGET is: ("address", None) for one address as before, ("host", Target) for one
+    inventory host (single-host mode), ("fleet", [Target, ...]) for a pattern (fleet mode,
+    even when it matches one host). PatternError/InventoryError (exit 2) before anything runs.
+    """
+    from rexec.fleet.nodeset import is_pattern
+
+    if is_pattern(target):
+        from rexec.fleet.inventory import Inventory
+
+        return "fleet", Inventory.load(inventory_files, config=config).resolve(target)
+    if ":" in target or (not inventory_files and not _default_inventory_exists()):
+        return "address", None
+    from rexec.fleet.inventory import Inventory
+
+    inventory = Inventory.load(inventory_files, config=config)
+    if target in inventory:
+        return "host", inventory.target(target)
+    return "address", None
+
+
+def _default_inventory_exists() -> bool:
+    """inventory.default_inventory_paths() without importing it (the one-host path's cost)."""
+    from rexec.tokens import default_home
+
+    return bool(os.environ.get("REXEC_INVENTORY")) or (default_home() / "inventory.toml").exists()
