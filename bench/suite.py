@@ -1474,8 +1474,9 @@ def fleet_row(rig: Rig, plan: Plan, fleet: Fleet) -> list[Series]:
 
 
 def fleet_section(res: Results, fleet_how: str, w: Callable[[str], None],
-                  target: Callable[..., None]) -> None:
-    """Table 7 and its targets."""
+                  target: Callable[..., None], targets: list[tuple[str, str, str]]) -> None:
+    """Table 7 and its targets (in the issue's table, and repeated in the section, which
+    `--only fleet` rewrites alone)."""
     fl, plan = res.fleet, res.plan
     w(FLEET_START)
     w("## 7. Fleet fan-out: every host its own loopback address")
@@ -1522,6 +1523,11 @@ def fleet_section(res: Results, fleet_how: str, w: Callable[[str], None],
     rss = median([float(v) for v in r1000.rss_kib]) / 1024
     target("fleet: client peak RSS under 100 MB at 1,000 hosts", rss * 1.048576, 100.0,
            f"{fnum(rss * 1.048576, 1)} MB ({fnum(rss, 1)} MiB)")
+    w("| target | measured | verdict |")
+    w("| --- | --- | --- |")
+    for name, text, verdict in targets[-4:]:
+        w(f"| {name} | {text} | {verdict} |")
+    w("")
     w(FLEET_END)
 
 
@@ -2063,7 +2069,7 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
                f" {fnum(total / a_cps.median, 0)} commands/s)", lower=False)
 
     if res.fleet:
-        fleet_section(res, res.fleet_how, w, target)
+        fleet_section(res, res.fleet_how, w, target, targets)
         w("")
 
     w("## The issue's targets (ratios from this run)")
@@ -2184,8 +2190,9 @@ def main() -> int:  # noqa: PLR0912, PLR0915
             res.cps = cps_row(rig, plan, runner)
         if 7 in rows:
             fleet = setup_fleet(rig, plan, stack)
-            res.fleet_how = fleet.how
             res.fleet = fleet_row(rig, plan, fleet)
+            res.fleet_how = (f"{fleet.how}; the machine's 1-minute load average was"
+                             f" {os.getloadavg()[0]:.1f} at the row's end")
         info["load"] = (f"{load_start[0]:.2f} before the run, {os.getloadavg()[0]:.2f} at its"
                         " end (1-minute load average of the whole machine, the suite's own"
                         " processes included)")
