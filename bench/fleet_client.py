@@ -1,7 +1,7 @@
 """One fan-out contender of bench/suite.py's fleet row, in a cold process of its own.
 
     python bench/fleet_client.py rexec HOSTS_FILE PORT TOKEN_FILE
-    python bench/fleet_client.py rexec-group HOSTS_FILE PORT TOKEN_FILE   # once rexec.Group exists
+    python bench/fleet_client.py rexec-group HOSTS_FILE PORT TOKEN_FILE   # where rexec.Group exists
     python bench/fleet_client.py asyncssh HOSTS_FILE PORT KEY KNOWN_HOSTS
     python bench/fleet_client.py pssh HOSTS_FILE PORT KEY POOL_SIZE
 
@@ -59,15 +59,19 @@ async def by_rexec(hosts: list[str], port: int, token_file: str) -> list[str]:
 
 
 async def by_rexec_group(hosts: list[str], port: int, token_file: str) -> list[str]:
-    """rexec's fleet API, once it lands (written by another branch; shape to be confirmed)."""
+    """rexec's fleet API: one Group of every host, forks = the host count (rexec.Client's
+    concurrency here)."""
     import rexec
+    from rexec.client.options import ConnectOptions
 
     token = Path(token_file).read_text().strip()
-    group = rexec.Group([f"{h}:{port}" for h in hosts], token=token)  # type: ignore[attr-defined]
+    targets = [rexec.Target(host, ConnectOptions.resolve(  # type: ignore[attr-defined]
+        f"{host}:{port}", token=token, connect_timeout=60)) for host in hosts]
+    group = rexec.Group(targets, forks=len(targets))  # type: ignore[attr-defined]
     results = await group.run("hostname")
-    items = results.items() if hasattr(results, "items") else enumerate(results)
-    return [f"{host}: {r!r}" for host, r in items
-            if getattr(r, "exit_code", None) != 0 or getattr(r, "stdout", None) != EXPECTED]
+    errors = [f"{host}: unreachable: {why}" for host, why in results.unreachable.items()]
+    return errors + [f"{host}: {r!r}" for host, r in results.items()
+                     if r.exit_code != 0 or r.stdout != EXPECTED]
 
 
 async def by_asyncssh(hosts: list[str], port: int, key: str, known_hosts: str) -> list[str]:

@@ -1311,27 +1311,47 @@ class Fleet:
 def start_fleet_servers(rig: Rig, fleet: Fleet, stack: contextlib.ExitStack,
                         processes: int) -> None:
     """rexec on every fleet address: ``processes`` servers, address i served by server
-    i % processes. rexec-server takes one --host today, so bench/fleet_server.py serves many
-    addresses with rexec's own Server in one process; once rexec-server takes several --host,
-    start `rexec-server --host A --host B ...` here instead."""
+    i % processes. Each is `rexec-server --host A --host B ...` where rexec-server takes
+    several --host; otherwise bench/fleet_server.py, which serves many addresses with rexec's
+    own Server in one process."""
     fleet.rexec_port = free_port()
+    how = ""
     for k in range(processes):
         mine = fleet.addresses[k::processes]
-        out = rig.tmp / f"fleet-{k}.out"
-        with out.open("wb") as stdout, (rig.tmp / f"fleet-{k}.log").open("wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, str(FLEET_SERVER), "--port", str(fleet.rexec_port),
-                 "--token-file", str(rig.tmp / "home" / "token"),
-                 "--config", str(rig.tmp / "server.toml"), *mine],
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=rig.env)
+        proc, how = start_fleet_server(rig, k, mine, fleet.rexec_port)
         stack.callback(stop_process, proc, f"fleet rexec server {k}")
         fleet.servers.append(proc)
-        if not wait_until(lambda out=out, proc=proc: "listening on" in out.read_text()
-                          or proc.poll() is not None, 60) or proc.poll() is not None:
-            log = (rig.tmp / f"fleet-{k}.log").read_text(errors="replace")[-2000:]
-            raise SystemExit(f"fleet rexec server {k} did not start:\n{log}")
-    fleet.how = (f"{processes} rexec server processes (bench/fleet_server.py: rexec's Server on"
-                 f" each of its addresses, one port), {len(fleet.addresses)} addresses")
+    fleet.how = (f"{processes} rexec server processes ({how}), one port,"
+                 f" {len(fleet.addresses)} addresses")
+
+
+def start_fleet_server(rig: Rig, k: int, addresses: list[str], port: int
+                       ) -> tuple[subprocess.Popen[bytes], str]:
+    """One fleet server listening on ``addresses``: rexec-server itself when it takes several
+    --host (it prints a "listening on" line for each), else bench/fleet_server.py."""
+    common = ["--port", str(port), "--token-file", str(rig.tmp / "home" / "token"),
+              "--config", str(rig.tmp / "server.toml")]
+    ways = [("`rexec-server --host A --host B ...`",
+             [str(BIN / "rexec-server"), *common,
+              *(arg for a in addresses for arg in ("--host", a))], len(addresses)),
+            ("bench/fleet_server.py: rexec's Server on each of its addresses",
+             [sys.executable, str(FLEET_SERVER), *common, *addresses], 1)]
+    for how, argv, lines in ways:
+        out = rig.tmp / f"fleet-{k}.out"
+        with out.open("wb") as stdout, (rig.tmp / f"fleet-{k}.log").open("wb") as stderr:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout,
+                                    stderr=stderr, env=rig.env)
+
+        def listening(out: Path = out, proc: subprocess.Popen[bytes] = proc) -> bool:
+            return "listening on" in out.read_text() or proc.poll() is not None
+
+        if wait_until(listening, 60) and proc.poll() is None:
+            time.sleep(0.5)  # every line is printed at once, once all sockets are bound
+            if out.read_text().count("listening on") >= lines:
+                return proc, how
+        stop_process(proc, f"fleet rexec server {k}")  # one --host only: the next way
+    log = (rig.tmp / f"fleet-{k}.log").read_text(errors="replace")[-2000:]
+    raise SystemExit(f"fleet rexec server {k} did not start:\n{log}")
 
 
 def start_fleet_sshds(rig: Rig, fleet: Fleet, stack: contextlib.ExitStack) -> None:
@@ -1410,9 +1430,10 @@ def fleet_contenders(rig: Rig, fleet: Fleet, n: int) -> list[tuple[str, list[str
     rexec_args = [str(fleet.rexec_port), token]
     contenders = [("rexec.Client + asyncio.gather", ["rexec", *rexec_args])]
     if hasattr(rexec, "Group"):
-        contenders.append(("rexec.Group.run", ["rexec-group", *rexec_args]))
-        # TODO(fleet CLI): add `rexec run 'PATTERN' -- hostname` here once its inventory
-        # syntax is settled: a contender timed as a whole process, as row 2 times the CLIs.
+        contenders.append((f"rexec.Group.run, forks {n}", ["rexec-group", *rexec_args]))
+        # TODO(fleet CLI): add `rexec run 'PATTERN' -- hostname` here (an inventory of the
+        # fleet's addresses written for it): a contender timed as a whole process, as row 2
+        # times the CLIs.
     contenders.append(("asyncssh + asyncio.gather",
                        ["asyncssh", str(fleet.ssh_port), str(d / "client_key"),
                         str(fleet.known_hosts)]))
