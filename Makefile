@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS ?=
 
-.PHONY: install demo test lint imports typecheck unit e2e bench bench-quick throughput soak clean
+.PHONY: install demo test lint imports typecheck unit e2e bench bench-quick bench-fleet throughput soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py --quick $(BENCH_ARGS)
+
+# The fleet row alone (50, 500 and 1,000 loopback hosts; a few minutes): rewrites only its own
+# section of docs/benchmarks.md. parallel-ssh joins the row when installed (pip install parallel-ssh).
+bench-fleet: $(BENCH_STAMP)
+	$(BIN)/python bench/suite.py --only fleet $(BENCH_ARGS)
 
 throughput: $(STAMP)
 	$(BIN)/python bench/throughput.py

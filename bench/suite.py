@@ -33,7 +33,13 @@ Then, interleaving the contenders (A B C A B C ..., the order rotated each round
      holding 1,000 idle authenticated connections;
   5. fan-out through the Python API, asyncio.gather: 50 and 500 connections each running
      `hostname`, rexec.Client against asyncssh;
-  6. 20 clients x 20 sequential `true` on their own connections: commands per second.
+  6. 20 clients x 20 sequential `true` on their own connections: commands per second;
+  7. a fleet fan-out (`--only fleet`, or `make bench-fleet`, a few minutes alone): 50, 500
+     and 1,000 hosts, each its own loopback address (rexec servers serving many addresses each,
+     bench/fleet_server.py; sshds of 16 ListenAddress lines, their most), `hostname` on all at
+     once from a cold client process (bench/fleet_client.py): rexec.Client with
+     asyncio.gather, asyncssh likewise, parallel-ssh when installed; wall time and the
+     client's peak RSS.
 Medians and p95 (nearest rank) over every sample; ratios are taken between medians of the
 same run. Every loop has a fixed count and every wait a deadline. Not part of the test suite.
 """
@@ -109,6 +115,9 @@ class Plan:
     clients: int  # row 6
     sequential: int
     cps_rounds: int
+    fleet: tuple[int, ...] = (50, 500, 1000)  # row 7: hosts, each its own loopback address
+    fleet_rounds: int = 3
+    fleet_servers: int = 2  # rexec server processes sharing the fleet's addresses
 
 
 FULL = Plan("full", latency_rounds=20, latency_batch=25, fresh_rounds=20, size=GIB,
@@ -118,7 +127,7 @@ FULL = Plan("full", latency_rounds=20, latency_batch=25, fresh_rounds=20, size=G
 QUICK = Plan("quick", latency_rounds=6, latency_batch=15, fresh_rounds=6, size=256 * MIB,
              stream_rounds=3, idle_connections=1000, idle_rounds=1,
              sshd_idle_connections=200, fanout=(50, 500),
-             fanout_rounds=2, clients=20, sequential=20, cps_rounds=3)
+             fanout_rounds=2, clients=20, sequential=20, cps_rounds=3, fleet_rounds=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1273,6 +1282,293 @@ def cps_row(rig: Rig, plan: Plan, runner: asyncio.Runner) -> list[Series]:
 
 
 # ---------------------------------------------------------------------------------------------
+# row 7: a fleet fan-out, every host its own loopback address
+
+FLEET_CLIENT = Path(__file__).resolve().parent / "fleet_client.py"
+FLEET_SERVER = Path(__file__).resolve().parent / "fleet_server.py"
+SSHD_LISTEN_MAX = 16  # OpenSSH listens on at most 16 sockets per sshd (MAX_LISTEN_SOCKS)
+PSSH_DEFAULT_POOL = 100  # parallel-ssh's own default concurrency
+
+
+def fleet_addresses(n: int) -> list[str]:
+    """n distinct loopback addresses, 127.0.1.1 up (all of 127/8 is this machine's)."""
+    return [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(n)]
+
+
+@dataclass
+class Fleet:
+    """The fleet row's servers: rexec and sshd on the same addresses, one port each."""
+
+    addresses: list[str]
+    rexec_port: int = 0
+    ssh_port: int = 0
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sshds: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    known_hosts: Path = Path()
+    how: str = ""
+
+
+def start_fleet_servers(rig: Rig, fleet: Fleet, stack: contextlib.ExitStack,
+                        processes: int) -> None:
+    """rexec on every fleet address: ``processes`` servers, address i served by server
+    i % processes. Each is `rexec-server --host A --host B ...` where rexec-server takes
+    several --host; otherwise bench/fleet_server.py, which serves many addresses with rexec's
+    own Server in one process."""
+    fleet.rexec_port = free_port()
+    how = ""
+    for k in range(processes):
+        mine = fleet.addresses[k::processes]
+        proc, how = start_fleet_server(rig, k, mine, fleet.rexec_port)
+        stack.callback(stop_process, proc, f"fleet rexec server {k}")
+        fleet.servers.append(proc)
+    fleet.how = (f"{processes} rexec server processes ({how}), one port,"
+                 f" {len(fleet.addresses)} addresses")
+
+
+def start_fleet_server(rig: Rig, k: int, addresses: list[str], port: int
+                       ) -> tuple[subprocess.Popen[bytes], str]:
+    """One fleet server listening on ``addresses``: rexec-server itself when it takes several
+    --host (it prints a "listening on" line for each), else bench/fleet_server.py."""
+    common = ["--port", str(port), "--token-file", str(rig.tmp / "home" / "token"),
+              "--config", str(rig.tmp / "server.toml")]
+    ways = [("`rexec-server --host A --host B ...`",
+             [str(BIN / "rexec-server"), *common,
+              *(arg for a in addresses for arg in ("--host", a))], len(addresses)),
+            ("bench/fleet_server.py: rexec's Server on each of its addresses",
+             [sys.executable, str(FLEET_SERVER), *common, *addresses], 1)]
+    for how, argv, lines in ways:
+        out = rig.tmp / f"fleet-{k}.out"
+        with out.open("wb") as stdout, (rig.tmp / f"fleet-{k}.log").open("wb") as stderr:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout,
+                                    stderr=stderr, env=rig.env)
+
+        def listening(out: Path = out, proc: subprocess.Popen[bytes] = proc) -> bool:
+            return "listening on" in out.read_text() or proc.poll() is not None
+
+        if wait_until(listening, 60) and proc.poll() is None:
+            time.sleep(0.5)  # every line is printed at once, once all sockets are bound
+            if out.read_text().count("listening on") >= lines:
+                return proc, how
+        stop_process(proc, f"fleet rexec server {k}")  # one --host only: the next way
+    log = (rig.tmp / f"fleet-{k}.log").read_text(errors="replace")[-2000:]
+    raise SystemExit(f"fleet rexec server {k} did not start:\n{log}")
+
+
+def start_fleet_sshds(rig: Rig, fleet: Fleet, stack: contextlib.ExitStack) -> None:
+    """sshd on every fleet address, SSHD_LISTEN_MAX addresses per sshd, with the rig's host
+    and client keys; a known_hosts line per address (asyncssh checks the host key)."""
+    d = rig.tmp / "ssh"
+    fleet.ssh_port = free_port()
+    while fleet.ssh_port == fleet.rexec_port:
+        fleet.ssh_port = free_port()
+    chunks = [fleet.addresses[i:i + SSHD_LISTEN_MAX]
+              for i in range(0, len(fleet.addresses), SSHD_LISTEN_MAX)]
+    for k, chunk in enumerate(chunks):
+        config = d / f"fleet_sshd_{k}"
+        listen = "".join(f"ListenAddress {a}:{fleet.ssh_port}\n" for a in chunk)
+        config.write_text(f"""# fleet sshd {k} of bench/suite.py
+{listen}HostKey {d / "host_key"}
+PidFile {d / f"fleet_sshd_{k}.pid"}
+AuthorizedKeysFile {d / "authorized_keys"}
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+MaxStartups {SSHD_MAX_STARTUPS}
+MaxSessions 10
+UseDNS no
+PrintMotd no
+PrintLastLog no
+SetEnv SHLVL=1
+""")
+        with (d / f"fleet_sshd_{k}.log").open("wb") as log:
+            proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        stack.callback(stop_process, proc, f"fleet sshd {k}")
+        fleet.sshds.append(proc)
+
+        def accepting(host: str = chunk[-1], proc: subprocess.Popen[bytes] = proc) -> bool:
+            try:
+                with socket.create_connection((host, fleet.ssh_port), timeout=1):
+                    return True
+            except OSError:
+                return proc.poll() is not None
+
+        if not wait_until(accepting, 30) or proc.poll() is not None:
+            text = (d / f"fleet_sshd_{k}.log").read_text(errors="replace")[-2000:]
+            raise SystemExit(f"fleet sshd {k} did not start:\n{text}")
+    key_type, key = (d / "host_key.pub").read_text().split()[:2]
+    fleet.known_hosts = d / "fleet_known_hosts"
+    fleet.known_hosts.write_text("".join(f"[{a}]:{fleet.ssh_port} {key_type} {key}\n"
+                                         for a in fleet.addresses))
+
+
+def setup_fleet(rig: Rig, plan: Plan, stack: contextlib.ExitStack) -> Fleet:
+    fleet = Fleet(fleet_addresses(max(plan.fleet)))
+    start_fleet_servers(rig, fleet, stack, plan.fleet_servers)
+    start_fleet_sshds(rig, fleet, stack)
+    return fleet
+
+
+def pssh_available() -> bool:
+    with contextlib.suppress(ImportError):
+        import pssh.clients  # noqa: F401
+
+        return True
+    return False
+
+
+def fleet_contenders(rig: Rig, fleet: Fleet, n: int) -> list[tuple[str, list[str]]]:
+    """(name, fleet_client.py arguments after the hosts file) for a fleet of n hosts.
+
+    rexec.Group and the `rexec run PATTERN` CLI are being written on other branches: their
+    contenders join the row as soon as `rexec.Group` exists (the CLI's spot is marked below)."""
+    token = str(rig.tmp / "home" / "token")
+    d = rig.tmp / "ssh"
+    rexec_args = [str(fleet.rexec_port), token]
+    contenders = [("rexec.Client + asyncio.gather", ["rexec", *rexec_args])]
+    if hasattr(rexec, "Group"):
+        contenders.append((f"rexec.Group.run, forks {n}", ["rexec-group", *rexec_args]))
+        # TODO(fleet CLI): add `rexec run 'PATTERN' -- hostname` here (an inventory of the
+        # fleet's addresses written for it): a contender timed as a whole process, as row 2
+        # times the CLIs.
+    contenders.append(("asyncssh + asyncio.gather",
+                       ["asyncssh", str(fleet.ssh_port), str(d / "client_key"),
+                        str(fleet.known_hosts)]))
+    if pssh_available():
+        contenders.append((f"parallel-ssh, pool {n}",
+                           ["pssh", str(fleet.ssh_port), str(d / "client_key"), str(n)]))
+        if n > PSSH_DEFAULT_POOL:
+            contenders.append((f"parallel-ssh, pool {PSSH_DEFAULT_POOL} (its default)",
+                               ["pssh", str(fleet.ssh_port), str(d / "client_key"),
+                                str(PSSH_DEFAULT_POOL)]))
+    return contenders
+
+
+def settle_fleet(rig: Rig, fleet: Fleet) -> None:
+    """Let the previous contender's connections wind down (sshd's forks gone, bounded)."""
+    for proc in fleet.sshds:
+        wait_until(lambda pid=proc.pid: not descendants(pid), 15, 0.1)
+    settle(rig)
+
+
+def fleet_row(rig: Rig, plan: Plan, fleet: Fleet) -> list[Series]:
+    say(f"[7] fleet fan-out: {', '.join(map(str, plan.fleet))} hosts (loopback addresses)"
+        " each running `hostname`, one cold client process per run")
+    contenders: list[tuple[Series, Batch]] = []
+    for n in plan.fleet:
+        hosts = rig.tmp / f"fleet-hosts-{n}"
+        hosts.write_text("\n".join(fleet.addresses[:n]) + "\n")
+        for name, args in fleet_contenders(rig, fleet, n):
+            series = Series(f"{name}, {n} hosts", short=f"{name.split(' ')[0]} {n}")
+            argv = [sys.executable, str(FLEET_CLIENT), args[0], str(hosts), *args[1:]]
+
+            def batch(k: int, argv: list[str] = argv, n: int = n, series: Series = series
+                      ) -> list[float]:
+                times = []
+                for _ in range(k):
+                    settle_fleet(rig, fleet)
+                    overflows = listen_overflows()
+                    whole, _, out = timed_process(argv, rig.env, capture=True)
+                    series.add_extra("overflows", listen_overflows() - overflows)
+                    got = json.loads(out.decode().strip().splitlines()[-1])
+                    if got["ok"] != n:
+                        raise RuntimeError(f"{n - got['ok']} of {n} failed, e.g."
+                                           f" {got['errors'][:1]}")
+                    times.append(got["seconds"])
+                    series.rss_kib.append(got["peak_rss_kib"])
+                    series.add_extra("process", whole)
+                return times
+
+            contenders.append((series, batch))
+    # Every run is a cold client; the servers are warmed once (their first connections'
+    # imports and allocations), by rexec's widest run, not counted.
+    warm = [c for c in contenders if c[0].name.startswith("rexec.Client")][-1]
+    warm[1](1)
+    warm[0].values.clear()
+    warm[0].rss_kib.clear()
+    warm[0].extra.clear()
+    measure_rounds(contenders, plan.fleet_rounds, 1, warmup=0)
+    return [s for s, _ in contenders]
+
+
+def fleet_section(res: Results, fleet_how: str, w: Callable[[str], None],
+                  target: Callable[..., None], targets: list[tuple[str, str, str]]) -> None:
+    """Table 7 and its targets (in the issue's table, and repeated in the section, which
+    `--only fleet` rewrites alone)."""
+    fl, plan = res.fleet, res.plan
+    w(FLEET_START)
+    w("## 7. Fleet fan-out: every host its own loopback address")
+    w("")
+    w(f"{plan.fleet_rounds} rounds; N hosts, each a distinct loopback address (127.0.1.1 up),"
+      " asked to run `hostname` (output checked) at once from one cold client process"
+      " (bench/fleet_client.py, started afresh for every run): rexec.Client and asyncssh open"
+      " one connection per host with `asyncio.gather`, parallel-ssh runs its"
+      " ParallelSSHClient. The time is from the first connect to the last result (the"
+      " client's interpreter start-up and imports outside it; the whole process beside it);"
+      f" peak RSS is the client process's VmHWM. Servers: {fleet_how}; sshd: one per"
+      f" {SSHD_LISTEN_MAX} addresses (MaxStartups {SSHD_MAX_STARTUPS}, SetEnv SHLVL=1).")
+    w("")
+    w("| contender | median s | p95 s | n | vs rexec | whole process, median s |"
+      " client peak RSS, median MiB | listen-queue overflows (max) |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in plan.fleet:
+        mine = [s for s in fl if s.name.endswith(f", {n} hosts")]
+        base = find(mine, "rexec.Client").median
+        for s in mine:
+            rss = median([float(v) for v in s.rss_kib]) / 1024
+            w(f"| {s.name} | {fnum(s.median, 3)} | {fnum(s.p95, 3)} | {len(s.values)} |"
+              f" {fx(ratio(s.median, base))} | {fnum(median(s.extra.get('process', [])), 3)}"
+              f" | {fnum(rss, 1)} | {fnum(max(s.extra.get('overflows', []), default=math.nan), 0)}"
+              " |")
+    w("")
+    if not pssh_available():
+        w("parallel-ssh is not installed (`pip install parallel-ssh`): its rows are skipped.")
+    else:
+        w("parallel-ssh (ssh2-python) checks no host key here; asyncssh checks each host's.")
+    w("")
+    for line in errors_note(fl):
+        w(line)
+    w("")
+    r500 = find(fl, "rexec.Client + asyncio.gather, 500 ").median
+    r1000 = find(fl, "rexec.Client + asyncio.gather, 1000 ")
+    a500 = find(fl, "asyncssh + asyncio.gather, 500 ").median
+    target("fleet: 500 hosts' `hostname` in under 1 s (cold client)", r500, 1.0,
+           f"{fnum(r500, 3)} s")
+    target("fleet: 1,000 hosts in under 2 s (cold client)", r1000.median, 2.0,
+           f"{fnum(r1000.median, 3)} s")
+    target("fleet: >= 3x faster than asyncssh at 500 hosts", ratio(a500, r500), 3.0,
+           f"{fx(ratio(a500, r500))} ({fnum(r500, 3)} s vs {fnum(a500, 3)} s)", lower=False)
+    rss = median([float(v) for v in r1000.rss_kib]) / 1024
+    target("fleet: client peak RSS under 100 MB at 1,000 hosts", rss * 1.048576, 100.0,
+           f"{fnum(rss * 1.048576, 1)} MB ({fnum(rss, 1)} MiB)")
+    w("| target | measured | verdict |")
+    w("| --- | --- | --- |")
+    for name, text, verdict in targets[-4:]:
+        w(f"| {name} | {text} | {verdict} |")
+    w("")
+    w(FLEET_END)
+
+
+FLEET_START = "<!-- fleet row: start (bench/suite.py --only fleet rewrites this part) -->"
+FLEET_END = "<!-- fleet row: end -->"
+
+
+def splice_fleet(existing: str, text: str) -> str:
+    """The fleet section of ``text`` put in place of the one in ``existing`` (or before the
+    targets table when it has none), so that `--only fleet` keeps the other tables."""
+    section = text[text.index(FLEET_START):text.index(FLEET_END) + len(FLEET_END)]
+    if FLEET_START in existing and FLEET_END in existing:
+        return (existing[:existing.index(FLEET_START)] + section
+                + existing[existing.index(FLEET_END) + len(FLEET_END):])
+    anchor = "## The issue's targets"
+    at = existing.index(anchor) if anchor in existing else len(existing)
+    return existing[:at] + section + "\n\n" + existing[at:]
+
+
+# ---------------------------------------------------------------------------------------------
 # the report
 
 
@@ -1286,6 +1582,8 @@ class Results:
     idle_sshd: SshdIdle | None = None
     fanout: list[Series] = field(default_factory=list)
     cps: list[Series] = field(default_factory=list)
+    fleet: list[Series] = field(default_factory=list)
+    fleet_how: str = ""
 
 
 def find(series: list[Series], prefix: str) -> Series:
@@ -1754,7 +2052,7 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
         w("A listen-queue overflow (the machine's TcpExt ListenOverflows counter, so another"
           " program's could count too) is a connection attempt the kernel dropped because the"
           " server's accept backlog was full; the client's SYN is then retried after 1 s, 2 s..."
-          " rexec-server listens with asyncio's default backlog (100), sshd with 128.")
+          " rexec-server listens with a backlog of 1024 (LISTEN_BACKLOG), sshd with 128.")
         w("")
         out.extend(errors_note(fo))
         w("")
@@ -1790,6 +2088,10 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
         target("commands/s with 20 clients >= 1.5x asyncssh", ratio(a_cps.median, rc), 1.5,
                f"{fx(ratio(a_cps.median, rc))} ({fnum(total / rc, 0)} vs"
                f" {fnum(total / a_cps.median, 0)} commands/s)", lower=False)
+
+    if res.fleet:
+        fleet_section(res, res.fleet_how, w, target, targets)
+        w("")
 
     w("## The issue's targets (ratios from this run)")
     w("")
@@ -1845,13 +2147,15 @@ NOTES = [
 # ---------------------------------------------------------------------------------------------
 
 
-def main() -> int:  # noqa: PLR0915
+def main() -> int:  # noqa: PLR0912, PLR0915
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="a short run (2-3 minutes): fewer rounds, smaller streams")
     parser.add_argument("--size", type=int, default=None,
                         help="bytes streamed in row 3 (default 1 GiB, 256 MiB with --quick)")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="rows to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7",
+                        help="rows to run, e.g. 1,3; 7 or fleet: the fleet fan-out alone (it"
+                             " then rewrites only its own section of --output)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="where the table goes ('-' for nowhere)")
     args = parser.parse_args()
@@ -1860,7 +2164,7 @@ def main() -> int:  # noqa: PLR0915
         if args.size <= 0:
             parser.error("--size must be positive")
         plan = dataclasses.replace(plan, size=args.size)
-    rows = {int(x) for x in args.only.split(",") if x.strip()}
+    rows = {7 if x.strip() == "fleet" else int(x) for x in args.only.split(",") if x.strip()}
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
     def on_term(signum: int, frame: object) -> None:
@@ -1905,6 +2209,11 @@ def main() -> int:  # noqa: PLR0915
             res.fanout = fanout_row(rig, plan, runner)
         if 6 in rows:
             res.cps = cps_row(rig, plan, runner)
+        if 7 in rows:
+            fleet = setup_fleet(rig, plan, stack)
+            res.fleet = fleet_row(rig, plan, fleet)
+            res.fleet_how = (f"{fleet.how}; the machine's 1-minute load average was"
+                             f" {os.getloadavg()[0]:.1f} at the row's end")
         info["load"] = (f"{load_start[0]:.2f} before the run, {os.getloadavg()[0]:.2f} at its"
                         " end (1-minute load average of the whole machine, the suite's own"
                         " processes included)")
@@ -1915,6 +2224,8 @@ def main() -> int:  # noqa: PLR0915
     say(text)
     if str(args.output) != "-":
         args.output.parent.mkdir(parents=True, exist_ok=True)
+        if rows == {7} and args.output.exists():
+            text = splice_fleet(args.output.read_text(), text)  # the other tables stay
         args.output.write_text(text)
         say(f"written to {args.output}; the whole run took {time.monotonic() - started:.0f} s")
     return 0

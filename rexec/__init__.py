@@ -94,4 +94,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'rexec' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found directly from now on: fan-outs look rexec.Client up often
+    return value

@@ -340,6 +340,13 @@ class ScriptedRunner:
 
         return self.start_shell(shlex.join(argv), env, cwd, stdin, confine)
 
+    async def spawn_shell(self, command: str, env: object, cwd: str | None = None,
+                          stdin: bool = False, confine: object = None) -> ScriptedChild:
+        return self.start_shell(command, env, cwd, stdin, confine)
+
+    async def spawn(self, argv: list[str], env: object, cwd: str | None = None,
+                    stdin: bool = False, confine: object = None) -> ScriptedChild:
+        return self.start(argv, env, cwd, stdin, confine)
 
 # --- many loopback "hosts" served by one process (fleet tests) ---
 

@@ -146,15 +146,30 @@ class Link(Protocol):
         """The command's log line and audit record."""
 
 
-def spawn(state: ServerState, plan: Plan) -> Child | str:
+async def spawn(state: ServerState, plan: Plan) -> Child | str:
     """Start the child ``plan`` describes; or say why it could not start."""
     run, argv, cwd, confine = plan.run, plan.argv, plan.spawn_cwd, plan.confinement
     try:
         if argv is None:
-            return state.runner.start_shell(run.command, plan.env, cwd, run.stdin, confine)
-        return state.runner.start(argv, plan.env, cwd, run.stdin, confine)
+            return await state.runner.spawn_shell(run.command, plan.env, cwd, run.stdin,
+                                                  confine)
+        return await state.runner.spawn(argv, plan.env, cwd, run.stdin, confine)
     except (OSError, subprocess.SubprocessError) as exc:
         return describe_spawn_error(exc, argv or ["/bin/sh"], cwd, confine)
+
+
+def hold_slot(state: ServerState, command: Command) -> None:
+    """Count ``command`` in its identity's max_commands (once), from before its spawn."""
+    if not command.holds_slot:
+        command.holds_slot = True
+        state.active_commands[command.identity.name] += 1
+
+
+def free_slot(state: ServerState, command: Command) -> None:
+    """Give the command's max_commands slot back, once."""
+    if command.holds_slot:
+        command.holds_slot = False
+        state.active_commands[command.identity.name] -= 1
 
 
 class RunningCommand:
@@ -168,8 +183,7 @@ class RunningCommand:
         self.child = child
         self._on_release = on_release
         self.feeder = StdinFeeder(child, self._send_credit) if command.run.stdin else None
-        state.active_commands[command.identity.name] += 1  # its identity's max_commands
-        command.holds_slot = True
+        hold_slot(state, command)  # its identity's max_commands (the session took it already)
 
     # what the client's frames ask of the command
 
@@ -197,10 +211,7 @@ class RunningCommand:
 
     def _free_slot(self) -> None:
         """Give the command's max_commands slot back, once."""
-        command = self.command
-        if command.holds_slot:
-            command.holds_slot = False
-            self.state.active_commands[command.identity.name] -= 1
+        free_slot(self.state, self.command)
 
     async def supervise(self) -> None:
         """Pump the child's output, wait for it, then send the exit frame and report it."""

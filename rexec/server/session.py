@@ -1,9 +1,10 @@
 """One connection: the handshake, then its commands one after another.
 
 A Session drives the server handshake (``ServerHandshake``), then reads the client's frames and
-acts on them: a ``run`` is admitted (``admit``), audited and spawned synchronously when the frame
-arrives (so stdin frames right behind it find the child), then supervised by a
-``RunningCommand`` until its exit frame; stdin, signal and cancel frames go to that command.
+acts on them: a ``run`` is admitted (``admit``), audited and spawned before the next frame is
+read (so stdin frames right behind it find the child; the spawn runs off the event loop, which
+serves the other sessions meanwhile), then supervised by a ``RunningCommand`` until its exit
+frame; stdin, signal and cancel frames go to that command.
 The session is the command's ``Link`` to the client, and ends the connection (idle timeout,
 shutdown, a fatal error) whatever the command is doing.
 """
@@ -21,7 +22,7 @@ from rexec.errors import ConnectionLost, ProtocolError
 from rexec.server import defaults
 from rexec.server.admission import Plan, admit
 from rexec.server.audit import log_event
-from rexec.server.command import Command, RunningCommand, spawn
+from rexec.server.command import Command, RunningCommand, free_slot, hold_slot, spawn
 from rexec.server.exec.env import audit_env
 from rexec.server.handshake import Accepted, HandshakeRefusal, ServerHandshake
 from rexec.server.identity import Identity, Refusal
@@ -62,6 +63,7 @@ class Session:
         self.identity: Identity | None = None
         self.claimed_identity: str | None = None
         self.running: RunningCommand | None = None
+        self.spawning = False  # a command was admitted and its child is being started
         self.command_task: asyncio.Task[None] | None = None
         self.lost = False
         self.waiting = True  # counted by the server's StartupGate until authenticated
@@ -224,7 +226,7 @@ class Session:
         """Act on one frame from an authenticated client."""
         header, running = frame.header, self.running
         if header.type == "run":
-            self.start_command(header)
+            await self.start_command(header)
         elif header.type == "error":
             raise ConnectionLost(f"the client reported an error: {header.message}")
         elif running is None:
@@ -238,7 +240,7 @@ class Session:
         elif header.type == "cancel":
             running.cancel()
 
-    def start_command(self, run: Run) -> None:
+    async def start_command(self, run: Run) -> None:
         """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""
         identity = self.identity
         assert identity is not None  # the state table allows run only after auth_ok
@@ -249,7 +251,7 @@ class Session:
                               cwd=decision.cwd)
             try:
                 if self._audit_start(command, decision):
-                    self._spawn(command, decision)
+                    await self._spawn(command, decision)
             finally:
                 decision.close()
             return
@@ -283,15 +285,38 @@ class Session:
                                " it can"))
         return False
 
-    def _spawn(self, command: Command, plan: Plan) -> None:
-        """Start the child the plan describes, and supervise it until its exit frame."""
-        child = spawn(self.state, plan)
+    async def _spawn(self, command: Command, plan: Plan) -> None:
+        """Start the child the plan describes, and supervise it until its exit frame.
+
+        The command holds its max_commands slot from here, as when spawns took no time. A
+        cancel (shutdown, idle timeout) while the child starts waits for it: the command is
+        then supervised, so it is stopped, reaped and audited like any other, and the cancel
+        goes on from there."""
+        hold_slot(self.state, command)
+        self.spawning = True
+        starting = asyncio.ensure_future(spawn(self.state, plan))
+        cancelled = False
+        try:
+            while not starting.done():
+                try:
+                    await asyncio.shield(starting)
+                except asyncio.CancelledError:
+                    cancelled = True
+            child = starting.result()
+        except BaseException:
+            free_slot(self.state, command)
+            raise
+        finally:
+            self.spawning = False
         if isinstance(child, str):
+            free_slot(self.state, command)
             self.not_started(command, child)
-            return
-        self.running = RunningCommand(self.state, self, command, child, self._released)
-        self.commands += 1
-        self.command_task = asyncio.create_task(self._supervise(self.running))
+        else:
+            self.running = RunningCommand(self.state, self, command, child, self._released)
+            self.commands += 1
+            self.command_task = asyncio.create_task(self._supervise(self.running))
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def _supervise(self, running: RunningCommand) -> None:
         await running.supervise()

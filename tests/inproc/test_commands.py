@@ -222,3 +222,84 @@ def test_a_shutdown_lets_the_running_command_finish_then_says_shutting_down() ->
     result, after = asyncio.run(main())
     assert result.exit_code == 0 and result.stdout == b"working\n"
     assert "shutting down" in after
+
+
+class SlowSpawns(ScriptedRunner):
+    """Children that take until ``go`` is set to start (as a spawn off the event loop may)."""
+
+    def __init__(self, script: Script) -> None:
+        super().__init__(script)
+        self.go = asyncio.Event()
+        self.spawning = asyncio.Event()
+
+    async def spawn_shell(self, command: str, env: object, cwd: str | None = None,
+                          stdin: bool = False, confine: object = None) -> ScriptedChild:
+        self.spawning.set()
+        await self.go.wait()
+        return self.start_shell(command, env, cwd, stdin, confine)
+
+
+@contextlib.asynccontextmanager
+async def slow_server(runner: SlowSpawns, policy: Policy, audit: Path
+                      ) -> AsyncIterator[tuple[Server, str]]:
+    identities = Identities({"default": Identity("default", TokenVerifier.from_token(TOKEN),
+                                                 policy=policy)})
+    log = AuditLog(audit)
+    log.open()
+    server = Server(identities, port=0, runner=runner, audit=log)  # type: ignore[arg-type]
+    host, port = (await server.start())[0]
+    try:
+        yield server, f"{host}:{port}"
+    finally:
+        await server.close()
+
+
+def test_a_command_holds_its_max_commands_slot_while_its_child_starts(tmp_path: Path) -> None:
+    runner = SlowSpawns(lambda cmd, stdin: ScriptedChild([b"one\n"]))
+
+    async def main() -> tuple[str, rexec.Result]:
+        async with slow_server(runner, Policy(max_commands=1), tmp_path / "audit") as (
+                _, address), rexec.Client(address, token=TOKEN) as first, \
+                    rexec.Client(address, token=TOKEN) as second:
+            running = asyncio.ensure_future(first.run("one"))
+            await runner.spawning.wait()
+            with pytest.raises(rexec.RexecError) as refused:
+                await second.run("two")
+            runner.go.set()
+            return str(refused.value), await running
+
+    refused, result = asyncio.run(main())
+    assert "max_commands" in refused
+    assert result.stdout == b"one\n" and result.exit_code == 0
+
+
+def test_a_server_closed_while_a_child_starts_stops_and_audits_it(tmp_path: Path) -> None:
+    """The cancel waits for the child: it is then supervised, stopped and audited."""
+    children: list[ScriptedChild] = []
+
+    def script(cmd: str, stdin: bool) -> ScriptedChild:
+        children.append(ScriptedChild([b"never read\n"], hang=True))
+        return children[-1]
+
+    runner = SlowSpawns(script)
+    audit = tmp_path / "audit"
+
+    async def main() -> None:
+        async with slow_server(runner, Policy(), audit) as (server, address):
+            client = rexec.Client(address, token=TOKEN)
+            await client.connect()
+            running = asyncio.ensure_future(client.run("sleep 100"))
+            await runner.spawning.wait()
+            closing = asyncio.ensure_future(server.close())
+            await asyncio.sleep(0.05)
+            runner.go.set()  # the child exists only now, after the server began to close
+            await closing
+            with pytest.raises(rexec.RexecError):
+                await running
+            await client.close()
+
+    asyncio.run(main())
+    assert len(children) == 1 and children[0].closed
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    commands = [r.get("decision") for r in records if r.get("event") == "command"]
+    assert commands == ["started", "run"]

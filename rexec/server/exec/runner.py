@@ -3,18 +3,30 @@
 A command runs as ``/bin/sh -c COMMAND`` in a new session, so it leads its own process group and
 every signal rexec sends (timeout, cancel, lost client) reaches the whole group, grandchildren
 included. A simple command (``direct_argv``, in ``shortcut``) is executed directly instead, as
-``bash -c`` does. The running child is a ``ChildProcess`` (``child``). ``Runner.start`` is the
-one place a process is made: a test can swap in another Runner.
+``bash -c`` does. The running child is a ``ChildProcess`` (``child``). ``Runner`` is the one
+place a process is made: a test can swap in another Runner.
+
+``Runner.spawn_shell`` and ``Runner.spawn`` make the same process as ``start_shell`` and
+``start``, but when the child needs nothing run between fork and exec (no user switch, no
+rlimits) they call ``subprocess.Popen`` on a spawner thread: Python then uses vfork, and holds
+the calling thread (not the GIL) until the child has exec'd, which takes 0.4-2 ms a command on
+a loaded machine; on the event loop that stall was most of the server's time in a fan-out
+(docs/benchmarks.md). The Popen call and its arguments are the very same, so the child is the
+server's child with the same session, umask, descriptors and environment; the loop thread
+alone wraps it (``ChildProcess``) and tells the guardian.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
 import resource
+import signal
 import subprocess
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +40,9 @@ if TYPE_CHECKING:
 
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+SPAWN_THREADS = 4
+"""Spawner threads: each waits out one vfork + exec with the GIL released, so a few let
+children start on every core while the event loop goes on."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,7 @@ class Runner:
                  guardian: Guardian | None = None) -> None:
         self.kill_grace = kill_grace
         self.guardian = guardian
+        self._spawner: ThreadPoolExecutor | None = None
 
     def start_shell(
         self,
@@ -132,11 +148,9 @@ class Runner:
         words and with its own status (127, 126), or runs the script, exactly as without this
         shortcut. Without PATH, sh and execvp would search different defaults: the shell runs.
         """
-        words = direct_argv(command)
-        if words is not None and env.get("PATH"):
-            with contextlib.suppress(OSError):
-                return self.start(words, env, cwd, stdin, confine)
-        return self.start(["/bin/sh", "-c", command], env, cwd, stdin, confine)
+        setup = _child_setup(confine)
+        return self._adopt(_popen_shell(command, env, cwd, stdin, umask=confine.umask,
+                                        setup=setup))
 
     def start(
         self,
@@ -148,20 +162,97 @@ class Runner:
     ) -> ChildProcess:
         """Start ``argv`` with exactly ``env``; OSError if it cannot (a missing cwd or program),
         SubprocessError if the child could not confine itself (see ``describe_spawn_error``)."""
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-            umask=confine.umask,
-            preexec_fn=_child_setup(confine),  # noqa: PLW1509 - user switch and limits
-        )
+        setup = _child_setup(confine)
+        return self._adopt(_popen(argv, env, cwd, stdin, umask=confine.umask, setup=setup))
+
+    async def spawn_shell(
+        self,
+        command: str,
+        env: Mapping[str, str],
+        cwd: str | None = None,
+        stdin: bool = False,
+        confine: Confinement = Confinement(),
+    ) -> ChildProcess:
+        """``start_shell`` without holding up the event loop (see the module's docstring)."""
+        if _child_setup(confine) is not None:  # fork + preexec_fn: on the loop, as always
+            return self.start_shell(command, env, cwd, stdin, confine)
+        return self._adopt(await self._on_spawner(functools.partial(
+            _popen_shell, command, env, cwd, stdin, umask=confine.umask, setup=None)))
+
+    async def spawn(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        cwd: str | None = None,
+        stdin: bool = False,
+        confine: Confinement = Confinement(),
+    ) -> ChildProcess:
+        """``start`` without holding up the event loop (see the module's docstring)."""
+        if _child_setup(confine) is not None:
+            return self.start(argv, env, cwd, stdin, confine)
+        return self._adopt(await self._on_spawner(functools.partial(
+            _popen, argv, env, cwd, stdin, umask=confine.umask, setup=None)))
+
+    async def _on_spawner(self, make: Callable[[], subprocess.Popen[bytes]]
+                          ) -> subprocess.Popen[bytes]:
+        """``make()`` on a spawner thread. If the caller is cancelled meanwhile, the child is
+        still wrapped once it exists, then killed and reaped: no process escapes the server."""
+        if self._spawner is None:
+            self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="rexec-spawn")
+        made = asyncio.get_running_loop().run_in_executor(self._spawner, make)
+        try:
+            return await asyncio.shield(made)
+        except asyncio.CancelledError:
+            made.add_done_callback(self._stop_orphan)
+            raise
+
+    def _stop_orphan(self, made: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+        """A spawn whose caller was cancelled: kill the child's group and reap its leader."""
+        if made.cancelled() or made.exception() is not None:
+            return
+        child = self._adopt(made.result())
+        child.signal_group(signal.SIGKILL)  # it never ran for anyone: nothing to wind down
+        child.close()  # reaped as soon as it has exited
+
+    def _adopt(self, popen: subprocess.Popen[bytes]) -> ChildProcess:
+        """Wrap a new child on the event loop and tell the guardian of its group."""
         child = ChildProcess(popen, self.kill_grace)
         if self.guardian is not None:
             self.guardian.watch(child.pid)
             child.on_close = self.guardian.forget
         return child
+
+    def close(self) -> None:
+        """Let the spawner threads go (a later spawn starts them again)."""
+        if self._spawner is not None:
+            self._spawner.shutdown(wait=False)
+            self._spawner = None
+
+
+def _popen_shell(command: str, env: Mapping[str, str], cwd: str | None, stdin: bool, *,
+                 umask: int, setup: Callable[[], None] | None) -> subprocess.Popen[bytes]:
+    """The child of ``Runner.start_shell``: ``direct_argv`` when it can, else ``/bin/sh -c``."""
+    words = direct_argv(command)
+    if words is not None and env.get("PATH"):
+        with contextlib.suppress(OSError):
+            return _popen(words, env, cwd, stdin, umask=umask, setup=setup)
+    return _popen(["/bin/sh", "-c", command], env, cwd, stdin, umask=umask, setup=setup)
+
+
+def _popen(argv: list[str], env: Mapping[str, str], cwd: str | None, stdin: bool, *,
+           umask: int, setup: Callable[[], None] | None) -> subprocess.Popen[bytes]:
+    """The one Popen call: a new session, exactly ``env``, every other descriptor closed.
+
+    Safe on any thread (it touches no event loop). Without ``setup``, Python uses vfork."""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        close_fds=True,
+        umask=umask,
+        preexec_fn=setup,  # noqa: PLW1509 - user switch and limits, on the loop thread only
+    )
