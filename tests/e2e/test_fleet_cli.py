@@ -1,0 +1,268 @@
+"""The real ``rexec run PATTERN`` and ``rexec batch`` CLI against real ``rexec-server``
+processes: 22 loopback "hosts" (127.0.0.2-23) served by three server processes with several
+``--host`` each, all on one port, named ``web[01-22]`` by an inventory written for the test;
+``down`` points at an address nothing listens on and ``badtoken`` has the wrong token.
+
+Each server process sets ``$SERVER`` (s0 for web01-08, s1 for web09-16, s2 for web17-22) for
+its commands, so a command can fail or print differently on a known set of hosts; where each
+host must tell itself apart, it claims a number (``mkdir`` of the first free ``claim.N``) and
+the test checks that the hosts' prefixes and their numbers match one to one."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    ROOT,
+    ServerProcess,
+    run_cli,
+    start_server,
+    write_token,
+)
+
+HOSTS = 22
+ADDRESSES = [f"127.0.0.{2 + i}" for i in range(HOSTS)]
+DOWN = "127.0.0.40"  # nothing listens there
+SPLITS = (0, 8, 16, HOSTS)  # three server processes: 8, 8 and 6 addresses
+WEB = [f"web{n:02d}" for n in range(1, HOSTS + 1)]
+
+
+@dataclass
+class Fleet:
+    port: int
+    servers: list[ServerProcess]
+    inventory: Path
+    folder: Path
+
+    def cli(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        """``rexec COMMAND --inventory FILE ARGS...``, as a user runs it."""
+        command, *rest = args
+        return run_cli(command, "--inventory", str(self.inventory), *rest,
+                       **kwargs)  # type: ignore[arg-type]
+
+    def argv(self, *args: str) -> list[str]:
+        command, *rest = args
+        return [sys.executable, str(ROOT / "client.py"), command, "--inventory",
+                str(self.inventory), *rest]
+
+
+def free_port() -> int:
+    """A port free on every address of the fleet (and on DOWN)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((ADDRESSES[0], 0))
+            port = probe.getsockname()[1]
+        try:
+            for host in [*ADDRESSES[1:], DOWN]:
+                with socket.socket() as sock:
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port free on every loopback address")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    folder = tmp_path_factory.mktemp("fleet")
+    port = free_port()
+    servers: list[ServerProcess] = []
+    try:
+        for n, (start, end) in enumerate(itertools.pairwise(SPLITS)):
+            tmp = folder / f"server{n}"
+            tmp.mkdir()
+            hosts = [arg for host in ADDRESSES[start:end] for arg in ("--host", host)]
+            config = tmp / "server.toml"  # $SERVER tells a command which process runs it
+            config.write_text(f'[server]\nenv = {{ SERVER = "s{n}" }}\n')
+            servers.append(start_server(tmp, *hosts, "--port", str(port), "--config", str(config),
+                                        env={"REXEC_HOME": str(tmp)}, listeners=end - start))
+        assert [a for s in servers for a in s.addresses] == [f"{h}:{port}" for h in ADDRESSES]
+        write_token(folder / "fleet.token")
+        write_token(folder / "wrong.token", "not-the-right-token-0123456789")
+        inventory = folder / "inventory.toml"
+        inventory.write_text(f"""
+[defaults]
+port = {port}
+token_file = "fleet.token"
+connect_timeout = 5.0
+
+[hosts."web[01-{HOSTS}]"]
+address = "127.0.0.[2-{HOSTS + 1}]"
+
+[hosts.down]
+address = "{DOWN}"
+
+[hosts.badtoken]
+address = "{ADDRESSES[0]}"
+token_file = "wrong.token"
+
+[groups.web]
+hosts = ["web[01-{HOSTS}]"]
+
+[groups.ten]
+hosts = ["web[01-10]"]
+
+[groups.broken]
+hosts = ["web[01-20]", "down", "badtoken"]
+""")
+        yield Fleet(port, servers, inventory, folder)
+    finally:
+        for server in servers:
+            assert server.stop() == 0, server.log()
+
+
+def prefixed(stdout: bytes) -> dict[str, list[bytes]]:
+    """Each host's lines (prefix removed, newline kept), asserting every line has a prefix."""
+    by: dict[str, list[bytes]] = {}
+    for line in stdout.splitlines(keepends=True):
+        host, sep, rest = line.partition(b": ")
+        assert sep and re.fullmatch(rb"web\d\d|down|badtoken", host), line[:100]
+        by.setdefault(host.decode(), []).append(rest)
+    return by
+
+
+def summary(stderr: bytes) -> str:
+    return "\n".join(line for line in stderr.decode().splitlines() if line.startswith(
+        ("rexec: ", "  ")))
+
+
+
+S0, S1, S2 = WEB[:8], WEB[8:16], WEB[16:]
+FAIL_ON_S0 = 'test "$SERVER" != s0'
+
+
+def claim(folder: Path) -> str:
+    """Shell: set $id to a number no other host of this run has."""
+    return (f"id=1; while ! mkdir {folder}/claim.$id 2>/dev/null; do id=$((id+1)); done")
+
+
+def test_every_host_ok_exits_0_with_prefixed_lines(fleet: Fleet) -> None:
+    r = fleet.cli("run", "@web", "--", 'echo "hello from $SERVER"; echo warn >&2')
+    assert r.returncode == 0, r.stderr
+    by = prefixed(r.stdout)
+    assert sorted(by) == WEB
+    expected = {host: [f"hello from s{0 if host in S0 else 1 if host in S1 else 2}\n".encode()]
+                for host in WEB}
+    assert by == expected
+    warns = sorted(line for line in r.stderr.splitlines() if not line.startswith(b"rexec: "))
+    assert warns == sorted(f"{host}: warn".encode() for host in WEB)
+    assert f"rexec: {HOSTS} hosts: {HOSTS} ok" in r.stderr.decode()
+
+
+def test_the_down_host_and_the_wrong_token_are_unreachable_the_rest_succeed(
+        fleet: Fleet) -> None:
+    r = fleet.cli("run", "@broken", "--", "echo ran")
+    assert r.returncode == 3, r.stderr
+    by = prefixed(r.stdout)
+    assert by == {host: [b"ran\n"] for host in WEB[:20]}
+    text = summary(r.stderr)
+    assert "rexec: 22 hosts: 20 ok, 2 unreachable" in text, text
+    line = next(line for line in text.splitlines() if line.startswith("rexec: unreachable: "))
+    assert set(line.split(": ")[2].split(" ")[0].split(",")) == {"badtoken", "down"}, line
+    # two reasons: each host's on a line of its own
+    assert re.search(r"^rexec:   down: .*refused", text, re.M | re.I), text
+    assert re.search(r"^rexec:   badtoken: .*token", text, re.M | re.I), text
+    # a failed command too: unreachable (3) takes precedence over failed (1)
+    r = fleet.cli("run", "@broken", "--", FAIL_ON_S0)
+    assert r.returncode == 3, r.stderr
+    assert "rexec: failed: web[01-08] (exit 1)" in summary(r.stderr)
+
+
+def test_a_command_failing_on_some_hosts_exits_1_naming_them_folded(fleet: Fleet) -> None:
+    r = fleet.cli("run", "@web", "--", f'{FAIL_ON_S0} || {{ echo no >&2; exit 4; }}')
+    assert r.returncode == 1, r.stderr
+    text = summary(r.stderr)
+    assert "rexec: 22 hosts: 14 ok, 8 failed" in text, text
+    assert "rexec: failed: web[01-08] (exit 4)" in text, text
+    assert "unreachable" not in text
+    # the hosts of two servers, with two exit statuses: one folded set, each host's status
+    r = fleet.cli("run", "web[01-04,09-10,17]", "--",
+                  'case $SERVER in s0) exit 5;; s1) exit 6;; esac')
+    assert r.returncode == 1, r.stderr
+    text = summary(r.stderr)
+    assert "rexec: failed: web[01-04,09-10]" in text, text
+    assert "rexec:   web01: exit 5" in text and "rexec:   web10: exit 6" in text, text
+
+
+# --- line atomicity -------------------------------------------------------------------------
+
+STRESS = r"""
+import os, random, sys, time
+folder = sys.argv[1]
+n = 1
+while True:
+    try:
+        os.mkdir(f"{folder}/claim.{n}")
+        break
+    except FileExistsError:
+        n += 1
+rng = random.Random(n)
+for k, size in enumerate(SIZES):
+    head = f"<host {n} line {k}>".encode()
+    line = head + bytes([97 + (n + k) % 26]) * (size - len(head))
+    if k < len(SIZES) - 1:
+        line += b"\n"
+    view = memoryview(line)
+    while view:
+        piece = rng.randint(1, 9000)
+        os.write(1, view[:piece])
+        view = view[piece:]
+        if rng.random() < 0.3:
+            time.sleep(0.002)
+"""
+SIZES = [10 * 1024, 150 * 1024, 100, 70 * 1024, 200 * 1024 + 7, 40 * 1024, 3000]
+
+
+def stress_lines(n: int) -> list[bytes]:
+    lines = []
+    for k, size in enumerate(SIZES):
+        head = f"<host {n} line {k}>".encode()
+        lines.append(head + bytes([97 + (n + k) % 26]) * (size - len(head)))
+    return lines
+
+
+def test_lines_stay_whole_under_many_hosts_writing_long_lines_in_pieces(
+        fleet: Fleet, tmp_path: Path) -> None:
+    script = tmp_path / "stress.py"
+    script.write_text(STRESS.replace("SIZES", repr(SIZES)))
+    r = fleet.cli("run", "@web", "--", f"python3 {script} {tmp_path}", timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cut = 64 * 1024
+    assert r.stdout.endswith(b"\n")
+    seen: dict[str, int] = {}
+    for host, pieces in prefixed(r.stdout).items():
+        # every printed line is one prefix and at most 64 KiB of one host's line
+        assert all(len(piece) <= cut + 1 and piece.endswith(b"\n") for piece in pieces)
+        # put the cut pieces back together: a piece of exactly 64 KiB continues on the next
+        whole, current = [], b""
+        for piece in pieces:
+            current += piece[:-1]
+            if len(piece) - 1 != cut:
+                whole.append(current)
+                current = b""
+        assert current == b""
+        n = int(re.match(rb"<host (\d+) line 0>", whole[0]).group(1))  # type: ignore[union-attr]
+        assert whole == stress_lines(n), host
+        # and cut where they should be: 150 KiB is 64 + 64 + 22
+        assert [len(p) - 1 for p in pieces[1:4]] == [cut, cut, 150 * 1024 - 2 * cut]
+        seen[host] = n
+    assert sorted(seen) == WEB
+    assert sorted(seen.values()) == list(range(1, HOSTS + 1))  # one number each
+
+
+def test_a_last_line_without_newline_is_printed_with_one(fleet: Fleet) -> None:
+    r = fleet.cli("run", "web[01-03]", "--", "printf 'first\\nno newline'; printf 'err' >&2")
+    assert r.returncode == 0, r.stderr
+    assert prefixed(r.stdout) == {h: [b"first\n", b"no newline\n"] for h in WEB[:3]}
+    assert sorted(line for line in r.stderr.splitlines(keepends=True)
+                  if not line.startswith(b"rexec: ")) == [f"{h}: err\n".encode()
+                                                         for h in WEB[:3]]
