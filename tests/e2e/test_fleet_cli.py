@@ -10,7 +10,14 @@ the test checks that the hosts' prefixes and their numbers match one to one."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import os
+import pty
+import select
+import signal
+import time
 import re
 import socket
 import subprocess
@@ -266,3 +273,113 @@ def test_a_last_line_without_newline_is_printed_with_one(fleet: Fleet) -> None:
     assert sorted(line for line in r.stderr.splitlines(keepends=True)
                   if not line.startswith(b"rexec: ")) == [f"{h}: err\n".encode()
                                                          for h in WEB[:3]]
+
+
+# --- the other output modes -----------------------------------------------------------------
+
+
+def header(label: str) -> bytes:
+    """--gather's header: the hosts between two rules of dashes (at least 15)."""
+    rule = b"-" * max(len(label), 15)
+    return rule + b"\n" + label.encode() + b"\n" + rule + b"\n"
+
+
+def test_gather_prints_identical_outputs_once_under_the_folded_hosts(fleet: Fleet) -> None:
+    r = fleet.cli("run", "-b", "@web", "--", "echo same; echo twice")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == header("web[01-22] (22)") + b"same\ntwice\n"
+    # three outputs, one a server; one of them with a failing exit status of its own
+    r = fleet.cli("run", "--gather", "@web", "--",
+                  'echo "from $SERVER"; test $SERVER != s2 || exit 3')
+    assert r.returncode == 1, r.stderr
+    assert r.stdout == (header("web[01-08] (8)") + b"from s0\n" + header("web[09-16] (8)")
+                        + b"from s1\n" + header("web[17-22] (6) exit 3") + b"from s2\n")
+    assert "rexec: failed: web[17-22] (exit 3)" in summary(r.stderr)
+
+
+def test_json_is_one_valid_object_per_host_whatever_happens(fleet: Fleet) -> None:
+    # web01-08 fail, web09-16 time out after printing, web17-20 succeed, two unreachable
+    command = (f'echo "on $SERVER"; if [ $SERVER = s1 ]; then sleep 30; fi; {FAIL_ON_S0}')
+    r = fleet.cli("run", "--json", "--timeout", "2", "@broken", "--", command)
+    assert r.returncode == 3, r.stderr
+    objects = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    assert r.stdout.endswith(b"\n") and len(objects) == 22
+    by = {o["host"]: o for o in objects}
+    assert sorted(by) == sorted([*WEB[:20], "down", "badtoken"])
+    expected = {**dict.fromkeys(S0, "failed"), **dict.fromkeys(S1, "timed_out"),
+                **dict.fromkeys(WEB[16:20], "ok"), "down": "unreachable",
+                "badtoken": "unreachable"}
+    assert {h: o["status"] for h, o in by.items()} == expected
+    for host, o in by.items():
+        assert set(o) >= {"host", "address", "status", "exit_code", "signal", "exit_status",
+                          "duration", "stdout", "stderr", "stdout_encoding", "stderr_encoding",
+                          "error"}
+        if o["status"] == "unreachable":
+            assert o["error"] and o["exit_code"] is None and o["stdout"] == ""
+        else:
+            assert o["error"] is None
+            assert o["stdout"] == f"on s{0 if host in S0 else 1 if host in S1 else 2}\n"
+    assert by["web01"]["exit_code"] == 1 and by["web17"]["exit_status"] == 0
+    assert by["web09"]["exit_status"] == 124  # timed out: the output before is kept
+    assert by["down"]["address"] == f"{DOWN}:{fleet.port}"
+    assert "refused" in by["down"]["error"].lower()
+
+
+BINARY = r"""
+import os, sys
+n = 1
+while True:
+    try:
+        os.mkdir(f"{sys.argv[1]}/claim.{n}")
+        break
+    except FileExistsError:
+        n += 1
+os.write(1, f"host {n}\n".encode() + bytes((n * 7 + i) % 256 for i in range(70000 + n)))
+os.write(2, f"err {n}\n".encode() + bytes(range(256)) * n)
+"""
+
+
+def binary_output(n: int) -> tuple[bytes, bytes]:
+    return (f"host {n}\n".encode() + bytes((n * 7 + i) % 256 for i in range(70000 + n)),
+            f"err {n}\n".encode() + bytes(range(256)) * n)
+
+
+def test_out_dir_holds_what_each_host_printed_byte_for_byte(fleet: Fleet,
+                                                            tmp_path: Path) -> None:
+    script = tmp_path / "binary.py"
+    script.write_text(BINARY)
+    out = tmp_path / "out"
+    r = fleet.cli("run", "--out-dir", str(out), "@ten", "--", f"python3 {script} {tmp_path}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b""  # nothing but the summary on the terminal
+    assert all(line.startswith(b"rexec: ") for line in r.stderr.splitlines()), r.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{h}.{s}" for h in WEB[:10] for s in ("out", "err"))
+    numbers = []
+    for host in WEB[:10]:
+        data = (out / f"{host}.out").read_bytes()
+        n = int(data.split(b"\n", 1)[0].split()[1])
+        assert ((out / f"{host}.out").read_bytes(), (out / f"{host}.err").read_bytes()) == \
+            binary_output(n), host
+        numbers.append(n)
+    assert sorted(numbers) == list(range(1, 11))
+
+
+def test_a_host_that_times_out_keeps_the_lines_it_printed(fleet: Fleet) -> None:
+    r = fleet.cli("run", "--timeout", "1.5", "@ten", "--",
+                  "echo before; printf 'partial'; sleep 30; echo after")
+    assert r.returncode == 1, r.stderr
+    assert prefixed(r.stdout) == {h: [b"before\n", b"partial\n"] for h in WEB[:10]}
+    text = summary(r.stderr)
+    assert "rexec: 10 hosts: 10 timed out" in text and "rexec: timed out: web[01-10]" in text
+
+
+def test_stdin_is_sent_to_every_host(fleet: Fleet) -> None:
+    data = os.urandom(20_000_000)
+    r = fleet.cli("run", "@ten", "--", "sha256sum", input=data, timeout=180)
+    assert r.returncode == 0, r.stderr
+    digest = hashlib.sha256(data).hexdigest().encode()
+    assert prefixed(r.stdout) == {h: [digest + b"  -\n"] for h in WEB[:10]}
+    # -n: none
+    r = fleet.cli("run", "-n", "@ten", "--", "wc -c", input=data)
+    assert prefixed(r.stdout) == {h: [b"0\n"] for h in WEB[:10]}
