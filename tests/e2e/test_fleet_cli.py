@@ -383,3 +383,108 @@ def test_stdin_is_sent_to_every_host(fleet: Fleet) -> None:
     # -n: none
     r = fleet.cli("run", "-n", "@ten", "--", "wc -c", input=data)
     assert prefixed(r.stdout) == {h: [b"0\n"] for h in WEB[:10]}
+
+
+# --- batches --------------------------------------------------------------------------------
+
+BATCH = """# the deployment
+echo one
+
+echo two \\
+  continued
+test "$SERVER" != s0
+echo four
+"""
+
+
+def test_batch_stops_a_host_at_its_first_failure_and_names_the_line(fleet: Fleet,
+                                                                    tmp_path: Path) -> None:
+    path = tmp_path / "batch.txt"
+    path.write_text(BATCH)
+    r = fleet.cli("batch", "web[01-10]", str(path))
+    assert r.returncode == 1, r.stderr
+    by = prefixed(r.stdout)
+    assert {h: by[h] for h in WEB[:8]} == dict.fromkeys(WEB[:8], [b"one\n", b"two continued\n"])
+    assert {h: by[h] for h in WEB[8:10]} == dict.fromkeys(
+        WEB[8:10], [b"one\n", b"two continued\n", b"four\n"])
+    assert "rexec: failed: web[01-08] (line 6: exit 1)" in summary(r.stderr), r.stderr
+    # -k: the rest runs too, the failure is still reported
+    r = fleet.cli("batch", "-k", "web[01-10]", str(path))
+    assert r.returncode == 1, r.stderr
+    assert prefixed(r.stdout) == dict.fromkeys(
+        WEB[:10], [b"one\n", b"two continued\n", b"four\n"])
+    assert "rexec: failed: web[01-08] (line 6: exit 1)" in summary(r.stderr), r.stderr
+
+
+def test_batch_json_lists_each_command_and_reads_stdin(fleet: Fleet) -> None:
+    r = fleet.cli("batch", "--json", "@broken", "-", input=BATCH.encode())
+    assert r.returncode == 3, r.stderr
+    by = {o["host"]: o for o in map(json.loads, r.stdout.decode().splitlines())}
+    assert sorted(by) == sorted([*WEB[:20], "down", "badtoken"])
+    web01, web09 = by["web01"], by["web09"]
+    assert [(c["line"], c["exit_status"]) for c in web01["commands"]] == [(2, 0), (4, 0), (6, 1)]
+    assert (web01["status"], web01["failed_line"]) == ("failed", 6)
+    assert [c["stdout"] for c in web09["commands"]] == ["one\n", "two continued\n", "", "four\n"]
+    assert [c["command"] for c in web09["commands"]][1] == "echo two   continued"
+    assert (web09["status"], web09["failed_line"]) == ("ok", None)
+    assert by["down"]["status"] == "unreachable" and by["down"]["error"]
+
+
+def test_batch_on_one_host_prints_raw_lines_or_prefixed_with_prefix(fleet: Fleet,
+                                                                     tmp_path: Path) -> None:
+    path = tmp_path / "batch.txt"
+    path.write_text(BATCH)
+    r = fleet.cli("batch", "web09", str(path))
+    assert (r.returncode, r.stdout) == (0, b"one\ntwo continued\nfour\n"), r.stderr
+    r = fleet.cli("batch", "--prefix", "web01", str(path))
+    assert r.returncode == 1, r.stderr
+    assert r.stdout == b"web01: one\nweb01: two continued\n"
+    assert "line 6: exit 1" in r.stderr.decode()
+    # an address, not an inventory host: the same, with the flags' token
+    address = f"{ADDRESSES[0]}:{fleet.port}"
+    r = run_cli("batch", "--token-file", str(fleet.folder / "fleet.token"), address, "-",
+                input=b"echo by address\n")
+    assert (r.returncode, r.stdout) == (0, b"by address\n"), r.stderr
+
+
+# --- single-host mode or fleet mode ---------------------------------------------------------
+
+
+def test_an_inventory_host_runs_in_single_host_mode_a_pattern_in_fleet_mode(
+        fleet: Fleet) -> None:
+    r = fleet.cli("run", "web05", "--", "echo raw; echo err >&2; printf tail; exit 7")
+    assert (r.returncode, r.stdout, r.stderr) == (7, b"raw\ntail", b"err\n")
+    for pattern in ("web[05]", "@ten&web05", "web05,web05"):
+        r = fleet.cli("run", pattern, "--", "echo raw; printf tail; exit 7")
+        assert r.returncode == 1, (pattern, r.stderr)
+        assert r.stdout == b"web05: raw\nweb05: tail\n", pattern
+        assert "rexec: failed: web05 (exit 7)" in summary(r.stderr)
+
+
+# --- usage errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["run", "@ten&@web!@ten"], ["matches no host"]),
+    (["run", "@nosuch"], ["nosuch"]),
+    (["run", "web[05-01]"], ["web[05-01]"]),
+    (["run", "web[01-"], ["web[01-"]),
+    (["run", "--json", "-b", "@web"], ["--json", "--gather"]),
+    (["batch", "@nosuch"], ["nosuch"]),
+])
+def test_usage_errors_exit_2_with_one_line_before_anything_runs(
+        fleet: Fleet, tmp_path: Path, args: list[str], words: list[str]) -> None:
+    mark = tmp_path / "ran"
+    command = f"touch {mark}"
+    if args[0] == "batch":
+        path = tmp_path / "batch.txt"
+        path.write_text(command + "\n")
+        r = fleet.cli(*args, str(path))
+    else:
+        r = fleet.cli(*args, "--", command)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == b""
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rexec: "), lines
+    assert all(word in lines[0] for word in words), lines
+    assert not mark.exists()
