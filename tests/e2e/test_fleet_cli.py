@@ -15,13 +15,13 @@ import itertools
 import json
 import os
 import pty
+import re
 import select
 import signal
-import time
-import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +31,11 @@ import pytest
 from tests.helpers import (
     ROOT,
     ServerProcess,
+    pids_in_group,
+    reap,
     run_cli,
     start_server,
+    wait_until,
     write_token,
 )
 
@@ -404,15 +407,13 @@ def test_batch_stops_a_host_at_its_first_failure_and_names_the_line(fleet: Fleet
     r = fleet.cli("batch", "web[01-10]", str(path))
     assert r.returncode == 1, r.stderr
     by = prefixed(r.stdout)
-    assert {h: by[h] for h in WEB[:8]} == dict.fromkeys(WEB[:8], [b"one\n", b"two continued\n"])
-    assert {h: by[h] for h in WEB[8:10]} == dict.fromkeys(
-        WEB[8:10], [b"one\n", b"two continued\n", b"four\n"])
+    stopped, went_on = [b"one\n", b"two continued\n"], [b"one\n", b"two continued\n", b"four\n"]
+    assert by == {h: stopped if h in S0 else went_on for h in WEB[:10]}
     assert "rexec: failed: web[01-08] (line 6: exit 1)" in summary(r.stderr), r.stderr
     # -k: the rest runs too, the failure is still reported
     r = fleet.cli("batch", "-k", "web[01-10]", str(path))
     assert r.returncode == 1, r.stderr
-    assert prefixed(r.stdout) == dict.fromkeys(
-        WEB[:10], [b"one\n", b"two continued\n", b"four\n"])
+    assert prefixed(r.stdout) == {h: went_on for h in WEB[:10]}
     assert "rexec: failed: web[01-08] (line 6: exit 1)" in summary(r.stderr), r.stderr
 
 
@@ -488,3 +489,107 @@ def test_usage_errors_exit_2_with_one_line_before_anything_runs(
     assert len(lines) == 1 and lines[0].startswith("rexec: "), lines
     assert all(word in lines[0] for word in words), lines
     assert not mark.exists()
+
+
+# --- Ctrl-C and the terminal ----------------------------------------------------------------
+
+
+def test_ctrl_c_cancels_every_remote_command_and_still_prints_the_summary(
+        fleet: Fleet, tmp_path: Path) -> None:
+    command = (f"echo $$ > {tmp_path}/tmp.$$ && mv {tmp_path}/tmp.$$ {tmp_path}/pid.$$;"
+               " echo started; sleep 60 & sleep 60")
+    proc = subprocess.Popen(fleet.argv("run", "-n", "@web", "--", command), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def pgids() -> list[int]:
+            return [int(p.read_text()) for p in tmp_path.glob("pid.*")]
+
+        assert wait_until(lambda: len(pgids()) == HOSTS, timeout=30), pgids()
+        groups = pgids()
+        assert all(len(pids_in_group(pgid)) >= 2 for pgid in groups)  # sh and two sleeps
+        time.sleep(0.3)  # the "started" lines reach the client
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert time.monotonic() - started < 10
+    finally:
+        reap(proc)
+    assert proc.returncode == 130, err
+    assert prefixed(out) == {key: [b"started\n"] for key in WEB}
+    text = summary(err)
+    assert f"rexec: {HOSTS} hosts: {HOSTS} cancelled" in text, text
+    assert "rexec: cancelled: web[01-22]" in text, text
+    for pgid in groups:  # nothing left running on any server
+        assert wait_until(lambda pgid=pgid: not pids_in_group(pgid)), pgid
+
+
+def run_on_pty(argv: list[str], timeout: float = 60.0,
+               stdout_too: bool = False) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` with stderr on a terminal (80x24) and stdout on a pipe (or the terminal
+    too); return (exit status, stdout, everything the terminal received)."""
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        env.pop(name, None)
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=slave if stdout_too else subprocess.PIPE, stderr=slave,
+                            env=env)
+    os.close(slave)
+    screen, out = bytearray(), bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        open_fds = {master, *([proc.stdout.fileno()] if proc.stdout else [])}
+        while open_fds and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(open_fds), [], [], 0.5)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # EIO: the terminal's last writer is gone
+                    data = b""
+                if not data:
+                    open_fds.discard(fd)
+                else:
+                    (screen if fd == master else out).extend(data)
+        proc.wait(10)
+    finally:
+        os.close(master)
+        reap(proc)
+    return proc.returncode, bytes(out), bytes(screen)
+
+
+def test_the_progress_bar_is_drawn_while_running_and_gone_after(fleet: Fleet) -> None:
+    code, out, screen = run_on_pty(fleet.argv("run", "@ten", "--", "sleep 1; echo done"))
+    assert code == 0, screen
+    assert prefixed(out) == {key: [b"done\n"] for key in WEB[:10]}
+    text = screen.decode("utf-8", "replace")
+    assert re.search(r"\b0/10\b", text), text  # drawn while the hosts ran
+    assert "10/10" in text or "/10" in text
+    # gone at the end: after the bar's last drawing, the cursor goes back up over it and the
+    # line is erased (rich's transient bar), and what follows is the summary, nothing else
+    last_bar = max(text.rfind("/10"), 0)
+    tail = text[last_bar:]
+    assert "\x1b[2K" in tail or "\x1b[K" in tail, repr(tail)
+    after = tail[max(tail.rfind("\x1b[2K"), tail.rfind("\x1b[K")):]
+    after = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", after)
+    assert [line for line in after.splitlines() if line.strip()] == [
+        line for line in after.splitlines() if line.startswith("rexec: ")]
+    assert "rexec: 10 hosts: 10 ok" in after, repr(after)
+    # stdout on the same terminal: the lines come above the bar, whole, the bar gone after
+    code, out, screen = run_on_pty(fleet.argv("run", "@ten", "--", "sleep 1; echo done"),
+                                   stdout_too=True)
+    assert code == 0, screen
+    text = screen.decode("utf-8", "replace")
+    assert "0/10" in text
+    for host in WEB[:10]:
+        assert re.search(rf"(^|\r|\n|\x1b\[2K){host}: done\r\n", text), (host, text)
+    last_bar = text.rfind("/10")
+    assert "rexec: 10 hosts: 10 ok" in text[last_bar:]
+    assert "\x1b[2K" in text[last_bar:]
+    # without a terminal, no bar at all
+    r = fleet.cli("run", "@ten", "--", "echo done")
+    assert b"/10" not in r.stderr and b"\x1b[" not in r.stderr
