@@ -126,8 +126,9 @@ hosts = ["web[01-20]", "down", "badtoken"]
 """)
         yield Fleet(port, servers, inventory, folder)
     finally:
-        for server in servers:
-            assert server.stop() == 0, server.log()
+        stopped = [(server.stop(), server) for server in servers]  # every one, then check
+        for code, server in stopped:
+            assert code == 0, server.log()[-3000:]
 
 
 def prefixed(stdout: bytes) -> dict[str, list[bytes]]:
@@ -201,6 +202,24 @@ def test_a_command_failing_on_some_hosts_exits_1_naming_them_folded(fleet: Fleet
     text = summary(r.stderr)
     assert "rexec: failed: web[01-04,09-10]" in text, text
     assert "rexec:   web01: exit 5" in text and "rexec:   web10: exit 6" in text, text
+
+
+def test_summary_table_and_quiet(fleet: Fleet) -> None:
+    r = fleet.cli("run", "--summary", "web[01-03],down", "--", "echo hi; test $SERVER = s9")
+    assert r.returncode == 3, r.stderr
+    table = [line.split() for line in r.stderr.decode().splitlines()
+             if not line.startswith("rexec: ")]
+    assert table[0] == ["HOST", "STATUS", "EXIT", "SECONDS", "STDOUT", "STDERR"]
+    rows = {row[0]: row for row in table[1:]}
+    assert sorted(rows) == ["down", "web01", "web02", "web03"]
+    assert rows["web01"][1:3] == ["failed", "1"] and rows["web01"][4:] == ["3", "0"]
+    assert rows["down"][1] == "unreachable"
+    # -q: only the failures, no counts, no slowest hosts
+    r = fleet.cli("run", "-q", "web[01-03],down", "--", "test $SERVER = s9")
+    assert r.returncode == 3, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert lines[0] == "rexec: failed: web[01-03] (exit 1)", lines
+    assert lines[1].startswith("rexec: unreachable: down (") and len(lines) == 2, lines
 
 
 # --- line atomicity -------------------------------------------------------------------------
