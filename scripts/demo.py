@@ -1,4 +1,6 @@
-"""`make demo`: start a server on loopback with a generated token and run a few commands through it.
+"""`make demo`: start a server on loopback with a generated token and run a few commands through it;
+then a fleet: one server process serving several loopback addresses, an inventory naming them, a
+fan-out, a host that is down, and a batch.
 
 Everything happens in a temporary REXEC_HOME, so the demo touches nothing of yours and leaves no
 process behind.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,8 +30,8 @@ def show(title: str, argv: list[str], env: dict[str, str], stdin: bytes | None =
     out = result.stdout
     shown = out if len(out) < 400 else out[:200] + b"...(" + str(len(out)).encode() + b" bytes)"
     sys.stdout.buffer.write(shown)
-    if result.stderr:
-        sys.stdout.buffer.write(b"[stderr] " + result.stderr)
+    for line in result.stderr.splitlines(keepends=True):
+        sys.stdout.buffer.write(b"[stderr] " + line)
     print(f"-> {title}: exit status {result.returncode} in {elapsed:.2f} s", flush=True)
 
 
@@ -44,6 +47,88 @@ def stream_and_hash(argv: list[str], env: dict[str, str]) -> tuple[int, str, flo
     proc.stdout.close()
     proc.wait()
     return received, digest.hexdigest(), time.monotonic() - started
+
+
+FLEET = [f"127.0.0.{n}" for n in range(2, 6)]  # web1 ... web4
+DOWN = "127.0.0.9"  # web5: nothing listens there
+
+
+def free_port(hosts: list[str]) -> int:
+    """A port free on every one of ``hosts``."""
+    for _ in range(20):
+        with socket.socket() as probe:
+            probe.bind((hosts[0], 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as sock:
+                    sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port free on every loopback address")
+
+
+def fleet_demo(home: Path, env: dict[str, str]) -> int:
+    """One rexec-server serving four loopback addresses, an inventory of five hosts (one of
+    them down), a fan-out gathered with -b, and a batch."""
+    port = free_port([*FLEET, DOWN])
+    hosts = [arg for host in FLEET for arg in ("--host", host)]
+    print(f"\n--- a fleet: one server process on {len(FLEET)} addresses, port {port} ---")
+    log = (home / "fleet-server.log").open("wb")
+    server = subprocess.Popen([str(BIN / "rexec-server"), *hosts, "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=log, env=env,
+                              stdin=subprocess.DEVNULL)
+    log.close()
+    try:
+        assert server.stdout is not None
+        for _ in FLEET:
+            line = server.stdout.readline().decode().strip()
+            if not line.startswith("listening on "):
+                print((home / "fleet-server.log").read_text(), file=sys.stderr)
+                return 1
+            print(line)
+        inventory = home / "inventory.toml"  # $REXEC_HOME/inventory.toml: found by default
+        inventory.write_text(f"""# the demo's fleet (the token: the server's, in $REXEC_HOME/token)
+[defaults]
+port = {port}
+connect_timeout = 2.0
+
+[hosts."web[1-4]"]
+address = "127.0.0.[2-5]"
+
+[hosts.web5]
+address = "{DOWN}"  # nothing listens here
+
+[groups.web]
+hosts = ["web[1-5]"]
+""")
+        print(f"\n$ cat {inventory}\n{inventory.read_text()}", end="")
+        rexec = str(BIN / "rexec")
+        show("what @web names", [rexec, "hosts", "@web"], env)
+        show("a fan-out, each line prefixed with its host",
+             [rexec, "run", "web[1-4]", "--", "echo hello from $$"], env)
+        show("-b gathers identical outputs under one header; web5 is unreachable (exit 3)",
+             [rexec, "run", "-b", "@web", "--", "uname -s; echo $REXEC_IDENTITY"], env)
+        batch = home / "deploy.batch"
+        batch.write_text("# one command a line, in order, over one connection per host\n"
+                         "echo step 1: $(uname -s)\n"
+                         "echo step 2: a line continued \\\n"
+                         "  on the next\n"
+                         "\n"
+                         "test -e /nonexistent  # fails: each host stops here, unless -k\n"
+                         "echo step 4\n")
+        print(f"\n$ cat {batch}\n{batch.read_text()}", end="")
+        show("rexec batch: the summary names the line that failed (exit 1)",
+             [rexec, "batch", "web[1-4]", str(batch)], env)
+        show("-k/--keep-going runs the rest; one host, no prefixes",
+             [rexec, "batch", "-k", "web1", str(batch)], env)
+    finally:
+        server.terminate()
+        server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+    return 0
 
 
 def main() -> int:
@@ -82,6 +167,8 @@ def main() -> int:
             same = digest == hashlib.sha256(bytes(size)).hexdigest()
             print(f"-> {received} bytes, byte-identical to the local zeros: {same}"
                   f" ({elapsed:.2f} s, hashing included)")
+            if fleet_demo(Path(home), env):
+                return 1
         finally:
             server.terminate()
             server.wait(10)

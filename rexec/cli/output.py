@@ -178,14 +178,15 @@ def summary_lines(result: Any, fold: Any, *, quiet: bool = False, slowest: int =
     for status in ("failed", "timed_out", "cancelled"):
         if by.get(status):
             line = f"{status.replace('_', ' ')}: {fold(by[status])}"
+            details = []
             if status == "failed":
                 codes = {_failure(result, host, batch) for host in by[status]}
                 if len(codes) == 1:
                     line += f" ({codes.pop()})"
-                else:
-                    line += "".join(f"\n  {host}: {_failure(result, host, batch)}"
-                                    for host in by[status])
-            lines.append(line)
+                else:  # a line each, as the unreachable hosts' reasons
+                    details = [f"  {host}: {_failure(result, host, batch)}"
+                               for host in by[status]]
+            lines += [line, *details]
     if by.get("unreachable"):
         reasons = {result.unreachable[h] for h in by["unreachable"]}
         why = f" ({reasons.pop()})" if len(reasons) == 1 else ""
