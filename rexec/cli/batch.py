@@ -100,7 +100,8 @@ def batch_command(  # noqa: PLR0917 - typer maps parameters to arguments and opt
         targets = with_flags(targets, connection)
     except ConfigError as exc:
         fail(exc, EXIT_USAGE)
-    options = _render_options(json_output, gather, out_dir, summary, quiet)
+    # one host: its lines raw, and only a failure summarised (a fleet's summary says more)
+    options = _render_options(json_output, gather, out_dir, summary, quiet or kind != "fleet")
     options["prefix"] = kind == "fleet" or prefix
     raise typer.Exit(run_fleet(targets, commands=commands, command=None, forks=forks,
                                timeout=timeout, env={}, cwd=None, stdin=None,

@@ -42,6 +42,8 @@ class Renderer:
         self.summary = summary
         self.fold = fold
         self.batch = batch
+        self.broken_pipe = False  # local stdout closed: the run is cancelled, exit 141
+        self.on_broken_pipe: Any = None
         self._lines = HostLines()
         self._stdout: dict[str, bytearray] = {}
         self._files: dict[tuple[str, str], Any] = {}
@@ -72,11 +74,19 @@ class Renderer:
 
     def _line(self, host: str, stream: str, line: bytes) -> None:
         fd = 1 if stream == "stdout" else 2
+        if fd == 1 and self.broken_pipe:
+            return
         data = f"{host}: ".encode() + line if self.prefix else line
-        if self.progress is not None:
-            self.progress.line(fd, data)
-        else:
-            write_fd(fd, data)
+        try:
+            if self.progress is not None:
+                self.progress.line(fd, data)
+            else:
+                write_fd(fd, data)
+        except BrokenPipeError:  # `rexec run @web -- yes | head`: stop, as one host does
+            if fd == 1:
+                self.broken_pipe = True
+                if self.on_broken_pipe is not None:
+                    self.on_broken_pipe()
 
     def done(self, outcome: Outcome) -> None:
         """One host ended (ok, failed, timed out, unreachable or cancelled)."""
@@ -187,6 +197,7 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
     hosts = [target.name for target in targets]
     renderer = Renderer(hosts, fold=fold, batch=commands is not None, **renderer_options)
     group = Group(targets, forks=forks)
+    renderer.on_broken_pipe = group.cancel
     json_mode = renderer.mode == "json"
     interrupted = 0
 
@@ -219,7 +230,12 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
     finally:
         if renderer.progress is not None:
             renderer.progress.stop()
-    renderer.finish(result)
+    try:
+        renderer.finish(result)
+    except BrokenPipeError:
+        renderer.broken_pipe = True
+    if renderer.broken_pipe and not interrupted:
+        return 128 + signal.SIGPIPE
     return fleet_status(result, bool(interrupted))
 
 

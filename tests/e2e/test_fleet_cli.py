@@ -612,3 +612,23 @@ def test_the_progress_bar_is_drawn_while_running_and_gone_after(fleet: Fleet) ->
     # without a terminal, no bar at all
     r = fleet.cli("run", "@ten", "--", "echo done")
     assert b"/10" not in r.stderr and b"\x1b[" not in r.stderr
+
+
+def test_a_closed_local_stdout_cancels_the_fleet_and_exits_141(fleet: Fleet) -> None:
+    """`rexec run @web -- yes | head -2`: as with one host, the run stops (every remote
+    command cancelled, the summary still said) and rexec exits 141."""
+    argv = fleet.argv("run", "@web", "--", "yes")
+    started = time.monotonic()
+    pipeline = subprocess.run(
+        ["bash", "-c", f"{' '.join(map(shlex_quote, argv))} | head -2; exit ${{PIPESTATUS[0]}}"],
+        capture_output=True, timeout=60)
+    assert pipeline.returncode == 141, pipeline.stderr
+    assert len(pipeline.stdout.splitlines()) == 2
+    assert "cancelled" in pipeline.stderr.decode()
+    assert time.monotonic() - started < 30
+
+
+def shlex_quote(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)
