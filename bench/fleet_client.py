@@ -4,6 +4,7 @@
     python bench/fleet_client.py rexec-group HOSTS_FILE PORT TOKEN_FILE   # where rexec.Group exists
     python bench/fleet_client.py asyncssh HOSTS_FILE PORT KEY KNOWN_HOSTS
     python bench/fleet_client.py pssh HOSTS_FILE PORT KEY POOL_SIZE
+    python bench/fleet_client.py cli HOSTS_FILE PORT TOKEN_FILE lines|json  # `rexec run PATTERN`
 
 HOSTS_FILE holds one address a line. Every host is asked to run `hostname` at once (rexec and
 asyncssh: one connection each, opened together with asyncio.gather, each authenticating,
@@ -12,6 +13,11 @@ connections at a time). The output is checked against this machine's host name. 
 line: hosts, ok, the first errors, the seconds from the first connect to the last result (the
 interpreter's start-up and imports are outside it; the suite times the whole process too) and
 the process's peak RSS (VmHWM, KiB) at the end.
+
+``cli`` runs the real CLI, `rexec run -q -f N --inventory INV 'h[1-N]' -- hostname`, with its
+default prefixed lines or with --json, over an inventory written for the hosts: its figure is
+the CLI's whole process (start-up included) and its peak RSS the CLI's, so the two modes
+compare the cost of line output against JSON Lines.
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ def peak_rss_kib() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def child_rss_kib() -> int:
+    """The peak RSS of the largest child that ended (the CLI), KiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
 
 async def gathered(hosts: list[str], one: Callable[[str], Awaitable[str | None]]
@@ -112,12 +125,37 @@ def by_pssh(hosts: list[str], port: int, key: str, pool_size: int) -> list[str]:
     return errors
 
 
+def by_cli(hosts: list[str], port: int, token_file: str, mode: str) -> list[str]:
+    import subprocess
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="rexec-bench-inv-"))
+    inventory = folder / "inventory.toml"
+    tables = [f'[defaults]\nport = {port}\ntoken_file = "{token_file}"\nconnect_timeout = 60\n']
+    tables += [f'[hosts.h{i}]\naddress = "{host}"\n' for i, host in enumerate(hosts, 1)]
+    inventory.write_text("\n".join(tables))
+    rexec = Path(sys.executable).with_name("rexec")
+    argv = [str(rexec), "run", "-q", "-n", "-f", str(len(hosts)), "--inventory", str(inventory),
+            *(["--json"] if mode == "json" else []), f"h[1-{len(hosts)}]", "--", "hostname"]
+    done = subprocess.run(argv, capture_output=True, timeout=DEADLINE, check=False)
+    lines = done.stdout.splitlines()
+    errors = [] if done.returncode == 0 else [f"exit {done.returncode}: {done.stderr[-300:]!r}"]
+    if mode == "json":
+        good = sum(1 for line in lines if json.loads(line)["stdout"].encode() == EXPECTED)
+    else:
+        good = sum(1 for line in lines if line.split(b": ", 1)[-1] + b"\n" == EXPECTED)
+    errors += [f"{len(hosts) - good} hosts without the expected line"] * (good != len(hosts))
+    inventory.unlink()
+    folder.rmdir()
+    return errors * len(hosts) if errors else []
+
+
 def main() -> int:
     kind, hosts_file, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rest = sys.argv[4:]
     hosts = Path(hosts_file).read_text().split()
     preload = {"rexec": "rexec.client.aio", "rexec-group": "rexec.client.aio",
-               "asyncssh": "asyncssh", "pssh": "pssh.clients"}
+               "asyncssh": "asyncssh", "pssh": "pssh.clients", "cli": "subprocess"}
     __import__(preload[kind])  # imports are start-up: outside the figure
     started = time.perf_counter()
     errors: list[str]
@@ -126,12 +164,13 @@ def main() -> int:
         "rexec-group": lambda: asyncio.run(by_rexec_group(hosts, port, rest[0])),
         "asyncssh": lambda: asyncio.run(by_asyncssh(hosts, port, rest[0], rest[1])),
         "pssh": lambda: by_pssh(hosts, port, rest[0], int(rest[1])),
+        "cli": lambda: by_cli(hosts, port, rest[0], rest[1]),
     }
     errors = runs[kind]()
     elapsed = time.perf_counter() - started
     print(json.dumps({"hosts": len(hosts), "ok": len(hosts) - len(errors),
                       "errors": errors[:3], "seconds": elapsed,
-                      "peak_rss_kib": peak_rss_kib()}))
+                      "peak_rss_kib": child_rss_kib() if kind == "cli" else peak_rss_kib()}))
     return 0
 
 

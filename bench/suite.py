@@ -1431,9 +1431,11 @@ def fleet_contenders(rig: Rig, fleet: Fleet, n: int) -> list[tuple[str, list[str
     contenders = [("rexec.Client + asyncio.gather", ["rexec", *rexec_args])]
     if hasattr(rexec, "Group"):
         contenders.append((f"rexec.Group.run, forks {n}", ["rexec-group", *rexec_args]))
-        # TODO(fleet CLI): add `rexec run 'PATTERN' -- hostname` here (an inventory of the
-        # fleet's addresses written for it): a contender timed as a whole process, as row 2
-        # times the CLIs.
+        # the CLI, whole process (start-up included): prefixed lines against JSON Lines
+        contenders.append((f"rexec run PATTERN (CLI, lines), forks {n}",
+                           ["cli", *rexec_args, "lines"]))
+        contenders.append((f"rexec run PATTERN --json (CLI), forks {n}",
+                           ["cli", *rexec_args, "json"]))
     contenders.append(("asyncssh + asyncio.gather",
                        ["asyncssh", str(fleet.ssh_port), str(d / "client_key"),
                         str(fleet.known_hosts)]))
@@ -1505,9 +1507,12 @@ def fleet_section(res: Results, fleet_how: str, w: Callable[[str], None],
     w(f"{plan.fleet_rounds} rounds; N hosts, each a distinct loopback address (127.0.1.1 up),"
       " asked to run `hostname` (output checked) at once from one cold client process"
       " (bench/fleet_client.py, started afresh for every run): rexec.Client and asyncssh open"
-      " one connection per host with `asyncio.gather`, parallel-ssh runs its"
-      " ParallelSSHClient. The time is from the first connect to the last result (the"
-      " client's interpreter start-up and imports outside it; the whole process beside it);"
+      " one connection per host with `asyncio.gather`, rexec.Group.run fans out with forks N,"
+      " parallel-ssh runs its ParallelSSHClient. The time is from the first connect to the"
+      " last result (the client's interpreter start-up and imports outside it; the whole"
+      " process beside it); the two CLI rows run `rexec run -q -n -f N --inventory INV"
+      " 'h[1-N]' -- hostname` (its prefixed lines, or --json) and are timed as the CLI's"
+      " whole process, start-up included, their RSS the CLI's;"
       f" peak RSS is the client process's VmHWM. Servers: {fleet_how}; sshd: one per"
       f" {SSHD_LISTEN_MAX} addresses (MaxStartups {SSHD_MAX_STARTUPS}, SetEnv SHLVL=1).")
     w("")
@@ -1544,9 +1549,20 @@ def fleet_section(res: Results, fleet_how: str, w: Callable[[str], None],
     rss = median([float(v) for v in r1000.rss_kib]) / 1024
     target("fleet: client peak RSS under 100 MB at 1,000 hosts", rss * 1.048576, 100.0,
            f"{fnum(rss * 1.048576, 1)} MB ({fnum(rss, 1)} MiB)")
+    shown = 4
+    lines = [s for s in fl if s.name.startswith("rexec run PATTERN (CLI, lines)")]
+    if lines:  # the CLI's rows: line output against JSON Lines, at the widest fleet
+        widest = lines[-1].name.rsplit(", ", 1)[-1]
+        cli_lines = find(fl, f"rexec run PATTERN (CLI, lines), forks {widest.split()[0]}").median
+        cli_json = find(fl, f"rexec run PATTERN --json (CLI), forks {widest.split()[0]}").median
+        target(f"fleet: line output costs no more than 10% over --json ({widest}, the CLI's"
+               " whole process)", ratio(cli_lines, cli_json), 1.10,
+               f"{fx(ratio(cli_lines, cli_json))} ({fnum(cli_lines, 3)} s vs"
+               f" {fnum(cli_json, 3)} s)")
+        shown = 5
     w("| target | measured | verdict |")
     w("| --- | --- | --- |")
-    for name, text, verdict in targets[-4:]:
+    for name, text, verdict in targets[-shown:]:
         w(f"| {name} | {text} | {verdict} |")
     w("")
     w(FLEET_END)

@@ -542,6 +542,34 @@ def test_ctrl_c_cancels_every_remote_command_and_still_prints_the_summary(
         assert wait_until(lambda pgid=pgid: not pids_in_group(pgid)), pgid
 
 
+def test_a_second_ctrl_c_exits_at_once(fleet: Fleet, tmp_path: Path) -> None:
+    """Commands that ignore SIGTERM make the first Ctrl-C's cancel wait for the servers' kill
+    grace; a second Ctrl-C exits at once (130), and the servers still end every group."""
+    command = (f"trap '' TERM; echo $$ > {tmp_path}/tmp.$$ && mv {tmp_path}/tmp.$$"
+               f" {tmp_path}/pid.$$; echo started; sleep 30")
+    proc = subprocess.Popen(fleet.argv("run", "-n", "@ten", "--", command), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def pgids() -> list[int]:
+            return [int(p.read_text()) for p in tmp_path.glob("pid.*")]
+
+        assert wait_until(lambda: len(pgids()) == 10, timeout=30), pgids()
+        groups = pgids()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert proc.poll() is None  # the first Ctrl-C waits for the cancels
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert time.monotonic() - started < 3
+    finally:
+        reap(proc)
+    assert proc.returncode == 130
+    for pgid in groups:  # the servers kill what ignored SIGTERM once the connections are gone
+        assert wait_until(lambda pgid=pgid: not pids_in_group(pgid), timeout=20), pgid
+
+
 def run_on_pty(argv: list[str], timeout: float = 60.0,
                stdout_too: bool = False) -> tuple[int, bytes, bytes]:
     """Run ``argv`` with stderr on a terminal (80x24) and stdout on a pipe (or the terminal
