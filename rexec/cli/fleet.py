@@ -53,9 +53,6 @@ class Renderer:
         self.progress = Progress(len(hosts)) if show_bar else None
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            for host in hosts:
-                for stream in ("out", "err"):
-                    self._files[host, stream] = (out_dir / f"{host}.{stream}").open("wb")
 
     # --- as it happens ---------------------------------------------------------------------
 
@@ -64,13 +61,23 @@ class Renderer:
         if self.mode == "json":
             return  # the host's line carries it, when it ends
         if self.mode == "out_dir":
-            self._files[host, "out" if stream == "stdout" else "err"].write(data)
+            self._file(host, "out" if stream == "stdout" else "err").write(data)
             return
         if self.mode == "gather" and stream == "stdout":
             self._stdout.setdefault(host, bytearray()).extend(data)
             return
         for line in self._lines.feed(host, stream, data):  # type: ignore[arg-type]
             self._line(host, stream, line)
+
+    def _file(self, host: str, suffix: str) -> Any:
+        """DIR/HOST.out or .err, opened on first use: only the hosts running hold files open
+        (1,000 hosts' 2,000 files at once would pass the usual limit of 1,024 descriptors)."""
+        handle = self._files.get((host, suffix))
+        if handle is None:
+            assert self.out_dir is not None
+            name = host.replace("/", "_")  # a file in DIR, whatever the host's name
+            handle = self._files[host, suffix] = (self.out_dir / f"{name}.{suffix}").open("wb")
+        return handle
 
     def _line(self, host: str, stream: str, line: bytes) -> None:
         fd = 1 if stream == "stdout" else 2
@@ -96,8 +103,9 @@ class Renderer:
                 if self.mode == "lines" or stream == "stderr":
                     self._line(outcome.host, stream, line)
         if self.mode == "out_dir":
-            for suffix in ("out", "err"):
-                self._files[outcome.host, suffix].close()
+            for suffix in ("out", "err"):  # both files exist for every host, empty or not
+                self._file(outcome.host, suffix).close()
+                del self._files[outcome.host, suffix]
         if self.mode == "json":
             line = (outcome_json(outcome) + "\n").encode()
             if self.progress is not None:
@@ -195,7 +203,12 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
     from rexec.fleet.nodeset import fold
 
     hosts = [target.name for target in targets]
-    renderer = Renderer(hosts, fold=fold, batch=commands is not None, **renderer_options)
+    try:
+        renderer = Renderer(hosts, fold=fold, batch=commands is not None, **renderer_options)
+    except OSError as exc:  # --out-dir that cannot be made
+        print(f"rexec: --out-dir {renderer_options.get('out_dir')}: {exc.strerror or exc}",
+              file=sys.stderr, flush=True)
+        return 2
     group = Group(targets, forks=forks)
     renderer.on_broken_pipe = group.cancel
     json_mode = renderer.mode == "json"

@@ -1,0 +1,49 @@
+"""The fleet renderer alone: --out-dir keeps only running hosts' files open, and names them
+safely."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rexec.cli.fleet import Renderer
+
+
+@dataclass
+class Ended:
+    host: str
+    address: str = "127.0.0.1:7878"
+    status: str = "ok"
+    error: str | None = None
+    duration: float = 0.01
+    result: Any = None
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_out_dir_opens_a_hosts_files_only_while_it_runs(tmp_path: Path) -> None:
+    hosts = [f"h{i}" for i in range(1500)]  # 3,000 files: over the usual 1,024 descriptors
+    renderer = Renderer(hosts, mode="out_dir", out_dir=tmp_path / "out", quiet=True,
+                        fold=",".join)
+    before = open_fds()
+    most = 0
+    for host in hosts:
+        renderer.output(host, "stdout", f"{host} says hi\n".encode())
+        most = max(most, open_fds() - before)
+        renderer.done(Ended(host))
+    assert most <= 2 and open_fds() == before
+    assert (tmp_path / "out" / "h1499.out").read_bytes() == b"h1499 says hi\n"
+    assert (tmp_path / "out" / "h1499.err").read_bytes() == b""  # both files, always
+
+
+def test_a_host_name_cannot_leave_the_out_dir(tmp_path: Path) -> None:
+    renderer = Renderer(["../evil"], mode="out_dir", out_dir=tmp_path / "out", quiet=True,
+                        fold=",".join)
+    renderer.output("../evil", "stdout", b"x\n")
+    renderer.done(Ended("../evil"))
+    assert (tmp_path / "out" / ".._evil.out").read_bytes() == b"x\n"
+    assert not (tmp_path / "evil.out").exists()
