@@ -3,7 +3,7 @@
 ``rexec.fleet`` does the work (Inventory -> Targets -> Group); this module turns the flags into
 one Renderer, feeds it what the Group reports as it happens, prints the summary and returns the
 fleet's exit status: 0 every host ok, 1 a command failed (all reached), 3 a host unreachable
-(before 1), 130 Ctrl-C; usage errors are 2 before anything runs.
+(before 1), 130 Ctrl-C, 141 local stdout closed; usage errors are 2 before anything runs.
 """
 
 from __future__ import annotations
@@ -203,13 +203,19 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
     from rexec.fleet.nodeset import fold
 
     hosts = [target.name for target in targets]
+    from rexec.errors import ConfigError
+
+    try:
+        group = Group(targets, forks=forks)  # before the bar: nothing to undo if it refuses
+    except ConfigError as exc:  # forks below 1, a host named twice
+        print(f"rexec: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         renderer = Renderer(hosts, fold=fold, batch=commands is not None, **renderer_options)
     except OSError as exc:  # --out-dir that cannot be made
         print(f"rexec: --out-dir {renderer_options.get('out_dir')}: {exc.strerror or exc}",
               file=sys.stderr, flush=True)
         return 2
-    group = Group(targets, forks=forks)
     renderer.on_broken_pipe = group.cancel
     json_mode = renderer.mode == "json"
     interrupted = 0
@@ -221,8 +227,10 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
         def on_sigint() -> None:
             nonlocal interrupted
             interrupted += 1
-            if interrupted > 1:
-                os._exit(130)  # the second Ctrl-C: do not wait (the servers kill the groups)
+            if interrupted > 1:  # the second Ctrl-C: do not wait (the servers kill the groups)
+                if renderer.progress is not None:
+                    renderer.progress.stop()  # the terminal gets its cursor back
+                os._exit(130)
             group.cancel()
 
         loop.add_signal_handler(signal.SIGINT, on_sigint)
