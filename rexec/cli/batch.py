@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -20,6 +20,7 @@ from rexec.cli.common import (
     TlsPin,
     TlsTofu,
     TokenFile,
+    connection_keywords,
     fail,
 )
 from rexec.cli.run import Forks, Gather, InventoryFiles, OutDir, Summary, _render_options
@@ -79,10 +80,10 @@ def batch_command(  # noqa: PLR0917 - typer maps parameters to arguments and opt
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read the batch file {file}: {getattr(exc, 'strerror', None) or exc}",
              EXIT_USAGE)
-    connection: dict[str, Any] = {"token_file": token_file, "config": config,
-                  "connect_timeout": connect_timeout, "tls_ca": tls_ca, "tls_cert": tls_cert,
-                  "tls_key": tls_key, "tls_pin": tls_pin, "tls_tofu": tls_tofu or None,
-                  "identity": identity}
+    connection = connection_keywords(
+        token_file=token_file, config=config, connect_timeout=connect_timeout, tls_ca=tls_ca,
+        tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin, tls_tofu=tls_tofu,
+        identity=identity)
     try:
         commands = parse_batch(text)
         if not commands:

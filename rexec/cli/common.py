@@ -187,3 +187,13 @@ Identity = Annotated[
     str | None,
     typer.Option("--identity", "-i", metavar="NAME", help="Log in as this named identity."),
 ]
+
+
+def connection_keywords(*, token_file: Path | None, config: Path | None,
+                        connect_timeout: float | None, tls_ca: Path | None,
+                        tls_cert: Path | None, tls_key: Path | None, tls_pin: str | None,
+                        tls_tofu: bool, identity: str | None) -> dict[str, Any]:
+    """The connection flags as ConnectOptions.resolve's keywords (None: not given)."""
+    return {"token_file": token_file, "config": config, "connect_timeout": connect_timeout,
+            "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key, "tls_pin": tls_pin,
+            "tls_tofu": tls_tofu or None, "identity": identity}

@@ -26,6 +26,7 @@ from rexec.cli.common import (
     TlsPin,
     TlsTofu,
     TokenFile,
+    connection_keywords,
     exit_help,
     fail,
     status_for,
@@ -184,10 +185,10 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         option = {"env": "--env", "cwd": "--cwd", "timeout": "--timeout"}.get(exc.field,
                                                                               "COMMAND")
         _failed(line, json_output, f"{option}: {exc}", exc, EXIT_USAGE)
-    connection = {"token_file": token_file, "config": config,
-                  "connect_timeout": connect_timeout, "tls_ca": tls_ca, "tls_cert": tls_cert,
-                  "tls_key": tls_key, "tls_pin": tls_pin, "tls_tofu": tls_tofu or None,
-                  "identity": identity}
+    connection = connection_keywords(
+        token_file=token_file, config=config, connect_timeout=connect_timeout, tls_ca=tls_ca,
+        tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin, tls_tofu=tls_tofu,
+        identity=identity)
     kind, found = _classify(address, inventory, config, line, json_output)
     if kind == "fleet":
         from rexec.cli.fleet import run_fleet, stdin_source, with_flags
