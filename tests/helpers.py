@@ -49,6 +49,20 @@ def live_children(pid: int) -> list[str]:
     return found
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float) -> int:
+    """SIGTERM ``proc``, SIGKILL it after ``grace`` seconds, close its stdout; its status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
+
+
 @dataclass
 class ServerProcess:
     """A real ``python server.py`` child listening on an ephemeral loopback port."""
@@ -69,16 +83,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        return stop_process(self.proc, 10)
 
 
 def start_server(tmp: Path, *extra: str, token: str = TOKEN, env: dict[str, str] | None = None,
@@ -389,16 +394,7 @@ class ManyServers:
     addresses: list[str]
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        return stop_process(self.proc, 15)
 
 
 def start_many_servers(count: int, first: int = 2, token: str = TOKEN,

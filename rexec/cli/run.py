@@ -213,6 +213,8 @@ def _classify(target: str, inventory: list[Path] | None, config: Path | None, li
               json_output: bool) -> tuple[str, Any]:
     """("address", None), ("host", Target) or ("fleet", [Target...]); exit 2 on a bad pattern
     or inventory."""
+    if ":" in target and not any(char in target for char in "[@,!&"):
+        return "address", None  # HOST:PORT: the one-host path loads nothing of the fleet
     from rexec.cli.fleet import classify
 
     try:
