@@ -170,9 +170,11 @@ def with_flags(targets: list[Any], connection: dict[str, Any]) -> list[Any]:
     from dataclasses import replace
 
     from rexec.client.options import ConnectOptions
+    from rexec.wire.address import parse_address
 
     trust_given = any(key in given for key in ("tls_ca", "tls_pin", "tls_tofu"))
     changed = []
+    resolved: dict[tuple[Any, ...], ConnectOptions] = {}  # a token file is read once, not per host
     for target in targets:
         o = target.options
         keywords: dict[str, Any] = {
@@ -184,7 +186,12 @@ def with_flags(targets: list[Any], connection: dict[str, Any]) -> list[Any]:
         if not trust_given:
             keywords.update(tls_ca=o.tls_ca, tls_pin=o.tls_pin, tls_tofu=o.tls_tofu or None)
         keywords.update(given)
-        changed.append(replace(target, options=ConnectOptions.resolve(o.address, **keywords)))
+        key = tuple(sorted((name, repr(value)) for name, value in keywords.items()))
+        if key not in resolved:
+            resolved[key] = ConnectOptions.resolve(o.address, **keywords)
+        host, port = parse_address(o.address)
+        options = replace(resolved[key], address=o.address, host=host, port=port)
+        changed.append(replace(target, options=options))
     return changed
 
 

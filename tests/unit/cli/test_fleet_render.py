@@ -47,3 +47,28 @@ def test_a_host_name_cannot_leave_the_out_dir(tmp_path: Path) -> None:
     renderer.done(Ended("../evil"))
     assert (tmp_path / "out" / ".._evil.out").read_bytes() == b"x\n"
     assert not (tmp_path / "evil.out").exists()
+
+
+def test_flags_over_many_hosts_read_the_token_file_once(tmp_path: Path,
+                                                        monkeypatch: Any) -> None:
+    import rexec.config
+    from rexec.cli.fleet import with_flags
+    from rexec.client.options import ConnectOptions
+    from rexec.fleet.target import Target
+    from tests.helpers import write_token
+
+    monkeypatch.delenv("REXEC_TOKEN", raising=False)
+    monkeypatch.setenv("REXEC_HOME", str(tmp_path))
+    token = write_token(tmp_path / "fleet.token", "fleet-token-0123456789abcdef")
+    targets = [Target(f"h{i}", ConnectOptions.resolve(f"127.0.0.{i}:7878", token="x" * 20))
+               for i in range(2, 52)]
+    reads = []
+    real = rexec.config.read_token_file
+    monkeypatch.setattr(rexec.config, "read_token_file",
+                        lambda path: reads.append(path) or real(path))
+    changed = with_flags(targets, {"token_file": token, "identity": "ops"})
+    assert len(reads) == 1
+    assert [t.options.address for t in changed] == [t.options.address for t in targets]
+    assert {(t.options.token, t.options.identity) for t in changed} == {
+        ("fleet-token-0123456789abcdef", "ops")}
+    assert changed[7].options.host == "127.0.0.9" and changed[7].name == "h9"
