@@ -41,7 +41,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 # The side-by-side suite (bench/suite.py): rexec beside ssh, asyncssh and local spawning, on
-# loopback; writes docs/benchmarks.md. Installs the `bench` extra (asyncssh) first, and
+# loopback; writes docs/benchmarks.md. Installs the `bench` extra (asyncssh, parallel-ssh) first, and
 # Debian's openssh-server when /usr/sbin/sshd is missing. `make bench BENCH_ARGS=--quick`
 # (or `make bench-quick`) for a short run.
 $(BENCH_STAMP): $(STAMP) pyproject.toml
@@ -55,7 +55,7 @@ bench-quick: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py --quick $(BENCH_ARGS)
 
 # The fleet row alone (50, 500 and 1,000 loopback hosts; a few minutes): rewrites only its own
-# section of docs/benchmarks.md. parallel-ssh joins the row when installed (pip install parallel-ssh).
+# section of docs/benchmarks.md.
 bench-fleet: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py --only fleet $(BENCH_ARGS)
 

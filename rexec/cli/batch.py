@@ -14,6 +14,7 @@ from rexec.cli.common import (
     Command,
     ConnectTimeout,
     Identity,
+    Keepalive,
     TlsCa,
     TlsCert,
     TlsKey,
@@ -63,6 +64,7 @@ def batch_command(  # noqa: PLR0917 - typer maps parameters to arguments and opt
     token_file: TokenFile = None,
     config: ClientConfig = None,
     connect_timeout: ConnectTimeout = None,
+    keepalive: Keepalive = None,
     tls_ca: TlsCa = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
@@ -81,9 +83,9 @@ def batch_command(  # noqa: PLR0917 - typer maps parameters to arguments and opt
         fail(f"cannot read the batch file {file}: {getattr(exc, 'strerror', None) or exc}",
              EXIT_USAGE)
     connection = connection_keywords(
-        token_file=token_file, config=config, connect_timeout=connect_timeout, tls_ca=tls_ca,
-        tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin, tls_tofu=tls_tofu,
-        identity=identity)
+        token_file=token_file, config=config, connect_timeout=connect_timeout,
+        keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
+        tls_tofu=tls_tofu, identity=identity)
     try:
         commands = parse_batch(text)
         if not commands:

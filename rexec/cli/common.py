@@ -166,6 +166,13 @@ ConnectTimeout = Annotated[
     float | None,
     typer.Option(metavar="SECONDS", help="Seconds to connect and authenticate.  [default: 10]"),
 ]
+Keepalive = Annotated[
+    float | None,
+    typer.Option(metavar="SECONDS",
+                 help="Seconds of silence before probing for a dead server, which is given up"
+                      " after about twice that (as ssh's ServerAliveInterval); 0: off."
+                      "  [default: 30]"),
+]
 TlsCa = Annotated[
     Path | None,
     typer.Option("--tls-ca", metavar="FILE", help="Use TLS; trust servers signed by this CA."),
@@ -190,10 +197,11 @@ Identity = Annotated[
 
 
 def connection_keywords(*, token_file: Path | None, config: Path | None,
-                        connect_timeout: float | None, tls_ca: Path | None,
+                        connect_timeout: float | None, keepalive: float | None,
+                        tls_ca: Path | None,
                         tls_cert: Path | None, tls_key: Path | None, tls_pin: str | None,
                         tls_tofu: bool, identity: str | None) -> dict[str, Any]:
     """The connection flags as ConnectOptions.resolve's keywords (None: not given)."""
     return {"token_file": token_file, "config": config, "connect_timeout": connect_timeout,
-            "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key, "tls_pin": tls_pin,
-            "tls_tofu": tls_tofu or None, "identity": identity}
+            "keepalive": keepalive, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key,
+            "tls_pin": tls_pin, "tls_tofu": tls_tofu or None, "identity": identity}

@@ -163,8 +163,8 @@ def stdin_source(no_stdin: bool) -> Any:
 def with_flags(targets: list[Any], connection: dict[str, Any]) -> list[Any]:
     """The command line's connection flags over each host's inventory settings (as ssh's
     options override ~/.ssh/config). A trust flag replaces the host's way of trusting."""
-    given = {key: value for key, value in connection.items()
-             if value not in (None, False) and key != "config"}
+    given = {key: value for key, value in connection.items()  # --keepalive 0 is given
+             if value is not None and value is not False and key != "config"}
     if not given:
         return targets
     from dataclasses import replace
@@ -180,6 +180,7 @@ def with_flags(targets: list[Any], connection: dict[str, Any]) -> list[Any]:
         keywords: dict[str, Any] = {
             "token": None if "token_file" in given else o.token,
             "identity": o.identity, "connect_timeout": o.connect_timeout,
+            "keepalive": o.keepalive,
             "tls_cert": o.tls_cert, "tls_key": o.tls_key,
             "config": connection.get("config"),
         }

@@ -64,7 +64,8 @@ def describe(target: Target) -> dict[str, Any]:
         "tls": options.uses_tls, "tls_ca": path(options.tls_ca),
         "tls_cert": path(options.tls_cert), "tls_key": path(options.tls_key),
         "tls_pin": options.tls_pin, "tls_tofu": options.tls_tofu,
-        "connect_timeout": options.connect_timeout, "token_source": options.token_source,
+        "connect_timeout": options.connect_timeout, "keepalive": options.keepalive,
+        "token_source": options.token_source,
         "vars": dict(target.vars),
     }
 

@@ -19,6 +19,7 @@ from rexec.cli.common import (
     ClientConfig,
     ConnectTimeout,
     Identity,
+    Keepalive,
     RemoteCommand,
     TlsCa,
     TlsCert,
@@ -165,6 +166,7 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     token_file: TokenFile = None,
     config: ClientConfig = None,
     connect_timeout: ConnectTimeout = None,
+    keepalive: Keepalive = None,
     tls_ca: TlsCa = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
@@ -186,9 +188,9 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
                                                                               "COMMAND")
         _failed(line, json_output, f"{option}: {exc}", exc, EXIT_USAGE)
     connection = connection_keywords(
-        token_file=token_file, config=config, connect_timeout=connect_timeout, tls_ca=tls_ca,
-        tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin, tls_tofu=tls_tofu,
-        identity=identity)
+        token_file=token_file, config=config, connect_timeout=connect_timeout,
+        keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
+        tls_tofu=tls_tofu, identity=identity)
     kind, found = _classify(address, inventory, config, line, json_output)
     if kind == "fleet":
         from rexec.cli.fleet import run_fleet, stdin_source, with_flags

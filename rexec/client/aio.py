@@ -91,7 +91,7 @@ class Client(OptionsClient):
             await self._check_server()
         sock = self._writer.get_extra_info("socket")
         if sock is not None:
-            tune(sock)
+            tune(sock, options.keepalive)
         self._core = ClientCore(options.token, identity=options.identity,
                                 client_certificate=options.tls_cert is not None)
         try:

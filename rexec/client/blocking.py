@@ -85,7 +85,7 @@ class BlockingClient(OptionsClient):
             sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as exc:  # TimeoutError and socket.gaierror included
             raise self._connect_error(exc, tls=False) from None
-        tune(sock)
+        tune(sock, options.keepalive)
         self.timings["connect"] = time.monotonic() - started
         if options.uses_tls:
             sock = self._wrap_tls(sock)
@@ -415,6 +415,7 @@ def run(
     token_file: str | Path | None = None,
     config: str | Path | None = None,
     connect_timeout: float | None = None,
+    keepalive: float | None = None,
     tls_ca: str | Path | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
@@ -429,8 +430,8 @@ def run(
     """
     options = ConnectOptions.resolve(
         address, token=token, token_file=token_file, config=config,
-        connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-        tls_pin=tls_pin, tls_tofu=tls_tofu, identity=identity,
+        connect_timeout=connect_timeout, keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert,
+        tls_key=tls_key, tls_pin=tls_pin, tls_tofu=tls_tofu, identity=identity,
     )
     with BlockingClient.from_options(options) as client:
         return client.run(command, **run_options)

@@ -1,6 +1,6 @@
 """ConnectOptions: every option of one connection, resolved once from flags, environment, config.
 
-``Client``, ``BlockingClient``, ``rexec.run`` and ``rexec run`` all take the same ten
+``Client``, ``BlockingClient``, ``rexec.run`` and ``rexec run`` all take the same eleven
 connection keywords; each turns them into one ConnectOptions here, so the merge order (the
 keywords over the environment over the config file, then the token lookup) is written once.
 """
@@ -13,6 +13,7 @@ from typing import Self
 
 from rexec.client.known_hosts import default_known_hosts
 from rexec.client.settings import ClientSettings, client_settings
+from rexec.sockets import KEEPALIVE
 from rexec.wire.address import parse_address
 
 
@@ -34,6 +35,7 @@ class ConnectOptions:
     tls_pin: str | None = None  # the server certificate's fingerprint, SHA256:<base64>
     tls_tofu: bool = False  # trust the first certificate seen, as recorded in known_hosts
     known_hosts: Path = field(default_factory=default_known_hosts)
+    keepalive: float = KEEPALIVE  # seconds of silence before probing for a dead server
 
     @property
     def uses_tls(self) -> bool:
@@ -49,6 +51,7 @@ class ConnectOptions:
         token_file: str | Path | None = None,
         config: str | Path | None = None,
         connect_timeout: float | None = None,
+        keepalive: float | None = None,
         tls_ca: str | Path | None = None,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
@@ -63,7 +66,7 @@ class ConnectOptions:
         host, port = parse_address(address)
         settings, resolved_token, token_source = client_settings(
             token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
-            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
+            keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
             tls_tofu=tls_tofu, identity=identity,
         )
         return cls(
@@ -72,6 +75,7 @@ class ConnectOptions:
             tls_key=settings.tls_key, connect_timeout=settings.connect_timeout, settings=settings,
             token_source=token_source, tls_pin=settings.tls_pin, tls_tofu=settings.tls == "tofu",
             known_hosts=settings.known_hosts or default_known_hosts(),
+            keepalive=settings.keepalive,
         )
 
 
@@ -88,6 +92,7 @@ class OptionsClient:
         token_file: str | Path | None = None,
         config: str | Path | None = None,
         connect_timeout: float | None = None,
+        keepalive: float | None = None,
         tls_ca: str | Path | None = None,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
@@ -97,8 +102,9 @@ class OptionsClient:
     ) -> None:
         self._setup(ConnectOptions.resolve(
             address, token=token, token_file=token_file, config=config,
-            connect_timeout=connect_timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-            tls_pin=tls_pin, tls_tofu=tls_tofu, identity=identity,
+            connect_timeout=connect_timeout, keepalive=keepalive, tls_ca=tls_ca,
+            tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin, tls_tofu=tls_tofu,
+            identity=identity,
         ))
 
     @classmethod

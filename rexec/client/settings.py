@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from rexec.config import _Settings, load_settings, resolve_token
 from rexec.errors import ConfigError
+from rexec.sockets import KEEPALIVE
 from rexec.tokens import default_home, default_token_path
 
 
@@ -27,6 +28,9 @@ class ClientSettings(_Settings):
     """What ``rexec`` and ``rexec.Client`` run with."""
 
     connect_timeout: float = Field(10.0, gt=0, le=3600)
+    # Seconds of silence before a dead server is looked for (TCP keepalive probes, and
+    # TCP_USER_TIMEOUT for unacknowledged data): it is given up after about twice that. 0: off.
+    keepalive: float = Field(KEEPALIVE, ge=0, le=3600)
     identity: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")] | None = None
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -77,6 +81,7 @@ def client_settings(
     token_file: str | Path | None = None,
     config: str | Path | None = None,
     connect_timeout: float | None = None,
+    keepalive: float | None = None,
     tls_ca: str | Path | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
@@ -105,8 +110,9 @@ def client_settings(
         "client",
         config_path,
         cli={"token": token, "token_file": _path(token_file), "connect_timeout": connect_timeout,
-             "tls_ca": _path(tls_ca), "tls_cert": _path(tls_cert), "tls_key": _path(tls_key),
-             "tls_pin": tls_pin, "tls": "tofu" if tls_tofu else None, "identity": identity},
+             "keepalive": keepalive, "tls_ca": _path(tls_ca), "tls_cert": _path(tls_cert),
+             "tls_key": _path(tls_key), "tls_pin": tls_pin, "tls": "tofu" if tls_tofu else None,
+             "identity": identity},
     )
     resolved = resolve_token(settings)
     if token is not None:

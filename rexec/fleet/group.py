@@ -3,7 +3,8 @@
 Every host gets its own ``rexec.Client`` (one connection, all of a batch's commands over it),
 at most ``forks`` connections at once, all on the running event loop: no thread and no buffer
 of its own per host beyond what it captures. A host that cannot be connected to, logged in to
-or secured is "unreachable" and the others go on; a per-host ``timeout`` is enforced by each
+or secured, or whose connection is lost mid-command (a reset, or keepalive finding it dead), is
+"unreachable" and the others go on; a per-host ``timeout`` is enforced by each
 server (the output produced is kept); cancelling the run (``Group.cancel()``, or cancelling the
 task awaiting it) cancels every remote command at once, and the hosts not finished are
 "cancelled". What the run produced is in ``Group.result`` even when the run was cancelled.
@@ -20,7 +21,13 @@ from typing import Any, Protocol
 
 from rexec.client.aio import Client, StdinSource
 from rexec.client.core import StreamName, check_request
-from rexec.errors import CommandNotStarted, ConfigError, InvalidRequest, RexecError
+from rexec.errors import (
+    CommandNotStarted,
+    ConfigError,
+    ConnectionLost,
+    InvalidRequest,
+    RexecError,
+)
 from rexec.fleet.batch import BatchCommand, parse_batch
 from rexec.fleet.outcome import CommandOutcome, GroupResult, HostOutcome, status_of
 from rexec.fleet.stdin import Broadcast, SharedStdin, shared_stdin
@@ -350,7 +357,10 @@ async def _one(client: Client, host: str, command: str, job: _Job,  # noqa: PLR0
                        ) from None
     except CommandNotStarted as exc:  # the connection is still good for the next command
         raise _Stopped("failed", None, str(exc), fatal=False) from None
-    except RexecError as exc:  # ConnectionLost, a ProtocolError: the connection is gone
+    except ConnectionLost as exc:  # the host went away mid-command (reset, keepalive, EOF):
+        raise _Stopped("unreachable", captured.partial(command),  # Ansible's UNREACHABLE
+                       f"connection lost while running: {exc}") from None
+    except RexecError as exc:  # a ProtocolError: the connection is gone
         raise _Stopped("failed", captured.partial(command), str(exc)) from None
     assert stream.result is not None
     return captured.into(stream.result)

@@ -2,7 +2,7 @@
 
 One file, or several (later files extend earlier ones)::
 
-    [defaults]             port, token_file, identity, tls_*, connect_timeout, vars
+    [defaults]             port, token_file, identity, tls_*, connect_timeout, keepalive, vars
     [hosts.NAME]           address (default NAME), the same settings, vars;
                            NAME may be a range ("web[01-20]"): one host each
     [groups.NAME]          hosts (patterns), children (group names), vars
@@ -62,6 +62,7 @@ class HostSettings(BaseModel):
     tls_pin: str | None = None
     tls_tofu: bool | None = None
     connect_timeout: float | None = Field(default=None, gt=0, le=3600)
+    keepalive: float | None = Field(default=None, ge=0, le=3600)
     vars: dict[str, Any] = Field(default_factory=dict)
 
     _pin_parses = field_validator("tls_pin")(parse_pin)  # as the client's: at load time
@@ -232,7 +233,7 @@ class Inventory:
                 identity=settings.identity, tls_ca=settings.tls_ca,
                 tls_cert=settings.tls_cert, tls_key=settings.tls_key,
                 tls_pin=settings.tls_pin, tls_tofu=settings.tls_tofu,
-                connect_timeout=settings.connect_timeout)
+                connect_timeout=settings.connect_timeout, keepalive=settings.keepalive)
             if settings.token_file is not None:
                 base = dataclasses.replace(base, token_source=f"token_file {settings.token_file}")
             self._resolved[key] = base

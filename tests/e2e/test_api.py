@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import time
+from typing import Any
 
 import pytest
 
@@ -188,3 +189,32 @@ def test_blocking_client_cancel(server):
 def test_empty_token_refused():
     with pytest.raises(ConfigError, match="empty"):
         rexec.BlockingClient("127.0.0.1:1", token="   ")
+
+
+def _keepalive_of(sock: Any) -> tuple[int, int, int, int]:
+    """A socket's keepalive options (a socket.socket, or asyncio's TransportSocket)."""
+    import socket
+
+    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+
+
+def test_both_clients_set_the_keepalive_they_are_given_on_their_socket(server):
+    # 6 s idle, probes 2 s apart, 3 of them: the user timeout is 6 + 3 * 2 = 12 s
+    with rexec.BlockingClient(server.address, token=server.token, keepalive=6) as c:
+        assert c.run("true").ok
+        assert _keepalive_of(c._sock) == (1, 6, 2, 12_000)
+
+    async def main() -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+        async with rexec.Client(server.address, token=server.token) as default, \
+                rexec.Client(server.address, token=server.token, keepalive=0) as off:
+            assert (await default.run("true")).ok and (await off.run("true")).ok
+            assert default._writer is not None and off._writer is not None
+            return (_keepalive_of(default._writer.get_extra_info("socket")),
+                    _keepalive_of(off._writer.get_extra_info("socket")))
+
+    default, off = asyncio.run(main())
+    assert default == (1, 30, 10, 60_000)
+    assert off[0] == 0 and off[3] == 0

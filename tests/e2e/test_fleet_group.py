@@ -354,3 +354,40 @@ def test_a_host_that_never_answers_is_unreachable_after_its_connect_timeout(
     assert list(result.unreachable) == ["mute"] and "0.5 s" in result.unreachable["mute"]
     assert result.succeeded == ["h01", "h02", "h03"] and result.exit_status == 3
     assert result.outcomes["mute"].duration < 5
+
+
+def test_a_host_whose_server_dies_mid_command_is_unreachable_with_its_output_kept(
+        many: ManyServers) -> None:
+    doomed = start_many_servers(2, first=60)
+    dying = [Target(f"d{n}", ConnectOptions.resolve(address, token=TOKEN))
+             for n, address in enumerate(doomed.addresses, 1)]
+    group = Group([*targets(many, 2), *dying])
+    started: set[str] = set()
+
+    def output(host: str, stream: str, data: bytes) -> None:
+        started.add(host)
+        if {"d1", "d2"} <= started and doomed.proc.poll() is None:
+            doomed.proc.kill()  # the machine is gone: no exit frame, no goodbye
+
+    try:
+        result = asyncio.run(group.run("echo start; sleep 2.0117; echo end", on_output=output))
+    finally:
+        doomed.stop()
+    assert result.succeeded == ["h01", "h02"]
+    assert all(result[h].stdout == b"start\nend\n" for h in result.succeeded)
+    assert sorted(result.unreachable) == ["d1", "d2"] and result.exit_status == 3
+    for host in ("d1", "d2"):
+        outcome = result.outcomes[host]
+        assert "connection lost while running" in (outcome.error or ""), outcome.error
+        assert outcome.result is not None and outcome.result.stdout == b"start\n"
+
+    def orphans() -> bool:  # the dead server's children end on their own
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if b"sleep\x002.0117" in cmdline.read_bytes():
+                    return True
+            except OSError:
+                continue  # it just ended
+        return False
+
+    assert wait_until(lambda: not orphans(), 10)

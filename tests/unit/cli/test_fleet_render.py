@@ -72,3 +72,16 @@ def test_flags_over_many_hosts_read_the_token_file_once(tmp_path: Path,
     assert {(t.options.token, t.options.identity) for t in changed} == {
         ("fleet-token-0123456789abcdef", "ops")}
     assert changed[7].options.host == "127.0.0.9" and changed[7].name == "h9"
+
+
+def test_a_keepalive_flag_overrides_the_inventory_even_when_it_is_zero() -> None:
+    from rexec.cli.fleet import with_flags
+    from rexec.client.options import ConnectOptions
+    from rexec.fleet.target import Target
+
+    targets = [Target("h2", ConnectOptions.resolve("127.0.0.2:7878", token="x" * 20,
+                                                   keepalive=5, connect_timeout=4))]
+    assert with_flags(targets, {"keepalive": None})[0].options.keepalive == 5
+    off = with_flags(targets, {"keepalive": 0})[0].options
+    assert (off.keepalive, off.connect_timeout, off.token) == (0, 4, "x" * 20)
+    assert with_flags(targets, {"keepalive": 12.5})[0].options.keepalive == 12.5

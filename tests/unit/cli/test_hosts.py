@@ -55,7 +55,7 @@ def test_hosts_json_shows_each_hosts_settings_and_token_source_but_never_the_tok
     assert other["address"] == "other:7878" and other["vars"] == {"site": "par1"}
     assert set(web02) == {"name", "address", "host", "port", "identity", "tls", "tls_ca",
                           "tls_cert", "tls_key", "tls_pin", "tls_tofu", "connect_timeout",
-                          "token_source", "vars"}
+                          "keepalive", "token_source", "vars"}
 
 
 def test_hosts_json_names_rexec_token_as_the_source(monkeypatch: pytest.MonkeyPatch) -> None:

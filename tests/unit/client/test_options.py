@@ -21,6 +21,18 @@ def test_keywords_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert ConnectOptions.resolve("web1", token="kw-token").token == "kw-token"
 
 
+def test_keepalive_comes_from_the_keyword_or_the_config_file_and_zero_turns_it_off(
+        tmp_path: Path) -> None:
+    assert ConnectOptions.resolve("web1:1", token="t").keepalive == 30.0
+    config = tmp_path / "client.toml"
+    config.write_text("[client]\nkeepalive = 4.5\n")
+    assert ConnectOptions.resolve("web1:1", token="t", config=config).keepalive == 4.5
+    assert ConnectOptions.resolve("web1:1", token="t", config=config, keepalive=0).keepalive == 0
+    config.write_text("[client]\nkeepalive = -1\n")
+    with pytest.raises(ConfigError, match="keepalive"):
+        ConnectOptions.resolve("web1:1", token="t", config=config)
+
+
 def test_the_token_never_shows_in_the_repr() -> None:
     options = ConnectOptions.resolve("web1:1", token="s3cret-token")
     assert "s3cret-token" not in repr(options)

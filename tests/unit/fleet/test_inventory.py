@@ -39,6 +39,7 @@ BASIC = """
     address = "10.0.0.9"
     port = 7100
     identity = "dba"
+    keepalive = 5
     vars = { level = "host" }
 
     [groups.web]
@@ -64,6 +65,7 @@ def test_hosts_ranges_and_groups_load_and_resolve(tmp_path: Path, token: Path) -
     assert web02.options.token_source == f"token_file {token}"  # relative to the file
     assert web02.options.connect_timeout == 3.0
     assert (db.options.address, db.options.identity) == ("10.0.0.9:7100", "dba")
+    assert (web02.options.keepalive, db.options.keepalive) == (30.0, 5.0)
 
 
 def test_vars_merge_defaults_then_parent_groups_then_children_then_the_host(
