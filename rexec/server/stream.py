@@ -7,8 +7,8 @@ pre-authentication deadline as the rexec handshake. Socket errors become Connect
 ``rexec.errors.map_socket_errors``; TLS errors become ConnectionLost here.
 
 Until the client is authenticated (``handshake=True`` until ``authenticated()``), the server
-reads its socket only while it waits for a handshake frame, HANDSHAKE_READ bytes at a time, and
-caps its headers at HANDSHAKE_MAX_HEADER: whatever an unauthenticated client sends meanwhile (in
+reads its socket HANDSHAKE_READ bytes at a time, holds at most about four times that, and caps
+its headers at HANDSHAKE_MAX_HEADER: whatever more an unauthenticated client sends meanwhile (in
 the failed-login penalty, say) waits in the kernel, not in the server's memory.
 """
 
@@ -39,6 +39,12 @@ TLS_REQUIRED = (
 
 class TLSHandshakeFailed(ConnectionLost):
     """A client's TLS handshake failed (bad certificate, no certificate, garbage)."""
+
+
+def reader_limit(reader: asyncio.StreamReader) -> int | None:
+    """The StreamReader's flow-control limit, where it keeps one as CPython's does."""
+    limit = getattr(reader, "_limit", None)
+    return limit if isinstance(limit, int) else None
 
 
 def format_peer(writer: asyncio.StreamWriter) -> str:
@@ -82,16 +88,14 @@ class FramedStream:
             tune(sock, keepalive)
         # A socket transport reads too; StreamWriter's annotation only promises writing.
         self._transport = cast(asyncio.Transport, writer.transport)
-        self._sparing = False  # reading only while a handshake frame is awaited
+        self._sparing = False  # unauthenticated: read HANDSHAKE_READ at a time, bounded
         self._max_size: int | None = None  # the transport's own recv() size, while lowered
+        self._limit: int | None = None  # the StreamReader's own limit, while lowered
+        self._paused = False  # the transport paused, read only while a frame is awaited
         if handshake:
             self._start_sparing_reads()
 
     def _start_sparing_reads(self) -> None:
-        # The server makes its stream in the connection's first task step: the transport's
-        # first read, if the socket is readable already, is queued behind that step, and
-        # pausing cancels it. So nothing at all is read before the first receive().
-        self._transport.pause_reading()
         self._sparing = True
         # asyncio has no public way to bound one recv(): the selector transport recv()s up to
         # its max_size (a class attribute, 256 KiB) per call. Lowered on this transport alone,
@@ -101,6 +105,24 @@ class FramedStream:
         if isinstance(max_size, int) and max_size > HANDSHAKE_READ:
             self._max_size = max_size
             transport.max_size = HANDSHAKE_READ
+        # The StreamReader's own flow control pauses the transport once it holds more than
+        # twice its limit, and resumes it when a read takes it back to the limit: with the
+        # limit lowered to HANDSHAKE_READ, an unauthenticated client has at most about 16 KiB
+        # in the server's memory (two limits and one recv in the reader, the rest of a read in
+        # the frame decoder), at no cost to a well-behaved one, whose small frames never come
+        # near it. Where StreamReader keeps no ``_limit`` (not CPython's asyncio), the
+        # transport is paused instead, and read only while a frame is awaited
+        # (``_read_sparingly``).
+        limit = reader_limit(self.reader)
+        if limit is not None and limit > HANDSHAKE_READ:
+            self._limit = limit
+            cast(Any, self.reader)._limit = HANDSHAKE_READ
+        else:
+            # The server makes its stream in the connection's first task step: the
+            # transport's first read, if the socket is readable already, is queued behind
+            # that step, and pausing cancels it.
+            self._transport.pause_reading()
+            self._paused = True
 
     def authenticated(self) -> None:
         """The peer is authenticated: read it as fast as it sends, as before the handshake."""
@@ -112,10 +134,16 @@ class FramedStream:
             transport: Any = self._transport
             transport.max_size = self._max_size
             self._max_size = None
-        # The StreamReader never paused the transport itself meanwhile: that takes more than
-        # twice its limit (2 MiB) buffered, and it never held more than one small read. So
-        # resuming here cannot undo its own flow control.
-        self._transport.resume_reading()
+        if self._limit is not None:
+            reader: Any = self.reader
+            reader._limit = self._limit  # a transport it paused resumes at its next read
+            self._limit = None
+        if self._paused:
+            # The StreamReader never paused the transport itself meanwhile: that takes more
+            # than twice its limit (2 MiB) buffered, and it never held more than one small
+            # read. So resuming here cannot undo its own flow control.
+            self._paused = False
+            self._transport.resume_reading()
 
     async def _read_raw(self) -> bytes:
         if self._sparing:
@@ -127,12 +155,16 @@ class FramedStream:
         return data
 
     async def _read_sparingly(self) -> bytes:
-        """Before authentication: read the socket only now, while a frame is awaited.
+        """Before authentication: at most HANDSHAKE_READ bytes, the transport read only now
+        if it is paused (see ``_start_sparing_reads``).
 
-        The StreamReader resumes a transport only if it paused it itself (it did not), so
-        waiting on it with the transport paused would hang: the transport reads from here to
-        the next data, and is paused again before anything else runs.
+        The StreamReader resumes a transport only if it paused it itself, so waiting on it
+        with the transport paused would hang: the transport reads from here to the next data,
+        and is paused again before anything else runs.
         """
+        if not self._paused:
+            with map_socket_errors("connection broken", self.received):
+                return await self.reader.read(HANDSHAKE_READ)
         self._transport.resume_reading()
         try:
             with map_socket_errors("connection broken", self.received):

@@ -104,6 +104,11 @@ def guess_peer(first: bytes) -> str:
     return "is the peer a rexec endpoint?"
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates,
+                            parse_constant=_reject_constant, parse_float=_parse_float)
+"""One decoder for every header: json.loads() with hooks would build a new one per call."""
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming each field that failed and why, for an error frame or a log line."""
     parts = []
@@ -120,12 +125,7 @@ def decode_header(raw: bytes) -> Header:
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"frame header is not UTF-8 (byte {exc.start})", "bad_header") from None
     try:
-        obj = json.loads(
-            text,
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-            parse_float=_parse_float,
-        )
+        obj = _DECODER.decode(text)
     except ValueError as exc:  # JSONDecodeError, and integers over Python's digit limit
         raise ProtocolError(f"frame header is not JSON: {exc}", "bad_header") from None
     except RecursionError:
