@@ -35,7 +35,8 @@ def refuse_shared(what: str, path: Path, info: os.stat_result) -> None:
 
 def default_home() -> Path:
     """rexec's per-user folder: $REXEC_HOME, else ~/.rexec."""
-    return Path(os.environ.get("REXEC_HOME") or Path.home() / ".rexec")
+    # os.path rather than Path.home() / ...: every Client asks, a thousand times for a fleet
+    return Path(os.environ.get("REXEC_HOME") or os.path.join(os.path.expanduser("~"), ".rexec"))
 
 
 def default_token_path() -> Path:
