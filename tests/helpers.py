@@ -315,6 +315,9 @@ class ScriptedChild:
         self.timed_out = True
         self.terminate()
 
+    def resize(self, rows: int, cols: int, width: int = 0, height: int = 0) -> None:
+        self.resized = (rows, cols, width, height)
+
     def close(self) -> None:
         self.closed = True
         if not self.reaped.done():
@@ -340,7 +343,8 @@ class ScriptedRunner:
         return child
 
     def start(self, argv: list[str], env: object, cwd: str | None = None,
-              stdin: bool = False, confine: object = None) -> ScriptedChild:
+              stdin: bool = False, confine: object = None, *,
+              executable: str | None = None) -> ScriptedChild:
         import shlex
 
         return self.start_shell(shlex.join(argv), env, cwd, stdin, confine)
@@ -350,7 +354,8 @@ class ScriptedRunner:
         return self.start_shell(command, env, cwd, stdin, confine)
 
     async def spawn(self, argv: list[str], env: object, cwd: str | None = None,
-                    stdin: bool = False, confine: object = None) -> ScriptedChild:
+                    stdin: bool = False, confine: object = None, *,
+                    executable: str | None = None) -> ScriptedChild:
         return self.start(argv, env, cwd, stdin, confine)
 
 # --- many loopback "hosts" served by one process (fleet tests) ---

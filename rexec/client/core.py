@@ -46,11 +46,15 @@ from rexec.wire.frames import (
     Exit,
     Header,
     Hello,
+    Resize,
     Run,
+    Shell,
     Signal,
     SignalName,
     Stdin,
     StdinEof,
+    Terminal,
+    Window,
 )
 from rexec.wire.protocol import Connection, Role, State
 
@@ -116,18 +120,35 @@ _PROBLEMS: dict[tuple[str, str], Callable[[Any], str]] = {
 
 
 def build_run(command: str, *, env: dict[str, str] | None = None, cwd: str | None = None,
-              timeout: float | None = None, stdin: bool = False) -> Run:
+              timeout: float | None = None, stdin: bool = False,
+              pty: Terminal | None = None) -> Run:
     """The ``run`` frame for a command; InvalidRequest (naming the field) if no server would
     take it. Callers that want to check a request before connecting call this first."""
     values = {"command": command, "env": env or {}, "cwd": cwd, "timeout": timeout}
     try:
-        return Run(command=command, env=env or {}, cwd=cwd, timeout=timeout, stdin=stdin)
+        return Run(command=command, env=env or {}, cwd=cwd, timeout=timeout, stdin=stdin,
+                   pty=pty)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        field = str(error["loc"][0]) if error["loc"] else "command"
-        say = _PROBLEMS.get((field, error["type"]))
-        message = say(values.get(field)) if say else str(error["msg"]).removeprefix("Value error, ")
-        raise InvalidRequest(message, field) from None
+        raise _invalid(exc, values) from None
+
+
+def build_shell(*, env: dict[str, str] | None = None, cwd: str | None = None,
+                timeout: float | None = None, pty: Terminal | None = None) -> Shell:
+    """The ``shell`` frame: the login shell on a PTY, or (``pty`` None) reading a script from
+    stdin; InvalidRequest naming the field if no server would take it."""
+    values = {"env": env or {}, "cwd": cwd, "timeout": timeout}
+    try:
+        return Shell(env=env or {}, cwd=cwd, timeout=timeout, stdin=True, pty=pty)
+    except ValidationError as exc:
+        raise _invalid(exc, values) from None
+
+
+def _invalid(exc: ValidationError, values: dict[str, Any]) -> InvalidRequest:
+    error = exc.errors(include_url=False)[0]
+    field = str(error["loc"][0]) if error["loc"] else "command"
+    say = _PROBLEMS.get((field, error["type"]))
+    message = say(values.get(field)) if say else str(error["msg"]).removeprefix("Value error, ")
+    return InvalidRequest(message, field)
 
 
 def _too_large(exc: HeaderTooLarge) -> InvalidRequest:
@@ -171,7 +192,8 @@ class ClientCore:
         self._expected_server_proof: str | None = None
         self._outgoing = bytearray()
         self._eof = False
-        self._run: Run | None = None
+        self._run: Run | Shell | None = None
+        self.pty = False  # the running command has a PTY: its output is one stream
         self.stdin_credit = 0  # stdin bytes we may still send before the server credits more
         self._capture = False
         self._captured: dict[StreamName, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
@@ -196,17 +218,40 @@ class ClientCore:
         return len(self._outgoing)
 
     def start(self, command: str, *, env: dict[str, str] | None = None, cwd: str | None = None,
-              timeout: float | None = None, stdin: bool = False, capture: bool = True) -> None:
-        """Queue a ``run`` frame (validated here: a bad argument raises before anything is sent)."""
+              timeout: float | None = None, stdin: bool = False, capture: bool = True,
+              pty: Terminal | None = None) -> None:
+        """Queue a ``run`` frame (validated here: a bad argument raises before anything is sent).
+
+        With ``pty``, the command runs on a pseudo-terminal of that type and size: its output
+        (stdout and stderr alike) arrives as stdout, and ``resize`` follows the local window.
+        """
         if self.conn.state is not State.READY:
             raise RuntimeError(f"cannot start a command in state {self.conn.state.value}")
-        run = build_run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
+        self._begin(build_run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin, pty=pty),
+                    capture)
+
+    def start_shell(self, *, env: dict[str, str] | None = None, cwd: str | None = None,
+                    timeout: float | None = None, capture: bool = True,
+                    pty: Terminal | None = None) -> None:
+        """Queue a ``shell`` frame: the identity's login shell, interactive on a PTY of type and
+        size ``pty``, or (``pty`` None) a shell reading its script from stdin."""
+        if self.conn.state is not State.READY:
+            raise RuntimeError(f"cannot start a shell in state {self.conn.state.value}")
+        self._begin(build_shell(env=env, cwd=cwd, timeout=timeout, pty=pty), capture)
+
+    def resize(self, rows: int, cols: int, width: int = 0, height: int = 0) -> None:
+        """Tell the server the local window's new size (a PTY command; no-op otherwise)."""
+        if self.conn.state is State.RUNNING and self.pty:
+            self._send(Resize(window=Window(rows=rows, cols=cols, width=width, height=height)))
+
+    def _begin(self, run: Run | Shell, capture: bool) -> None:
         try:
             self._send(run)
         except HeaderTooLarge as exc:
             raise _too_large(exc) from None
         self._run = run
-        self.stdin_credit = STDIN_WINDOW if stdin else 0
+        self.pty = run.pty is not None
+        self.stdin_credit = STDIN_WINDOW if run.stdin else 0
         self._capture = capture
         self._captured = {"stdout": bytearray(), "stderr": bytearray()}
         self._counts = {"stdout": 0, "stderr": 0}
@@ -350,7 +395,7 @@ class ClientCore:
                     f"the server reports {declared[name]} bytes of {name} but {count} arrived:"
                     " output was lost", "byte_count_mismatch")
         result = Result(
-            command=self._run.command,
+            command=self._run.command if isinstance(self._run, Run) else "",
             exit_code=exit_frame.exit_code,
             signal=exit_frame.signal,
             timed_out=exit_frame.timed_out,

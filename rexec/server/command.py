@@ -36,6 +36,7 @@ from rexec.wire.frames import (
     Stderr,
     StdinCredit,
     Stdout,
+    Window,
 )
 
 CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
@@ -52,6 +53,8 @@ class Command:
     budget: int | None  # output bytes still allowed (None: no limit)
     cwd: str | None = None  # the physical directory it started in, once known
     holds_slot: bool = False  # counted in ServerState.active_commands (max_commands)
+    kind: str = "command"  # or "shell": a login shell (``run.command`` is its program)
+    tty: str | None = None  # the PTY's device, once it is open
 
     def spend(self, count: int) -> int:
         """How many of ``count`` new output bytes may still be sent."""
@@ -150,10 +153,15 @@ async def spawn(state: ServerState, plan: Plan) -> Child | str:
     """Start the child ``plan`` describes; or say why it could not start."""
     run, argv, cwd, confine = plan.run, plan.argv, plan.spawn_cwd, plan.confinement
     try:
+        if plan.pty is not None:
+            window = (plan.pty.rows, plan.pty.cols, plan.pty.width, plan.pty.height)
+            return state.runner.start_pty(argv or ["/bin/sh", "-c", run.command], plan.env, cwd,
+                                          window, confine, executable=plan.executable)
         if argv is None:
             return await state.runner.spawn_shell(run.command, plan.env, cwd, run.stdin,
                                                   confine)
-        return await state.runner.spawn(argv, plan.env, cwd, run.stdin, confine)
+        return await state.runner.spawn(argv, plan.env, cwd, run.stdin, confine,
+                                        executable=plan.executable)
     except (OSError, subprocess.SubprocessError) as exc:
         return describe_spawn_error(exc, argv or ["/bin/sh"], cwd, confine)
 
@@ -196,6 +204,10 @@ class RunningCommand:
         """The client's stdin ended."""
         if self.feeder is not None:
             self.feeder.close()
+
+    def resize(self, window: Window) -> None:
+        """The client's window changed size (applied on a PTY; nothing otherwise)."""
+        self.child.resize(window.rows, window.cols, window.width, window.height)
 
     def signal(self, name: SignalName) -> None:
         """Send the named signal to the command's process group."""

@@ -69,6 +69,7 @@ class Child(Protocol):
     def exceed(self, limit: str) -> None: ...
     def expire(self) -> None: ...
     def close(self) -> None: ...
+    def resize(self, rows: int, cols: int, width: int = 0, height: int = 0) -> None: ...
 
 
 def live_groups(pgids: set[int]) -> set[int]:
@@ -395,6 +396,9 @@ class ChildProcess:
     def expire(self) -> None:
         """The command ran out of time: mark it timed out and terminate its group."""
         self.group.expire()
+
+    def resize(self, rows: int, cols: int, width: int = 0, height: int = 0) -> None:
+        """A window size for a command without a terminal: nothing to apply."""
 
     def close(self) -> None:
         """The server is done with the command: release the pipes and signal the group no more.
