@@ -207,10 +207,11 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         if json_output:
             fail("--json and -t: a terminal's output is not a document; choose one", EXIT_USAGE)
         raise typer.Exit(run_on_pty(
-            address, line, target=one_target(address, inventory, config, line),
+            address, line, target=one_target(address, inventory, config, line, connection),
             connection=connection, env=_parse_env(env or []), cwd=cwd, timeout=timeout,
             escape=escape_option(escape), notes=notes))
-    kind, found = _classify(address, inventory, config, line, json_output)
+    kind, found = _classify(address, inventory, config, line, json_output,
+                            connection=connection)
     if kind == "fleet":
         from rexec.cli.fleet import run_fleet, stdin_source, with_flags
 
@@ -231,7 +232,8 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
 
 
 def _classify(target: str, inventory: list[Path] | None, config: Path | None, line: str,
-              json_output: bool) -> tuple[str, Any]:
+              json_output: bool, *, connection: dict[str, Any] | None = None
+              ) -> tuple[str, Any]:
     """("address", None), ("host", Target) or ("fleet", [Target...]); exit 2 on a bad pattern
     or inventory."""
     if ":" in target and not any(char in target for char in "[@,!&"):
@@ -239,7 +241,7 @@ def _classify(target: str, inventory: list[Path] | None, config: Path | None, li
     from rexec.cli.fleet import classify
 
     try:
-        return classify(target, inventory, config)
+        return classify(target, inventory, config, connection)
     except ConfigError as exc:
         _failed(line, json_output, str(exc), exc, EXIT_USAGE)
 

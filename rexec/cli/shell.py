@@ -100,7 +100,7 @@ def shell_command(  # noqa: PLR0917 - typer maps parameters to arguments and opt
         keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
         tls_tofu=tls_tofu, identity=identity)
     line = " ".join(command) if command else None
-    target = one_target(address, inventory, config, line or "shell")
+    target = one_target(address, inventory, config, line or "shell", connection)
     if line is None and not os.isatty(0):
         code = run_script(address, target=target, connection=connection, env=_parse_env(env or []),
                           cwd=cwd, timeout=timeout, notes=notes)
@@ -122,9 +122,9 @@ def escape_option(value: str) -> bytes | None:
 
 
 def one_target(address: str, inventory: list[Path] | None, config: Path | None,
-               line: str) -> Any:
+               line: str, connection: dict[str, Any]) -> Any:
     """The one host TARGET names (None for an address): exit 2 when a pattern names more."""
-    kind, found = _classify(address, inventory, config, line, False)
+    kind, found = _classify(address, inventory, config, line, False, connection=connection)
     if kind != "fleet":
         return found
     if len(found) != 1:
