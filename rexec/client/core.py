@@ -38,6 +38,8 @@ from rexec.wire.frames import (
     MAX_ENV_ENTRIES,
     MAX_HEADER_SIZE,
     PROTOCOL_VERSION,
+    PROTOCOL_VERSIONS,
+    PTY_VERSION,
     STDIN_WINDOW,
     Auth,
     Cancel,
@@ -198,7 +200,8 @@ class ClientCore:
         self._capture = False
         self._captured: dict[StreamName, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._counts: dict[StreamName, int] = {"stdout": 0, "stderr": 0}
-        self._send(Hello(versions=[PROTOCOL_VERSION], nonce=self._nonce, agent=agent,
+        self.version = PROTOCOL_VERSION  # the version the server chose, once it has
+        self._send(Hello(versions=list(PROTOCOL_VERSIONS), nonce=self._nonce, agent=agent,
                          identity=identity))
 
     # --- what to send ----------------------------------------------------------------------
@@ -245,6 +248,11 @@ class ClientCore:
             self._send(Resize(window=Window(rows=rows, cols=cols, width=width, height=height)))
 
     def _begin(self, run: Run | Shell, capture: bool) -> None:
+        if (run.pty is not None or isinstance(run, Shell)) and self.version < PTY_VERSION:
+            raise ProtocolError(
+                f"the server speaks protocol version {self.version}, which has no PTY sessions"
+                f" or login shells ({self.server_agent or 'an older server'}): upgrade"
+                " rexec-server, or run the command without -t", "unsupported_version")
         try:
             self._send(run)
         except HeaderTooLarge as exc:
@@ -361,12 +369,14 @@ class ClientCore:
         return Authenticated(self.server_agent)
 
     def _answer(self, challenge: Challenge) -> None:
-        if challenge.version != PROTOCOL_VERSION:
+        if challenge.version not in PROTOCOL_VERSIONS:
             raise ProtocolError(
                 f"the server chose protocol version {challenge.version}, which this client"
-                f" does not speak (it speaks {PROTOCOL_VERSION})", "unsupported_version")
+                f" does not speak (it speaks {', '.join(map(str, sorted(PROTOCOL_VERSIONS)))})",
+                "unsupported_version")
+        self.version = challenge.version
         self.server_agent = challenge.agent
-        message = auth_message(self._nonce, challenge.nonce, PROTOCOL_VERSION,
+        message = auth_message(self._nonce, challenge.nonce, self.version,
                                self.identity or "")
         if challenge.method == "certificate":
             if not self._client_certificate:  # it cannot have checked one we never sent

@@ -30,6 +30,8 @@ from rexec.server.state import ServerState
 from rexec.server.stream import FramedStream, TLSHandshakeFailed
 from rexec.wire.codec import Frame
 from rexec.wire.frames import (
+    PROTOCOL_VERSION,
+    PTY_VERSION,
     Auth,
     Error,
     Header,
@@ -63,6 +65,7 @@ class Session:
         self.peer = stream.peer
         self.identity: Identity | None = None
         self.claimed_identity: str | None = None
+        self.version = PROTOCOL_VERSION  # the protocol version the handshake chose
         self.running: RunningCommand | None = None
         self.spawning = False  # a command was admitted and its child is being started
         self.command_task: asyncio.Task[None] | None = None
@@ -185,6 +188,7 @@ class Session:
         hello = await self._receive_handshake(Hello)
         challenged = shake.receive_hello(hello)
         self.claimed_identity = shake.claimed_identity
+        self.version = shake.version
         if isinstance(challenged, HandshakeRefusal):
             raise _Refused(challenged.code, challenged.message)
         if challenged.delay:
@@ -226,6 +230,11 @@ class Session:
     async def handle(self, frame: Frame) -> None:
         """Act on one frame from an authenticated client."""
         header, running = frame.header, self.running
+        if self.version < PTY_VERSION and (header.type in ("shell", "resize") or (
+                header.type == "run" and header.pty is not None)):
+            what = "a run frame with a pty" if header.type == "run" else f"a {header.type} frame"
+            raise ProtocolError(f"{what} is not part of protocol version {self.version}",
+                                "unexpected_frame")
         if header.type in ("run", "shell"):
             await self.start_command(header)
         elif header.type == "error":

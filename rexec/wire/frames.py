@@ -12,8 +12,13 @@ from typing import Annotated, Any, Literal, TypeAlias, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-PROTOCOL_VERSION = 1
-"""The one protocol version this implementation speaks."""
+PROTOCOL_VERSION = 2
+"""The newest protocol version this implementation speaks: 2 adds PTY sessions (the ``shell``
+and ``resize`` frames, ``run.pty``) to version 1."""
+PROTOCOL_VERSIONS: tuple[int, ...] = (2, 1)
+"""Every version this implementation speaks, newest first."""
+PTY_VERSION = 2
+"""The first version with PTY sessions."""
 
 MAX_HEADER_SIZE = 64 * 1024
 """Largest header (JSON bytes) a peer may declare; checked before the header is read."""
@@ -172,7 +177,7 @@ WindowPixels = Annotated[int, Field(ge=0, le=MAX_WINDOW_PIXELS)]
 class Window(BaseModel):
     """A terminal window's size: ``rows`` and ``cols`` in cells, optionally in pixels."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
     rows: WindowCells
     cols: WindowCells
     width: WindowPixels = 0
@@ -194,7 +199,7 @@ class Run(_Control):
     cwd: str | None = Field(default=None, min_length=1, max_length=4096)
     timeout: float | None = Field(default=None, gt=0, le=10_000_000)
     stdin: bool = False
-    pty: Terminal | None = None
+    pty: Terminal | None = None  # version 2; never sent when null (codec), as version 1 has none
 
     @field_validator("command")
     @classmethod

@@ -105,14 +105,34 @@ class PtyChild(ChildProcess):
     async def read_into(
         self, stream_no: int, buffer: bytearray, quiet_after_exit: float | None = None
     ) -> int:
-        """As ``ChildProcess.read_into``; EIO (the slave is closed everywhere) is end of file."""
+        """As ``ChildProcess.read_into``; EIO (the slave is closed everywhere) is end of file.
+
+        A terminal hands out at most a few KiB a read: what more is there already is read on
+        into the buffer, so that a fast writer (``cat`` of a big file) costs one frame per
+        buffer rather than per 4 KiB.
+        """
         try:
-            return await super().read_into(stream_no, buffer, quiet_after_exit)
+            count = await super().read_into(stream_no, buffer, quiet_after_exit)
         except OSError as exc:
             if exc.errno != errno.EIO:
                 raise
             self._close(stream_no)
             return 0
+        fd = self._fds.get(stream_no)
+        if count <= 0 or fd is None:
+            return count
+        view = memoryview(buffer)
+        try:
+            while count < len(buffer):
+                more = os.readv(fd, [view[count:]])
+                if not more:
+                    break
+                count += more
+        except OSError:  # nothing more yet (EAGAIN), or EIO: the next call reports the end
+            pass
+        finally:
+            view.release()
+        return count
 
     def close_stdin(self) -> None:
         """The client's input ended: type the terminal's end-of-file character, once."""
