@@ -90,7 +90,7 @@ def batch_command(  # noqa: PLR0917 - typer maps parameters to arguments and opt
         commands = parse_batch(text)
         if not commands:
             fail(f"the batch file {file} holds no command", EXIT_USAGE)
-        kind, found = classify(target, inventory, config)
+        kind, found = classify(target, inventory, config, connection)
         if kind == "fleet":
             targets = found
         elif kind == "host":

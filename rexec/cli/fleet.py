@@ -268,23 +268,25 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
     return fleet_status(result, bool(interrupted))
 
 
-def classify(target: str, inventory_files: list[Path] | None,
-             config: Path | None) -> tuple[str, Any]:
+def classify(target: str, inventory_files: list[Path] | None, config: Path | None,
+             connection: dict[str, Any] | None = None) -> tuple[str, Any]:
     """What TARGET is: ("address", None) for one address as before, ("host", Target) for one
     inventory host (single-host mode), ("fleet", [Target, ...]) for a pattern (fleet mode,
     even when it matches one host). PatternError/InventoryError (exit 2) before anything runs.
+    ``connection``: the command line's connection flags, over every host's settings.
     """
     from rexec.fleet.nodeset import is_pattern
 
     if is_pattern(target):
         from rexec.fleet.inventory import Inventory
 
-        return "fleet", Inventory.load(inventory_files, config=config).resolve(target)
+        inventory = Inventory.load(inventory_files, config=config, overrides=connection)
+        return "fleet", inventory.resolve(target)
     if ":" in target or (not inventory_files and not _default_inventory_exists()):
         return "address", None
     from rexec.fleet.inventory import Inventory
 
-    inventory = Inventory.load(inventory_files, config=config)
+    inventory = Inventory.load(inventory_files, config=config, overrides=connection)
     if target in inventory:
         return "host", inventory.target(target)
     return "address", None

@@ -191,7 +191,8 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         token_file=token_file, config=config, connect_timeout=connect_timeout,
         keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
         tls_tofu=tls_tofu, identity=identity)
-    kind, found = _classify(address, inventory, config, line, json_output)
+    kind, found = _classify(address, inventory, config, line, json_output,
+                            connection=connection)
     if kind == "fleet":
         from rexec.cli.fleet import run_fleet, stdin_source, with_flags
 
@@ -212,7 +213,8 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
 
 
 def _classify(target: str, inventory: list[Path] | None, config: Path | None, line: str,
-              json_output: bool) -> tuple[str, Any]:
+              json_output: bool, *, connection: dict[str, Any] | None = None
+              ) -> tuple[str, Any]:
     """("address", None), ("host", Target) or ("fleet", [Target...]); exit 2 on a bad pattern
     or inventory."""
     if ":" in target and not any(char in target for char in "[@,!&"):
@@ -220,7 +222,7 @@ def _classify(target: str, inventory: list[Path] | None, config: Path | None, li
     from rexec.cli.fleet import classify
 
     try:
-        return classify(target, inventory, config)
+        return classify(target, inventory, config, connection)
     except ConfigError as exc:
         _failed(line, json_output, str(exc), exc, EXIT_USAGE)
 

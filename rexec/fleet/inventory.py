@@ -128,25 +128,33 @@ def default_inventory_paths() -> list[Path]:
 class Inventory:
     """Hosts and groups from inventory files; patterns resolve to Targets."""
 
-    def __init__(self, *, config: Path | None = None) -> None:
+    def __init__(self, *, config: Path | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> None:
         self.paths: list[Path] = []
         self.defaults = HostSettings()
         self.hosts: dict[str, Host] = {}
         self.groups: dict[str, HostGroup] = {}
         self.config = config  # the client config ConnectOptions.resolve reads (None: default)
+        # settings given on the command line: over every host's, as ssh's options override
+        # ~/.ssh/config (a way of trusting the server replaces the host's way)
+        given = {key: value for key, value in (overrides or {}).items()
+                 if value is not None and value is not False and key != "config"}
+        self.overrides = HostSettings.model_validate(given) if given else None
         self._members: dict[str, set[str]] = {}
         self._order: list[str] = []  # groups, parents before children
         self._resolved: dict[tuple[Any, ...], ConnectOptions] = {}
 
     @classmethod
-    def load(cls, paths: Sequence[Path] | None = None, *,
-             config: Path | None = None) -> Inventory:
+    def load(cls, paths: Sequence[Path] | None = None, *, config: Path | None = None,
+             overrides: Mapping[str, Any] | None = None) -> Inventory:
         """Load the files given (later ones extend earlier ones), else the default inventory.
 
-        InventoryError naming the file, table and field of anything wrong; an empty inventory
-        when no file is given and none exists where the defaults say.
+        ``overrides``: connection settings (ConnectOptions.resolve's keywords, None: not given)
+        that replace every host's, as command-line flags do. InventoryError naming the file,
+        table and field of anything wrong; an empty inventory when no file is given and none
+        exists where the defaults say.
         """
-        inventory = cls(config=config)
+        inventory = cls(config=config, overrides=overrides)
         for path in paths or default_inventory_paths():
             inventory._add_file(Path(path))
         inventory._link()
@@ -202,6 +210,8 @@ class Inventory:
         """A name's connection settings: its own over the defaults (vars merged as ``vars``)."""
         host = self.hosts.get(name)
         merged = self.defaults if host is None else host.settings.over(self.defaults)
+        if self.overrides is not None:
+            merged = self.overrides.over(merged)
         return merged.model_copy(update={"vars": self.vars(name)})
 
     def _target(self, name: str) -> Target:

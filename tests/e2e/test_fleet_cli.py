@@ -660,3 +660,17 @@ def shlex_quote(word: str) -> str:
     import shlex
 
     return shlex.quote(word)
+
+
+def test_a_token_file_flag_reaches_hosts_that_no_inventory_names(fleet: Fleet) -> None:
+    # no inventory, no REXEC_TOKEN, no default token: the flag alone must do (it once failed
+    # with "no token" while the pattern was resolved, before the flags were applied)
+    pattern = f"127.0.0.[2-4]:{fleet.port}"
+    done = run_cli("run", "--token-file", str(fleet.folder / "fleet.token"), "-b", pattern,
+                   "--", "echo $SERVER")
+    assert done.returncode == 0, done.stderr
+    assert b"s0\n" in done.stdout and b"(3)" in done.stdout
+    listed = run_cli("batch", "--token-file", str(fleet.folder / "fleet.token"), pattern, "-",
+                     input=b"echo one\n")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count(b": one\n") == 3

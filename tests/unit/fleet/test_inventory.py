@@ -246,3 +246,20 @@ def test_a_bad_pin_is_refused_when_the_file_loads(tmp_path: Path) -> None:
     path = write(tmp_path, "[hosts.a]\ntls_pin = 'SHA256:nope'\n")
     with pytest.raises(InventoryError, match=r"\[hosts.a\] tls_pin: 'SHA256:nope' is not a"):
         Inventory.load([path])
+
+
+def test_overrides_replace_every_hosts_settings_and_a_trust_flag_its_way_of_trusting(
+        tmp_path: Path, token: Path) -> None:
+    other = write_token(tmp_path / "other.token", "other-token-0123456789abcdef")
+    text = BASIC + '\n[hosts.pinned]\ntls_tofu = true\n'
+    inventory = Inventory.load([write(tmp_path, text)], overrides={
+        "token_file": other, "identity": "ops", "keepalive": 0, "tls_ca": None, "config": None})
+    web01, db, pinned = inventory.resolve("web01,db,pinned")
+    assert {t.options.token for t in (web01, db, pinned)} == {"other-token-0123456789abcdef"}
+    assert {t.options.identity for t in (web01, db, pinned)} == {"ops"}  # over db's "dba"
+    assert {t.options.keepalive for t in (web01, db, pinned)} == {0}  # 0 is given, not unset
+    assert pinned.options.tls_tofu  # no trust flag given: the host's own way stays
+    ca = tmp_path / "ca.pem"
+    trusted = Inventory.load([write(tmp_path, text)], overrides={"tls_ca": ca})
+    assert trusted.target("pinned").options.tls_ca == ca
+    assert not trusted.target("pinned").options.tls_tofu  # the flag's way replaced the host's
