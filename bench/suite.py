@@ -2321,8 +2321,8 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
 
 
 NOTES = [
-    "paramiko, Fabric and parallel-ssh are not measured (the issue's rows compare with"
-    " asyncssh, ssh and local spawning only). BENCH-NOTES: paramiko leaves Nagle on (~40 ms"
+    "paramiko and Fabric are not measured, and parallel-ssh only in the fleet row (the rows"
+    " compare with asyncssh, ssh and local spawning). BENCH-NOTES: paramiko leaves Nagle on (~40 ms"
     " delayed ACKs per command), fails 1 GiB transfers at its 512 MiB rekey, and Fabric"
     " collapses identical hosts in a Group.",
     "ssh and asyncssh sessions run root's login shell (bash -c), rexec runs /bin/sh -c"
