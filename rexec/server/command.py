@@ -104,7 +104,10 @@ class StdinFeeder:
         credit = 0
         while True:
             while not self._queue:
-                if credit:
+                # Credit owed but under a batch waits: the client still holds more than
+                # STDIN_WINDOW - CREDIT_BATCH, so it is never stalled, and a keystroke on a
+                # terminal costs no credit frame (one more wake-up of both ends per key).
+                if credit >= CREDIT_BATCH // 4:
                     self._send_credit(credit)
                     credit = 0
                 if self._eof:
