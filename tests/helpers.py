@@ -272,6 +272,9 @@ class ScriptedChild:
             self._wake.clear()
             await self._wake.wait()
 
+    def write_now(self, data: bytes | memoryview) -> int:
+        return 0  # everything goes through write_stdin, as scripted
+
     async def write_stdin(self, data: bytes | memoryview) -> bool:
         if not self._stdin_open:
             return False

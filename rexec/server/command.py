@@ -78,6 +78,8 @@ class StdinFeeder:
         self._send_credit = send_credit
         self._queue: deque[bytes] = deque()
         self._pending = 0
+        self._credit = 0  # bytes written (or dropped) and not credited back yet
+        self._writing = False  # the task is writing a chunk: a new one must queue behind it
         self._eof = False
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run())
@@ -91,6 +93,16 @@ class StdinFeeder:
                 f"the client sent more than {STDIN_WINDOW} bytes of stdin without credit",
                 "stdin_overflow",
             )
+        if not self._queue and not self._writing and self._child.stdin_open:
+            # Nothing ahead of it: write what the child takes now, without waking the feeding
+            # task (a keystroke on a terminal reaches it one loop iteration sooner).
+            written = self._child.write_now(data)
+            self._credit += written
+            data = data[written:]
+            if not data:
+                if self._credit >= CREDIT_BATCH:
+                    self._wake.set()  # the task sends the credit
+                return
         self._queue.append(bytes(data))
         self._pending += len(data)
         self._wake.set()
@@ -101,15 +113,14 @@ class StdinFeeder:
         self._wake.set()
 
     async def _run(self) -> None:
-        credit = 0
         while True:
             while not self._queue:
                 # Credit owed but under a batch waits: the client still holds more than
                 # STDIN_WINDOW - CREDIT_BATCH, so it is never stalled, and a keystroke on a
                 # terminal costs no credit frame (one more wake-up of both ends per key).
-                if credit >= CREDIT_BATCH // 4:
-                    self._send_credit(credit)
-                    credit = 0
+                if self._credit >= CREDIT_BATCH // 4:
+                    self._send_credit(self._credit)
+                    self._credit = 0
                 if self._eof:
                     self._child.close_stdin()
                     return
@@ -117,12 +128,16 @@ class StdinFeeder:
                 await self._wake.wait()
             chunk = self._queue.popleft()
             if self._child.stdin_open:
-                await self._child.write_stdin(chunk)  # a child that closed stdin: dropped
+                self._writing = True
+                try:
+                    await self._child.write_stdin(chunk)  # a child that closed stdin: dropped
+                finally:
+                    self._writing = False
             self._pending -= len(chunk)
-            credit += len(chunk)
-            if credit >= CREDIT_BATCH:
-                self._send_credit(credit)
-                credit = 0
+            self._credit += len(chunk)
+            if self._credit >= CREDIT_BATCH:
+                self._send_credit(self._credit)
+                self._credit = 0
 
     async def stop(self) -> None:
         """Stop feeding (the command ended); what is still queued is dropped."""

@@ -61,6 +61,7 @@ class Child(Protocol):
         self, stream_no: int, buffer: bytearray, quiet_after_exit: float | None = None
     ) -> int: ...
     async def write_stdin(self, data: bytes | memoryview) -> bool: ...
+    def write_now(self, data: bytes | memoryview) -> int: ...
     def close_stdin(self) -> None: ...
     async def wait(self) -> ExitStatus: ...
     def signal_group(self, signum: int) -> bool: ...
@@ -340,6 +341,20 @@ class ChildProcess:
                 return False
             view = view[written:]
         return True
+
+    def write_now(self, data: bytes | memoryview) -> int:
+        """Write what the child's stdin takes without waiting; how many bytes that was (all of
+        them when its stdin is closed: they are dropped, as ``write_stdin`` drops them)."""
+        fd = self._fds.get(0)
+        if fd is None:
+            return len(data)
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except (BrokenPipeError, ConnectionResetError):
+            self._close(0)
+            return len(data)
 
     def close_stdin(self) -> None:
         """Close the child's standard input (the client sent EOF)."""
