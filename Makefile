@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS ?=
 
-.PHONY: install demo test lint imports typecheck unit e2e bench bench-quick bench-fleet throughput soak clean
+.PHONY: install demo test lint imports typecheck unit e2e bench bench-quick bench-fleet bench-pty throughput soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench-quick: $(BENCH_STAMP)
 # section of docs/benchmarks.md.
 bench-fleet: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py --only fleet $(BENCH_ARGS)
+
+# The PTY row alone (keystroke echo of `rexec shell` and `ssh -tt`, `cat` of 100 MB through
+# `rexec run -t` and `ssh -tt`; about a minute): rewrites only its own section of docs/benchmarks.md.
+bench-pty: $(BENCH_STAMP)
+	$(BIN)/python bench/suite.py --only pty $(BENCH_ARGS)
 
 throughput: $(STAMP)
 	$(BIN)/python bench/throughput.py

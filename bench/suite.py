@@ -39,7 +39,11 @@ Then, interleaving the contenders (A B C A B C ..., the order rotated each round
      bench/fleet_server.py; sshds of 16 ListenAddress lines, their most), `hostname` on all at
      once from a cold client process (bench/fleet_client.py): rexec.Client with
      asyncio.gather, asyncssh likewise, parallel-ssh when installed; wall time and the
-     client's peak RSS.
+     client's peak RSS;
+  8. an interactive session on a PTY (`--only pty`, or `make bench-pty`, about a minute
+     alone), each client on a real PTY of bench/pty_client.py: keystroke echo latency of
+     `rexec shell` and `ssh -tt` (and local bash), and `cat` of a 100 MB text file through
+     `rexec run -t` and `ssh -tt`, every byte counted.
 Medians and p95 (nearest rank) over every sample; ratios are taken between medians of the
 same run. Every loop has a fixed count and every wait a deadline. Not part of the test suite.
 """
@@ -118,6 +122,10 @@ class Plan:
     fleet: tuple[int, ...] = (50, 500, 1000)  # row 7: hosts, each its own loopback address
     fleet_rounds: int = 3
     fleet_servers: int = 2  # rexec server processes sharing the fleet's addresses
+    pty_keys: int = 200  # row 8: keystrokes per shell
+    pty_key_rounds: int = 10  # interleaved rounds the keystrokes are split into
+    pty_size: int = 100_000_000  # bytes of the file `cat` shows on a PTY
+    pty_cat_rounds: int = 3
 
 
 FULL = Plan("full", latency_rounds=20, latency_batch=25, fresh_rounds=20, size=GIB,
@@ -127,7 +135,8 @@ FULL = Plan("full", latency_rounds=20, latency_batch=25, fresh_rounds=20, size=G
 QUICK = Plan("quick", latency_rounds=6, latency_batch=15, fresh_rounds=6, size=256 * MIB,
              stream_rounds=3, idle_connections=1000, idle_rounds=1,
              sshd_idle_connections=200, fanout=(50, 500),
-             fanout_rounds=2, clients=20, sequential=20, cps_rounds=3, fleet_rounds=2)
+             fanout_rounds=2, clients=20, sequential=20, cps_rounds=3, fleet_rounds=2,
+             pty_cat_rounds=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1572,16 +1581,199 @@ FLEET_START = "<!-- fleet row: start (bench/suite.py --only fleet rewrites this 
 FLEET_END = "<!-- fleet row: end -->"
 
 
-def splice_fleet(existing: str, text: str) -> str:
-    """The fleet section of ``text`` put in place of the one in ``existing`` (or before the
-    targets table when it has none), so that `--only fleet` keeps the other tables."""
-    section = text[text.index(FLEET_START):text.index(FLEET_END) + len(FLEET_END)]
-    if FLEET_START in existing and FLEET_END in existing:
-        return (existing[:existing.index(FLEET_START)] + section
-                + existing[existing.index(FLEET_END) + len(FLEET_END):])
+def splice(existing: str, text: str, start: str, end: str) -> str:
+    """The section of ``text`` between the markers ``start`` and ``end`` put in place of the
+    one in ``existing`` (or before the targets table when it has none), so that a row run
+    alone (`--only fleet`, `--only pty`) keeps the other tables."""
+    section = text[text.index(start):text.index(end) + len(end)]
+    if start in existing and end in existing:
+        return (existing[:existing.index(start)] + section
+                + existing[existing.index(end) + len(end):])
     anchor = "## The issue's targets"
     at = existing.index(anchor) if anchor in existing else len(existing)
     return existing[:at] + section + "\n\n" + existing[at:]
+
+
+# ---------------------------------------------------------------------------------------------
+# row 8: an interactive session on a PTY
+
+PTY_CLIENT = Path(__file__).resolve().parent / "pty_client.py"
+PTY_LINE = (b"0123456789abcdefghijklmnopqrstuvwxyz" * 3)[:99] + b"\n"  # 100 bytes, ASCII
+
+
+@dataclass
+class PtyRow:
+    echo: list[Series]
+    cat: list[Series]
+    size: int  # the file's bytes (what MB/s counts)
+    lines: int  # the PTY turns each of its newlines into CR LF: size + lines arrive
+
+
+def pty_file(rig: Rig, size: int) -> tuple[Path, int]:
+    """A text file of ``size`` bytes (lines of 99 characters and a newline, the last one
+    shorter when size is not a multiple of 100), made once; its path and newline count."""
+    path = rig.tmp / f"pty-{size}.txt"
+    lines, rest = divmod(size, len(PTY_LINE))
+    if not path.exists():
+        block = PTY_LINE * 10_000
+        with path.open("wb") as f:
+            for _ in range(lines // 10_000):
+                f.write(block)
+            f.write(PTY_LINE * (lines % 10_000) + (PTY_LINE[:rest - 1] + b"\n" if rest else b""))
+    if path.stat().st_size != size:
+        raise SystemExit(f"{path} has {path.stat().st_size} bytes, not {size}")
+    return path, lines + bool(rest)
+
+
+def rexec_cli(rig: Rig, subcommand: str, *args: str) -> list[str]:
+    """`rexec SUBCOMMAND ADDRESS --token-file FILE ARGS...` against the plaintext server."""
+    return [str(BIN / "rexec"), subcommand, rig.plain_addr,
+            "--token-file", str(rig.tmp / "home" / "token"), *args]
+
+
+def pty_echo(rig: Rig, plan: Plan) -> list[Series]:
+    """Keystroke echo latency: every shell in one bench/pty_client.py process, interleaved."""
+    shells = [
+        ("rexec shell", "`rexec shell ADDRESS` (the login shell, bash)",
+         rexec_cli(rig, "shell")),
+        ("ssh -tt", "`ssh -tt host` (the login shell, bash; default cipher)", rig.ssh("-tt")),
+        ("local bash", "local floor: `bash -l` on the driver's own PTY (no network)",
+         ["bash", "-l"]),
+    ]
+    series = [Series(name, short) for short, name, _ in shells]
+    spec = {"keys": plan.pty_keys, "rounds": plan.pty_key_rounds,
+            "contenders": [{"name": short, "argv": argv} for short, _, argv in shells]}
+    say(f"    echo: {plan.pty_keys} keystrokes per shell, {plan.pty_key_rounds} interleaved"
+        " rounds")
+    try:
+        _, _, out = timed_process([sys.executable, str(PTY_CLIENT), "echo", json.dumps(spec)],
+                                  rig.env, timeout=600, capture=True)
+        got = json.loads(out.decode().strip().splitlines()[-1])
+    except (RuntimeError, ValueError, IndexError) as exc:
+        for s in series:
+            s.fail(f"{type(exc).__name__}: {exc}")
+        return series
+    for s in series:
+        s.values = got["samples"][s.label]
+        s.add_extra("ready", got["ready"][s.label])
+        say(f"    {s.label}: median {s.median * 1e3:.3f} ms, p95 {s.p95 * 1e3:.3f} ms")
+    return series
+
+
+def pty_cat(rig: Rig, plan: Plan, path: Path, lines: int) -> list[Series]:
+    """`cat FILE` on a PTY through each client, one bench/pty_client.py process per run."""
+    size = path.stat().st_size
+    clients = [
+        ("rexec run -t", "`rexec run -t ADDRESS -- cat FILE`",
+         rexec_cli(rig, "run", "-t", "--", "cat", str(path))),
+        ("ssh -tt", "`ssh -tt host cat FILE` (default key exchange and cipher)",
+         [*rig.ssh("-tt"), "cat", str(path)]),
+        ("ssh -tt curve25519", "`ssh -tt host cat FILE` (-o KexAlgorithms=curve25519-sha256)",
+         [*rig.ssh("-tt", "-o", "KexAlgorithms=curve25519-sha256"), "cat", str(path)]),
+        ("local cat", "local floor: `cat FILE` on the driver's PTY (no network)",
+         ["cat", str(path)]),
+    ]
+    contenders: list[tuple[Series, Batch]] = []
+    for short, name, argv in clients:
+        series = Series(name, short)
+        driver = [sys.executable, str(PTY_CLIENT), "cat", str(size + lines), str(lines), "--",
+                  *argv]
+
+        def batch(k: int, driver: list[str] = driver, series: Series = series) -> list[float]:
+            times = []
+            for _ in range(k):
+                settle(rig)
+                _, _, out = timed_process(driver, rig.env, capture=True)
+                got = json.loads(out.decode().strip().splitlines()[-1])
+                times.append(got["seconds"])
+                series.add_extra("stream", got["seconds"] - got["first_byte"])
+            return times
+
+        contenders.append((series, batch))
+    say(f"    cat: {size:,} bytes ({lines:,} lines) on a PTY, {plan.pty_cat_rounds} rounds")
+    measure_rounds(contenders, plan.pty_cat_rounds, 1)
+    return [s for s, _ in contenders]
+
+
+def pty_row(rig: Rig, plan: Plan) -> PtyRow:
+    say("[8] an interactive session on a PTY: keystroke echo, and `cat` of a file")
+    path, lines = pty_file(rig, plan.pty_size)
+    echo = pty_echo(rig, plan)
+    return PtyRow(echo, pty_cat(rig, plan, path, lines), plan.pty_size, lines)
+
+
+def pty_section(row: PtyRow, plan: Plan, w: Callable[[str], None],
+                target: Callable[..., None], targets: list[tuple[str, str, str]]) -> None:
+    """Table 8 and its targets (in the issue's table, and repeated in the section, which
+    `--only pty` rewrites alone)."""
+    w(PTY_START)
+    w("## 8. An interactive session on a PTY")
+    w("")
+    w("Each client runs on a real pseudo-terminal of a driver process (bench/pty_client.py,"
+      " pexpect's spawn: a new session, the PTY's slave its controlling terminal, stdin and"
+      " stdout), which reads the master end as a terminal emulator does; TERM=xterm, 24x80."
+      " Both clients are in raw mode and get a PTY on the remote side, over loopback; the"
+      " echo sessions run root's login shell, bash (with its rc files, on both sides), and"
+      " `cat` runs under `/bin/sh -c` (rexec) and `bash -c` with SHLVL=1 (ssh).")
+    w("")
+    w(f"**Keystroke echo.** The sessions are started and made idle first (the client has put"
+      " the terminal in raw mode, then `PS1='READY> '` is typed and the prompt awaited); then"
+      f" {plan.pty_key_rounds} rounds, the order rotated each round, of"
+      f" {plan.pty_keys // plan.pty_key_rounds} keystrokes per shell: one printable byte is"
+      " written and timed until it is echoed back (what comes back must be exactly that"
+      " byte), then a DEL erases it and readline's erase sequence is awaited before the next"
+      f" one; {plan.pty_keys} keystrokes per shell in all.")
+    w("")
+    w("| shell | median ms | p95 ms | n | vs ssh -tt | spawn to first prompt, s |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: |")
+    ssh_echo = find_label(row.echo, "ssh -tt").median
+    for s in row.echo:
+        w(f"| {s.name} | {fnum(s.median * 1e3, 3)} | {fnum(s.p95 * 1e3, 3)} | {len(s.values)} |"
+          f" {fx(ratio(s.median, ssh_echo))} | {fnum(median(s.extra.get('ready', [])), 2)} |")
+    w("")
+    mb = row.size / 1e6
+    w(f"**Output on a PTY.** `cat` of a {mb:,.0f} MB text file ({row.lines:,} lines of 99"
+      " characters and a newline) with the client's stdout the driver's PTY, which counts"
+      " and discards what it reads until end of file: it must be exactly"
+      f" {row.size + row.lines:,} bytes (the remote PTY turns each newline into CR LF; the"
+      " client's raw mode adds nothing) and the client must exit 0."
+      f" {plan.pty_cat_rounds} rounds after a warm-up, interleaved; the time is from spawning"
+      f" the client to reaping it, start-up and handshake included; MB/s = {mb:,.0f} MB (10^6"
+      " bytes, the file's size) over the median; *first byte to exit* leaves the start-up out.")
+    w("")
+    w("| client | median s | p95 s | n | MB/s | vs ssh -tt | first byte to exit, median s |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    ssh_cat = find_label(row.cat, "ssh -tt").median
+    for s in row.cat:
+        w(f"| {s.name} | {fnum(s.median, 3)} | {fnum(s.p95, 3)} | {len(s.values)} |"
+          f" {fnum(ratio(mb, s.median), 1)} | {fx(ratio(s.median, ssh_cat))} |"
+          f" {fnum(median(s.extra.get('stream', [])), 3)} |")
+    w("")
+    for line in errors_note(row.echo + row.cat):
+        w(line)
+    w("")
+    r_echo = find_label(row.echo, "rexec shell")
+    s_echo = find_label(row.echo, "ssh -tt")
+    target("pty: keystroke echo, `rexec shell` median at most 0.5x `ssh -tt`'s",
+           ratio(r_echo.median, s_echo.median), 0.5,
+           f"{fx(ratio(r_echo.median, s_echo.median))} ({fnum(r_echo.median * 1e3, 3)} ms vs"
+           f" {fnum(s_echo.median * 1e3, 3)} ms; p95 {fnum(r_echo.p95 * 1e3, 3)} vs"
+           f" {fnum(s_echo.p95 * 1e3, 3)} ms)")
+    r_cat = find_label(row.cat, "rexec run -t").median
+    target(f"pty: `cat` of {mb:,.0f} MB on a PTY, `rexec run -t` at least as fast as `ssh -tt`",
+           ratio(ssh_cat, r_cat), 1.0,
+           f"{fx(ratio(ssh_cat, r_cat))} ({fnum(ratio(mb, r_cat), 1)} vs"
+           f" {fnum(ratio(mb, ssh_cat), 1)} MB/s)", lower=False)
+    w("| target | measured | verdict |")
+    w("| --- | --- | --- |")
+    for name, text, verdict in targets[-2:]:
+        w(f"| {name} | {text} | {verdict} |")
+    w("")
+    w(PTY_END)
+
+
+PTY_START = "<!-- pty row: start (bench/suite.py --only pty rewrites this part) -->"
+PTY_END = "<!-- pty row: end -->"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1600,6 +1792,7 @@ class Results:
     cps: list[Series] = field(default_factory=list)
     fleet: list[Series] = field(default_factory=list)
     fleet_how: str = ""
+    pty: PtyRow | None = None
 
 
 def find(series: list[Series], prefix: str) -> Series:
@@ -2108,6 +2301,9 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
     if res.fleet:
         fleet_section(res, res.fleet_how, w, target, targets)
         w("")
+    if res.pty:
+        pty_section(res.pty, plan, w, target, targets)
+        w("")
 
     w("## The issue's targets (ratios from this run)")
     w("")
@@ -2169,9 +2365,10 @@ def main() -> int:  # noqa: PLR0912, PLR0915
                         help="a short run (2-3 minutes): fewer rounds, smaller streams")
     parser.add_argument("--size", type=int, default=None,
                         help="bytes streamed in row 3 (default 1 GiB, 256 MiB with --quick)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7",
-                        help="rows to run, e.g. 1,3; 7 or fleet: the fleet fan-out alone (it"
-                             " then rewrites only its own section of --output)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8",
+                        help="rows to run, e.g. 1,3; 7 or fleet: the fleet fan-out, 8 or pty:"
+                             " the PTY session (either or both alone rewrite only their own"
+                             " sections of --output)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="where the table goes ('-' for nowhere)")
     args = parser.parse_args()
@@ -2180,7 +2377,11 @@ def main() -> int:  # noqa: PLR0912, PLR0915
         if args.size <= 0:
             parser.error("--size must be positive")
         plan = dataclasses.replace(plan, size=args.size)
-    rows = {7 if x.strip() == "fleet" else int(x) for x in args.only.split(",") if x.strip()}
+    names = {"fleet": 7, "pty": 8}
+    try:
+        rows = {names.get(x.strip()) or int(x) for x in args.only.split(",") if x.strip()}
+    except ValueError:
+        parser.error(f"--only: row numbers 1-8, fleet or pty, not {args.only!r}")
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
     def on_term(signum: int, frame: object) -> None:
@@ -2230,6 +2431,8 @@ def main() -> int:  # noqa: PLR0912, PLR0915
             res.fleet = fleet_row(rig, plan, fleet)
             res.fleet_how = (f"{fleet.how}; the machine's 1-minute load average was"
                              f" {os.getloadavg()[0]:.1f} at the row's end")
+        if 8 in rows:
+            res.pty = pty_row(rig, plan)
         info["load"] = (f"{load_start[0]:.2f} before the run, {os.getloadavg()[0]:.2f} at its"
                         " end (1-minute load average of the whole machine, the suite's own"
                         " processes included)")
@@ -2240,8 +2443,12 @@ def main() -> int:  # noqa: PLR0912, PLR0915
     say(text)
     if str(args.output) != "-":
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        if rows == {7} and args.output.exists():
-            text = splice_fleet(args.output.read_text(), text)  # the other tables stay
+        sections = {7: (FLEET_START, FLEET_END), 8: (PTY_START, PTY_END)}
+        if rows <= sections.keys() and args.output.exists():  # the other tables stay
+            existing = args.output.read_text()
+            for row in sorted(rows):
+                existing = splice(existing, text, *sections[row])
+            text = existing
         args.output.write_text(text)
         say(f"written to {args.output}; the whole run took {time.monotonic() - started:.0f} s")
     return 0

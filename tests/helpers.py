@@ -272,6 +272,9 @@ class ScriptedChild:
             self._wake.clear()
             await self._wake.wait()
 
+    def write_now(self, data: bytes | memoryview) -> int:
+        return 0  # everything goes through write_stdin, as scripted
+
     async def write_stdin(self, data: bytes | memoryview) -> bool:
         if not self._stdin_open:
             return False
@@ -315,6 +318,9 @@ class ScriptedChild:
         self.timed_out = True
         self.terminate()
 
+    def resize(self, rows: int, cols: int, width: int = 0, height: int = 0) -> None:
+        self.resized = (rows, cols, width, height)
+
     def close(self) -> None:
         self.closed = True
         if not self.reaped.done():
@@ -340,7 +346,8 @@ class ScriptedRunner:
         return child
 
     def start(self, argv: list[str], env: object, cwd: str | None = None,
-              stdin: bool = False, confine: object = None) -> ScriptedChild:
+              stdin: bool = False, confine: object = None, *,
+              executable: str | None = None) -> ScriptedChild:
         import shlex
 
         return self.start_shell(shlex.join(argv), env, cwd, stdin, confine)
@@ -350,7 +357,8 @@ class ScriptedRunner:
         return self.start_shell(command, env, cwd, stdin, confine)
 
     async def spawn(self, argv: list[str], env: object, cwd: str | None = None,
-                    stdin: bool = False, confine: object = None) -> ScriptedChild:
+                    stdin: bool = False, confine: object = None, *,
+                    executable: str | None = None) -> ScriptedChild:
         return self.start(argv, env, cwd, stdin, confine)
 
 # --- many loopback "hosts" served by one process (fleet tests) ---

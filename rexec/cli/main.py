@@ -29,6 +29,7 @@ from rexec._version import __version__  # noqa: E402
 # Command name -> the module whose register(root) adds it, in the order --help lists them.
 COMMANDS: Mapping[str, str] = {
     "run": "rexec.cli.run",
+    "shell": "rexec.cli.shell",
     "batch": "rexec.cli.batch",
     "hosts": "rexec.cli.hosts",
     "token": "rexec.cli.token",

@@ -178,6 +178,14 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     out_dir: OutDir = None,
     summary: Summary = False,
     inventory: InventoryFiles = None,
+    tty: Annotated[bool, typer.Option(
+        "--tty", "-t", help="Run the command on a pseudo-terminal, as ssh -t (full-screen"
+                            " programs, Ctrl-C to the remote side); one host.")] = False,
+    no_tty: Annotated[bool, typer.Option(
+        "--no-tty", "-T", help="Never allocate a pseudo-terminal (the default).")] = False,
+    escape: Annotated[str, typer.Option(
+        "--escape", metavar="CHAR", help="With -t: the escape character (~), ^X, or none.")
+    ] = "~",
 ) -> None:
     line = " ".join(command)
     notes = Notes(verbose, quiet)
@@ -191,6 +199,17 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         token_file=token_file, config=config, connect_timeout=connect_timeout,
         keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
         tls_tofu=tls_tofu, identity=identity)
+    if tty and no_tty:
+        fail("-t and -T: choose one (a PTY, or none)", EXIT_USAGE)
+    if tty:
+        from rexec.cli.shell import escape_option, one_target, run_on_pty
+
+        if json_output:
+            fail("--json and -t: a terminal's output is not a document; choose one", EXIT_USAGE)
+        raise typer.Exit(run_on_pty(
+            address, line, target=one_target(address, inventory, config, line, connection),
+            connection=connection, env=_parse_env(env or []), cwd=cwd, timeout=timeout,
+            escape=escape_option(escape), notes=notes))
     kind, found = _classify(address, inventory, config, line, json_output,
                             connection=connection)
     if kind == "fleet":

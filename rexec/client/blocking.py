@@ -8,6 +8,7 @@ small, so neither side can deadlock on a full buffer and memory stays constant.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import socket
@@ -28,6 +29,7 @@ from rexec.client.core import (
     Finished,
     Output,
 )
+from rexec.client.escape import EscapeFilter, escape_help
 from rexec.client.options import ConnectOptions, OptionsClient
 from rexec.errors import (
     CommandFailed,
@@ -37,6 +39,7 @@ from rexec.errors import (
 )
 from rexec.result import Result
 from rexec.sockets import READ_SIZE, tune
+from rexec.wire.frames import Terminal
 
 SEND_HIGH_WATER = 1024 * 1024  # stop reading local stdin while this much waits to be sent
 _IN, _OUT = select.POLLIN | select.POLLHUP | select.POLLERR, select.POLLOUT
@@ -58,6 +61,7 @@ class BlockingClient(OptionsClient):
         self._out = bytearray()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._cancel_requested = False
+        self._window: tuple[int, int, int, int] | None = None  # a resize to send, if any
         self._ssl: ModuleType | None = None  # the ssl module, once the connection uses TLS
         self.server_agent = ""
         self.timings: dict[str, float] = {}  # seconds: connect, tls, login (after connect())
@@ -168,6 +172,72 @@ class BlockingClient(OptionsClient):
                 os.close(fd)
         self._wake_r = self._wake_w = -1
 
+    def request_resize(self, rows: int, cols: int, width: int = 0, height: int = 0) -> None:
+        """Send the running PTY command the window's new size; safe from a signal handler."""
+        self._window = (rows, cols, width, height)
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def interact(
+        self,
+        command: str | None,
+        *,
+        pty: Terminal,
+        stdin_fd: int,
+        stdout_fd: int,
+        escape: bytes | None = b"~",
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """An interactive session on a remote PTY: ``command`` (None: the login shell).
+
+        Keystrokes read from ``stdin_fd`` go to the remote terminal unchanged but for the
+        escapes (``rexec.client.escape``); what the terminal shows is written to ``stdout_fd``.
+        ``~.`` raises SessionEnded (the caller closes the connection: the server then stops
+        the session's processes). Putting the local terminal in raw mode is the caller's part
+        (``rexec.client.terminal.RawMode``), as is calling ``request_resize`` on SIGWINCH.
+        """
+        core = self._core
+        if core is None:
+            raise RexecError("the client is not connected: use 'with BlockingClient(...)'")
+        if command is None:
+            core.start_shell(env=env, cwd=cwd, timeout=timeout, capture=False, pty=pty)
+        else:
+            core.start(command, env=env, cwd=cwd, timeout=timeout, stdin=True, capture=False,
+                       pty=pty)
+        self._cancel_requested = False
+        self._window = None
+        source = _KeyboardSource(stdin_fd, stdout_fd, EscapeFilter(escape),
+                                 escape.decode() if escape else "~")
+        write = functools.partial(_write_all, stdout_fd)
+        event = self._drive(source=source, callbacks={"stdout": write, "stderr": write})
+        assert isinstance(event, Finished)
+        return event.result
+
+    def shell_script(
+        self,
+        *,
+        stdin: BlockingStdin,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        capture: bool = True,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> Result:
+        """The login shell without a PTY, reading its script from ``stdin`` (so ``cd`` and
+        variables carry from line to line), stdout and stderr apart as with ``run``."""
+        core = self._core
+        if core is None:
+            raise RexecError("the client is not connected: use 'with BlockingClient(...)'")
+        core.start_shell(env=env, cwd=cwd, timeout=timeout, capture=capture)
+        self._cancel_requested = False
+        event = self._drive(source=_StdinSource(stdin),
+                            callbacks={"stdout": on_stdout, "stderr": on_stderr})
+        assert isinstance(event, Finished)
+        return event.result
+
     def request_cancel(self) -> None:
         """Ask for the running command to be cancelled; safe to call from a signal handler."""
         self._cancel_requested = True
@@ -221,6 +291,9 @@ class BlockingClient(OptionsClient):
             event = self._dispatch(core, sock, callbacks or {})
             if event is not None:
                 return event
+            if self._window is not None:
+                core.resize(*self._window)
+                self._window = None
             if self._cancel_requested and not cancel_sent:
                 core.cancel()
                 cancel_sent = True
@@ -398,6 +471,55 @@ class _StdinSource:
         self._data = None
         self._file = None
         self.ready_without_poll = False
+
+
+class SessionEnded(RexecError):
+    """The user ended an interactive session from this side (the ``~.`` escape)."""
+
+
+class _KeyboardSource(_StdinSource):
+    """Keystrokes for a remote terminal: read as they come, escapes acted on here."""
+
+    def __init__(self, fd: int, out_fd: int, escapes: EscapeFilter, char: str) -> None:
+        super().__init__(fd)
+        self.ready_without_poll = False  # a terminal: poll it
+        self._out_fd = out_fd
+        self._escapes = escapes
+        self._char = char
+
+    def pump(self, core: ClientCore) -> None:
+        if not core.running:
+            self._finish()
+            return
+        if core.stdin_credit < 2:  # one keystroke may send two bytes (an escape that was not)
+            return
+        chunk = self._read(min(STDIN_CHUNK, core.stdin_credit - 1))
+        if chunk is None:
+            return
+        if not chunk:  # the local input ended (not a terminal, or it went away)
+            core.send_stdin_eof()
+            self._finish()
+            return
+        data = self._escapes.feed(chunk)
+        if data:
+            core.send_stdin(data)
+        while self._escapes.actions:
+            action = self._escapes.actions.pop(0)
+            if action == "help":
+                _write_all(self._out_fd, escape_help(self._char).encode())
+            else:
+                raise SessionEnded("the session was ended with the escape sequence"
+                                   f" {self._char}.")
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (a terminal or pipe), waiting while it is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            select.select([], [fd], [])
 
 
 def _is_regular_file(fd: int) -> bool:

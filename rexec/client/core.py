@@ -38,6 +38,8 @@ from rexec.wire.frames import (
     MAX_ENV_ENTRIES,
     MAX_HEADER_SIZE,
     PROTOCOL_VERSION,
+    PROTOCOL_VERSIONS,
+    PTY_VERSION,
     STDIN_WINDOW,
     Auth,
     Cancel,
@@ -46,11 +48,15 @@ from rexec.wire.frames import (
     Exit,
     Header,
     Hello,
+    Resize,
     Run,
+    Shell,
     Signal,
     SignalName,
     Stdin,
     StdinEof,
+    Terminal,
+    Window,
 )
 from rexec.wire.protocol import Connection, Role, State
 
@@ -116,18 +122,35 @@ _PROBLEMS: dict[tuple[str, str], Callable[[Any], str]] = {
 
 
 def build_run(command: str, *, env: dict[str, str] | None = None, cwd: str | None = None,
-              timeout: float | None = None, stdin: bool = False) -> Run:
+              timeout: float | None = None, stdin: bool = False,
+              pty: Terminal | None = None) -> Run:
     """The ``run`` frame for a command; InvalidRequest (naming the field) if no server would
     take it. Callers that want to check a request before connecting call this first."""
     values = {"command": command, "env": env or {}, "cwd": cwd, "timeout": timeout}
     try:
-        return Run(command=command, env=env or {}, cwd=cwd, timeout=timeout, stdin=stdin)
+        return Run(command=command, env=env or {}, cwd=cwd, timeout=timeout, stdin=stdin,
+                   pty=pty)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        field = str(error["loc"][0]) if error["loc"] else "command"
-        say = _PROBLEMS.get((field, error["type"]))
-        message = say(values.get(field)) if say else str(error["msg"]).removeprefix("Value error, ")
-        raise InvalidRequest(message, field) from None
+        raise _invalid(exc, values) from None
+
+
+def build_shell(*, env: dict[str, str] | None = None, cwd: str | None = None,
+                timeout: float | None = None, pty: Terminal | None = None) -> Shell:
+    """The ``shell`` frame: the login shell on a PTY, or (``pty`` None) reading a script from
+    stdin; InvalidRequest naming the field if no server would take it."""
+    values = {"env": env or {}, "cwd": cwd, "timeout": timeout}
+    try:
+        return Shell(env=env or {}, cwd=cwd, timeout=timeout, stdin=True, pty=pty)
+    except ValidationError as exc:
+        raise _invalid(exc, values) from None
+
+
+def _invalid(exc: ValidationError, values: dict[str, Any]) -> InvalidRequest:
+    error = exc.errors(include_url=False)[0]
+    field = str(error["loc"][0]) if error["loc"] else "command"
+    say = _PROBLEMS.get((field, error["type"]))
+    message = say(values.get(field)) if say else str(error["msg"]).removeprefix("Value error, ")
+    return InvalidRequest(message, field)
 
 
 def _too_large(exc: HeaderTooLarge) -> InvalidRequest:
@@ -171,12 +194,14 @@ class ClientCore:
         self._expected_server_proof: str | None = None
         self._outgoing = bytearray()
         self._eof = False
-        self._run: Run | None = None
+        self._run: Run | Shell | None = None
+        self.pty = False  # the running command has a PTY: its output is one stream
         self.stdin_credit = 0  # stdin bytes we may still send before the server credits more
         self._capture = False
         self._captured: dict[StreamName, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._counts: dict[StreamName, int] = {"stdout": 0, "stderr": 0}
-        self._send(Hello(versions=[PROTOCOL_VERSION], nonce=self._nonce, agent=agent,
+        self.version = PROTOCOL_VERSION  # the version the server chose, once it has
+        self._send(Hello(versions=list(PROTOCOL_VERSIONS), nonce=self._nonce, agent=agent,
                          identity=identity))
 
     # --- what to send ----------------------------------------------------------------------
@@ -196,17 +221,45 @@ class ClientCore:
         return len(self._outgoing)
 
     def start(self, command: str, *, env: dict[str, str] | None = None, cwd: str | None = None,
-              timeout: float | None = None, stdin: bool = False, capture: bool = True) -> None:
-        """Queue a ``run`` frame (validated here: a bad argument raises before anything is sent)."""
+              timeout: float | None = None, stdin: bool = False, capture: bool = True,
+              pty: Terminal | None = None) -> None:
+        """Queue a ``run`` frame (validated here: a bad argument raises before anything is sent).
+
+        With ``pty``, the command runs on a pseudo-terminal of that type and size: its output
+        (stdout and stderr alike) arrives as stdout, and ``resize`` follows the local window.
+        """
         if self.conn.state is not State.READY:
             raise RuntimeError(f"cannot start a command in state {self.conn.state.value}")
-        run = build_run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
+        self._begin(build_run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin, pty=pty),
+                    capture)
+
+    def start_shell(self, *, env: dict[str, str] | None = None, cwd: str | None = None,
+                    timeout: float | None = None, capture: bool = True,
+                    pty: Terminal | None = None) -> None:
+        """Queue a ``shell`` frame: the identity's login shell, interactive on a PTY of type and
+        size ``pty``, or (``pty`` None) a shell reading its script from stdin."""
+        if self.conn.state is not State.READY:
+            raise RuntimeError(f"cannot start a shell in state {self.conn.state.value}")
+        self._begin(build_shell(env=env, cwd=cwd, timeout=timeout, pty=pty), capture)
+
+    def resize(self, rows: int, cols: int, width: int = 0, height: int = 0) -> None:
+        """Tell the server the local window's new size (a PTY command; no-op otherwise)."""
+        if self.conn.state is State.RUNNING and self.pty:
+            self._send(Resize(window=Window(rows=rows, cols=cols, width=width, height=height)))
+
+    def _begin(self, run: Run | Shell, capture: bool) -> None:
+        if (run.pty is not None or isinstance(run, Shell)) and self.version < PTY_VERSION:
+            raise ProtocolError(
+                f"the server speaks protocol version {self.version}, which has no PTY sessions"
+                f" or login shells ({self.server_agent or 'an older server'}): upgrade"
+                " rexec-server, or run the command without -t", "unsupported_version")
         try:
             self._send(run)
         except HeaderTooLarge as exc:
             raise _too_large(exc) from None
         self._run = run
-        self.stdin_credit = STDIN_WINDOW if stdin else 0
+        self.pty = run.pty is not None
+        self.stdin_credit = STDIN_WINDOW if run.stdin else 0
         self._capture = capture
         self._captured = {"stdout": bytearray(), "stderr": bytearray()}
         self._counts = {"stdout": 0, "stderr": 0}
@@ -316,12 +369,14 @@ class ClientCore:
         return Authenticated(self.server_agent)
 
     def _answer(self, challenge: Challenge) -> None:
-        if challenge.version != PROTOCOL_VERSION:
+        if challenge.version not in PROTOCOL_VERSIONS:
             raise ProtocolError(
                 f"the server chose protocol version {challenge.version}, which this client"
-                f" does not speak (it speaks {PROTOCOL_VERSION})", "unsupported_version")
+                f" does not speak (it speaks {', '.join(map(str, sorted(PROTOCOL_VERSIONS)))})",
+                "unsupported_version")
+        self.version = challenge.version
         self.server_agent = challenge.agent
-        message = auth_message(self._nonce, challenge.nonce, PROTOCOL_VERSION,
+        message = auth_message(self._nonce, challenge.nonce, self.version,
                                self.identity or "")
         if challenge.method == "certificate":
             if not self._client_certificate:  # it cannot have checked one we never sent
@@ -350,7 +405,7 @@ class ClientCore:
                     f"the server reports {declared[name]} bytes of {name} but {count} arrived:"
                     " output was lost", "byte_count_mismatch")
         result = Result(
-            command=self._run.command,
+            command=self._run.command if isinstance(self._run, Run) else "",
             exit_code=exit_frame.exit_code,
             signal=exit_frame.signal,
             timed_out=exit_frame.timed_out,

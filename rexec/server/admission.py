@@ -20,7 +20,7 @@ from rexec.server.exec.shortcut import shell_pwd
 from rexec.server.exec.workdir import WorkDir, WorkDirError
 from rexec.server.identity import Identity, Refusal
 from rexec.server.state import ServerState
-from rexec.wire.frames import Run
+from rexec.wire.frames import Run, Shell, Terminal
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class Plan:
     confinement: Confinement
     argv: list[str] | None  # None: run.command through /bin/sh
     run_as: str | None
+    pty: Terminal | None = None  # on a pseudo-terminal of this type and size
+    executable: str | None = None  # the program, when argv[0] is not it (a login shell's "-sh")
+    kind: str = "command"  # "command", or "shell" (the login shell: run.command is its path)
 
     @property
     def spawn_cwd(self) -> str | None:
@@ -84,10 +87,46 @@ def admit(run: Run, identity: Identity, state: ServerState, *, client: str) -> D
 
 
 def check_rules(run: Run, identity: Identity, state: ServerState) -> Refusal | None:
-    """The first rule ``run`` breaks: the limits, the policy, accept_env, max_commands."""
+    """The first rule ``run`` breaks: the limits, pty, the policy, accept_env, max_commands."""
     policy = identity.policy
-    return (state.limits.check(run) or policy.check(run) or policy.check_env(run.env)
-            or over_max_commands(identity, state))
+    return (state.limits.check(run) or no_pty(run, identity) or policy.check(run)
+            or policy.check_env(run.env) or over_max_commands(identity, state))
+
+
+def no_pty(run: Run, identity: Identity) -> Refusal | None:
+    """The ``pty = false`` refusal, for a command asking for a PTY."""
+    if run.pty is not None and not identity.policy.pty:
+        return Refusal("pty", f"refused: identity {identity.name!r} may not open a PTY"
+                       " (pty = false): run the command without one (rexec run, without -t)")
+    return None
+
+
+def admit_shell(shell: Shell, identity: Identity, state: ServerState, *,
+                client: str) -> Decision:
+    """Decide whether the identity's login shell starts and how: on a PTY when ``shell.pty``,
+    else reading its script from stdin. The working directory is the user's home unless the
+    client names one (or the identity's cwd list does)."""
+    policy = identity.policy
+    if policy.allow or policy.deny or not policy.shell:
+        return Refusal("shell", f"refused: identity {identity.name!r} is held to a command"
+                       " policy (allow, deny or shell = false), which a shell would get around:"
+                       " run the commands themselves with rexec run")
+    try:
+        user = account(policy.run_as)
+    except KeyError:
+        return NotStarted(f"user {policy.run_as!r} does not exist")
+    program = user.shell or "/bin/sh"
+    cwd = shell.cwd if shell.cwd is not None else str(policy.cwd[0]) if policy.cwd else user.home
+    run = Run(command=program, env=shell.env, cwd=cwd, timeout=shell.timeout, stdin=True,
+              pty=shell.pty)
+    decision = admit(run, identity, state, client=client)
+    if not isinstance(decision, Plan):
+        return decision
+    name = os.path.basename(program)
+    decision.argv = [f"-{name}"] if shell.pty is not None else [name, "-s"]
+    decision.executable = program
+    decision.kind = "shell"
+    return decision
 
 
 def over_max_commands(identity: Identity, state: ServerState) -> Refusal | None:
@@ -114,9 +153,12 @@ def _plan(run: Run, identity: Identity, state: ServerState, workdir: WorkDir | N
     confinement = Confinement(user if policy.run_as is not None else None,
                               state.umask if policy.umask is None else policy.umask,
                               policy.rlimits)
+    if run.pty is not None:
+        env["TERM"] = run.pty.term
     return Plan(run, policy.timeout(run), smaller(policy.max_output, state.limits.max_output),
                 workdir.path if workdir is not None else state.own_pwd, workdir, env,
-                confinement, None if policy.shell else policy.argv(run), policy.run_as)
+                confinement, None if policy.shell else policy.argv(run), policy.run_as,
+                pty=run.pty)
 
 
 def pwd(run: Run, workdir: WorkDir | None, own_pwd: str) -> str:

@@ -36,6 +36,7 @@ from rexec.wire.frames import (
     Stderr,
     StdinCredit,
     Stdout,
+    Window,
 )
 
 CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
@@ -52,6 +53,8 @@ class Command:
     budget: int | None  # output bytes still allowed (None: no limit)
     cwd: str | None = None  # the physical directory it started in, once known
     holds_slot: bool = False  # counted in ServerState.active_commands (max_commands)
+    kind: str = "command"  # or "shell": a login shell (``run.command`` is its program)
+    tty: str | None = None  # the PTY's device, once it is open
 
     def spend(self, count: int) -> int:
         """How many of ``count`` new output bytes may still be sent."""
@@ -75,6 +78,8 @@ class StdinFeeder:
         self._send_credit = send_credit
         self._queue: deque[bytes] = deque()
         self._pending = 0
+        self._credit = 0  # bytes written (or dropped) and not credited back yet
+        self._writing = False  # the task is writing a chunk: a new one must queue behind it
         self._eof = False
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run())
@@ -88,6 +93,16 @@ class StdinFeeder:
                 f"the client sent more than {STDIN_WINDOW} bytes of stdin without credit",
                 "stdin_overflow",
             )
+        if not self._queue and not self._writing and self._child.stdin_open:
+            # Nothing ahead of it: write what the child takes now, without waking the feeding
+            # task (a keystroke on a terminal reaches it one loop iteration sooner).
+            written = self._child.write_now(data)
+            self._credit += written
+            data = data[written:]
+            if not data:
+                if self._credit >= CREDIT_BATCH:
+                    self._wake.set()  # the task sends the credit
+                return
         self._queue.append(bytes(data))
         self._pending += len(data)
         self._wake.set()
@@ -98,12 +113,14 @@ class StdinFeeder:
         self._wake.set()
 
     async def _run(self) -> None:
-        credit = 0
         while True:
             while not self._queue:
-                if credit:
-                    self._send_credit(credit)
-                    credit = 0
+                # Credit owed but under a batch waits: the client still holds more than
+                # STDIN_WINDOW - CREDIT_BATCH, so it is never stalled, and a keystroke on a
+                # terminal costs no credit frame (one more wake-up of both ends per key).
+                if self._credit >= CREDIT_BATCH // 4:
+                    self._send_credit(self._credit)
+                    self._credit = 0
                 if self._eof:
                     self._child.close_stdin()
                     return
@@ -111,12 +128,16 @@ class StdinFeeder:
                 await self._wake.wait()
             chunk = self._queue.popleft()
             if self._child.stdin_open:
-                await self._child.write_stdin(chunk)  # a child that closed stdin: dropped
+                self._writing = True
+                try:
+                    await self._child.write_stdin(chunk)  # a child that closed stdin: dropped
+                finally:
+                    self._writing = False
             self._pending -= len(chunk)
-            credit += len(chunk)
-            if credit >= CREDIT_BATCH:
-                self._send_credit(credit)
-                credit = 0
+            self._credit += len(chunk)
+            if self._credit >= CREDIT_BATCH:
+                self._send_credit(self._credit)
+                self._credit = 0
 
     async def stop(self) -> None:
         """Stop feeding (the command ended); what is still queued is dropped."""
@@ -150,10 +171,15 @@ async def spawn(state: ServerState, plan: Plan) -> Child | str:
     """Start the child ``plan`` describes; or say why it could not start."""
     run, argv, cwd, confine = plan.run, plan.argv, plan.spawn_cwd, plan.confinement
     try:
+        if plan.pty is not None:
+            window = (plan.pty.rows, plan.pty.cols, plan.pty.width, plan.pty.height)
+            return state.runner.start_pty(argv or ["/bin/sh", "-c", run.command], plan.env, cwd,
+                                          window, confine, executable=plan.executable)
         if argv is None:
             return await state.runner.spawn_shell(run.command, plan.env, cwd, run.stdin,
                                                   confine)
-        return await state.runner.spawn(argv, plan.env, cwd, run.stdin, confine)
+        return await state.runner.spawn(argv, plan.env, cwd, run.stdin, confine,
+                                        executable=plan.executable)
     except (OSError, subprocess.SubprocessError) as exc:
         return describe_spawn_error(exc, argv or ["/bin/sh"], cwd, confine)
 
@@ -196,6 +222,10 @@ class RunningCommand:
         """The client's stdin ended."""
         if self.feeder is not None:
             self.feeder.close()
+
+    def resize(self, window: Window) -> None:
+        """The client's window changed size (applied on a PTY; nothing otherwise)."""
+        self.child.resize(window.rows, window.cols, window.width, window.height)
 
     def signal(self, name: SignalName) -> None:
         """Send the named signal to the command's process group."""

@@ -18,6 +18,7 @@ from rexec.server.limits import PENALTY_WINDOW, AuthPenalty
 from rexec.wire.auth import auth_message, new_nonce
 from rexec.wire.frames import (
     PROTOCOL_VERSION,
+    PROTOCOL_VERSIONS,
     Auth,
     AuthMethod,
     AuthOk,
@@ -93,6 +94,7 @@ class ServerHandshake:
         self._active_connections = active_connections
         self._agent = agent
         self.claimed_identity: str | None = None  # the name the hello gave, once accepted
+        self.version = PROTOCOL_VERSION  # the version chosen, once the hello is in
         self._hello: Hello | None = None
         self._identity: Identity | None = None
         self._method: AuthMethod = "token"
@@ -100,18 +102,21 @@ class ServerHandshake:
 
     def receive_hello(self, hello: Hello) -> Challenged | HandshakeRefusal:
         """Negotiate the version and choose the challenge for the identity the client claims."""
-        if PROTOCOL_VERSION not in hello.versions:
+        common = [version for version in PROTOCOL_VERSIONS if version in hello.versions]
+        if not common:
             return HandshakeRefusal(
                 "unsupported_version",
-                f"this server speaks protocol version {PROTOCOL_VERSION};"
+                f"this server speaks protocol versions"
+                f" {', '.join(map(str, sorted(PROTOCOL_VERSIONS)))};"
                 f" the client offered {hello.versions}",
             )
+        self.version = common[0]  # the newest both speak
         self._hello, self.claimed_identity = hello, hello.identity
         self._identity = self._identities.resolve(hello.identity, self._subject)
         self._method, salt = self._identities.challenge_for(self._identity, hello.identity,
                                                             self._subject)
         self._nonce = new_nonce()
-        challenge = Challenge(version=PROTOCOL_VERSION, nonce=self._nonce, agent=self._agent,
+        challenge = Challenge(version=self.version, nonce=self._nonce, agent=self._agent,
                               method=self._method,
                               salt=salt.hex() if salt is not None else None)
         return Challenged(challenge, self._penalty.delay(self._source))
@@ -134,7 +139,7 @@ class ServerHandshake:
         hello, identity = self._hello, self._identity
         if hello is None:
             raise RuntimeError("auth received before hello")  # the state table forbids it
-        message = auth_message(hello.nonce, self._nonce, PROTOCOL_VERSION, hello.identity or "")
+        message = auth_message(hello.nonce, self._nonce, self.version, hello.identity or "")
         if identity is None or not proved(identity, auth, message, self._subject):
             failures = self._penalty.failed(self._source)
             delay = self._penalty.delay(self._source)

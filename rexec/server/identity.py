@@ -55,6 +55,7 @@ class Policy:
     allow: tuple[Pattern, ...] = ()  # compiled with never_nl
     deny: tuple[Pattern, ...] = ()
     shell: bool = True
+    pty: bool = True  # PTY sessions allowed (rexec shell, rexec run -t)
     cwd: tuple[Path, ...] = ()
     max_timeout: float | None = None
     max_output: int | None = None

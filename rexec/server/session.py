@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from rexec.errors import ConnectionLost, ProtocolError
 from rexec.server import defaults
-from rexec.server.admission import Plan, admit
+from rexec.server.admission import Plan, admit, admit_shell
 from rexec.server.audit import log_event
 from rexec.server.command import Command, RunningCommand, free_slot, hold_slot, spawn
 from rexec.server.exec.env import audit_env
@@ -30,12 +30,15 @@ from rexec.server.state import ServerState
 from rexec.server.stream import FramedStream, TLSHandshakeFailed
 from rexec.wire.codec import Frame
 from rexec.wire.frames import (
+    PROTOCOL_VERSION,
+    PTY_VERSION,
     Auth,
     Error,
     Header,
     Hello,
     Run,
     ServerErrorCode,
+    Shell,
 )
 from rexec.wire.protocol import State
 
@@ -62,6 +65,7 @@ class Session:
         self.peer = stream.peer
         self.identity: Identity | None = None
         self.claimed_identity: str | None = None
+        self.version = PROTOCOL_VERSION  # the protocol version the handshake chose
         self.running: RunningCommand | None = None
         self.spawning = False  # a command was admitted and its child is being started
         self.command_task: asyncio.Task[None] | None = None
@@ -184,6 +188,7 @@ class Session:
         hello = await self._receive_handshake(Hello)
         challenged = shake.receive_hello(hello)
         self.claimed_identity = shake.claimed_identity
+        self.version = shake.version
         if isinstance(challenged, HandshakeRefusal):
             raise _Refused(challenged.code, challenged.message)
         if challenged.delay:
@@ -225,7 +230,12 @@ class Session:
     async def handle(self, frame: Frame) -> None:
         """Act on one frame from an authenticated client."""
         header, running = frame.header, self.running
-        if header.type == "run":
+        if self.version < PTY_VERSION and (header.type in ("shell", "resize") or (
+                header.type == "run" and header.pty is not None)):
+            what = "a run frame with a pty" if header.type == "run" else f"a {header.type} frame"
+            raise ProtocolError(f"{what} is not part of protocol version {self.version}",
+                                "unexpected_frame")
+        if header.type in ("run", "shell"):
             await self.start_command(header)
         elif header.type == "error":
             raise ConnectionLost(f"the client reported an error: {header.message}")
@@ -239,23 +249,32 @@ class Session:
             running.signal(header.signal)
         elif header.type == "cancel":
             running.cancel()
+        elif header.type == "resize":
+            running.resize(header.window)
 
-    async def start_command(self, run: Run) -> None:
+    async def start_command(self, run: Run | Shell) -> None:
         """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""
         identity = self.identity
         assert identity is not None  # the state table allows run only after auth_ok
         started = time.monotonic()
-        decision = admit(run, identity, self.state, client=self.client_line)
+        if isinstance(run, Shell):
+            decision = admit_shell(run, identity, self.state, client=self.client_line)
+            kind = "shell"
+            run = decision.run if isinstance(decision, Plan) else Run(
+                command="(login shell)", env=run.env, cwd=run.cwd, stdin=True, pty=run.pty)
+        else:
+            decision = admit(run, identity, self.state, client=self.client_line)
+            kind = "command"
         if isinstance(decision, Plan):
             command = Command(run, identity, started, decision.timeout, decision.budget,
-                              cwd=decision.cwd)
+                              cwd=decision.cwd, kind=kind)
             try:
                 if self._audit_start(command, decision):
                     await self._spawn(command, decision)
             finally:
                 decision.close()
             return
-        command = Command(run, identity, started, None, None)
+        command = Command(run, identity, started, None, None, kind=kind)
         if isinstance(decision, Refusal):
             self.refuse(command, decision)
         else:
@@ -312,6 +331,10 @@ class Session:
             free_slot(self.state, command)
             self.not_started(command, child)
         else:
+            command.tty = getattr(child, "tty", None)
+            if command.tty is not None:  # which terminal the session got, as login records
+                self.state.audit.record("pty_opened", **self._audit_fields(command),
+                                        pid=child.pid)
             self.running = RunningCommand(self.state, self, command, child, self._released)
             self.commands += 1
             self.command_task = asyncio.create_task(self._supervise(self.running))
@@ -348,9 +371,15 @@ class Session:
         return self.stream.conn.state is State.RUNNING
 
     def _audit_fields(self, command: Command) -> dict[str, Any]:
-        return {"peer": self.peer, "identity": command.identity.name,
-                "command": command.run.command, "cwd": command.cwd,
-                "cwd_requested": command.run.cwd}
+        fields = {"peer": self.peer, "identity": command.identity.name,
+                  "command": command.run.command, "cwd": command.cwd,
+                  "cwd_requested": command.run.cwd}
+        if command.kind != "command":
+            fields["session"] = command.kind  # "shell": the login shell, command its path
+        if command.run.pty is not None:  # the terminal, never what is typed on it
+            fields["pty"] = command.run.pty.term
+            fields["tty"] = command.tty
+        return fields
 
     def report(self, command: Command, decision: str, **fields: Any) -> None:
         """The command's log line, and its audit record (the decision or how it ended)."""

@@ -77,6 +77,7 @@ class IdentitySettings(BaseModel):
     deny: list[str] = Field(default_factory=list,
                             description="anchored RE2 regexes, checked first")
     shell: bool = Field(True, description="false: split the command line, run it without a shell")
+    pty: bool = Field(True, description="false: refuse PTY sessions (rexec shell, rexec run -t)")
     cwd: list[Path] = Field(default_factory=list, description="allowed working directories")
     max_timeout: float | None = Field(None, gt=0)
     max_output: int | None = Field(None, gt=0, description="bytes of stdout+stderr per command")
@@ -175,7 +176,7 @@ class IdentitySettings(BaseModel):
         policy = Policy(
             allow=tuple(Pattern(p, never_nl=True) for p in self.allow),
             deny=tuple(Pattern(p) for p in self.deny),
-            shell=self.shell, cwd=tuple(self.cwd), max_timeout=self.max_timeout,
+            shell=self.shell, pty=self.pty, cwd=tuple(self.cwd), max_timeout=self.max_timeout,
             max_output=self.max_output, run_as=self.run_as,
             max_connections=self.max_connections, max_commands=self.max_commands,
             accept_env=tuple(self.accept_env), env=dict(self.env), umask=self.umask,

@@ -54,13 +54,18 @@ class HeaderTooLarge(ValueError):
         self.size = size
 
 
+_NO_PTY = {"pty"}
+
+
 def encode_prefix(header: Header) -> bytes:
     """The bytes that go before a frame's body: the header length and the header.
 
     HeaderTooLarge (a ValueError) if the header is over MAX_HEADER_SIZE: nothing that no peer
     accepts is ever sent.
     """
-    raw = header.model_dump_json().encode()
+    # A run frame without a PTY is sent as version 1 knows it: without the version-2 field.
+    plain = header.type == "run" and header.pty is None
+    raw = header.model_dump_json(exclude=_NO_PTY if plain else None).encode()
     if len(raw) > MAX_HEADER_SIZE:
         raise HeaderTooLarge(len(raw))
     return _LENGTH.pack(len(raw)) + raw

@@ -12,8 +12,13 @@ from typing import Annotated, Any, Literal, TypeAlias, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-PROTOCOL_VERSION = 1
-"""The one protocol version this implementation speaks."""
+PROTOCOL_VERSION = 2
+"""The newest protocol version this implementation speaks: 2 adds PTY sessions (the ``shell``
+and ``resize`` frames, ``run.pty``) to version 1."""
+PROTOCOL_VERSIONS: tuple[int, ...] = (2, 1)
+"""Every version this implementation speaks, newest first."""
+PTY_VERSION = 2
+"""The first version with PTY sessions."""
 
 MAX_HEADER_SIZE = 64 * 1024
 """Largest header (JSON bytes) a peer may declare; checked before the header is read."""
@@ -29,6 +34,8 @@ STDIN_WINDOW = 1024 * 1024
 """Stdin bytes a client may send for a command beyond those the server has credited back."""
 
 MAX_COMMAND_LENGTH = 32 * 1024
+MAX_WINDOW_CELLS = 10_000  # rows or columns of a terminal window
+MAX_WINDOW_PIXELS = 65_535  # its width or height in pixels (struct winsize holds 16 bits)
 MAX_ENV_ENTRIES = 256
 NONCE_HEX_LENGTH = 64  # 32 random bytes, hex encoded
 MAC_HEX_LENGTH = 64  # HMAC-SHA256, hex encoded
@@ -77,6 +84,19 @@ def _check_text(value: str, what: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError(f"{what} is not valid Unicode (lone surrogate at {exc.start})") from None
+    return value
+
+
+def _valid_cwd(value: str | None) -> str | None:
+    return None if value is None else _check_text(value, "cwd")
+
+
+def _valid_env(value: dict[str, str]) -> dict[str, str]:
+    for key, item in value.items():
+        _check_text(key, "env name")
+        if not key or "=" in key:
+            raise ValueError(f"env name {key!r} must be non-empty and contain no '='")
+        _check_text(item, f"env value of {key}")
     return value
 
 
@@ -148,8 +168,30 @@ class AuthOk(_Control):
 # --- commands ------------------------------------------------------------------------------
 
 
+TermName = Annotated[str, Field(min_length=1, max_length=64,
+                                pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")]
+WindowCells = Annotated[int, Field(ge=1, le=MAX_WINDOW_CELLS)]
+WindowPixels = Annotated[int, Field(ge=0, le=MAX_WINDOW_PIXELS)]
+
+
+class Window(BaseModel):
+    """A terminal window's size: ``rows`` and ``cols`` in cells, optionally in pixels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
+    rows: WindowCells
+    cols: WindowCells
+    width: WindowPixels = 0
+    height: WindowPixels = 0
+
+
+class Terminal(Window):
+    """A pseudo-terminal request: the terminal type (TERM) and the window's size."""
+
+    term: TermName = "xterm"
+
+
 class Run(_Control):
-    """Client -> server: run ``command`` under ``/bin/sh -c``."""
+    """Client -> server: run ``command`` under ``/bin/sh -c`` (on a PTY when ``pty`` is given)."""
 
     type: Literal["run"] = "run"
     command: str = Field(min_length=1, max_length=MAX_COMMAND_LENGTH)
@@ -157,26 +199,37 @@ class Run(_Control):
     cwd: str | None = Field(default=None, min_length=1, max_length=4096)
     timeout: float | None = Field(default=None, gt=0, le=10_000_000)
     stdin: bool = False
+    pty: Terminal | None = None  # version 2; never sent when null (codec), as version 1 has none
 
     @field_validator("command")
     @classmethod
     def _command_text(cls, value: str) -> str:
         return _check_text(value, "command")
 
-    @field_validator("cwd")
-    @classmethod
-    def _cwd_text(cls, value: str | None) -> str | None:
-        return None if value is None else _check_text(value, "cwd")
+    _cwd_text = field_validator("cwd")(_valid_cwd)
+    _env_text = field_validator("env")(_valid_env)
 
-    @field_validator("env")
-    @classmethod
-    def _env_text(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            _check_text(key, "env name")
-            if not key or "=" in key:
-                raise ValueError(f"env name {key!r} must be non-empty and contain no '='")
-            _check_text(item, f"env value of {key}")
-        return value
+
+class Shell(_Control):
+    """Client -> server: the identity's login shell, interactive on a PTY (``pty``), or
+    without one reading a script from stdin (``pty`` null)."""
+
+    type: Literal["shell"] = "shell"
+    env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_ENTRIES)
+    cwd: str | None = Field(default=None, min_length=1, max_length=4096)
+    timeout: float | None = Field(default=None, gt=0, le=10_000_000)
+    stdin: bool = True
+    pty: Terminal | None = None
+
+    _cwd_text = field_validator("cwd")(_valid_cwd)
+    _env_text = field_validator("env")(_valid_env)
+
+
+class Resize(_Control):
+    """Client -> server: the local window changed size (a PTY command; ignored otherwise)."""
+
+    type: Literal["resize"] = "resize"
+    window: Window
 
 
 class Stdin(_Data):
@@ -251,6 +304,8 @@ Header: TypeAlias = Annotated[
     | Auth
     | AuthOk
     | Run
+    | Shell
+    | Resize
     | Stdin
     | StdinEof
     | StdinCredit
@@ -265,8 +320,8 @@ Header: TypeAlias = Annotated[
 
 MODELS: dict[str, type[_Header]] = {
     model.model_fields["type"].default: model
-    for model in (Hello, Challenge, Auth, AuthOk, Run, Stdin, StdinEof, StdinCredit, Signal,
-                  Cancel, Stdout, Stderr, Exit, Error)
+    for model in (Hello, Challenge, Auth, AuthOk, Run, Shell, Resize, Stdin, StdinEof,
+                  StdinCredit, Signal, Cancel, Stdout, Stderr, Exit, Error)
 }
 """Each frame type's model, by its ``type`` tag."""
 

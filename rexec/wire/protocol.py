@@ -30,7 +30,7 @@ class State(enum.Enum):
 
 
 C, S = Role.CLIENT, Role.SERVER
-_LATE_INPUT = ("stdin", "stdin_eof", "signal", "cancel")
+_LATE_INPUT = ("stdin", "stdin_eof", "signal", "cancel", "resize")
 
 # (state, sender, event) -> next state. An event is the frame type, except that errors are
 # "error" (fatal, closes the connection) or "error_nonfatal" (a command could not start).
@@ -40,6 +40,7 @@ TRANSITIONS: dict[tuple[State, Role, str], State] = {
     (State.AWAIT_AUTH, C, "auth"): State.AWAIT_VERDICT,
     (State.AWAIT_VERDICT, S, "auth_ok"): State.READY,
     (State.READY, C, "run"): State.RUNNING,
+    (State.READY, C, "shell"): State.RUNNING,
     # Input the client sent before it saw the command's exit frame arrives late; it is dropped.
     **{(State.READY, C, event): State.READY for event in _LATE_INPUT},
     **{(State.RUNNING, C, event): State.RUNNING for event in _LATE_INPUT},

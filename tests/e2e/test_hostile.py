@@ -323,8 +323,8 @@ PRE_AUTH: list[tuple[str, Callable[[RawClient, str], bytes], list[str], str]] = 
      ["challenge"], "unexpected_frame"),
     ("auth-before-hello", lambda raw, t: encode(Auth(mac="0" * 64)), [], "unexpected_frame"),
     ("hello-twice", lambda raw, t: raw.hello_bytes() * 2, ["challenge"], "unexpected_frame"),
-    ("version-2-only", lambda raw, t: raw.hello_bytes(versions=[2]), [], "unsupported_version"),
-    ("versions-without-1", lambda raw, t: raw.hello_bytes(versions=[2, 3, 65535]), [],
+    ("version-3-only", lambda raw, t: raw.hello_bytes(versions=[3]), [], "unsupported_version"),
+    ("versions-without-1-or-2", lambda raw, t: raw.hello_bytes(versions=[3, 4, 65535]), [],
      "unsupported_version"),
     ("version-0", lambda raw, t: raw.hello_bytes(versions=[0]), [], "bad_header"),
     ("no-versions", lambda raw, t: raw.hello_bytes(versions=[]), [], "bad_header"),
@@ -538,3 +538,22 @@ def test_500_idle_connections_do_not_starve_a_real_client(tmp_path):
             assert wait_until(lambda: fd_count(pid) <= fds + 2, timeout=10), (fds, fd_count(pid))
     finally:
         assert srv.stop() == 0, srv.log()
+
+
+@pytest.mark.parametrize("kind", ["shell", "resize", "run-with-pty"])
+def test_version_2_frames_on_a_version_1_connection_are_refused(hostile_server, tmp_path, kind):
+    from rexec.wire.frames import Resize, Shell, Terminal, Window
+
+    with hostile(hostile_server, tmp_path) as case, RawClient(case.server) as raw:
+        raw.send(raw.hello_bytes(versions=[1]))  # a version-1 client
+        challenge = raw.next_frame()
+        assert challenge.type == "challenge" and challenge.version == 1
+        raw.send(raw.answer(challenge))
+        assert raw.next_frame().type == "auth_ok"
+        terminal = Terminal(rows=24, cols=80)
+        frame = {"shell": Shell(pty=terminal), "resize": Resize(window=Window(rows=5, cols=5)),
+                 "run-with-pty": Run(command=case.touch, pty=terminal)}[kind]
+        raw.send(encode(frame))
+        frames = raw.frames_until_close()
+        assert_refused(frames[-1:], "unexpected_frame")
+        assert "protocol version 1" in frames[-1].message

@@ -44,7 +44,7 @@ from rexec.client.core import Authenticated, ClientCore
 from rexec.errors import ProtocolError
 from rexec.wire.auth import new_nonce
 from rexec.wire.codec import FrameDecoder, encode
-from rexec.wire.frames import PROTOCOL_VERSION, Auth, Cancel, Challenge, Header, Run
+from rexec.wire.frames import PROTOCOL_VERSIONS, Auth, Cancel, Challenge, Header, Run
 from tests.helpers import ServerProcess, live_children, live_processes, start_server, wait_until
 
 MAX_CONNECTIONS = 4
@@ -93,6 +93,7 @@ class Conn:
     # await_hello, await_auth: a clean handshake so far; ready: authenticated;
     # doomed: broke the rules before authenticating, so it must never be
     stage: str = "await_hello"
+    version: int = 0  # the version the server must choose: the newest both speak
     challenge: Challenge | None = None
     pending: deque[Path] = field(default_factory=deque)  # authenticated runs awaiting exit
     fatal: str | None = None  # the code of the fatal error the server sent
@@ -141,11 +142,13 @@ class SessionMachine(RuleBasedStateMachine):
             conn.stage = "doomed"
 
     def _hello(self, conn: Conn, versions: list[int]) -> bytes:
-        if conn.stage == "await_hello" and PROTOCOL_VERSION in versions:
+        common = [v for v in PROTOCOL_VERSIONS if v in versions]
+        if conn.stage == "await_hello" and common:
             conn.stage = "await_auth"
+            conn.version = common[0]
         else:
             self._breaks_the_rules(conn)
-        if versions == [PROTOCOL_VERSION]:
+        if versions == list(PROTOCOL_VERSIONS):
             return conn.hello
         decoder = FrameDecoder()
         decoder.feed(conn.hello)
@@ -183,7 +186,7 @@ class SessionMachine(RuleBasedStateMachine):
 
     def _frame(self, conn: Conn, kind: str) -> bytes:
         if kind == "hello":
-            return self._hello(conn, [PROTOCOL_VERSION])
+            return self._hello(conn, list(PROTOCOL_VERSIONS))
         if kind == "auth":
             return self._correct_auth(conn)
         if kind == "wrong_auth":
@@ -225,7 +228,7 @@ class SessionMachine(RuleBasedStateMachine):
         assert conn.fatal is None, f"{header.type} frame after fatal error {conn.fatal}"
         if header.type == "challenge":
             assert conn.stage != "await_hello" and conn.challenge is None, header
-            assert header.version == PROTOCOL_VERSION
+            assert header.version == conn.version
             conn.challenge = header
         elif header.type == "auth_ok":
             assert conn.authenticated, "auth_ok for a connection that did not prove the token"
@@ -276,11 +279,11 @@ class SessionMachine(RuleBasedStateMachine):
     @rule(target=conns)
     def connect_and_authenticate(self) -> Conn:
         conn = self.connect()
-        self._send(conn, self._hello(conn, [PROTOCOL_VERSION]))
+        self._send(conn, self._hello(conn, list(PROTOCOL_VERSIONS)))
         self._send(conn, self._correct_auth(conn))
         return conn
 
-    @rule(conn=conns, versions=st.sampled_from([[1], [1], [2, 1], [2]]))
+    @rule(conn=conns, versions=st.sampled_from([[1], [2, 1], [2], [3], [3, 1]]))
     def send_hello(self, conn: Conn, versions: list[int]) -> None:
         self._send(conn, self._hello(conn, versions))
 

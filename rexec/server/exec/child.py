@@ -61,6 +61,7 @@ class Child(Protocol):
         self, stream_no: int, buffer: bytearray, quiet_after_exit: float | None = None
     ) -> int: ...
     async def write_stdin(self, data: bytes | memoryview) -> bool: ...
+    def write_now(self, data: bytes | memoryview) -> int: ...
     def close_stdin(self) -> None: ...
     async def wait(self) -> ExitStatus: ...
     def signal_group(self, signum: int) -> bool: ...
@@ -69,6 +70,7 @@ class Child(Protocol):
     def exceed(self, limit: str) -> None: ...
     def expire(self) -> None: ...
     def close(self) -> None: ...
+    def resize(self, rows: int, cols: int, width: int = 0, height: int = 0) -> None: ...
 
 
 def live_groups(pgids: set[int]) -> set[int]:
@@ -340,6 +342,20 @@ class ChildProcess:
             view = view[written:]
         return True
 
+    def write_now(self, data: bytes | memoryview) -> int:
+        """Write what the child's stdin takes without waiting; how many bytes that was (all of
+        them when its stdin is closed: they are dropped, as ``write_stdin`` drops them)."""
+        fd = self._fds.get(0)
+        if fd is None:
+            return len(data)
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except (BrokenPipeError, ConnectionResetError):
+            self._close(0)
+            return len(data)
+
     def close_stdin(self) -> None:
         """Close the child's standard input (the client sent EOF)."""
         self._close(0)
@@ -395,6 +411,9 @@ class ChildProcess:
     def expire(self) -> None:
         """The command ran out of time: mark it timed out and terminate its group."""
         self.group.expire()
+
+    def resize(self, rows: int, cols: int, width: int = 0, height: int = 0) -> None:
+        """A window size for a command without a terminal: nothing to apply."""
 
     def close(self) -> None:
         """The server is done with the command: release the pipes and signal the group no more.

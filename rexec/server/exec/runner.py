@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from rexec.server.exec import defaults
 from rexec.server.exec.child import ChildProcess
 from rexec.server.exec.env import Account
+from rexec.server.exec.pty import PtyChild, popen_on_pty
 from rexec.server.exec.shortcut import direct_argv
 
 if TYPE_CHECKING:
@@ -159,11 +160,36 @@ class Runner:
         cwd: str | None = None,
         stdin: bool = False,
         confine: Confinement = Confinement(),
+        *,
+        executable: str | None = None,
     ) -> ChildProcess:
         """Start ``argv`` with exactly ``env``; OSError if it cannot (a missing cwd or program),
-        SubprocessError if the child could not confine itself (see ``describe_spawn_error``)."""
+        SubprocessError if the child could not confine itself (see ``describe_spawn_error``).
+        ``executable``: the program, when ``argv[0]`` is only its name."""
         setup = _child_setup(confine)
-        return self._adopt(_popen(argv, env, cwd, stdin, umask=confine.umask, setup=setup))
+        return self._adopt(_popen(argv, env, cwd, stdin, umask=confine.umask, setup=setup,
+                                  executable=executable))
+
+    def start_pty(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        window: tuple[int, int, int, int],
+        confine: Confinement = Confinement(),
+        *,
+        executable: str | None = None,
+    ) -> PtyChild:
+        """Start ``argv`` on a new pseudo-terminal of size ``window`` (rows, cols, width,
+        height), the terminal its controlling terminal. It forks (the controlling terminal is
+        set between fork and exec), on the event loop, as a user switch does."""
+        popen, master, tty = popen_on_pty(argv, env, cwd, window=window, umask=confine.umask,
+                                          setup=_child_setup(confine), executable=executable)
+        child = PtyChild(popen, master, tty, self.kill_grace)
+        if self.guardian is not None:
+            self.guardian.watch(child.pid)
+            child.on_close = self.guardian.forget
+        return child
 
     async def spawn_shell(
         self,
@@ -186,12 +212,15 @@ class Runner:
         cwd: str | None = None,
         stdin: bool = False,
         confine: Confinement = Confinement(),
+        *,
+        executable: str | None = None,
     ) -> ChildProcess:
         """``start`` without holding up the event loop (see the module's docstring)."""
         if _child_setup(confine) is not None:
-            return self.start(argv, env, cwd, stdin, confine)
+            return self.start(argv, env, cwd, stdin, confine, executable=executable)
         return self._adopt(await self._on_spawner(functools.partial(
-            _popen, argv, env, cwd, stdin, umask=confine.umask, setup=None)))
+            _popen, argv, env, cwd, stdin, umask=confine.umask, setup=None,
+            executable=executable)))
 
     async def _on_spawner(self, make: Callable[[], subprocess.Popen[bytes]]
                           ) -> subprocess.Popen[bytes]:
@@ -240,12 +269,14 @@ def _popen_shell(command: str, env: Mapping[str, str], cwd: str | None, stdin: b
 
 
 def _popen(argv: list[str], env: Mapping[str, str], cwd: str | None, stdin: bool, *,
-           umask: int, setup: Callable[[], None] | None) -> subprocess.Popen[bytes]:
+           umask: int, setup: Callable[[], None] | None,
+           executable: str | None = None) -> subprocess.Popen[bytes]:
     """The one Popen call: a new session, exactly ``env``, every other descriptor closed.
 
     Safe on any thread (it touches no event loop). Without ``setup``, Python uses vfork."""
     return subprocess.Popen(
         argv,
+        executable=executable,
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -35,6 +35,7 @@ class FakeServer:
         self.verifier = auth.TokenVerifier.from_token(token, SALT)
         self.conn = Connection(Role.SERVER)
         self.hello: f.Hello | None = None
+        self.version = f.PROTOCOL_VERSION
         self.client_mac: str | None = None
 
     @property
@@ -46,7 +47,8 @@ class FakeServer:
     def message(self) -> bytes:
         """The AuthMessage both proofs cover, as the server computes it."""
         assert self.hello is not None
-        return auth.auth_message(self.hello.nonce, SERVER_NONCE, 1, self.hello.identity or "")
+        return auth.auth_message(self.hello.nonce, SERVER_NONCE, self.version,
+                                 self.hello.identity or "")
 
     def receive(self) -> list[tuple[f.Header, bytes]]:
         """Take what the client queued and return the frames in it."""
@@ -59,12 +61,13 @@ class FakeServer:
     def send(self, header: f.Header, body: bytes = b"") -> None:
         self.core.receive_data(self.conn.send(header, body))
 
-    def challenge(self, version: int = 1, method: str = "token",
+    def challenge(self, version: int = f.PROTOCOL_VERSION, method: str = "token",
                   salt: str | None = SALT.hex()) -> None:
         [(hello, _)] = self.receive()
         assert isinstance(hello, f.Hello)
-        assert hello.versions == [f.PROTOCOL_VERSION]
+        assert hello.versions == list(f.PROTOCOL_VERSIONS) == [2, 1]
         self.hello = hello
+        self.version = version
         self.send(f.Challenge(version=version, nonce=SERVER_NONCE, agent="fake-server/9",
                               method=method, salt=salt))  # type: ignore[arg-type]
 
@@ -162,10 +165,10 @@ def test_a_named_identity_is_in_hello_and_covered_by_the_proof() -> None:
     assert server.hello.identity == "alice"
     server.read_auth()
     assert server.client_mac is not None
-    assert server.message == auth.auth_message(server.client_nonce, SERVER_NONCE, 1, "alice")
+    assert server.message == auth.auth_message(server.client_nonce, SERVER_NONCE, 2, "alice")
     assert server.verifier.check(server.message, server.client_mac)
     for name in ("", "bob", "default"):  # the same proof claimed for another identity fails
-        other = auth.auth_message(server.client_nonce, SERVER_NONCE, 1, name)
+        other = auth.auth_message(server.client_nonce, SERVER_NONCE, 2, name)
         assert not server.verifier.check(other, server.client_mac)
     server.accept(identity="alice")
     assert core.next_event() == Authenticated("fake-server/9")
@@ -206,7 +209,7 @@ WRONG_SERVER_PROOFS = {
     "wrong-identity": lambda s: s.verifier.server_proof(
         auth.auth_message(s.client_nonce, SERVER_NONCE, 1, "alice")),
     "wrong-version": lambda s: s.verifier.server_proof(
-        auth.auth_message(s.client_nonce, SERVER_NONCE, 2, "")),
+        auth.auth_message(s.client_nonce, SERVER_NONCE, 1, "")),  # not the one chosen (2)
     "zeros": lambda s: "0" * 64,
 }
 
@@ -282,11 +285,11 @@ def test_core_is_closed_after_a_wrong_server_proof() -> None:
 def test_unsupported_version_in_challenge() -> None:
     core = ClientCore(TOKEN)
     server = FakeServer(core)
-    server.challenge(version=2)
+    server.challenge(version=3)
     with pytest.raises(ProtocolError) as info:
         core.next_event()
     assert info.value.code == "unsupported_version"
-    assert "version 2" in str(info.value)
+    assert "version 3" in str(info.value)
 
 
 def test_a_token_challenge_without_a_salt_is_a_protocol_error() -> None:
@@ -661,3 +664,59 @@ def test_check_request_returns_the_frame_it_checked() -> None:
     run = check_request("echo hi", env={"A": "1"}, cwd="/tmp", timeout=2.5, stdin=True)
     assert (run.command, run.env, run.cwd, run.timeout, run.stdin) == (
         "echo hi", {"A": "1"}, "/tmp", 2.5, True)
+
+
+# --- PTY commands and login shells (issue 13) ----------------------------------------------
+
+def test_a_pty_command_and_a_login_shell_go_out_with_their_terminal_and_resizes() -> None:
+    core, server = handshake()
+    terminal = f.Terminal(term="xterm-256color", rows=24, cols=80)
+    core.resize(50, 100)  # no command running: nothing is sent
+    core.start("top", stdin=True, pty=terminal)
+    core.resize(50, 132, 800, 600)
+    (run, _), (resize, _) = server.receive()
+    assert isinstance(run, f.Run) and run.pty == terminal and run.stdin
+    assert isinstance(resize, f.Resize) and resize.window == f.Window(rows=50, cols=132,
+                                                                      width=800, height=600)
+    server.send(f.Stdout(size=3), b"hi\n")
+    server.send(exit_frame(stdout=3))
+    result = [e for e in events(core) if not isinstance(e, Output)][-1]
+    assert result.result.command == "top"
+    core.start_shell(pty=terminal, env={"LANG": "C.UTF-8"})
+    ((shell, _),) = server.receive()
+    assert isinstance(shell, f.Shell) and shell.pty == terminal and shell.stdin
+    server.send(exit_frame())
+    finished = events(core)[-1]
+    assert finished.result.command == "" and finished.result.exit_code == 0
+    core.start("true")
+    core.resize(10, 10)  # a command without a PTY: no resize frame
+    assert [type(h) for h, _ in server.receive()] == [f.Run]
+
+
+def test_a_bad_terminal_request_is_refused_before_anything_is_sent() -> None:
+    with pytest.raises(ValidationError):
+        f.Terminal(term="x" * 65, rows=24, cols=80)
+    with pytest.raises(ValidationError):
+        f.Terminal(term="xterm; rm -rf", rows=24, cols=80)
+    with pytest.raises(ValidationError):
+        f.Window(rows=0, cols=80)
+    with pytest.raises(ValidationError):
+        f.Window(rows=24, cols=80, width=70_000)
+    core, _ = handshake()
+    with pytest.raises(InvalidRequest, match="NUL"):
+        core.start_shell(cwd="/tmp\x00x")
+
+
+def test_a_version_1_server_gets_no_pty_frame_and_the_user_is_told_to_upgrade() -> None:
+    core = ClientCore(TOKEN, agent="test-agent")
+    server = FakeServer(core)
+    server.challenge(version=1)
+    server.read_auth()
+    server.accept()
+    assert isinstance(core.next_event(), Authenticated) and core.version == 1
+    with pytest.raises(ProtocolError, match=r"version 1, which has no PTY sessions.*upgrade"):
+        core.start("top", pty=f.Terminal(rows=24, cols=80))
+    with pytest.raises(ProtocolError, match="upgrade"):
+        core.start_shell()
+    run = start(core, server, "true")  # a plain command still goes, as version 1 knows it
+    assert run.pty is None

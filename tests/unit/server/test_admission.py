@@ -104,3 +104,58 @@ def test_a_plan_that_fails_late_closes_its_working_directory(tmp_path: Path) -> 
                      state(), client=CLIENT)
     assert isinstance(decision, NotStarted)
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+# --- PTY sessions and login shells (issue 13) ----------------------------------------------
+
+def test_a_pty_command_gets_its_terminal_type_and_pty_false_refuses_it() -> None:
+    from rexec.wire.frames import Terminal
+
+    terminal = Terminal(term="xterm-256color", rows=24, cols=80)
+    made = plan(Run(command="top", pty=terminal), identity())
+    try:
+        assert made.pty == terminal and made.env["TERM"] == "xterm-256color"
+    finally:
+        made.close()
+    refused = admit(Run(command="top", pty=terminal), identity(pty=False), state(), client=CLIENT)
+    assert isinstance(refused, Refusal) and refused.rule == "pty"
+    assert "pty = false" in refused.message and "rexec run" in refused.message
+    still = plan(Run(command="true"), identity(pty=False))  # no PTY asked: it runs
+    still.close()
+
+
+def test_a_login_shell_runs_the_users_shell_in_the_home_directory() -> None:
+    import pwd
+
+    from rexec.server.admission import admit_shell
+    from rexec.wire.frames import Shell, Terminal
+
+    me = pwd.getpwuid(os.getuid())
+    made = admit_shell(Shell(pty=Terminal(rows=24, cols=80)), identity(), state(),
+                       client=CLIENT)
+    assert isinstance(made, Plan), made
+    try:
+        assert made.kind == "shell" and made.executable == (me.pw_shell or "/bin/sh")
+        assert made.argv == ["-" + os.path.basename(made.executable)]  # a login shell
+        assert made.cwd == os.path.realpath(me.pw_dir) and made.run.stdin
+    finally:
+        made.close()
+    script = admit_shell(Shell(cwd="/"), identity(), state(), client=CLIENT)
+    assert isinstance(script, Plan)
+    try:
+        assert script.argv is not None and script.argv[1:] == ["-s"] and script.pty is None
+        assert script.cwd == "/"
+    finally:
+        script.close()
+
+
+@pytest.mark.parametrize("policy", [{"allow": (Pattern("echo .*", never_nl=True),)},
+                                    {"deny": (Pattern("rm .*"),)}, {"shell": False}],
+                         ids=["allow", "deny", "argv-mode"])
+def test_an_identity_held_to_a_command_policy_gets_no_shell(policy: dict[str, object]) -> None:
+    from rexec.server.admission import admit_shell
+    from rexec.wire.frames import Shell
+
+    refused = admit_shell(Shell(), identity(**policy), state(), client=CLIENT)
+    assert isinstance(refused, Refusal) and refused.rule == "shell"
+    assert "would get around" in refused.message

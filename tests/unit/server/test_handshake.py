@@ -151,8 +151,18 @@ def test_an_unsupported_version_is_refused_before_any_challenge() -> None:
     refusal = shake.receive_hello(hello)
     assert refusal == HandshakeRefusal(
         "unsupported_version",
-        f"this server speaks protocol version {f.PROTOCOL_VERSION}; the client offered [99]")
+        "this server speaks protocol versions 1, 2; the client offered [99]")
     assert shake.claimed_identity is None
+
+
+@pytest.mark.parametrize(("offered", "chosen"), [([1], 1), ([2], 2), ([1, 2], 2), ([9, 1], 1)])
+def test_the_server_chooses_the_newest_version_both_speak(offered: list[int],
+                                                          chosen: int) -> None:
+    shake = ServerHandshake(identities(), AuthPenalty(8.0), source=SOURCE, subject=None,
+                            active_connections=Counter())
+    challenged = shake.receive_hello(f.Hello(versions=offered, nonce="ab" * 32))
+    assert not isinstance(challenged, HandshakeRefusal)
+    assert challenged.challenge.version == chosen == shake.version
 
 
 def test_auth_before_hello_is_a_bug_in_the_caller() -> None:
@@ -165,7 +175,7 @@ def test_auth_before_hello_is_a_bug_in_the_caller() -> None:
 def test_the_client_refuses_a_challenge_in_a_version_it_does_not_speak() -> None:
     pair = Pair(ClientCore(TOKEN))
     pair.receive()
-    pair.send(f.Challenge(version=2, nonce="cd" * 32, agent="x", method="token",
+    pair.send(f.Challenge(version=3, nonce="cd" * 32, agent="x", method="token",
                           salt="00" * 16))
     with pytest.raises(ProtocolError):
         pair.core.next_event()

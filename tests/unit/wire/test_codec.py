@@ -84,6 +84,11 @@ VALID: list[tuple[str, f.Header, bytes]] = [
     ("auth_ok-identity", f.AuthOk(mac=MAC, identity="alice"), b""),
     ("auth_ok-certificate", f.AuthOk(mac=None, identity="robot"), b""),
     ("run-minimal", f.Run(command="true"), b""),
+    ("run-pty", f.Run(command="top", pty=f.Terminal(term="xterm-256color", rows=24, cols=80,
+                                                   width=640, height=480)), b""),
+    ("shell-pty", f.Shell(pty=f.Terminal(rows=50, cols=132), env={"LANG": "C.UTF-8"}), b""),
+    ("shell-script", f.Shell(cwd="/tmp"), b""),
+    ("resize", f.Resize(window=f.Window(rows=1, cols=10_000)), b""),
     (
         "run-full",
         f.Run(
@@ -125,7 +130,7 @@ VALID_IDS = [case[0] for case in VALID]
 def test_valid_table_covers_every_header_type() -> None:
     models = typing.get_args(typing.get_args(f.Header)[0])
     assert {h.type for _, h, _ in VALID} == {m.model_fields["type"].default for m in models}
-    assert len(models) == 14
+    assert len(models) == 16
 
 
 @pytest.mark.parametrize(("name", "header", "body"), VALID, ids=VALID_IDS)

@@ -28,6 +28,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "auth": {"mac": NONCE},
     "auth_ok": {"mac": NONCE},
     "run": {"command": "true"},
+    "shell": {"pty": {"term": "xterm", "rows": 24, "cols": 80}},
+    "resize": {"window": {"rows": 50, "cols": 132}},
     "stdin": {"size": 1},
     "stdin_eof": {},
     "stdin_credit": {"amount": 4096},
