@@ -525,7 +525,9 @@ def test_ctrl_c_cancels_every_remote_command_and_still_prints_the_summary(
 
         assert wait_until(lambda: len(pgids()) == HOSTS, timeout=30), pgids()
         groups = pgids()
-        assert all(len(pids_in_group(pgid)) >= 2 for pgid in groups)  # sh and two sleeps
+        # sh and its two sleeps: the pid file is written just before the sleeps start
+        assert wait_until(lambda: all(len(pids_in_group(pgid)) >= 2 for pgid in groups),
+                          timeout=10)
         time.sleep(0.3)  # the "started" lines reach the client
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)

@@ -101,6 +101,10 @@ def test_cancelling_stops_every_remote_command(many: ManyServers, tmp_path: Path
         task = asyncio.create_task(group.run(_sleepers(tmp_path), on_done=done.append))
         while len(_pgids(tmp_path)) < HOSTS:
             await asyncio.sleep(0.05)
+        for _ in range(200):  # the pid file is written just before the sleeps start
+            if all(len(pids_in_group(pgid)) >= 2 for pgid in _pgids(tmp_path)):
+                break
+            await asyncio.sleep(0.05)
         assert all(len(pids_in_group(pgid)) >= 2 for pgid in _pgids(tmp_path))
         if how == "group.cancel":
             group.cancel()
