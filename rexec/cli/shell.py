@@ -168,18 +168,21 @@ def run_on_pty(address: str, command: str | None, *, target: Any, connection: di
         notes.detail(f"token from {options.token_source}")
         notes.detail(f"connecting to {options.host} port {options.port}")
         with BlockingClient.from_options(options) as client:
-            session = dict(command=command, pty=pty, stdin_fd=0, stdout_fd=1, escape=escape,
-                           env={**forwarded, **env}, cwd=cwd, timeout=timeout)
+            def session() -> Any:
+                return client.interact(command, pty=pty, stdin_fd=0, stdout_fd=1,
+                                       escape=escape, env={**forwarded, **env}, cwd=cwd,
+                                       timeout=timeout)
+
             if os.isatty(0):
                 def resized() -> None:
                     client.request_resize(*window_size(0))
 
                 with RawMode(0, on_resize=resized):
-                    result = client.interact(**session)  # type: ignore[arg-type]
-            else:
+                    result = session()
+            else:  # no terminal to put in raw mode: SIGTERM still ends the session cleanly
                 previous = signal.signal(signal.SIGTERM, _terminated)
                 try:
-                    result = client.interact(**session)  # type: ignore[arg-type]
+                    result = session()
                 finally:
                     signal.signal(signal.SIGTERM, previous)
     except SessionEnded:
