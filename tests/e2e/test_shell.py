@@ -95,10 +95,12 @@ def finish(child: pexpect.spawn) -> int:
     return int(child.exitstatus)
 
 
-def no_process_with(marker: str) -> bool:
+def no_process_with(*argv: str) -> bool:
+    """Whether no process runs with exactly these arguments (``sleep 1001.5``)."""
+    wanted = "\0".join(argv).encode() + b"\0"
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if marker.encode() in cmdline.read_bytes():
+            if cmdline.read_bytes() == wanted:
                 return False
         except OSError:
             continue
@@ -155,12 +157,23 @@ def test_the_window_size_follows_the_local_terminal(shell_server: ServerProcess,
 def test_tilde_dot_ends_a_stuck_session_and_nothing_is_left_on_the_server(
         shell_server: ServerProcess, token_file: Path) -> None:
     child = spawn_shell(shell_server, token_file)
-    child.sendline("sleep 1000 # marker-tilde-dot")
-    time.sleep(0.5)
+    child.sendline("sleep 1000.25")
+    assert wait_until(lambda: not no_process_with("sleep", "1000.25"), 10)  # it runs
     child.send("\r~.")
     assert finish(child) == 255
     assert b"closed (~.)" in child.before
-    assert wait_until(lambda: no_process_with("marker-tilde-dot"), 10)
+    assert wait_until(lambda: no_process_with("sleep", "1000.25"), 10)
+
+
+def test_a_sessions_background_jobs_end_with_it_as_after_a_hangup(
+        shell_server: ServerProcess, token_file: Path) -> None:
+    child = spawn_shell(shell_server, token_file)
+    child.sendline("sleep 1000.5 &")  # a job: a process group of its own, not the shell's
+    child.expect_exact(PROMPT)
+    assert wait_until(lambda: not no_process_with("sleep", "1000.5"), 10)  # it runs
+    child.send("\r~.")
+    assert finish(child) == 255
+    assert wait_until(lambda: no_process_with("sleep", "1000.5"), 10)
 
 
 def test_tilde_question_lists_the_escapes_and_tilde_tilde_sends_one(

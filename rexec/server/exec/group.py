@@ -27,6 +27,9 @@ class ProcessGroup:
                  after_kill: Callable[[], None]) -> None:
         self.pgid = pgid
         self.kill_grace = kill_grace
+        # A terminal's session is stopped as a hangup stops it: SIGHUP first, which a shell
+        # passes on to its jobs (each in a group of its own), then SIGTERM and SIGKILL.
+        self.hangup_first = False
         self.timed_out = False
         self.exceeded: str | None = None  # the limit that made the server stop it
         self._pinned = pinned
@@ -60,6 +63,8 @@ class ProcessGroup:
 
     def terminate(self) -> None:
         """SIGTERM the whole group now, SIGKILL what is left of it after the grace period."""
+        if self.hangup_first:
+            self.signal(signal.SIGHUP)
         if self.signal(signal.SIGTERM) and not self._kill_armed:
             self._kill_armed = True
             self._kill_timer = self._loop.call_later(self.kill_grace, self._kill)

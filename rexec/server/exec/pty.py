@@ -93,6 +93,7 @@ class PtyChild(ChildProcess):
     def __init__(self, popen: subprocess.Popen[bytes], master: int, tty: str,
                  kill_grace: float) -> None:
         super().__init__(popen, kill_grace)
+        self.group.hangup_first = True  # stopped as a hung-up terminal: the shell's jobs too
         self.tty = tty
         self._master = master
         # stdin and stdout are the one master, each closed on its own: a copy for stdin
