@@ -57,6 +57,20 @@ def client_argv(*args: str) -> list[str]:
 
 
 SPAWNED: list[pexpect.spawn] = []
+REMOTE_HOME: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remote_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The login shells' HOME: an empty folder, so that this machine's own rc files (root's
+    .bashrc runs `pyenv rehash`, which waits on a lock a killed shell may leave) stay out."""
+    REMOTE_HOME.append(tmp_path_factory.mktemp("remote-home"))
+    yield
+    REMOTE_HOME.clear()
+
+
+def home_env() -> list[str]:
+    return ["--env", f"HOME={REMOTE_HOME[0]}"]
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +92,8 @@ def spawn(argv: list[str], **kwargs: object) -> pexpect.spawn:
 def spawn_shell(srv: ServerProcess, token_file: Path, *extra: str,
                 rows: int = 30, cols: int = 100) -> pexpect.spawn:
     """``rexec shell`` on a fresh PTY of ``rows`` x ``cols``, its prompt set to PROMPT."""
-    argv = client_argv("shell", "--token-file", str(token_file), *extra, srv.address)
+    argv = client_argv("shell", "--token-file", str(token_file), *home_env(), *extra,
+                       srv.address)
     child = spawn(argv, timeout=15, dimensions=(rows, cols), cwd=ROOT,
                   env={**os.environ, "TERM": "xterm", "LANG": "C.UTF-8"})
     child.sendline(f"PS1='{PROMPT}'; unset PROMPT_COMMAND; bind 'set enable-bracketed-paste off'"
@@ -243,8 +258,8 @@ def _wrapped(srv: ServerProcess, token_file: Path, marker: str, tmp_path: Path
     child = spawn(["bash", "--norc", "--noprofile"], timeout=15, dimensions=(30, 100),
                   env={**os.environ, "PS1": "outer$ ", "TERM": "xterm"})
     child.expect_exact("outer$ ")
-    argv = " ".join(client_argv("shell", "--token-file", str(token_file), "--env",
-                                f"MARK={marker}", srv.address))
+    argv = " ".join(client_argv("shell", "--token-file", str(token_file), *home_env(),
+                                "--env", f"MARK={marker}", srv.address))
     child.sendline(f"stty -a > {before}; {argv}; echo rc=$?; stty -a > {after}")
     child.sendline("echo remote-$((40+2))")  # typed ahead: the remote shell reads it
     child.expect_exact("remote-42")
