@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from rexec.cli.common import (
+    EXIT_BROKEN_PIPE,
     EXIT_FAILURE,
     EXIT_USAGE,
     ClientConfig,
@@ -193,6 +194,8 @@ def run_on_pty(address: str, command: str | None, *, target: Any, connection: di
         return EXIT_FAILURE
     except KeyboardInterrupt:  # only without a local terminal (raw mode makes Ctrl-C a byte)
         return 130
+    except BrokenPipeError:  # local stdout closed (rexec run -t host -- cmd | head)
+        return EXIT_BROKEN_PIPE
     except RexecError as exc:
         fail(str(exc), status_for(exc))
     return int(result.exit_status)

@@ -385,3 +385,21 @@ def test_a_pattern_of_several_hosts_is_a_usage_error(token_file: Path) -> None:
                           capture_output=True, timeout=30, cwd=ROOT, check=False)
     assert done.returncode == 2
     assert b"matches 3 hosts" in done.stderr
+
+
+def test_run_t_into_a_closed_pipe_exits_141(shell_server: ServerProcess,
+                                            token_file: Path) -> None:
+    proc = subprocess.Popen(client_argv("run", "-t", "--token-file", str(token_file),
+                                        shell_server.address, "--", "seq 1 10000000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"1\r\n"  # a terminal's line ending
+    proc.stdout.close()  # as `| head -1` does
+    try:
+        assert proc.wait(timeout=30) == 141
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"Traceback" not in proc.stderr.read()
+    proc.stderr.close()
