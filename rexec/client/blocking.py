@@ -355,6 +355,10 @@ class BlockingClient(OptionsClient):
                 with contextlib.suppress(KeyError):
                     poller.unregister(fd)
                 source.pump(core)
+                # Sent now, not after another poll() for POLLOUT: a keystroke reaches the
+                # server one system call and one pass of this loop sooner.
+                self._out += core.data_to_send()
+                self._flush_now(sock, core)
 
     def _receive(self, sock: socket.socket, core: ClientCore) -> None:
         """Receive what is ready, up to READ_SIZE, straight into the decoder's buffer.
