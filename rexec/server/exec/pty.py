@@ -13,6 +13,7 @@ of the slave has closed it fails with EIO, which is the terminal's end of file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -21,6 +22,7 @@ import struct
 import subprocess
 import termios
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from rexec.server.exec.child import ChildProcess
 
@@ -96,6 +98,10 @@ class PtyChild(ChildProcess):
         self.group.hangup_first = True  # stopped as a hung-up terminal: the shell's jobs too
         self.tty = tty
         self._master = master
+        self._watching: int | None = None  # the descriptor the event loop watches for us
+        self._waiter: asyncio.Future[int | None] | None = None  # a read waiting for the master
+        self._target: tuple[int, int, bytearray] | None = None  # what that read reads into
+        self._drained = False  # the last read emptied the master: wait before reading again
         # stdin and stdout are the one master, each closed on its own: a copy for stdin
         self._fds = {0: os.dup(master), 1: master}
         for fd in self._fds.values():
@@ -108,20 +114,44 @@ class PtyChild(ChildProcess):
     ) -> int:
         """As ``ChildProcess.read_into``; EIO (the slave is closed everywhere) is end of file.
 
+        The master is read by the event loop's callback as soon as it is readable, and it stays
+        registered from the first wait to the end: a terminal session reads a little at a time
+        and often, and registering the master for every read and unregistering it after cost
+        two system calls and a pass of the loop, a good part of a keystroke's echo. Reading in
+        the callback also leaves no stale readiness behind to wake the next wait for nothing.
+        The reader stops when it finds nobody waiting (the output waits on the client), so
+        unread output never spins the loop.
+        """
+        fd = self._fds.get(stream_no)
+        if fd is None:
+            return 0
+        if not self._drained:
+            count = self._read_now(stream_no, fd, buffer)
+            if count is not None:
+                return count
+        self._drained = False
+        while True:
+            if quiet_after_exit is not None and self._exited.done():
+                try:
+                    async with asyncio.timeout(quiet_after_exit):
+                        count = await self._read_when_ready(stream_no, fd, buffer, None)
+                except TimeoutError:
+                    return -1
+            else:
+                also = self._exited if quiet_after_exit is not None else None
+                count = await self._read_when_ready(stream_no, fd, buffer, also)
+            if count is not None:
+                return count
+
+    def _read_now(self, stream_no: int, fd: int, buffer: bytearray) -> int | None:
+        """Read what the master holds, as much as ``buffer`` takes: the count, 0 at the end,
+        None when there is nothing yet.
+
         A terminal hands out at most a few KiB a read: what more is there already is read on
         into the buffer, so that a fast writer (``cat`` of a big file) costs one frame per
         buffer rather than per 4 KiB.
         """
-        try:
-            count = await super().read_into(stream_no, buffer, quiet_after_exit)
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-            self._close(stream_no)
-            return 0
-        fd = self._fds.get(stream_no)
-        if count <= 0 or fd is None:
-            return count
+        count = 0
         view = memoryview(buffer)
         try:
             while count < len(buffer):
@@ -129,11 +159,61 @@ class PtyChild(ChildProcess):
                 if not more:
                     break
                 count += more
-        except OSError:  # nothing more yet (EAGAIN), or EIO: the next call reports the end
-            pass
+        except BlockingIOError:
+            if not count:
+                return None
+            self._drained = True  # the next read waits without trying first
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            # EIO: the slave is closed everywhere; after data, the next read reports it
         finally:
             view.release()
+        if not count:
+            self._close(stream_no)
         return count
+
+    async def _read_when_ready(self, stream_no: int, fd: int, buffer: bytearray,
+                               also: asyncio.Future[Any] | None) -> int | None:
+        """The count ``_on_readable`` read into ``buffer``; None if ``also`` ended the wait."""
+        if self._watching != fd:
+            self._unwatch()
+            self._loop.add_reader(fd, self._on_readable)
+            self._watching = fd
+        waiter: asyncio.Future[int | None] = self._loop.create_future()
+        self._waiter, self._target = waiter, (stream_no, fd, buffer)
+        if also is not None:
+            also.add_done_callback(self._wake)
+        try:
+            return await waiter
+        finally:
+            self._waiter = self._target = None
+            if also is not None:
+                also.remove_done_callback(self._wake)
+
+    def _wake(self, _: object = None) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _on_readable(self) -> None:
+        waiter, target = self._waiter, self._target
+        if waiter is None or target is None:
+            self._unwatch()  # nobody reads now: stop watching until somebody waits again
+            return
+        if waiter.done():
+            return  # read already, and the reader has not run yet
+        try:
+            count = self._read_now(*target)
+        except OSError as exc:
+            waiter.set_exception(exc)
+            return
+        if count is not None:
+            waiter.set_result(count)
+
+    def _unwatch(self) -> None:
+        if self._watching is not None:
+            self._loop.remove_reader(self._watching)
+            self._watching = None
 
     def close_stdin(self) -> None:
         """The client's input ended: type the terminal's end-of-file character, once."""
@@ -155,6 +235,8 @@ class PtyChild(ChildProcess):
     def _close(self, stream_no: int) -> None:
         fd = self._fds.get(stream_no)
         if fd is not None:
+            if fd == self._watching:
+                self._unwatch()
             self._fds[stream_no] = None
             with contextlib.suppress(OSError):
                 os.close(fd)
