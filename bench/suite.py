@@ -42,7 +42,8 @@ Then, interleaving the contenders (A B C A B C ..., the order rotated each round
      client's peak RSS;
   8. an interactive session on a PTY (`--only pty`, or `make bench-pty`, about a minute
      alone), each client on a real PTY of bench/pty_client.py: keystroke echo latency of
-     `rexec shell` and `ssh -tt` (and local bash), and `cat` of a 100 MB text file through
+     `rexec shell` and `ssh -tt` (beside floors: a protocol-free relay in C and in Python,
+     bench/pty_relay.c and .py, and local bash), and `cat` of a 100 MB text file through
      `rexec run -t` and `ssh -tt`, every byte counted.
 Medians and p95 (nearest rank) over every sample; ratios are taken between medians of the
 same run. Every loop has a fixed count and every wait a deadline. Not part of the test suite.
@@ -1598,6 +1599,8 @@ def splice(existing: str, text: str, start: str, end: str) -> str:
 # row 8: an interactive session on a PTY
 
 PTY_CLIENT = Path(__file__).resolve().parent / "pty_client.py"
+PTY_RELAY_C = Path(__file__).resolve().parent / "pty_relay.c"
+PTY_RELAY_PY = Path(__file__).resolve().parent / "pty_relay.py"
 PTY_LINE = (b"0123456789abcdefghijklmnopqrstuvwxyz" * 3)[:99] + b"\n"  # 100 bytes, ASCII
 
 
@@ -1631,12 +1634,35 @@ def rexec_cli(rig: Rig, subcommand: str, *args: str) -> list[str]:
             "--token-file", str(rig.tmp / "home" / "token"), *args]
 
 
+def pty_relay_binary(rig: Rig) -> Path | None:
+    """bench/pty_relay.c built with the system's C compiler, or None (no compiler, or it
+    failed: the row then goes without the C floor, and says so)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        say("    no C compiler: the echo row goes without the C relay floor")
+        return None
+    binary = rig.tmp / "pty_relay"
+    done = subprocess.run([cc, "-O2", "-o", str(binary), str(PTY_RELAY_C), "-lutil"],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        say(f"    {cc} could not build bench/pty_relay.c: {done.stderr.decode()[-300:]}")
+        return None
+    return binary
+
+
 def pty_echo(rig: Rig, plan: Plan) -> list[Series]:
     """Keystroke echo latency: every shell in one bench/pty_client.py process, interleaved."""
     shells = [
         ("rexec shell", "`rexec shell ADDRESS` (the login shell, bash)",
          rexec_cli(rig, "shell")),
         ("ssh -tt", "`ssh -tt host` (the login shell, bash; default cipher)", rig.ssh("-tt")),
+    ]
+    if (relay := pty_relay_binary(rig)) is not None:
+        shells.append(("relay C", "floor: a relay with no protocol, in C (bench/pty_relay.c:"
+                       " raw terminal, loopback TCP, `bash -l` on a PTY)", [str(relay), "pair"]))
+    shells += [
+        ("relay Python", "floor: the same relay in Python (bench/pty_relay.py)",
+         [sys.executable, str(PTY_RELAY_PY), "pair"]),
         ("local bash", "local floor: `bash -l` on the driver's own PTY (no network)",
          ["bash", "-l"]),
     ]
@@ -1731,6 +1757,16 @@ def pty_section(row: PtyRow, plan: Plan, w: Callable[[str], None],
         w(f"| {s.name} | {fnum(s.median * 1e3, 3)} | {fnum(s.p95 * 1e3, 3)} | {len(s.values)} |"
           f" {fx(ratio(s.median, ssh_echo))} | {fnum(median(s.extra.get('ready', [])), 2)} |")
     w("")
+    relay = [s for s in row.echo if s.label == "relay C" and s.values]
+    if relay:
+        floor = relay[0].median
+        w(f"The C relay is what any remote terminal costs here before its own work: the driver's"
+          f" PTY, the client, loopback TCP, the server, the remote PTY and bash, with nothing"
+          f" else (no framing, authentication or encryption). It takes {fnum(floor * 1e3, 3)} ms,"
+          f" {fx(ratio(floor, ssh_echo))} of `ssh -tt`: a client at 0.5x ssh's"
+          f" ({fnum(ssh_echo * 0.5e3, 3)} ms) would have to be"
+          f" {fx(ratio(ssh_echo * 0.5, floor))} of this floor.")
+        w("")
     mb = row.size / 1e6
     w(f"**Output on a PTY.** `cat` of a {mb:,.0f} MB text file ({row.lines:,} lines of 99"
       " characters and a newline) with the client's stdout the driver's PTY, which counts"
