@@ -8,12 +8,14 @@ fleet's exit status: 0 every host ok, 1 a command failed (all reached), 3 a host
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from rexec.cli.output import (
+    LineWriter,
     Outcome,
     Progress,
     gathered,
@@ -42,8 +44,8 @@ class Renderer:
         self.summary = summary
         self.fold = fold
         self.batch = batch
-        self.broken_pipe = False  # local stdout closed: the run is cancelled, exit 141
-        self.on_broken_pipe: Any = None
+        self.on_broken_pipe: Any = None  # local stdout closed: the run is cancelled, exit 141
+        self.writer = LineWriter(self._stdout_closed)
         self._lines = HostLines()
         self._stdout: dict[str, bytearray] = {}
         self._files: dict[tuple[str, str], Any] = {}
@@ -79,21 +81,34 @@ class Renderer:
             handle = self._files[host, suffix] = (self.out_dir / f"{name}.{suffix}").open("wb")
         return handle
 
+    @property
+    def broken_pipe(self) -> bool:
+        """Whether local stdout was closed (the run is then cancelled; exit 141)."""
+        return self.writer.broken_pipe
+
+    def _stdout_closed(self) -> None:
+        if self.on_broken_pipe is not None:
+            self.on_broken_pipe()
+
     def _line(self, host: str, stream: str, line: bytes) -> None:
         fd = 1 if stream == "stdout" else 2
-        if fd == 1 and self.broken_pipe:
-            return
         data = f"{host}: ".encode() + line if self.prefix else line
+        self._write(fd, data)
+
+    def _write(self, fd: int, data: bytes) -> None:
+        """Whole lines to ``fd``: above the progress bar on a terminal, else queued for the
+        end of the loop's pass (``LineWriter``)."""
+        if self.progress is None:
+            self.writer.write(fd, data)
+            return
+        if fd == 1 and self.writer.broken_pipe:
+            return
         try:
-            if self.progress is not None:
-                self.progress.line(fd, data)
-            else:
-                write_fd(fd, data)
-        except BrokenPipeError:  # `rexec run @web -- yes | head`: stop, as one host does
+            self.progress.line(fd, data)
+        except BrokenPipeError:
             if fd == 1:
-                self.broken_pipe = True
-                if self.on_broken_pipe is not None:
-                    self.on_broken_pipe()
+                self.writer.broken_pipe = True
+                self._stdout_closed()
 
     def done(self, outcome: Outcome) -> None:
         """One host ended (ok, failed, timed out, unreachable or cancelled)."""
@@ -107,11 +122,7 @@ class Renderer:
                 self._file(outcome.host, suffix).close()
                 del self._files[outcome.host, suffix]
         if self.mode == "json":
-            line = (outcome_json(outcome) + "\n").encode()
-            if self.progress is not None:
-                self.progress.line(1, line)
-            else:
-                write_fd(1, line)
+            self._write(1, (outcome_json(outcome) + "\n").encode())
         if self.progress is not None:
             self.progress.done(outcome.status)
 
@@ -119,6 +130,7 @@ class Renderer:
 
     def finish(self, result: Any) -> None:
         """The run is over: remove the bar, print what -b gathered, and the summary."""
+        self.writer.flush()
         if self.progress is not None:
             self.progress.stop()
         for handle in self._files.values():
@@ -236,6 +248,8 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
             nonlocal interrupted
             interrupted += 1
             if interrupted > 1:  # the second Ctrl-C: do not wait (the servers kill the groups)
+                with contextlib.suppress(OSError):
+                    renderer.writer.flush()  # the lines already in hand
                 if renderer.progress is not None:
                     renderer.progress.stop()  # the terminal gets its cursor back
                 os._exit(130)
@@ -262,7 +276,7 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
     try:
         renderer.finish(result)
     except BrokenPipeError:
-        renderer.broken_pipe = True
+        renderer.writer.broken_pipe = True
     if renderer.broken_pipe and not interrupted:
         return 128 + signal.SIGPIPE
     return fleet_status(result, bool(interrupted))

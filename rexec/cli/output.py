@@ -6,6 +6,7 @@ with rich imported only when stdout is a terminal.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -96,6 +97,71 @@ def write_fd(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+LINES_FLUSH_SIZE = 64 * 1024
+"""Bytes of whole lines held before they are written without waiting for the loop's pass."""
+
+
+class LineWriter:
+    """Whole lines for stdout and stderr, written together once per pass of the event loop.
+
+    A fan-out's hosts end in bursts: a write per line woke the reader of a pipe (``| grep``,
+    a script, the benchmark's parent) once per line, and on two cores the woken reader took
+    the CPU from rexec each time (1,000 hosts: 0.1-0.2 s of the run inside write()). Lines
+    queued in one pass go out in one write per run of lines for the same descriptor, so the
+    order across stdout and stderr is kept, and a line is still never split. Outside a
+    running event loop every line is written at once.
+
+    ``on_broken_pipe`` is called once when stdout's reader has gone; stdout's lines are then
+    dropped. A closed stderr drops its lines silently.
+    """
+
+    def __init__(self, on_broken_pipe: Any = None) -> None:
+        self.on_broken_pipe = on_broken_pipe
+        self.broken_pipe = False
+        self._parts: list[tuple[int, bytes]] = []
+        self._size = 0
+        self._scheduled: asyncio.AbstractEventLoop | None = None  # a flush is due on it
+
+    def write(self, fd: int, data: bytes) -> None:
+        """Queue whole lines for ``fd`` (1 or 2)."""
+        if fd == 1 and self.broken_pipe:
+            return
+        self._parts.append((fd, data))
+        self._size += len(data)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or self._size >= LINES_FLUSH_SIZE:
+            self.flush()
+        elif self._scheduled is not loop:
+            loop.call_soon(self._pass_ended)
+            self._scheduled = loop
+
+    def _pass_ended(self) -> None:
+        self._scheduled = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write everything queued, in order."""
+        parts, self._parts, self._size = self._parts, [], 0
+        start = 0
+        while start < len(parts):
+            fd = parts[start][0]
+            end = start + 1
+            while end < len(parts) and parts[end][0] == fd:
+                end += 1
+            if not (fd == 1 and self.broken_pipe):
+                try:
+                    write_fd(fd, b"".join(data for _, data in parts[start:end]))
+                except BrokenPipeError:  # `rexec run @web -- yes | head`: stop, as one host does
+                    if fd == 1:
+                        self.broken_pipe = True
+                        if self.on_broken_pipe is not None:
+                            self.on_broken_pipe()
+            start = end
 
 
 def outcome_json(outcome: Outcome) -> str:

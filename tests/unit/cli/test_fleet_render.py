@@ -85,3 +85,90 @@ def test_a_keepalive_flag_overrides_the_inventory_even_when_it_is_zero() -> None
     off = with_flags(targets, {"keepalive": 0})[0].options
     assert (off.keepalive, off.connect_timeout, off.token) == (0, 4, "x" * 20)
     assert with_flags(targets, {"keepalive": 12.5})[0].options.keepalive == 12.5
+
+
+def test_lines_of_one_pass_of_the_loop_go_out_in_one_write_each_run(monkeypatch: Any) -> None:
+    import asyncio
+
+    from rexec.cli import output
+
+    writes: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(output, "write_fd", lambda fd, data: writes.append((fd, data)))
+    writer = output.LineWriter()
+
+    async def main() -> None:
+        writer.write(1, b"a: 1\n")
+        writer.write(1, b"b: 1\n")
+        writer.write(2, b"a: oops\n")
+        writer.write(1, b"c: 1\n")
+        assert writes == []  # held until the pass ends
+        await asyncio.sleep(0)
+        assert writes == [(1, b"a: 1\nb: 1\n"), (2, b"a: oops\n"), (1, b"c: 1\n")]
+        writer.write(1, b"d: 1\n")
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert writes[-1] == (1, b"d: 1\n")
+    writer.write(1, b"e: 1\n")  # no loop running: at once
+    assert writes[-1] == (1, b"e: 1\n")
+
+
+def test_a_burst_over_the_flush_size_is_written_without_waiting(monkeypatch: Any) -> None:
+    import asyncio
+
+    from rexec.cli import output
+
+    writes: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(output, "write_fd", lambda fd, data: writes.append((fd, data)))
+    monkeypatch.setattr(output, "LINES_FLUSH_SIZE", 100)
+    writer = output.LineWriter()
+
+    async def main() -> None:
+        for i in range(30):
+            writer.write(1, b"host: %02d\n" % i)  # 9 bytes a line
+        assert len(writes) == 2 and all(len(data) >= 100 for _, data in writes)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert b"".join(data for _, data in writes) == b"".join(b"host: %02d\n" % i
+                                                           for i in range(30))
+
+
+def test_a_closed_stdout_is_reported_once_and_its_lines_dropped() -> None:
+    from rexec.cli.output import LineWriter
+
+    told: list[bool] = []
+    r, w = os.pipe()
+    saved = os.dup(1)
+    try:
+        os.dup2(w, 1)  # stdout a pipe whose reader has gone, as `| head` leaves it
+        os.close(w)
+        os.close(r)
+        writer = LineWriter(lambda: told.append(True))
+        writer.write(1, b"h1: a\n")
+        assert writer.broken_pipe and told == [True]
+        writer.write(1, b"h1: b\n")  # dropped, not reported again
+        assert told == [True]
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def test_renderer_lines_keep_their_order_across_stdout_and_stderr(monkeypatch: Any) -> None:
+    import asyncio
+
+    from rexec.cli import output
+
+    writes: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(output, "write_fd", lambda fd, data: writes.append((fd, data)))
+    renderer = Renderer(["h1", "h2"], mode="lines", quiet=True, fold=",".join)
+
+    async def main() -> None:
+        renderer.output("h1", "stdout", b"one\ntw")
+        renderer.output("h2", "stderr", b"warn\n")
+        renderer.output("h1", "stdout", b"o\n")
+        renderer.done(Ended("h1"))
+        renderer.done(Ended("h2"))
+
+    asyncio.run(main())
+    assert writes == [(1, b"h1: one\n"), (2, b"h2: warn\n"), (1, b"h1: two\n")]
