@@ -597,7 +597,6 @@ class Download:
         self.mode = stat.S_IMODE(st.st_mode)
         self.mtime_ns = st.st_mtime_ns
         self.read = 0
-        self._grew = False
         self._hash = hashlib.sha256()
 
     @classmethod
@@ -615,15 +614,14 @@ class Download:
     def read_into(self, buffer: bytearray | memoryview) -> int:
         """Read the next chunk into ``buffer``; returns its length, 0 at the end of the file.
 
-        Never reads past the size given up front: the receiver was told that size.
+        Never reads past the size given up front: the receiver was told that size, and a file
+        that grew is caught by finish() (its size now) without reading the rest.
         """
         view = memoryview(buffer).cast("B")
         remaining = self.size - self.read
+        if remaining <= 0:
+            return 0
         with _mapped(self.path):
-            if remaining <= 0:
-                # At the announced end: one byte more means it grew (finish() reports it).
-                self._grew = self._grew or bool(os.read(self.fd, 1))
-                return 0
             n = os.readv(self.fd, [view[:remaining]])
         self._hash.update(view[:n])
         self.read += n
@@ -633,8 +631,8 @@ class Download:
         """The SHA-256 (hex) of what was read; raises changed_while_reading if it changed."""
         with _mapped(self.path):
             st = os.fstat(self.fd)
-        if (self._grew or self.read != self.size or st.st_size != self.size
-                or st.st_mtime_ns != self.mtime_ns):
+        # A write in place that keeps the size still moves mtime.
+        if self.read != self.size or st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
             raise TransferError("changed_while_reading", f"{self.path}: changed while it was "
                                 f"read ({self.size} bytes when opened, {st.st_size} now)",
                                 self.path)
