@@ -33,7 +33,9 @@ depend on how the server was started. Missing parent directories (``make_dirs``)
 Directory transfers. ``Tree`` is an open destination directory; each entry's parent is resolved
 beneath it with symbolic links refused (``RESOLVE_NO_SYMLINKS``), so an entry can never be written
 through a link, even one the same transfer created. Symbolic link entries are kept as links, and
-refused when their target is absolute or leaves the tree (see ``check_link_target``).
+refused when their target is absolute or leaves the tree (see ``check_link_target``). The same
+class is the source of `get -r`: ``walk()`` lists entries without following links, and
+``download()`` opens each file beneath the tree.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 # openat2(2): the syscall number is 437 on every architecture of the unified table (x86_64, arm64,
 # riscv...); struct open_how and the RESOLVE_* bits are from <linux/openat2.h>.
@@ -359,28 +362,34 @@ def _base(roots: FileRoots, path: str, *, strictly: bool) -> _Base:
     return _Base(fd, rest.split("/") if rest else [], roots.fence, symlinks=True)
 
 
+class _Holder:
+    """Owns one descriptor: close() once, or leave a ``with`` block."""
+
+    fd: int
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # -- the parent directory of what is written -------------------------------------------------
 
 
-class Parent:
+class Parent(_Holder):
     """An open directory (O_RDONLY, so it can be fsync'd) and the name of an entry in it."""
 
     def __init__(self, fd: int, name: str, path: str) -> None:
         self.fd = fd
         self.name = name
         self.path = path  # for messages: the full path of the entry
-
-    def close(self) -> None:
-        """Close the directory's descriptor (idempotent)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> Parent:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_parent(roots: FileRoots, path: str, *, make_dirs: bool = False) -> Parent:
@@ -576,7 +585,7 @@ def unchanged(parent: Parent, *, size: int, sha256_hex: str, mode: int | None = 
 # -- downloads --------------------------------------------------------------------------------
 
 
-class Download:
+class Download(_Holder):
     """One regular file being sent: size, mode and mtime up front, SHA-256 computed as read."""
 
     def __init__(self, fd: int, path: str) -> None:
@@ -638,24 +647,28 @@ class Download:
                                 self.path)
         return self._hash.hexdigest()
 
-    def close(self) -> None:
-        """Close the file (idempotent)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> Download:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 # -- directory transfers ----------------------------------------------------------------------
 
 
-class Tree:
-    """An open destination directory of a directory transfer; entries resolve beneath it."""
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of a directory being sent: its path relative to the tree and what it is."""
+
+    kind: str  # "dir", "file" or "link"
+    path: str
+    mode: int  # permission bits (0o777 for a link)
+    size: int = 0  # files only
+    mtime_ns: int = 0
+    target: str = ""  # links only
+
+
+class Tree(_Holder):
+    """An open directory of a directory transfer; entries resolve beneath it, no link followed.
+
+    The destination of `put -r` (``parent()`` for each entry received) or the source of
+    `get -r` (``walk()``, then ``download()`` for each file).
+    """
 
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
@@ -689,26 +702,67 @@ class Tree:
         finally:
             base.close()
 
+    def _entry(self, entry: str) -> tuple[_Base, str]:
+        parts = check_relative(entry).split("/")
+        base = _Base(self.fd, parts, f"the directory {self.path}", symlinks=False)
+        return base, f"{self.path.rstrip('/')}/{entry}"
+
     def parent(self, entry: str, *, make_dirs: bool = False) -> Parent:
         """Validate ``entry`` and open its directory beneath the tree, no link followed."""
-        parts = check_relative(entry).split("/")
-        full = f"{self.path.rstrip('/')}/{entry}"
-        base = _Base(self.fd, parts, f"the directory {self.path}", symlinks=False)
+        base, full = self._entry(entry)
         with _mapped(full, base.fence):
-            fd = base.open_dir(parts[:-1], make_dirs=make_dirs)
-        return Parent(fd, parts[-1], full)
+            fd = base.open_dir(base.parts[:-1], make_dirs=make_dirs)
+        return Parent(fd, base.parts[-1], full)
 
-    def close(self) -> None:
-        """Close the directory (idempotent)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+    def download(self, entry: str) -> Download:
+        """Open the file ``entry`` (as walk() named it) for sending, no link followed."""
+        base, full = self._entry(entry)
+        with _mapped(full, base.fence):
+            fd = base.open(base.parts, _READ_FLAGS)
+        return Download(fd, full)
 
-    def __enter__(self) -> Tree:
-        return self
+    def walk(self) -> Iterator[TreeEntry]:
+        """Every entry beneath the tree, each directory before what it holds, in name order.
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        Links are reported as links and never followed; sockets, FIFOs and devices are
+        skipped (they cannot be sent).
+        """
+        yield from self._walk_fd(self.fd, "")
+
+    def _walk_fd(self, dir_fd: int, prefix: str) -> Iterator[TreeEntry]:
+        with _mapped(self.path + "/" + prefix), os.scandir(dir_fd) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            path = prefix + name
+            with _mapped(f"{self.path.rstrip('/')}/{path}"):
+                entry = _describe(dir_fd, name, path)
+                if entry is None:
+                    continue
+                yield entry
+                if entry.kind != "dir":
+                    continue
+                sub = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                yield from self._walk_fd(sub, path + "/")
+            finally:
+                os.close(sub)
+
+
+def _describe(dir_fd: int, name: str, path: str) -> TreeEntry | None:
+    """What ``name`` in ``dir_fd`` is, as walk() reports it; None for what cannot be sent."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None  # removed since it was listed
+    mode, mtime = stat.S_IMODE(st.st_mode), st.st_mtime_ns
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(name, dir_fd=dir_fd)
+        return TreeEntry("link", path, mode, mtime_ns=mtime, target=target)
+    if stat.S_ISREG(st.st_mode):
+        return TreeEntry("file", path, mode, st.st_size, mtime)
+    if stat.S_ISDIR(st.st_mode):
+        return TreeEntry("dir", path, mode, mtime_ns=mtime)
+    return None
 
 
 def make_directory(parent: Parent, mode: int | None = None) -> bool:

@@ -720,3 +720,65 @@ def test_tree_make_dirs(tmp_path: Path) -> None:
             assert isinstance(parent, Parent)
             assert parent.path == f"{tmp_path}/x/y/f"
     assert (tmp_path / "x" / "y").is_dir()
+
+
+def test_walk_reports_links_as_links_and_skips_special_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "empty").mkdir()
+    (src / "a" / "b" / "f").write_bytes(b"12345")
+    (src / "a" / "b" / "f").chmod(0o600)
+    (src / "dirlink").symlink_to("a")  # reported, not descended
+    os.mkfifo(src / "fifo")
+    with Tree.open(ANY, str(src)) as tree:
+        entries = list(tree.walk())
+    assert [(e.kind, e.path) for e in entries] == [
+        ("dir", "a"), ("dir", "a/b"), ("file", "a/b/f"), ("link", "dirlink"), ("dir", "empty"),
+    ]
+    f = entries[2]
+    assert (f.size, f.mode) == (5, 0o600)
+    assert f.mtime_ns == (src / "a" / "b" / "f").stat().st_mtime_ns
+    assert entries[3].target == "a"
+
+
+def test_walk_then_receive_copies_a_tree(tmp_path: Path, resolver: str) -> None:
+    """get -r's half feeding put -r's half: what one walks the other rebuilds exactly."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    with Tree.open(ANY, str(tmp_path / "seed"), create=True) as seed:
+        receive(seed, TREE)
+    os.rename(tmp_path / "seed", src)
+    copied: list[Entry] = []
+    with Tree.open(ANY, str(src)) as tree:
+        for e in tree.walk():
+            if e.kind == "file":
+                data, digest = bytearray(), ""
+                with tree.download(e.path) as down:
+                    buffer = bytearray(3)
+                    while n := down.read_into(buffer):
+                        data += buffer[:n]
+                    digest = down.finish()
+                assert digest == sha(bytes(data))
+                copied.append(("file", e.path, bytes(data)))
+            else:
+                copied.append((e.kind, e.path, e.target or b""))
+    with Tree.open(FileRoots((str(tmp_path),)), str(dest), create=True) as tree:
+        receive(tree, copied)
+
+    def snapshot(root: Path) -> list[tuple[str, str]]:
+        return sorted(
+            (str(p.relative_to(root)),
+             "->" + os.readlink(p) if p.is_symlink() else "dir" if p.is_dir() else p.read_text())
+            for p in root.rglob("*"))
+    assert snapshot(dest) == snapshot(src)
+    assert len(snapshot(dest)) == len(TREE)
+
+
+def test_tree_download_refuses_a_link(tmp_path: Path, resolver: str) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    (tmp_path / "link").symlink_to("f")
+    with Tree.open(ANY, str(tmp_path)) as tree:
+        with tree.download("f") as down:
+            assert down.size == 1
+        with pytest.raises(TransferError, match="symbolic link") as info:
+            tree.download("link")
+    assert info.value.code == "refused"
