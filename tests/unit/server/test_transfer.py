@@ -192,10 +192,11 @@ def test_root_of_picks_the_longest_and_refuses_neighbours() -> None:
 def test_put_outside_or_malformed_is_refused_before_opening(
         jail: tuple[FileRoots, Path, Path], path: str, fragment: str) -> None:
     roots, _, _ = jail
-    with pytest.raises(TransferError, match=fragment) as info:
-        open_parent(roots, path)
-    assert info.value.code in ("refused", "bad_path")
-    assert "/x" in str(info.value) or "passwd" in str(info.value)
+    for opener in (open_parent, Download.open, Tree.open):
+        with pytest.raises(TransferError, match=fragment) as info:
+            opener(roots, path)
+        assert info.value.code in ("refused", "bad_path")
+        assert "/x" in str(info.value) or "passwd" in str(info.value)
 
 
 def test_put_through_a_middle_link_leading_out_is_refused(
