@@ -12,13 +12,16 @@ from typing import Annotated, Any, Literal, TypeAlias, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The newest protocol version this implementation speaks: 2 adds PTY sessions (the ``shell``
-and ``resize`` frames, ``run.pty``) to version 1."""
-PROTOCOL_VERSIONS: tuple[int, ...] = (2, 1)
+and ``resize`` frames, ``run.pty``) to version 1, and 3 file transfer (``put``, ``get`` and
+their replies)."""
+PROTOCOL_VERSIONS: tuple[int, ...] = (3, 2, 1)
 """Every version this implementation speaks, newest first."""
 PTY_VERSION = 2
 """The first version with PTY sessions."""
+FILE_VERSION = 3
+"""The first version with file transfer."""
 
 MAX_HEADER_SIZE = 64 * 1024
 """Largest header (JSON bytes) a peer may declare; checked before the header is read."""
@@ -32,6 +35,10 @@ MAX_BODY_SIZE = 1024 * 1024
 
 STDIN_WINDOW = 1024 * 1024
 """Stdin bytes a client may send for a command beyond those the server has credited back."""
+FILE_WINDOW = 8 * 1024 * 1024
+"""Bytes of an upload a client may send beyond those the server has credited back (written)."""
+MAX_PATH_LENGTH = 4096
+MAX_FILE_SIZE = 2**63 - 1
 
 MAX_COMMAND_LENGTH = 32 * 1024
 MAX_WINDOW_CELLS = 10_000  # rows or columns of a terminal window
@@ -57,7 +64,11 @@ ServerErrorCode: TypeAlias = Literal[
     "bad_length", "bad_header", "truncated", "unexpected_frame", "stdin_overflow",
     "unsupported_version", "auth_failed", "handshake_timeout", "too_many_startups",
     "tls_required", "too_many_connections", "idle_timeout", "shutting_down", "refused",
-    "spawn_failed", "audit_unavailable", "internal_error",
+    "spawn_failed", "audit_unavailable", "internal_error", "file_overflow",
+    # a file transfer that could not be done (non-fatal; rexec.server.transfer's codes)
+    "bad_path", "bad_mode", "not_found", "permission_denied", "is_a_directory",
+    "not_a_directory", "not_a_regular_file", "exists", "too_large", "no_space",
+    "checksum_mismatch", "size_mismatch", "changed_while_reading", "io_error", "cancelled",
 ]
 """The codes of the error frames the server sends (docs/protocol.md, Errors)."""
 
@@ -289,6 +300,74 @@ class Exit(_Control):
     stderr_bytes: int = Field(ge=0)
 
 
+def _valid_path(value: str) -> str:
+    return _check_text(value, "path")
+
+
+class Put(_Control):
+    """Client -> server: write ``file_size`` bytes whose SHA-256 is ``sha256`` to ``path``
+    (absolute), atomically. ``mode`` (permission bits) and ``mtime_ns`` are applied when given;
+    ``force`` writes even when the same content and mode are there already."""
+
+    type: Literal["put"] = "put"
+    path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+    file_size: int = Field(ge=0, le=MAX_FILE_SIZE)
+    sha256: Hex64
+    mode: int | None = Field(default=None, ge=0, le=0o7777)
+    mtime_ns: int | None = Field(default=None, ge=0, le=MAX_FILE_SIZE)
+    force: bool = False
+
+    _path_text = field_validator("path")(_valid_path)
+
+
+class PutReady(_Control):
+    """Server -> client: send the file's bytes (``file_data``), within FILE_WINDOW of credit."""
+
+    type: Literal["put_ready"] = "put_ready"
+
+
+class FileData(_Data):
+    """Either way: ``size`` bytes of the file being put (client) or got (server)."""
+
+    type: Literal["file_data"] = "file_data"
+
+
+class FileCredit(_Control):
+    """Server -> client: ``amount`` more bytes of the upload may be sent (they were written)."""
+
+    type: Literal["file_credit"] = "file_credit"
+    amount: int = Field(ge=1, le=FILE_WINDOW)
+
+
+class Get(_Control):
+    """Client -> server: send the regular file at ``path`` (absolute)."""
+
+    type: Literal["get"] = "get"
+    path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+
+    _path_text = field_validator("path")(_valid_path)
+
+
+class FileInfo(_Control):
+    """Server -> client: the file asked for, before its bytes (``file_data``) follow."""
+
+    type: Literal["file_info"] = "file_info"
+    file_size: int = Field(ge=0, le=MAX_FILE_SIZE)
+    mode: int = Field(ge=0, le=0o7777)
+    mtime_ns: int = Field(ge=0, le=MAX_FILE_SIZE)
+
+
+class TransferDone(_Control):
+    """Server -> client: the put or get succeeded. ``changed`` is false for a put that found
+    the same content and mode there already (no data was sent)."""
+
+    type: Literal["transfer_done"] = "transfer_done"
+    changed: bool
+    file_size: int = Field(ge=0, le=MAX_FILE_SIZE)
+    sha256: Hex64
+    duration: float = Field(ge=0)
+
+
 class Error(_Control):
     """Either way: something went wrong. ``fatal`` errors close the connection."""
 
@@ -314,6 +393,13 @@ Header: TypeAlias = Annotated[
     | Stdout
     | Stderr
     | Exit
+    | Put
+    | PutReady
+    | FileData
+    | FileCredit
+    | Get
+    | FileInfo
+    | TransferDone
     | Error,
     Field(discriminator="type"),
 ]
@@ -321,11 +407,12 @@ Header: TypeAlias = Annotated[
 MODELS: dict[str, type[_Header]] = {
     model.model_fields["type"].default: model
     for model in (Hello, Challenge, Auth, AuthOk, Run, Shell, Resize, Stdin, StdinEof,
-                  StdinCredit, Signal, Cancel, Stdout, Stderr, Exit, Error)
+                  StdinCredit, Signal, Cancel, Stdout, Stderr, Exit, Put, PutReady, FileData,
+                  FileCredit, Get, FileInfo, TransferDone, Error)
 }
 """Each frame type's model, by its ``type`` tag."""
 
-DATA_FRAMES: frozenset[str] = frozenset({"stdin", "stdout", "stderr"})
+DATA_FRAMES: frozenset[str] = frozenset({"stdin", "stdout", "stderr", "file_data"})
 
 
 @cache

@@ -26,11 +26,16 @@ class State(enum.Enum):
     AWAIT_VERDICT = "await_verdict"  # server must accept (auth_ok) or refuse (error)
     READY = "ready"  # authenticated, no command running
     RUNNING = "running"  # a command is running
+    PUTTING = "putting"  # a put was asked: the server answers put_ready, transfer_done or error
+    UPLOADING = "uploading"  # the client sends the file's bytes
+    GETTING = "getting"  # a get was asked: the server answers file_info or error
+    DOWNLOADING = "downloading"  # the server sends the file's bytes
     CLOSED = "closed"
 
 
 C, S = Role.CLIENT, Role.SERVER
 _LATE_INPUT = ("stdin", "stdin_eof", "signal", "cancel", "resize")
+_TRANSFERS = (State.PUTTING, State.UPLOADING, State.GETTING, State.DOWNLOADING)
 
 # (state, sender, event) -> next state. An event is the frame type, except that errors are
 # "error" (fatal, closes the connection) or "error_nonfatal" (a command could not start).
@@ -49,6 +54,21 @@ TRANSITIONS: dict[tuple[State, Role, str], State] = {
     (State.RUNNING, S, "stderr"): State.RUNNING,
     (State.RUNNING, S, "exit"): State.READY,
     (State.RUNNING, S, "error_nonfatal"): State.READY,
+    # File transfer (version 3). An upload's bytes the client sent before it saw the server's
+    # error arrive late, in READY, and are dropped as late stdin is.
+    (State.READY, C, "file_data"): State.READY,
+    (State.READY, C, "put"): State.PUTTING,
+    (State.PUTTING, S, "put_ready"): State.UPLOADING,
+    (State.PUTTING, S, "transfer_done"): State.READY,  # the same file is there already
+    (State.UPLOADING, C, "file_data"): State.UPLOADING,
+    (State.UPLOADING, S, "file_credit"): State.UPLOADING,
+    (State.UPLOADING, S, "transfer_done"): State.READY,
+    (State.READY, C, "get"): State.GETTING,
+    (State.GETTING, S, "file_info"): State.DOWNLOADING,
+    (State.DOWNLOADING, S, "file_data"): State.DOWNLOADING,
+    (State.DOWNLOADING, S, "transfer_done"): State.READY,
+    **{(state, C, "cancel"): state for state in _TRANSFERS},
+    **{(state, S, "error_nonfatal"): State.READY for state in _TRANSFERS},
     **{
         (state, role, "error"): State.CLOSED
         for state in State

@@ -121,6 +121,17 @@ VALID: list[tuple[str, f.Header, bytes]] = [
     ),
     ("exit-exceeded", f.Exit(exit_code=None, signal=15, exceeded="max_output", duration=1.0,
                              stdout_bytes=100, stderr_bytes=0), b""),
+    ("put", f.Put(path="/srv/app/release.tar", file_size=1 << 40, sha256="ab" * 32, mode=0o640,
+                  mtime_ns=1_700_000_000_123_456_789, force=True), b""),
+    ("put-plain", f.Put(path="/tmp/x", file_size=0, sha256="0" * 64), b""),
+    ("put_ready", f.PutReady(), b""),
+    ("file_data-one", f.FileData(size=1), b"\x00"),
+    ("file_data-many", f.FileData(size=len(MANY)), MANY),
+    ("file_credit", f.FileCredit(amount=f.FILE_WINDOW), b""),
+    ("get", f.Get(path="/var/log/syslog"), b""),
+    ("file_info", f.FileInfo(file_size=5, mode=0o644, mtime_ns=0), b""),
+    ("transfer_done", f.TransferDone(changed=False, file_size=5, sha256="f" * 64, duration=0.5),
+     b""),
     ("error-fatal", f.Error(code="auth_failed", message="no \u00e9"), b""),
     ("error-nonfatal", f.Error(code="bad_cwd", message="", fatal=False), b""),
 ]
@@ -130,7 +141,7 @@ VALID_IDS = [case[0] for case in VALID]
 def test_valid_table_covers_every_header_type() -> None:
     models = typing.get_args(typing.get_args(f.Header)[0])
     assert {h.type for _, h, _ in VALID} == {m.model_fields["type"].default for m in models}
-    assert len(models) == 16
+    assert len(models) == 23
 
 
 @pytest.mark.parametrize(("name", "header", "body"), VALID, ids=VALID_IDS)

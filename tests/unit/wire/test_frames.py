@@ -38,6 +38,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "stdout": {"size": 1},
     "stderr": {"size": 1},
     "exit": EXIT,
+    "put": {"path": "/tmp/f", "file_size": 3, "sha256": "a" * 64},
+    "put_ready": {},
+    "file_data": {"size": 1},
+    "file_credit": {"amount": 4096},
+    "get": {"path": "/tmp/f"},
+    "file_info": {"file_size": 3, "mode": 0o644, "mtime_ns": 0},
+    "transfer_done": {"changed": True, "file_size": 3, "sha256": "a" * 64, "duration": 0.1},
     "error": {"code": "oops", "message": "m"},
 }
 
@@ -53,7 +60,7 @@ def field_error(exc: pytest.ExceptionInfo[ValidationError]) -> set[str]:
 
 def test_samples_cover_every_model() -> None:
     assert {m.model_fields["type"].default for m in MODELS} == set(SAMPLES)
-    assert {"stdin", "stdout", "stderr"} == f.DATA_FRAMES
+    assert {"stdin", "stdout", "stderr", "file_data"} == f.DATA_FRAMES
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
