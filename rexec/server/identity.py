@@ -66,6 +66,10 @@ class Policy:
     env: Mapping[str, str] = field(default_factory=dict)  # set for every command (SetEnv)
     umask: int | None = None  # None: the server's
     rlimits: tuple[tuple[int, int], ...] = ()  # (resource.RLIMIT_*, limit)
+    put: bool = True  # rexec put allowed
+    get: bool = True  # rexec get allowed
+    file_roots: tuple[str, ...] | None = None  # put and get beneath these only (None: anywhere)
+    max_file_size: int | None = None  # bytes, per file put or got
 
     @property
     def restricted(self) -> bool:

@@ -24,18 +24,22 @@ from rexec.server.admission import Plan, admit, admit_shell
 from rexec.server.audit import log_event
 from rexec.server.command import Command, RunningCommand, free_slot, hold_slot, spawn
 from rexec.server.exec.env import audit_env
+from rexec.server.file_ops import FileOp
 from rexec.server.handshake import Accepted, HandshakeRefusal, ServerHandshake
 from rexec.server.identity import Identity, Refusal
 from rexec.server.state import ServerState
 from rexec.server.stream import FramedStream, TLSHandshakeFailed
 from rexec.wire.codec import Frame
 from rexec.wire.frames import (
+    FILE_VERSION,
     PROTOCOL_VERSION,
     PTY_VERSION,
     Auth,
     Error,
+    Get,
     Header,
     Hello,
+    Put,
     Run,
     ServerErrorCode,
     Shell,
@@ -67,6 +71,7 @@ class Session:
         self.claimed_identity: str | None = None
         self.version = PROTOCOL_VERSION  # the protocol version the handshake chose
         self.running: RunningCommand | None = None
+        self.transfer: FileOp | None = None  # a put or get in progress
         self.spawning = False  # a command was admitted and its child is being started
         self.command_task: asyncio.Task[None] | None = None
         self.lost = False
@@ -230,13 +235,15 @@ class Session:
     async def handle(self, frame: Frame) -> None:
         """Act on one frame from an authenticated client."""
         header, running = frame.header, self.running
-        if self.version < PTY_VERSION and (header.type in ("shell", "resize") or (
-                header.type == "run" and header.pty is not None)):
-            what = "a run frame with a pty" if header.type == "run" else f"a {header.type} frame"
-            raise ProtocolError(f"{what} is not part of protocol version {self.version}",
-                                "unexpected_frame")
+        self._check_version(header)
         if header.type in ("run", "shell"):
             await self.start_command(header)
+        elif header.type in ("put", "get"):
+            self.start_transfer(header)
+        elif self.transfer is not None and header.type == "file_data":
+            self.transfer.data(frame.body)
+        elif self.transfer is not None and header.type == "cancel":
+            self.transfer.cancel()
         elif header.type == "error":
             raise ConnectionLost(f"the client reported an error: {header.message}")
         elif running is None:
@@ -251,6 +258,17 @@ class Session:
             running.cancel()
         elif header.type == "resize":
             running.resize(header.window)
+
+    def _check_version(self, header: Header) -> None:
+        """ProtocolError for a frame the connection's protocol version does not have."""
+        if self.version < PTY_VERSION and (header.type in ("shell", "resize") or (
+                header.type == "run" and header.pty is not None)):
+            what = "a run frame with a pty" if header.type == "run" else f"a {header.type} frame"
+            raise ProtocolError(f"{what} is not part of protocol version {self.version}",
+                                "unexpected_frame")
+        if header.type in ("put", "get", "file_data") and self.version < FILE_VERSION:
+            raise ProtocolError(f"a {header.type} frame is not part of protocol version"
+                                f" {self.version}", "unexpected_frame")
 
     async def start_command(self, run: Run | Shell) -> None:
         """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""
@@ -346,6 +364,34 @@ class Session:
         if self.state.shutting_down:
             self.end_for_shutdown()  # the command it was waiting for is done
 
+    def start_transfer(self, header: Put | Get) -> None:
+        """Start a put or get (the state table allows one only when nothing runs)."""
+        assert self.identity is not None
+        self.transfer = FileOp(self, self.identity, header)
+        self.command_task = asyncio.create_task(self._supervise_transfer(self.transfer))
+
+    async def _supervise_transfer(self, op: FileOp) -> None:
+        try:
+            await op.task
+        except Exception:  # a bug: this connection ends, the server and the others go on
+            log.exception(json.dumps({"event": "transfer_crashed", "peer": self.peer}))
+            self.ended("internal_error", "the transfer failed in the server")
+            if self._serve_task is not None:
+                self._serve_task.cancel()
+        finally:
+            self.transfer = None
+            self.last_activity = time.monotonic()
+        if self.state.shutting_down:
+            self.end_for_shutdown()
+
+    def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> None:
+        """A put or get's log line and audit record (``result``: ok, or the error's code)."""
+        assert self.identity is not None
+        record = {"peer": self.peer, "identity": self.identity.name, "op": op, "path": path,
+                  "result": result, **fields}
+        log_event(logging.INFO, "transfer", **record)
+        self.state.audit.record("transfer", **record)
+
     def _released(self) -> None:
         """The running command let its child go (its exit frame follows): none runs now."""
         self.running = None
@@ -394,6 +440,8 @@ class Session:
         self.lost = True
         if self.running is not None:
             self.running.cancel()
+        if self.transfer is not None:
+            self.transfer.cancel()
 
     async def send_fatal(self, code: str, message: str) -> None:
         """Tell the client why the connection is closing (best effort, bounded in time)."""

@@ -92,6 +92,20 @@ class IdentitySettings(BaseModel):
     rlimits: dict[str, int] = Field(
         default_factory=dict, description="resource limits, e.g. {nofile = 1024, cpu = 60}"
     )
+    put: bool = Field(True, description="false: refuse rexec put")
+    get: bool = Field(True, description="false: refuse rexec get")
+    file_roots: list[str] | None = Field(
+        None, description="absolute directories put and get are confined to (symlinks out of"
+                          " them refused); needed by an identity with a command policy")
+    max_file_size: int | None = Field(None, gt=0, description="bytes per file put or got")
+
+    @field_validator("file_roots")
+    @classmethod
+    def _absolute_roots(cls, values: list[str] | None) -> list[str] | None:
+        for root in values or ():
+            if not root.startswith("/") or "\0" in root or ".." in root.split("/"):
+                raise ValueError(f"file_roots: {root!r} must be an absolute path without '..'")
+        return values
 
     @field_validator("env")
     @classmethod
@@ -182,6 +196,9 @@ class IdentitySettings(BaseModel):
             accept_env=tuple(self.accept_env), env=dict(self.env), umask=self.umask,
             rlimits=tuple((getattr(resource, RLIMIT_NAMES[name]), limit)
                           for name, limit in self.rlimits.items()),
+            put=self.put, get=self.get,
+            file_roots=None if self.file_roots is None else tuple(self.file_roots),
+            max_file_size=self.max_file_size,
         )
         verifier = TokenVerifier.parse(self.token_hash) if self.token_hash else None
         subject = parse_subject(self.certificate) if self.certificate is not None else None

@@ -323,8 +323,8 @@ PRE_AUTH: list[tuple[str, Callable[[RawClient, str], bytes], list[str], str]] = 
      ["challenge"], "unexpected_frame"),
     ("auth-before-hello", lambda raw, t: encode(Auth(mac="0" * 64)), [], "unexpected_frame"),
     ("hello-twice", lambda raw, t: raw.hello_bytes() * 2, ["challenge"], "unexpected_frame"),
-    ("version-3-only", lambda raw, t: raw.hello_bytes(versions=[3]), [], "unsupported_version"),
-    ("versions-without-1-or-2", lambda raw, t: raw.hello_bytes(versions=[3, 4, 65535]), [],
+    ("version-4-only", lambda raw, t: raw.hello_bytes(versions=[4]), [], "unsupported_version"),
+    ("versions-without-1-2-or-3", lambda raw, t: raw.hello_bytes(versions=[4, 5, 65535]), [],
      "unsupported_version"),
     ("version-0", lambda raw, t: raw.hello_bytes(versions=[0]), [], "bad_header"),
     ("no-versions", lambda raw, t: raw.hello_bytes(versions=[]), [], "bad_header"),
@@ -557,3 +557,23 @@ def test_version_2_frames_on_a_version_1_connection_are_refused(hostile_server, 
         frames = raw.frames_until_close()
         assert_refused(frames[-1:], "unexpected_frame")
         assert "protocol version 1" in frames[-1].message
+
+
+@pytest.mark.parametrize("kind", ["put", "get"])
+def test_file_frames_on_a_version_2_connection_are_refused(hostile_server, tmp_path, kind):
+    from rexec.wire.frames import Get, Put
+
+    with hostile(hostile_server, tmp_path) as case, RawClient(case.server) as raw:
+        raw.send(raw.hello_bytes(versions=[2, 1]))  # a version-2 client
+        challenge = raw.next_frame()
+        assert challenge.type == "challenge" and challenge.version == 2
+        raw.send(raw.answer(challenge))
+        assert raw.next_frame().type == "auth_ok"
+        target = tmp_path / "should-not-exist"
+        frame = {"put": Put(path=str(target), file_size=0, sha256="0" * 64),
+                 "get": Get(path="/etc/hostname")}[kind]
+        raw.send(encode(frame))
+        frames = raw.frames_until_close()
+        assert_refused(frames[-1:], "unexpected_frame")
+        assert "protocol version 2" in frames[-1].message
+        assert not target.exists()

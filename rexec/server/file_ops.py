@@ -1,0 +1,238 @@
+"""One put or get on a connection: frames in and out, the disk through ``rexec.server.transfer``.
+
+A ``FileOp`` runs as a task of its session, as a command does. Its filesystem calls run on a
+thread of its own (one per transfer, so they stay in order and the event loop never waits on
+the disk: an fsync, a slow or network file system). An upload's ``file_data`` bodies are queued
+as they arrive (at most FILE_WINDOW bytes: the client may not send more without credit), written
+in order, and credited back once written. A download reads a chunk, sends it and waits for the
+client to take it (TCP backpressure) before reading the next. Whatever fails becomes one
+non-fatal error frame (``TransferError``'s code and message); the connection stays usable, and
+an upload that did not complete leaves the destination as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from rexec.errors import ConnectionLost, ProtocolError
+from rexec.server.identity import Identity
+from rexec.server.transfer import Download, FileRoots, TransferError, Upload, open_parent, unchanged
+from rexec.wire.frames import (
+    FILE_WINDOW,
+    MAX_BODY_SIZE,
+    Error,
+    FileCredit,
+    FileData,
+    FileInfo,
+    Get,
+    Header,
+    Put,
+    PutReady,
+    TransferDone,
+)
+
+CREDIT_BATCH = 1024 * 1024  # credit an upload back in batches, not per frame
+READ_CHUNK = MAX_BODY_SIZE  # a download's frames: as large as a frame may be
+T = TypeVar("T")
+
+
+class FileLink(Protocol):
+    """What a transfer needs of its connection (the Session)."""
+
+    lost: bool
+
+    def send(self, header: Header, body: bytes | memoryview = b"") -> None:
+        """Queue a frame (ConnectionLost or ProtocolError once the connection is closing)."""
+
+    async def drain(self) -> None:
+        """Wait until the queued frames are written (backpressure)."""
+
+    def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> None:
+        """The transfer's log line and audit record."""
+
+
+def roots_for(identity: Identity) -> FileRoots | TransferError:
+    """Where ``identity`` may put and get files, or why it may not at all.
+
+    An identity held to a command policy may transfer files only beneath its ``file_roots``:
+    without them a put could write any file the server's user can (a new crontab, say), which
+    its command policy exists to prevent. An identity with ``run_as`` is refused for now: the
+    server would read and write as its own user rather than as that one.
+    """
+    policy = identity.policy
+    if policy.run_as is not None:
+        return TransferError("refused", f"refused: identity {identity.name!r} runs as"
+                             f" {policy.run_as!r}; file transfer as another user is not"
+                             " supported yet")
+    if policy.file_roots is None:
+        if policy.restricted:
+            return TransferError("refused", f"refused: identity {identity.name!r} has a"
+                                 " command policy and no file_roots, so it may not transfer"
+                                 " files")
+        return FileRoots(None)
+    return FileRoots(policy.file_roots)
+
+
+class FileOp:
+    """One put or get, from its first frame to its transfer_done or error frame."""
+
+    def __init__(self, link: FileLink, identity: Identity, header: Put | Get) -> None:
+        self.link = link
+        self.identity = identity
+        self.header = header
+        self.started = time.monotonic()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rexec-file")
+        self._queue: deque[bytes] = deque()
+        self._received = 0  # bytes of the upload received
+        self._allowed = FILE_WINDOW  # what the client may have sent: the window and the credit
+        self._wake = asyncio.Event()
+        self._cancelled = False
+        self.task: asyncio.Task[None] = asyncio.create_task(self._run())
+
+    # what the client's frames ask of it
+
+    def data(self, body: memoryview) -> None:
+        """A ``file_data`` frame of the upload (a copy is kept: the body is the decoder's)."""
+        if not isinstance(self.header, Put):
+            return  # cannot happen: the state table allows file_data from the client only then
+        self._received += len(body)
+        if self._received > self._allowed:
+            raise ProtocolError(f"the client sent more than {FILE_WINDOW} bytes of the file"
+                                " without credit", "file_overflow")
+        self._queue.append(bytes(body))
+        self._wake.set()
+
+    def cancel(self) -> None:
+        """The client asked to stop (or is gone): the transfer ends with ``cancelled``."""
+        self._cancelled = True
+        self._wake.set()
+
+    # the transfer
+
+    async def _disk(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call`` on the transfer's own thread; the loop serves the others meanwhile."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
+
+    async def _run(self) -> None:
+        op = "put" if isinstance(self.header, Put) else "get"
+        fields: dict[str, Any] = {}
+        try:
+            roots = roots_for(self.identity)
+            if isinstance(roots, TransferError):
+                raise roots
+            if isinstance(self.header, Put):
+                fields = await self._put(self.header, roots)
+            else:
+                fields = await self._get(self.header, roots)
+        except TransferError as exc:
+            self._reply_error(op, exc.code, str(exc), fields)
+        except (ConnectionLost, ProtocolError):
+            self.link.transfer_report(op, self.header.path, "disconnected", **fields,
+                                      duration=self._duration())
+        finally:
+            self._pool.shutdown(wait=False)
+
+    def _duration(self) -> float:
+        return round(time.monotonic() - self.started, 6)
+
+    def _reply_error(self, op: str, code: str, message: str, fields: dict[str, Any]) -> None:
+        self.link.transfer_report(op, self.header.path, code, reason=message, **fields,
+                                  duration=self._duration())
+        if not self.link.lost:
+            with contextlib.suppress(ConnectionLost, ProtocolError):
+                self.link.send(Error(code=code, message=message[:4000], fatal=False))
+
+    def _check_size(self, size: int) -> None:
+        limit = self.identity.policy.max_file_size
+        if limit is not None and size > limit:
+            raise TransferError("too_large", f"{self.header.path}: {size} bytes is more than"
+                                f" this identity's max_file_size of {limit}", self.header.path)
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled:
+            raise TransferError("cancelled", f"{self.header.path}: cancelled by the client",
+                                self.header.path)
+
+    async def _put(self, put: Put, roots: FileRoots) -> dict[str, Any]:
+        if not self.identity.policy.put:
+            raise TransferError("refused", f"refused: identity {self.identity.name!r} may not"
+                                " put files", put.path)
+        self._check_size(put.file_size)
+        parent = await self._disk(open_parent, roots, put.path)
+        try:
+            if not put.force and await self._disk(unchanged, parent, size=put.file_size,
+                                                  sha256_hex=put.sha256, mode=put.mode):
+                return self._done("put", put.path, changed=False, size=put.file_size,
+                                  sha256=put.sha256)
+            upload = await self._disk(Upload, parent, size=put.file_size, mode=put.mode,
+                                      mtime_ns=put.mtime_ns,
+                                      max_size=self.identity.policy.max_file_size)
+            try:
+                if put.file_size:
+                    await self._receive(put, upload)
+                self._check_cancelled()
+                await self._disk(upload.commit, put.sha256)
+            except BaseException:
+                await asyncio.shield(self._disk(upload.abort))
+                raise
+        finally:
+            await asyncio.shield(self._disk(parent.close))
+        return self._done("put", put.path, changed=True, size=put.file_size, sha256=put.sha256)
+
+    async def _receive(self, put: Put, upload: Upload) -> None:
+        """Write the upload's bytes as they come, crediting them back, until all are in."""
+        self.link.send(PutReady())
+        received = credit = 0
+        while received < put.file_size:
+            while not self._queue:
+                self._check_cancelled()
+                self._wake.clear()
+                await self._wake.wait()
+            chunk = self._queue.popleft()
+            await self._disk(upload.write, chunk)  # size_mismatch past file_size
+            received += len(chunk)
+            credit += len(chunk)
+            if credit >= CREDIT_BATCH and received < put.file_size:
+                self.link.send(FileCredit(amount=credit))
+                self._allowed += credit
+                credit = 0
+
+    async def _get(self, get: Get, roots: FileRoots) -> dict[str, Any]:
+        if not self.identity.policy.get:
+            raise TransferError("refused", f"refused: identity {self.identity.name!r} may not"
+                                " get files", get.path)
+        download = await self._disk(Download.open, roots, get.path)
+        try:
+            self._check_size(download.size)
+            self.link.send(FileInfo(file_size=download.size, mode=download.mode,
+                                    mtime_ns=max(0, download.mtime_ns)))
+            buffer = bytearray(READ_CHUNK)
+            view = memoryview(buffer)
+            try:
+                while count := await self._disk(download.read_into, buffer):
+                    self._check_cancelled()
+                    self.link.send(FileData(size=count), view[:count])  # copied or sent now
+                    await self.link.drain()
+            finally:
+                view.release()
+            sha256 = await self._disk(download.finish)
+        finally:
+            await asyncio.shield(self._disk(download.close))
+        return self._done("get", get.path, changed=True, size=download.size, sha256=sha256)
+
+    def _done(self, op: str, path: str, *, changed: bool, size: int, sha256: str
+              ) -> dict[str, Any]:
+        duration = self._duration()
+        self.link.send(TransferDone(changed=changed, file_size=size, sha256=sha256,
+                                    duration=duration))
+        fields = {"bytes": size, "sha256": sha256, "changed": changed}
+        self.link.transfer_report(op, path, "ok", **fields, duration=duration)
+        return fields

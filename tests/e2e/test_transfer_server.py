@@ -1,0 +1,275 @@
+"""The server's side of put and get (protocol version 3), frame by frame, against a real server.
+
+The handshake is the real client's; after it the frames are sent and read raw, so the server's
+answers (and its refusals) are checked exactly as a second implementation would see them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rexec.client.blocking import BlockingClient
+from rexec.wire.auth import TokenVerifier
+from rexec.wire.frames import (
+    MAX_BODY_SIZE,
+    Cancel,
+    Error,
+    FileCredit,
+    FileData,
+    FileInfo,
+    Get,
+    Header,
+    Put,
+    PutReady,
+    TransferDone,
+)
+from tests.helpers import TOKEN, start_server, wait_until
+
+ROBOT_TOKEN = "robot-token-with-enough-entropy-0123456789"
+STEP = 20.0
+
+
+class Raw:
+    """Frames over an authenticated connection, sent and read one at a time."""
+
+    def __init__(self, client: BlockingClient) -> None:
+        self.sock: socket.socket = client._sock  # type: ignore[attr-defined, assignment]
+        self.conn = client._core.conn  # type: ignore[attr-defined, union-attr]
+        self.sock.setblocking(True)
+        self.sock.settimeout(STEP)
+
+    def send(self, header: Header, body: bytes = b"") -> None:
+        self.sock.sendall(self.conn.send(header, body))
+
+    def recv(self) -> tuple[Header, bytes]:
+        while (frame := self.conn.next_frame()) is None:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                self.conn.receive_eof()
+                raise ConnectionError("the server closed the connection")
+            self.conn.receive_data(data)
+        return frame.header, bytes(frame.body)
+
+
+@contextlib.contextmanager
+def raw(srv: Any, token: str = TOKEN, identity: str | None = None) -> Iterator[Raw]:
+    with BlockingClient(srv.address, token=token, identity=identity) as client:
+        yield Raw(client)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def upload(r: Raw, path: Path | str, data: bytes, **fields: Any) -> Header:
+    """put ``data`` to ``path``; the server's last answer (transfer_done or error)."""
+    r.send(Put(path=str(path), file_size=len(data), sha256=fields.pop("sha256", sha(data)),
+               **fields))
+    header, _ = r.recv()
+    if not isinstance(header, PutReady):
+        return header
+    for start in range(0, len(data), MAX_BODY_SIZE):
+        r.send(FileData(size=len(data[start:start + MAX_BODY_SIZE])),
+               data[start:start + MAX_BODY_SIZE])
+    while isinstance(header := r.recv()[0], FileCredit):
+        pass
+    return header
+
+
+def download(r: Raw, path: Path | str) -> tuple[Header, bytes, FileInfo | None]:
+    """get ``path``: the last answer, the bytes received, the file_info (if any)."""
+    r.send(Get(path=str(path)))
+    header, _ = r.recv()
+    if not isinstance(header, FileInfo):
+        return header, b"", None
+    info, got = header, bytearray()
+    while True:
+        header, body = r.recv()
+        if not isinstance(header, FileData):
+            return header, bytes(got), info
+        got += body
+
+
+def temps(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if ".rexec-tmp-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    tmp = tmp_path_factory.mktemp("transfer")
+    (tmp / "root").mkdir()
+    (tmp / "outside").mkdir()
+    config = tmp / "server.toml"
+    config.write_text(f"""
+[server]
+audit_log = "{tmp / 'audit.jsonl'}"
+
+[server.identities.robot]
+token_hash = "{TokenVerifier.from_token(ROBOT_TOKEN).format()}"
+allow = ["true"]
+file_roots = ["{tmp / 'root'}"]
+max_file_size = 1000
+
+[server.identities.ops]
+token_hash = "{TokenVerifier.from_token(ROBOT_TOKEN + 'ops').format()}"
+allow = ["true"]
+""")
+    server = start_server(tmp, "--config", str(config))
+    server.tmp = tmp  # type: ignore[attr-defined]
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def test_a_put_writes_the_file_and_a_second_finds_it_unchanged(srv: Any, tmp_path: Path) -> None:
+    data = os.urandom(3 * MAX_BODY_SIZE + 17)
+    target = tmp_path / "blob"
+    with raw(srv) as r:
+        done = upload(r, target, data)
+        assert isinstance(done, TransferDone) and done.changed
+        assert done.file_size == len(data) and done.sha256 == sha(data)
+        assert target.read_bytes() == data
+        assert target.stat().st_mode & 0o7777 == 0o644
+        r.send(Put(path=str(target), file_size=len(data), sha256=sha(data)))
+        again, _ = r.recv()  # no put_ready: no data is sent for the same content
+        assert isinstance(again, TransferDone) and not again.changed
+        forced = upload(r, target, data, force=True, mode=0o600)
+        assert isinstance(forced, TransferDone) and forced.changed
+        assert target.stat().st_mode & 0o7777 == 0o600
+    assert temps(tmp_path) == []
+
+
+def test_an_empty_file_needs_no_data_frame(srv: Any, tmp_path: Path) -> None:
+    with raw(srv) as r:
+        r.send(Put(path=str(tmp_path / "empty"), file_size=0, sha256=sha(b""),
+                   mtime_ns=1_000_000_000_123_456_789))
+        done, _ = r.recv()
+        assert isinstance(done, TransferDone) and done.changed
+    assert (tmp_path / "empty").read_bytes() == b""
+    assert (tmp_path / "empty").stat().st_mtime_ns == 1_000_000_000_123_456_789
+
+
+def test_a_wrong_checksum_leaves_the_old_file_and_no_temporary(srv: Any, tmp_path: Path) -> None:
+    target = tmp_path / "config"
+    target.write_bytes(b"old\n")
+    with raw(srv) as r:
+        failed = upload(r, target, b"new content\n", sha256=sha(b"something else"))
+        assert isinstance(failed, Error) and not failed.fatal
+        assert failed.code == "checksum_mismatch"
+        ok = upload(r, target, b"new\n")  # the connection stays usable
+        assert isinstance(ok, TransferDone)
+    assert target.read_bytes() == b"new\n"
+    assert temps(tmp_path) == []
+
+
+def test_a_get_sends_the_file_with_its_checksum(srv: Any, tmp_path: Path) -> None:
+    data = os.urandom(2 * MAX_BODY_SIZE + 5)
+    source = tmp_path / "log"
+    source.write_bytes(data)
+    source.chmod(0o640)
+    with raw(srv) as r:
+        done, got, info = download(r, source)
+        assert info is not None and info.file_size == len(data) and info.mode == 0o640
+        assert isinstance(done, TransferDone) and done.sha256 == sha(data)
+        assert got == data
+        missing, _, _ = download(r, tmp_path / "nope")
+        assert isinstance(missing, Error) and missing.code == "not_found"
+        assert "nope" in missing.message
+
+
+def test_cancel_mid_upload_is_answered_and_leaves_nothing(srv: Any, tmp_path: Path) -> None:
+    target = tmp_path / "big"
+    target.write_bytes(b"keep")
+    with raw(srv) as r:
+        r.send(Put(path=str(target), file_size=10 * MAX_BODY_SIZE, sha256=sha(b"x")))
+        assert isinstance(r.recv()[0], PutReady)
+        r.send(FileData(size=1000), b"y" * 1000)
+        r.send(Cancel())
+        header, _ = r.recv()
+        while isinstance(header, FileCredit):
+            header, _ = r.recv()
+        assert isinstance(header, Error) and header.code == "cancelled" and not header.fatal
+        assert isinstance(upload(r, tmp_path / "after", b"ok"), TransferDone)
+    assert target.read_bytes() == b"keep"
+    assert temps(tmp_path) == []
+
+
+def test_a_client_gone_mid_upload_leaves_the_old_file(srv: Any, tmp_path: Path) -> None:
+    target = tmp_path / "release"
+    target.write_bytes(b"v1")
+    with raw(srv) as r:
+        r.send(Put(path=str(target), file_size=5 * MAX_BODY_SIZE, sha256=sha(b"v2")))
+        assert isinstance(r.recv()[0], PutReady)
+        r.send(FileData(size=MAX_BODY_SIZE), b"z" * MAX_BODY_SIZE)
+        assert wait_until(lambda: temps(tmp_path), 10)  # the upload is under way
+    assert wait_until(lambda: not temps(tmp_path), 10)  # gone with the client
+    assert target.read_bytes() == b"v1"
+
+
+def test_more_data_than_declared_is_refused_and_nothing_is_written(srv: Any,
+                                                                   tmp_path: Path) -> None:
+    with raw(srv) as r:
+        r.send(Put(path=str(tmp_path / "short"), file_size=10, sha256=sha(b"0123456789")))
+        assert isinstance(r.recv()[0], PutReady)
+        r.send(FileData(size=20), b"01234567890123456789")
+        header = r.recv()[0]
+        assert isinstance(header, Error) and not header.fatal
+        assert header.code == "size_mismatch"
+    assert not (tmp_path / "short").exists()
+    assert temps(tmp_path) == []
+
+
+def test_file_roots_confine_a_policy_identity(srv: Any) -> None:
+    root, outside = srv.tmp / "root", srv.tmp / "outside"
+    (root / "escape").symlink_to(outside)
+    with raw(srv, ROBOT_TOKEN, "robot") as r:
+        assert isinstance(upload(r, root / "app.conf", b"ok\n"), TransferDone)
+        for path in (outside / "x", root / "escape" / "x", f"{root}/../outside/x"):
+            refused = upload(r, path, b"bad\n")
+            assert isinstance(refused, Error) and not refused.fatal, path
+            assert refused.code in ("refused", "bad_path"), refused
+        too_big = upload(r, root / "big", b"b" * 1001)  # max_file_size = 1000
+        assert isinstance(too_big, Error) and too_big.code == "too_large"
+        header, _, _ = download(r, root / "escape" / "secret")
+        assert isinstance(header, Error) and header.code == "refused"
+    assert list(outside.iterdir()) == []
+    assert (root / "app.conf").read_bytes() == b"ok\n"
+
+
+def test_a_policy_identity_without_file_roots_may_not_transfer(srv: Any, tmp_path: Path) -> None:
+    with raw(srv, ROBOT_TOKEN + "ops", "ops") as r:
+        refused = upload(r, tmp_path / "crontab", b"* * * * * evil\n")
+        assert isinstance(refused, Error) and refused.code == "refused"
+        assert "file_roots" in refused.message
+        header, _, _ = download(r, "/etc/hostname")
+        assert isinstance(header, Error) and header.code == "refused"
+    assert not (tmp_path / "crontab").exists()
+
+
+def test_every_transfer_is_audited(srv: Any, tmp_path: Path) -> None:
+    with raw(srv) as r:
+        upload(r, tmp_path / "audited", b"abc")
+        upload(r, tmp_path / "audited", b"abc")
+        download(r, tmp_path / "missing")
+    audit = srv.tmp / "audit.jsonl"
+
+    def mine() -> list[dict[str, Any]]:
+        return [rec for rec in map(json.loads, audit.read_text().splitlines())
+                if rec.get("event") == "transfer" and str(tmp_path) in rec.get("path", "")]
+
+    assert wait_until(lambda: len(mine()) == 3, 10)
+    put1, put2, get = mine()
+    assert (put1["op"], put1["result"], put1["changed"], put1["bytes"]) == ("put", "ok", True, 3)
+    assert put1["sha256"] == sha(b"abc") and put1["identity"] == "default"
+    assert (put2["result"], put2["changed"]) == ("ok", False)
+    assert (get["op"], get["result"]) == ("get", "not_found")
+    assert time.time() >= 0  # records carry their own time; the order above is theirs

@@ -1,0 +1,75 @@
+"""FileOp's bookkeeping without a network: the upload window, and who may transfer at all."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rexec.errors import ProtocolError
+from rexec.server.file_ops import FileOp, roots_for
+from rexec.server.identity import Identity, Policy
+from rexec.server.patterns import Pattern
+from rexec.server.transfer import TransferError
+from rexec.wire.auth import TokenVerifier
+from rexec.wire.frames import FILE_WINDOW, MAX_BODY_SIZE, Error, Header, Put, PutReady
+
+VERIFIER = TokenVerifier.from_token("a-token-for-the-file-op-tests-0123456789")
+
+
+def identity(**policy: Any) -> Identity:
+    return Identity("someone", VERIFIER, None, Policy(**policy))
+
+
+class Link:
+    """Records what the transfer sends and reports."""
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.sent: list[Header] = []
+        self.reports: list[tuple[str, str, str]] = []
+
+    def send(self, header: Header, body: bytes | memoryview = b"") -> None:
+        self.sent.append(header)
+
+    async def drain(self) -> None:
+        pass
+
+    def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> None:
+        self.reports.append((op, path, result))
+
+
+def test_the_client_may_not_send_more_than_the_window_without_credit(tmp_path: Path) -> None:
+    async def main() -> None:
+        link = Link()
+        target = tmp_path / "f"
+        op = FileOp(link, identity(), Put(path=str(target), file_size=4 * FILE_WINDOW,
+                                          sha256=hashlib.sha256(b"").hexdigest()))
+        chunk = memoryview(b"x" * MAX_BODY_SIZE)
+        for _ in range(FILE_WINDOW // MAX_BODY_SIZE):  # no credit came back yet: just fits
+            op.data(chunk)
+        with pytest.raises(ProtocolError) as caught:
+            op.data(memoryview(b"x"))
+        assert caught.value.code == "file_overflow"
+        op.cancel()
+        async with asyncio.timeout(10):
+            await op.task
+        assert isinstance(link.sent[0], PutReady)
+        assert isinstance(link.sent[-1], Error) and link.sent[-1].code == "cancelled"
+        assert link.reports == [("put", str(target), "cancelled")]
+        assert list(tmp_path.iterdir()) == []  # the temporary file went with the cancel
+
+    asyncio.run(main())
+
+
+def test_who_may_transfer_and_where() -> None:
+    assert roots_for(identity()).paths is None  # type: ignore[union-attr]
+    confined = roots_for(identity(allow=(Pattern("true"),), file_roots=("/srv/app",)))
+    assert not isinstance(confined, TransferError) and confined.paths == ("/srv/app",)
+    held = roots_for(identity(allow=(Pattern("true"),)))
+    assert isinstance(held, TransferError) and "file_roots" in str(held)
+    switched = roots_for(identity(run_as="nobody", file_roots=("/tmp",)))
+    assert isinstance(switched, TransferError) and "nobody" in str(switched)
