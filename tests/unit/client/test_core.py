@@ -65,7 +65,7 @@ class FakeServer:
                   salt: str | None = SALT.hex()) -> None:
         [(hello, _)] = self.receive()
         assert isinstance(hello, f.Hello)
-        assert hello.versions == list(f.PROTOCOL_VERSIONS) == [2, 1]
+        assert hello.versions == list(f.PROTOCOL_VERSIONS) == [3, 2, 1]
         self.hello = hello
         self.version = version
         self.send(f.Challenge(version=version, nonce=SERVER_NONCE, agent="fake-server/9",
@@ -165,7 +165,8 @@ def test_a_named_identity_is_in_hello_and_covered_by_the_proof() -> None:
     assert server.hello.identity == "alice"
     server.read_auth()
     assert server.client_mac is not None
-    assert server.message == auth.auth_message(server.client_nonce, SERVER_NONCE, 2, "alice")
+    assert server.message == auth.auth_message(server.client_nonce, SERVER_NONCE,
+                                               f.PROTOCOL_VERSION, "alice")
     assert server.verifier.check(server.message, server.client_mac)
     for name in ("", "bob", "default"):  # the same proof claimed for another identity fails
         other = auth.auth_message(server.client_nonce, SERVER_NONCE, 2, name)
@@ -285,11 +286,11 @@ def test_core_is_closed_after_a_wrong_server_proof() -> None:
 def test_unsupported_version_in_challenge() -> None:
     core = ClientCore(TOKEN)
     server = FakeServer(core)
-    server.challenge(version=3)
+    server.challenge(version=4)
     with pytest.raises(ProtocolError) as info:
         core.next_event()
     assert info.value.code == "unsupported_version"
-    assert "version 3" in str(info.value)
+    assert "version 4" in str(info.value)
 
 
 def test_a_token_challenge_without_a_salt_is_a_protocol_error() -> None:
