@@ -284,17 +284,20 @@ class _Progress:
 
     def __init__(self, notes: Notes) -> None:
         self.shown = not notes.quiet and os.isatty(2)
-        self._started = time.monotonic()
-        self._drawn = 0.0
+        self._first: tuple[float, int] | None = None  # the rate counts from the first bytes,
+        self._drawn = 0.0  # not from before the connection and the source's hashing
         self._dirty = False
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
+        if self._first is None:
+            self._first = (now, done)
+            self._drawn = now  # the first line waits for a rate to show
         if now - self._drawn < 0.1 and done < total:
             return
         self._drawn = now
-        elapsed = max(now - self._started, 1e-6)
-        rate = done / elapsed
+        started, base = self._first
+        rate = (done - base) / max(now - started, 1e-6)
         eta = (total - done) / rate if rate else 0.0
         percent = done * 100 // total if total else 100
         line = (f"{_size(done)} / {_size(total)}  {percent:3d}%  {_size(rate)}/s"
