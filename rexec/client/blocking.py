@@ -298,12 +298,12 @@ class BlockingClient(OptionsClient):
         core = self._connected()
         started = time.monotonic()
         destination = put_destination(local, remote)
+        self._cancel_requested = False  # before the hashing: a cancel meanwhile is kept
         with LocalSource.open(local) as source:
             digest = source.digest
             wanted_mode, mtime_ns = put_attributes(digest, mode=mode, preserve=preserve)
             core.start_put(destination, file_size=digest.size, sha256=digest.sha256,
                            mode=wanted_mode, mtime_ns=mtime_ns, force=force)
-            self._cancel_requested = False
             event = self._drive()
             if isinstance(event, UploadReady):
                 try:
@@ -322,8 +322,8 @@ class BlockingClient(OptionsClient):
         core = self._connected()
         started = time.monotonic()
         destination = get_destination(remote, local)
-        core.start_get(remote)
         self._cancel_requested = False
+        core.start_get(remote)
         info = self._drive()
         assert isinstance(info, DownloadStarted)
         try:

@@ -155,6 +155,7 @@ class _Transfer:
     moved: int = 0  # bytes sent (put) or received (get)
     digest: Any = field(default_factory=hashlib.sha256)  # a get's bytes, as they arrive
     started: bool = False  # put_ready or file_info arrived
+    cancelled: bool = False  # a cancel was sent
 
 
 STDIN_HINT = "send a long script on stdin instead (rexec run HOST -- sh -s < script.sh)"
@@ -352,7 +353,10 @@ class ClientCore:
 
     def cancel(self) -> None:
         """Ask the server to stop the running command or transfer (no-op if none is)."""
-        if self.conn.state is State.RUNNING or self.transferring:
+        if self.conn.state is State.RUNNING:
+            self._send(Cancel())
+        elif self._transfer is not None and not self._transfer.cancelled:
+            self._transfer.cancelled = True  # once: the server answers each with an error
             self._send(Cancel())
 
     # --- file transfer (protocol version 3) --------------------------------------------------

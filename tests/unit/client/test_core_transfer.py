@@ -161,6 +161,7 @@ def test_cancel_during_a_put_is_sent_and_answered_cancelled() -> None:
     server.send(f.PutReady())
     events(core)
     core.cancel()
+    core.cancel()  # once per transfer: the server answers each cancel
     assert [h.type for h, _ in server.receive()] == ["cancel"]
     server.send(f.Error(code="cancelled", message="cancelled", fatal=False))
     with pytest.raises(TransferFailed) as info:

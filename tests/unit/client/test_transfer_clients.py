@@ -329,3 +329,27 @@ def test_a_source_failing_midway_cancels_and_the_connection_goes_on(
 
     asyncio.run(main())
     assert "/srv/g" in scripted.files
+
+
+def test_a_cancel_requested_while_the_source_is_hashed_is_kept(peer: tuple[Peer, str],
+                                                               tmp_path: Path) -> None:
+    """Ctrl-C in `rexec put` may come while LOCAL is hashed, before the put is sent."""
+    _, address = peer
+    src = tmp_path / "f"
+    src.write_bytes(os.urandom(3 * f.MAX_BODY_SIZE))
+    with BlockingClient(address, token=TOKEN) as client:
+        from rexec.client import transfer
+
+        real_open = transfer.LocalSource.open
+
+        def open_and_interrupt(path: Any) -> transfer.LocalSource:
+            source = real_open(path)
+            client.request_cancel()
+            return source
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(transfer.LocalSource, "open", open_and_interrupt)
+            with pytest.raises(TransferFailed) as info:
+                client.put(src, "/srv/f")
+        assert info.value.code == "cancelled"
+        assert client.put(src, "/srv/f").changed  # the connection goes on
