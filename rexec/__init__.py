@@ -26,11 +26,13 @@ from rexec.errors import (
     ConnectionLost,
     InvalidRequest,
     KnownHostsError,
+    LocalFileError,
     ProtocolError,
     RemoteError,
     RexecError,
+    TransferFailed,
 )
-from rexec.result import Result
+from rexec.result import Result, TransferResult
 
 if TYPE_CHECKING:
     from rexec.client.aio import Client, CommandStream
@@ -59,6 +61,7 @@ __all__ = [
     "Inventory",
     "InventoryError",
     "KnownHostsError",
+    "LocalFileError",
     "Output",
     "PatternError",
     "ProtocolError",
@@ -66,6 +69,8 @@ __all__ = [
     "Result",
     "RexecError",
     "Target",
+    "TransferFailed",
+    "TransferResult",
     "__version__",
     "run",
     "run_group",

@@ -9,7 +9,9 @@
     ├── ConnectionLost              the peer closed or vanished mid-conversation
     ├── RemoteError                 the server answered with an error frame
     │   ├── AuthenticationError     the server refused our token
-    │   └── CommandNotStarted       the server refused or could not start the command
+    │   ├── CommandNotStarted       the server refused or could not start the command
+    │   └── TransferFailed          the server refused or failed a put or get (``code`` says why)
+    ├── LocalFileError              a put's source or a get's destination failed on this side
     └── CommandFailed               a command ran and did not succeed (only with check=True)
 
 Local failures (ConfigError, ConnectError, ConnectionLost, ProtocolError) are kept apart from what
@@ -89,6 +91,29 @@ class AuthenticationError(RemoteError):
 
 class CommandNotStarted(RemoteError):
     """The server could not, or would not, start the command (bad cwd, refused, busy)."""
+
+
+class TransferFailed(RemoteError):
+    """The server refused a put or get, or could not finish it; the remote file is as it was.
+
+    ``code`` is the server's reason (refused, not_found, permission_denied, no_space,
+    checksum_mismatch, cancelled...), ``path`` the remote path.
+    """
+
+    def __init__(self, message: str, code: str = "error", path: str = "") -> None:
+        super().__init__(message, code)
+        self.path = path
+
+
+class LocalFileError(RexecError):
+    """The local side of a transfer failed: a put's source cannot be read (or changed while it
+    was read), a get's destination cannot be written. ``code`` uses the server's words
+    (not_found, permission_denied, is_a_directory, no_space...); ``path`` is the local path."""
+
+    def __init__(self, message: str, code: str = "io_error", path: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.path = path
 
 
 class CommandFailed(RexecError):

@@ -1,4 +1,4 @@
-"""Result: everything known about one finished command."""
+"""Result: everything known about one finished command; TransferResult, about one file."""
 
 from __future__ import annotations
 
@@ -64,3 +64,20 @@ class Result:
         if tail:
             message += "\nstderr (last lines):\n" + "\n".join("  " + line for line in tail)
         return message
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """One file put or got. A transfer that failed raises instead (TransferFailed...).
+
+    ``bytes`` is the file's size and ``sha256`` its digest (hex), both checked by the receiving
+    side; ``changed`` is False for a put that found the same file there already (nothing was
+    sent); ``duration`` is the client's wall-clock seconds, local hashing and writing included.
+    """
+
+    local: str
+    remote: str
+    bytes: int
+    sha256: str
+    changed: bool
+    duration: float

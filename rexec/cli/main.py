@@ -30,6 +30,8 @@ from rexec._version import __version__  # noqa: E402
 COMMANDS: Mapping[str, str] = {
     "run": "rexec.cli.run",
     "shell": "rexec.cli.shell",
+    "put": "rexec.cli.transfer",
+    "get": "rexec.cli.transfer",
     "batch": "rexec.cli.batch",
     "hosts": "rexec.cli.hosts",
     "token": "rexec.cli.token",
@@ -68,9 +70,10 @@ def build_app(argv: Sequence[str], commands: Mapping[str, str] = COMMANDS) -> ty
     app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=HELP,
                       rich_markup_mode=None)
     app.callback()(root)
-    for name in wanted(argv, commands):
+    # One module may hold several commands (put and get): it registers them all, once.
+    for module in dict.fromkeys(commands[name] for name in wanted(argv, commands)):
         # __import__, not importlib.import_module: -X importtime profiles only the former
-        __import__(commands[name], fromlist=["register"]).register(app)
+        __import__(module, fromlist=["register"]).register(app)
     return app
 
 

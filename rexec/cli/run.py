@@ -298,7 +298,7 @@ def execute(
 
     from rexec.client.blocking import BlockingClient
     from rexec.client.options import ConnectOptions
-    from rexec.errors import AuthenticationError, RexecError
+    from rexec.errors import RexecError
 
     notes = notes or Notes(0, False)
     # Start-up ran with the collector off (rexec/cli/client.py): what it made stays, frozen out
@@ -346,12 +346,8 @@ def execute(
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except RexecError as exc:
-        message = str(exc)
-        if isinstance(exc, AuthenticationError) and exc.code == "auth_failed" and options:
-            who = f"identity {options.identity!r}" if options.identity else "identity 'default'"
-            message += f" (tried {who} with the token from {options.token_source})"
         status = EXIT_INTERRUPTED if interrupts else status_for(exc)
-        _failed(command, json_output, message, exc, status)
+        _failed(command, json_output, describe_error(exc, options), exc, status)
     status = (EXIT_INTERRUPTED if interrupts else EXIT_BROKEN_PIPE if outputs.broken_pipe
               else result.exit_status)
     if json_output:
@@ -360,6 +356,18 @@ def execute(
         _write_all(1, result_json(result, status).encode() + b"\n")
     _explain(result, timeout, options, notes)
     return status
+
+
+def describe_error(exc: BaseException, options: Any) -> str:
+    """rexec's one-line reason for one of its errors: a failed login says which identity and
+    which token it tried."""
+    from rexec.errors import AuthenticationError
+
+    message = str(exc)
+    if isinstance(exc, AuthenticationError) and exc.code == "auth_failed" and options:
+        who = f"identity {options.identity!r}" if options.identity else "identity 'default'"
+        message += f" (tried {who} with the token from {options.token_source})"
+    return message
 
 
 def _trust(options: Any) -> str:

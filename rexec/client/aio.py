@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import IO
 
@@ -20,14 +22,27 @@ from rexec.client.core import (
     STDIN_CHUNK,
     Authenticated,
     ClientCore,
+    DownloadStarted,
     Event,
+    FileChunk,
     Finished,
     Output,
+    TransferFinished,
+    UploadReady,
 )
 from rexec.client.options import ConnectOptions, OptionsClient
+from rexec.client.transfer import (
+    CHUNK,
+    AtomicWriter,
+    LocalSource,
+    ProgressCallback,
+    get_destination,
+    put_attributes,
+    put_destination,
+)
 from rexec.client.trust import check_server, tls_context
-from rexec.errors import CommandFailed, RexecError, map_socket_errors
-from rexec.result import Result
+from rexec.errors import CommandFailed, LocalFileError, RexecError, map_socket_errors
+from rexec.result import Result, TransferResult
 from rexec.sockets import READ_SIZE, STREAM_LIMIT, tune
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
@@ -93,7 +108,8 @@ class Client(OptionsClient):
         if sock is not None:
             tune(sock, options.keepalive)
         self._core = ClientCore(options.token, identity=options.identity,
-                                client_certificate=options.tls_cert is not None)
+                                client_certificate=options.tls_cert is not None,
+                                address=self.address)
         try:
             async with asyncio.timeout(timeout):
                 event = await self._next_event()
@@ -134,7 +150,7 @@ class Client(OptionsClient):
             raise RexecError("the client is not connected: use 'async with Client(...)'")
         while True:
             event = core.next_event()
-            if core.stdin_credit:
+            if core.stdin_credit or core.file_credit:
                 self._credit.set()
             self._flush(core)
             if event is not None:
@@ -184,6 +200,149 @@ class Client(OptionsClient):
         if check and not stream.result.ok:
             raise CommandFailed(stream.result)
         return stream.result
+
+    async def put(self, local: str | Path, remote: str, *, mode: int | None = None,
+                  preserve: bool = False, force: bool = False,
+                  on_progress: ProgressCallback | None = None) -> TransferResult:
+        """Copy local file ``local`` to ``remote`` on the server, atomically.
+
+        ``remote`` is absolute; one ending in ``/`` gets the local file's name appended (as cp
+        does). ``mode`` (permission bits) is applied; ``preserve`` applies the local mode and
+        mtime. The same content (and mode) there already is not sent again (``changed`` False)
+        unless ``force``. ``on_progress(done, total)`` sees the bytes sent. A refusal or a
+        failure on the server raises TransferFailed (its ``code`` says why), one on this side
+        LocalFileError; the remote file is then as it was.
+        """
+        async with self._lock:
+            core = self._connected()
+            started = time.monotonic()
+            destination = put_destination(local, remote)
+            source = await asyncio.to_thread(LocalSource.open, local)
+            with source:
+                digest = source.digest
+                wanted_mode, mtime_ns = put_attributes(digest, mode=mode, preserve=preserve)
+                core.start_put(destination, file_size=digest.size, sha256=digest.sha256,
+                               mode=wanted_mode, mtime_ns=mtime_ns, force=force)
+                self._flush(core)
+                event = await self._transfer_event()
+                if isinstance(event, UploadReady):
+                    event = await self._upload(core, source, on_progress)
+        assert isinstance(event, TransferFinished)
+        return TransferResult(str(local), destination, event.file_size, event.sha256,
+                              event.changed, time.monotonic() - started)
+
+    async def get(self, remote: str, local: str | Path, *, preserve: bool = False,
+                  on_progress: ProgressCallback | None = None) -> TransferResult:
+        """Copy remote file ``remote`` (absolute) to ``local``, atomically.
+
+        A ``local`` that is a directory receives the file under the remote base name. The bytes
+        go to a temporary file beside it, renamed over it only once their size and SHA-256
+        match the server's; on any failure the temporary file is removed and ``local`` is as it
+        was. An existing ``local`` keeps its mode, a new one gets the remote mode less the
+        umask; ``preserve`` applies the remote mode and mtime exactly.
+        """
+        async with self._lock:
+            core = self._connected()
+            started = time.monotonic()
+            destination = get_destination(remote, local)
+            core.start_get(remote)
+            self._flush(core)
+            info = await self._transfer_event()
+            assert isinstance(info, DownloadStarted)
+            try:
+                writer = AtomicWriter.create(destination, info.mode)
+            except LocalFileError:
+                await self._abandon(core)
+                raise
+            with writer:
+                done = await self._download(core, writer, info.file_size, on_progress)
+                await asyncio.to_thread(writer.commit, mode=info.mode if preserve else None,
+                                        mtime_ns=info.mtime_ns if preserve else None)
+        return TransferResult(str(destination), remote, done.file_size, done.sha256, True,
+                              time.monotonic() - started)
+
+    def _connected(self) -> ClientCore:
+        if self._core is None or self._writer is None:
+            raise RexecError("the client is not connected: use 'async with Client(...)'")
+        return self._core
+
+    async def _transfer_event(self) -> Event:
+        """The next event of a transfer; a cancelled caller leaves no transfer half-done (the
+        connection is closed, as a cancelled command's would be)."""
+        try:
+            return await self._next_event()
+        except asyncio.CancelledError:
+            await self.close()
+            raise
+
+    async def _upload(self, core: ClientCore, source: LocalSource,
+                      on_progress: ProgressCallback | None) -> Event:
+        """Send the put's bytes within the credit while the server's frames are read."""
+        failure: list[LocalFileError] = []
+        feeder = asyncio.create_task(self._feed_file(core, source, on_progress, failure))
+        try:
+            return await self._transfer_event()
+        except RexecError:
+            if failure:  # the server's "cancelled" answers this side's failure: say that one
+                raise failure[0] from None
+            raise
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RexecError, OSError):
+                await feeder
+
+    async def _feed_file(self, core: ClientCore, source: LocalSource,
+                         on_progress: ProgressCallback | None,
+                         failure: list[LocalFileError]) -> None:
+        writer = self._writer
+        assert writer is not None
+        size = source.digest.size
+        try:
+            while core.uploading and core.upload_remaining:
+                if not core.file_credit:
+                    self._credit.clear()
+                    await self._credit.wait()
+                    continue
+                core.send_file_data(source.read(min(core.file_credit, CHUNK)))
+                self._flush(core)
+                if on_progress is not None:
+                    on_progress(size - source.remaining, size)
+                with map_socket_errors("connection broke while sending a file"):
+                    await writer.drain()
+        except LocalFileError as exc:
+            failure.append(exc)
+            core.cancel()
+            self._flush(core)
+
+    async def _download(self, core: ClientCore, writer: AtomicWriter, size: int,
+                        on_progress: ProgressCallback | None) -> TransferFinished:
+        """Write the get's chunks as they come; the core checks them at the end."""
+        while True:
+            event = await self._transfer_event()
+            if isinstance(event, TransferFinished):
+                return event
+            assert isinstance(event, FileChunk)
+            try:
+                writer.write(event.data)
+            except LocalFileError:
+                await self._abandon(core)
+                raise
+            if on_progress is not None:
+                on_progress(writer.written, size)
+
+    async def _abandon(self, core: ClientCore) -> None:
+        """Cancel the transfer after a local failure and wait for the server's answer, so the
+        connection stays usable; close it if the answer does not come."""
+        core.cancel()
+        self._flush(core)
+        try:
+            async with asyncio.timeout(CANCEL_WAIT):
+                while core.transferring:
+                    await self._next_event()
+        except RexecError:
+            pass  # the server's "cancelled", as asked (or the connection is gone)
+        except TimeoutError:
+            await self.close()
 
     def stream(
         self,

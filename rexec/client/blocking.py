@@ -25,19 +25,33 @@ from rexec.client.core import (
     STDIN_CHUNK,
     Authenticated,
     ClientCore,
+    DownloadStarted,
     Event,
+    FileChunk,
     Finished,
     Output,
+    TransferFinished,
+    UploadReady,
 )
 from rexec.client.escape import EscapeFilter, escape_help
 from rexec.client.options import ConnectOptions, OptionsClient
+from rexec.client.transfer import (
+    CHUNK,
+    AtomicWriter,
+    LocalSource,
+    ProgressCallback,
+    get_destination,
+    put_attributes,
+    put_destination,
+)
 from rexec.errors import (
     CommandFailed,
     ConnectError,
     ConnectionLost,
+    LocalFileError,
     RexecError,
 )
-from rexec.result import Result
+from rexec.result import Result, TransferResult
 from rexec.sockets import READ_SIZE, tune
 from rexec.wire.frames import Terminal
 
@@ -97,7 +111,8 @@ class BlockingClient(OptionsClient):
         sock.setblocking(False)
         self._sock = sock
         self._core = ClientCore(options.token, identity=options.identity,
-                                client_certificate=options.tls_cert is not None)
+                                client_certificate=options.tls_cert is not None,
+                                address=self.address)
         try:
             event = self._drive(deadline=time.monotonic() + timeout)
         except BaseException:
@@ -275,6 +290,80 @@ class BlockingClient(OptionsClient):
             raise CommandFailed(event.result)
         return event.result
 
+    def put(self, local: str | Path, remote: str, *, mode: int | None = None,
+            preserve: bool = False, force: bool = False,
+            on_progress: ProgressCallback | None = None) -> TransferResult:
+        """Copy local file ``local`` to ``remote`` (absolute; ending in ``/``: the local name
+        inside it), atomically: see ``rexec.Client.put``."""
+        core = self._connected()
+        started = time.monotonic()
+        destination = put_destination(local, remote)
+        self._cancel_requested = False  # before the hashing: a cancel meanwhile is kept
+        with LocalSource.open(local) as source:
+            digest = source.digest
+            wanted_mode, mtime_ns = put_attributes(digest, mode=mode, preserve=preserve)
+            core.start_put(destination, file_size=digest.size, sha256=digest.sha256,
+                           mode=wanted_mode, mtime_ns=mtime_ns, force=force)
+            event = self._drive()
+            if isinstance(event, UploadReady):
+                try:
+                    event = self._drive(source=_UploadSource(source, on_progress))
+                except LocalFileError:
+                    self._abandon(core)
+                    raise
+        assert isinstance(event, TransferFinished)
+        return TransferResult(str(local), destination, event.file_size, event.sha256,
+                              event.changed, time.monotonic() - started)
+
+    def get(self, remote: str, local: str | Path, *, preserve: bool = False,
+            on_progress: ProgressCallback | None = None) -> TransferResult:
+        """Copy remote file ``remote`` to ``local`` (an existing directory: the remote name
+        inside it), atomically: see ``rexec.Client.get``."""
+        core = self._connected()
+        started = time.monotonic()
+        destination = get_destination(remote, local)
+        self._cancel_requested = False
+        core.start_get(remote)
+        info = self._drive()
+        assert isinstance(info, DownloadStarted)
+        try:
+            writer = AtomicWriter.create(destination, info.mode)
+        except LocalFileError:
+            self._abandon(core)
+            raise
+        with writer:
+            def write(data: bytes | memoryview) -> None:
+                writer.write(data)
+                if on_progress is not None:
+                    on_progress(writer.written, info.file_size)
+
+            try:
+                done = self._drive(callbacks={"file": write})
+            except LocalFileError:
+                self._abandon(core)
+                raise
+            assert isinstance(done, TransferFinished)
+            writer.commit(mode=info.mode if preserve else None,
+                          mtime_ns=info.mtime_ns if preserve else None)
+        return TransferResult(str(destination), remote, done.file_size, done.sha256, True,
+                              time.monotonic() - started)
+
+    def _connected(self) -> ClientCore:
+        if self._core is None:
+            raise RexecError("the client is not connected: use 'with BlockingClient(...)'")
+        return self._core
+
+    def _abandon(self, core: ClientCore) -> None:
+        """Cancel the transfer after a local failure and wait for the server's answer, so the
+        connection stays usable; give up (closing it) if the answer does not come."""
+        core.cancel()
+        try:
+            answer = self._drive(deadline=time.monotonic() + CANCEL_WAIT)
+        except RexecError:
+            return  # the server's "cancelled", as asked (or the connection is gone)
+        if answer is None:
+            self.close()
+
     def _drive(
         self,
         deadline: float | None = None,
@@ -312,6 +401,10 @@ class BlockingClient(OptionsClient):
     ) -> Event | None:
         """Hand decoded output to the callbacks; return the first other event."""
         while (event := core.next_event()) is not None:
+            if isinstance(event, FileChunk):
+                if (write := callbacks.get("file")) is not None:
+                    write(event.data)
+                continue
             if not isinstance(event, Output):
                 self._out += core.data_to_send()
                 self._flush_now(sock, core)
@@ -324,7 +417,7 @@ class BlockingClient(OptionsClient):
     def _queue(self, core: ClientCore, source: _StdinSource | None) -> None:
         """Collect what the core wants sent, plus stdin that needs no polling, if there is room."""
         self._out += core.data_to_send()
-        if (source is not None and source.ready_without_poll and core.stdin_credit
+        if (source is not None and source.ready_without_poll and source.can_send(core)
                 and len(self._out) < SEND_HIGH_WATER):
             source.pump(core)
             self._out += core.data_to_send()
@@ -440,6 +533,10 @@ class _StdinSource:
         if self.fd is not None and _is_regular_file(self.fd):
             self.ready_without_poll = True  # a file is always readable; poll says so too
 
+    def can_send(self, core: ClientCore) -> bool:
+        """Whether the server's credit lets ``pump`` send anything."""
+        return bool(core.stdin_credit)
+
     def pump(self, core: ClientCore) -> None:
         """Move one chunk of stdin (within the credit) into the core; send EOF at its end."""
         if not core.running:
@@ -475,6 +572,27 @@ class _StdinSource:
         self._data = None
         self._file = None
         self.ready_without_poll = False
+
+
+class _UploadSource(_StdinSource):
+    """A put's bytes: a local file, read within the server's file credit, never polled."""
+
+    def __init__(self, source: LocalSource, on_progress: ProgressCallback | None) -> None:
+        super().__init__(b"")
+        self.ready_without_poll = True
+        self._source = source
+        self._on_progress = on_progress
+
+    def can_send(self, core: ClientCore) -> bool:
+        return core.uploading and core.file_credit > 0 and core.upload_remaining > 0
+
+    def pump(self, core: ClientCore) -> None:
+        if not self.can_send(core):
+            return
+        core.send_file_data(self._source.read(min(core.file_credit, CHUNK)))
+        if self._on_progress is not None:
+            size = self._source.digest.size
+            self._on_progress(size - self._source.remaining, size)
 
 
 class SessionEnded(RexecError):

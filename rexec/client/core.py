@@ -4,12 +4,18 @@ Feed it bytes from the server (``receive_data``), take events out (``next_event`
 queues (``data_to_send``). It answers the server's challenge by itself, checks the server's proof,
 counts and optionally captures output, verifies the byte counts of the exit frame, and turns the
 server's error frames into exceptions.
+
+File transfer (protocol version 3) is here too, as far as the wire goes: ``start_put`` then
+``send_file_data`` within ``file_credit``, ``start_get`` then the file's chunks as events; the core
+counts and hashes what a get receives and checks it against the server's ``transfer_done``.
+Reading and writing local files is ``rexec.client.transfer``'s part.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 from pydantic import ValidationError
@@ -22,6 +28,7 @@ from rexec.errors import (
     InvalidRequest,
     ProtocolError,
     RemoteError,
+    TransferFailed,
 )
 from rexec.result import Result
 from rexec.wire.auth import (
@@ -33,10 +40,13 @@ from rexec.wire.auth import (
 )
 from rexec.wire.codec import HeaderTooLarge, encode_prefix
 from rexec.wire.frames import (
+    FILE_VERSION,
+    FILE_WINDOW,
     MAX_BODY_SIZE,
     MAX_COMMAND_LENGTH,
     MAX_ENV_ENTRIES,
     MAX_HEADER_SIZE,
+    MAX_PATH_LENGTH,
     PROTOCOL_VERSION,
     PROTOCOL_VERSIONS,
     PTY_VERSION,
@@ -46,8 +56,12 @@ from rexec.wire.frames import (
     Challenge,
     Error,
     Exit,
+    FileData,
+    FileInfo,
+    Get,
     Header,
     Hello,
+    Put,
     Resize,
     Run,
     Shell,
@@ -56,6 +70,7 @@ from rexec.wire.frames import (
     Stdin,
     StdinEof,
     Terminal,
+    TransferDone,
     Window,
 )
 from rexec.wire.protocol import Connection, Role, State
@@ -94,7 +109,53 @@ class Finished:
     result: Result
 
 
-Event: TypeAlias = Authenticated | Output | Finished
+@dataclass(frozen=True, slots=True)
+class UploadReady:
+    """The server wants the put's bytes (``put_ready``): send them within ``file_credit``."""
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadStarted:
+    """A get's file is coming (``file_info``): its size, permission bits and mtime."""
+
+    file_size: int
+    mode: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileChunk:
+    """Bytes of a get's file, in order; ``data`` is valid until more bytes are received."""
+
+    data: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class TransferFinished:
+    """The put or get succeeded: the server's ``transfer_done``, checked by the core."""
+
+    changed: bool
+    file_size: int
+    sha256: str
+    duration: float
+
+
+Event: TypeAlias = (Authenticated | Output | Finished | UploadReady | DownloadStarted | FileChunk
+                    | TransferFinished)
+
+
+@dataclass(slots=True)
+class _Transfer:
+    """The put or get in progress, as the core counts it."""
+
+    kind: Literal["put", "get"]
+    path: str
+    size: int = 0  # a put's declared size; a get's, once file_info said it
+    sha256: str = ""  # a put's declared digest
+    moved: int = 0  # bytes sent (put) or received (get)
+    digest: Any = field(default_factory=hashlib.sha256)  # a get's bytes, as they arrive
+    started: bool = False  # put_ready or file_info arrived
+    cancelled: bool = False  # a cancel was sent
 
 
 STDIN_HINT = "send a long script on stdin instead (rexec run HOST -- sh -s < script.sh)"
@@ -117,6 +178,11 @@ _PROBLEMS: dict[tuple[str, str], Callable[[Any], str]] = {
         f"the timeout must be a finite number of seconds, not {v}"),
     ("timeout", "greater_than"): lambda v: f"{_TIMEOUT_RANGE}, not {v:g}",
     ("timeout", "less_than_equal"): lambda v: f"{_TIMEOUT_RANGE}, not {v:g}",
+    ("path", "string_too_short"): lambda v: "the remote path is empty",
+    ("path", "string_too_long"): lambda v: (
+        f"the remote path is {len(v)} characters long, more than {MAX_PATH_LENGTH}"),
+    ("mode", "less_than_equal"): lambda v: (
+        f"the mode must be permission bits, at most 0o7777, not {oct(v)}"),
 }
 """What is wrong with a request, and the fix, for the validation errors a user can cause."""
 
@@ -176,9 +242,10 @@ class ClientCore:
     """One client connection's protocol logic, with no I/O."""
 
     def __init__(self, token: str | None, agent: str = AGENT, *, identity: str | None = None,
-                 client_certificate: bool = False) -> None:
+                 client_certificate: bool = False, address: str = "") -> None:
         """``client_certificate``: a TLS client certificate was presented, so the server may
-        accept it instead of a token. ``token`` may be None only then."""
+        accept it instead of a token. ``token`` may be None only then. ``address`` names the
+        server in messages."""
         if token is not None and not token:
             raise ValueError("an empty token is refused")
         if token is None and not client_certificate:
@@ -201,6 +268,9 @@ class ClientCore:
         self._captured: dict[StreamName, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._counts: dict[StreamName, int] = {"stdout": 0, "stderr": 0}
         self.version = PROTOCOL_VERSION  # the version the server chose, once it has
+        self.address = address
+        self._transfer: _Transfer | None = None
+        self.file_credit = 0  # upload bytes we may still send before the server credits more
         self._send(Hello(versions=list(PROTOCOL_VERSIONS), nonce=self._nonce, agent=agent,
                          identity=identity))
 
@@ -282,9 +352,86 @@ class ClientCore:
         self._send(StdinEof())
 
     def cancel(self) -> None:
-        """Ask the server to stop the running command (no-op if none is running)."""
+        """Ask the server to stop the running command or transfer (no-op if none is)."""
         if self.conn.state is State.RUNNING:
             self._send(Cancel())
+        elif self._transfer is not None and not self._transfer.cancelled:
+            self._transfer.cancelled = True  # once: the server answers each with an error
+            self._send(Cancel())
+
+    # --- file transfer (protocol version 3) --------------------------------------------------
+
+    def _check_transfer(self, what: str) -> None:
+        if self.conn.state is not State.READY:
+            raise RuntimeError(f"cannot start a {what} in state {self.conn.state.value}")
+        if self.version < FILE_VERSION:
+            server = f"the server at {self.address}" if self.address else "the server"
+            raise ProtocolError(
+                f"{server} speaks protocol version {self.version}, without file transfer"
+                f" ({self.server_agent or 'an older server'}): upgrade rexec-server",
+                "unsupported_version")
+
+    def start_put(self, path: str, *, file_size: int, sha256: str, mode: int | None = None,
+                  mtime_ns: int | None = None, force: bool = False) -> None:
+        """Queue a ``put``: ``file_size`` bytes whose SHA-256 is ``sha256`` for remote ``path``.
+
+        The server answers with UploadReady (then ``send_file_data``, exactly ``file_size``
+        bytes in all), TransferFinished (nothing to send), or TransferFailed.
+        """
+        self._check_transfer("put")
+        try:
+            put = Put(path=path, file_size=file_size, sha256=sha256, mode=mode,
+                      mtime_ns=mtime_ns, force=force)
+        except ValidationError as exc:
+            raise _invalid(exc, {"path": path, "mode": mode}) from None
+        self._send(put)
+        self._transfer = _Transfer("put", path, file_size, sha256)
+        self.file_credit = 0
+
+    def start_get(self, path: str) -> None:
+        """Queue a ``get`` of remote ``path``: DownloadStarted, FileChunks and TransferFinished
+        follow (or TransferFailed)."""
+        self._check_transfer("get")
+        try:
+            get = Get(path=path)
+        except ValidationError as exc:
+            raise _invalid(exc, {"path": path}) from None
+        self._send(get)
+        self._transfer = _Transfer("get", path)
+
+    @property
+    def transferring(self) -> bool:
+        """Whether a put or get is under way (asked, and not yet done or failed)."""
+        return self._transfer is not None
+
+    @property
+    def uploading(self) -> bool:
+        """Whether the server is waiting for a put's bytes."""
+        return self.conn.state is State.UPLOADING
+
+    @property
+    def upload_remaining(self) -> int:
+        """Bytes of the put still to send."""
+        transfer = self._transfer
+        return transfer.size - transfer.moved if transfer and transfer.kind == "put" else 0
+
+    def send_file_data(self, data: bytes | memoryview) -> None:
+        """Queue bytes of the put's file, at most ``file_credit`` and ``upload_remaining``."""
+        view = memoryview(data)
+        if not self.uploading:
+            raise RuntimeError(f"cannot send file data in state {self.conn.state.value}")
+        if len(view) > self.file_credit:
+            raise ValueError(f"{len(view)} bytes of file data exceed the credit of"
+                             f" {self.file_credit}: wait for the server's file_credit")
+        if len(view) > self.upload_remaining:
+            raise ValueError(f"{len(view)} bytes of file data, but only"
+                             f" {self.upload_remaining} of the declared size are left")
+        assert self._transfer is not None
+        self.file_credit -= len(view)
+        self._transfer.moved += len(view)
+        for start in range(0, len(view), MAX_BODY_SIZE):
+            piece = view[start : start + MAX_BODY_SIZE]
+            self._send(FileData(size=len(piece)), piece)
 
     def send_signal(self, name: SignalName) -> None:
         """Ask the server to signal the command's process group (e.g. "INT", "HUP")."""
@@ -356,7 +503,64 @@ class ClientCore:
             return Finished(self._finish(header))
         elif header.type == "error":
             raise self._remote_error(header)
+        elif self._transfer is not None:
+            return self._handle_transfer(self._transfer, header, body)
         return None
+
+    def _handle_transfer(self, transfer: _Transfer, header: Header,
+                         body: memoryview) -> Event | None:
+        """The frames of a put or get (the state table already let only these through)."""
+        if header.type == "put_ready":
+            transfer.started = True
+            self.file_credit = FILE_WINDOW
+            return UploadReady()
+        if header.type == "file_credit":
+            self.file_credit += header.amount
+        elif header.type == "file_info":
+            return self._file_info(transfer, header)
+        elif header.type == "file_data":
+            transfer.moved += len(body)
+            if transfer.moved > transfer.size:
+                raise ProtocolError(
+                    f"the server sent more than the {transfer.size} bytes it announced for"
+                    f" {transfer.path}", "size_mismatch")
+            transfer.digest.update(body)
+            return FileChunk(body)
+        elif header.type == "transfer_done":
+            return self._transfer_done(transfer, header)
+        return None
+
+    def _file_info(self, transfer: _Transfer, info: FileInfo) -> DownloadStarted:
+        transfer.started = True
+        transfer.size = info.file_size
+        return DownloadStarted(info.file_size, info.mode, info.mtime_ns)
+
+    def _transfer_done(self, transfer: _Transfer, done: TransferDone) -> TransferFinished:
+        """Check the server's account of the transfer against what this side counted."""
+        self._transfer = None
+        self.file_credit = 0
+        if transfer.kind == "put":
+            expected_size, expected_sha = transfer.size, transfer.sha256
+            sent_all = transfer.moved == transfer.size or not transfer.started
+            if not sent_all:
+                raise ProtocolError(
+                    f"the server reported the put of {transfer.path} done after {transfer.moved}"
+                    f" of its {transfer.size} bytes", "size_mismatch")
+        else:
+            expected_size, expected_sha = transfer.moved, transfer.digest.hexdigest()
+            if transfer.moved != transfer.size:
+                raise ProtocolError(
+                    f"{transfer.path}: {transfer.moved} bytes arrived, but the server announced"
+                    f" {transfer.size}", "size_mismatch")
+        if done.file_size != expected_size:
+            raise ProtocolError(
+                f"{transfer.path}: the server reports {done.file_size} bytes, this side counted"
+                f" {expected_size}", "size_mismatch")
+        if done.sha256 != expected_sha:
+            raise ProtocolError(
+                f"{transfer.path}: the SHA-256 of the bytes differs from the server's"
+                f" ({expected_sha} here, {done.sha256} there)", "checksum_mismatch")
+        return TransferFinished(done.changed, done.file_size, done.sha256, done.duration)
 
     def _verify_server(self, mac: str | None, identity: str) -> Authenticated:
         expected = self._expected_server_proof
@@ -425,6 +629,13 @@ class ClientCore:
         message = f"server: {error.message}"
         if error.code == "auth_failed":
             return AuthenticationError(message, error.code)
+        if not error.fatal and self._transfer is not None:
+            path = self._transfer.path
+            self._transfer = None
+            self.file_credit = 0
+            if path not in message:
+                message = f"server: {path}: {error.message}"
+            return TransferFailed(message, error.code, path)
         if not error.fatal:
             self._run = None
             return CommandNotStarted(message, error.code)
@@ -445,4 +656,10 @@ class ClientCore:
             got = self._counts["stdout"] + self._counts["stderr"]
             return (f"the server closed the connection after {got} bytes of output, while the"
                     " command was running: its outcome is unknown")
+        if self._transfer is not None:
+            transfer = self._transfer
+            moved = "sent" if transfer.kind == "put" else "received"
+            return (f"the server closed the connection during the {transfer.kind} of"
+                    f" {transfer.path}, after {transfer.moved} bytes {moved}: the transfer did"
+                    " not complete")
         return "the server closed the connection"

@@ -1,0 +1,283 @@
+"""The local half of `put` and `get`, for both drivers: the source's digest, its chunks, and the
+atomic write of what a get receives. The wire half is ``ClientCore``'s (start_put, start_get).
+
+Put. ``LocalSource.open`` hashes the file once (size, SHA-256, mode, mtime: the server can then
+skip a file it holds already), and ``read`` hands out exactly that many bytes afterwards: a file
+that shrank in between is an error here, one whose bytes changed is the server's
+checksum_mismatch.
+
+Get. ``AtomicWriter`` writes to a hidden temporary file beside the destination
+(``.NAME.rexec-tmp-XXXXXXXX``), and only ``commit`` (after the core checked the size and the
+SHA-256) fsyncs it, applies the mode and mtime, renames it over the destination and fsyncs the
+directory. Any failure, ``abort`` or an exception in its ``with`` block removes the temporary
+file and leaves the destination as it was. Modes follow cp: an existing destination keeps its
+own, a new one gets the remote file's less the umask; ``preserve`` gives the remote mode exactly
+and its mtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import posixpath
+import secrets
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from rexec.errors import InvalidRequest, LocalFileError
+from rexec.wire.frames import MAX_BODY_SIZE
+
+CHUNK = MAX_BODY_SIZE
+"""The most of a local file read or hashed at once: one file_data frame."""
+TEMP_MARK = ".rexec-tmp-"
+
+_CODES = {
+    errno.ENOENT: "not_found", errno.EACCES: "permission_denied", errno.EPERM: "permission_denied",
+    errno.EISDIR: "is_a_directory", errno.ENOTDIR: "not_a_directory", errno.ENOSPC: "no_space",
+    errno.EDQUOT: "no_space", errno.EFBIG: "too_large", errno.EROFS: "permission_denied",
+}
+
+
+def local_error(exc: OSError, path: str | Path) -> LocalFileError:
+    """An OSError on a local file as a LocalFileError naming the file, in the server's codes."""
+    code = _CODES.get(exc.errno or 0, "io_error")
+    return LocalFileError(f"{path}: {exc.strerror or exc}", code, str(path))
+
+
+def check_remote(path: str) -> str:
+    """``path`` if it can name a remote file: absolute (InvalidRequest otherwise)."""
+    if not path.startswith("/"):
+        raise InvalidRequest(f"the remote path must be absolute (start with /), not {path!r}",
+                             "path")
+    return path
+
+
+def put_destination(local: str | Path, remote: str) -> str:
+    """Where a put of ``local`` goes: ``remote``, or, as cp does, ``remote`` + the local file's
+    name when it ends in ``/``. Whether ``remote`` is a directory only the server knows."""
+    check_remote(remote)
+    return remote + Path(local).name if remote.endswith("/") else remote
+
+
+def get_destination(remote: str, local: str | Path) -> Path:
+    """Where a get of ``remote`` goes: ``local``, or, when that is a directory (or ends in
+    ``/``), the remote file's base name inside it."""
+    check_remote(remote)
+    target = Path(local)
+    if str(local).endswith("/") or target.is_dir():
+        name = posixpath.basename(remote.rstrip("/"))
+        if not name:
+            raise InvalidRequest(f"{remote!r} names no file to put in directory {local}",
+                                 "path")
+        return target / name
+    return target
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """A local file as a put declares it."""
+
+    size: int
+    sha256: str
+    mode: int  # permission bits
+    mtime_ns: int
+
+
+ProgressCallback = Callable[[int, int], object]
+"""``on_progress(done, total)``: bytes of the file sent or received so far, of its size."""
+
+
+def put_attributes(digest: Digest, *, mode: int | None,
+                   preserve: bool) -> tuple[int | None, int | None]:
+    """The (mode, mtime_ns) a put asks for: ``mode`` if given, the local file's with
+    ``preserve`` (and its mtime), else neither (the server's rule: keep or 0644)."""
+    if mode is None and preserve:
+        mode = digest.mode
+    return mode, digest.mtime_ns if preserve else None
+
+
+class LocalSource:
+    """A put's source: opened and hashed once, then read again chunk by chunk, exactly ``size``
+    bytes (``with LocalSource.open(path) as source: ...``)."""
+
+    def __init__(self, path: Path, fd: int, digest: Digest) -> None:
+        self.path = path
+        self.digest = digest
+        self._fd = fd
+        self._left = digest.size
+
+    @classmethod
+    def open(cls, path: str | Path) -> LocalSource:
+        """Open and hash a regular file (LocalFileError if it cannot be read)."""
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise local_error(exc, path) from None
+        try:
+            return cls(path, fd, _digest(fd, path))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def remaining(self) -> int:
+        """Bytes still to read."""
+        return self._left
+
+    def read(self, size: int) -> bytes:
+        """The next ``size`` bytes at most (never past the digest's size); LocalFileError if
+        the file ended early (it shrank since it was hashed)."""
+        size = min(size, self._left, CHUNK)
+        if size <= 0:
+            return b""
+        try:
+            data = os.read(self._fd, size)
+        except OSError as exc:
+            raise local_error(exc, self.path) from None
+        if not data:
+            raise LocalFileError(f"{self.path}: the file shrank while it was being sent"
+                                 f" ({self._left} bytes missing)", "changed_while_reading",
+                                 str(self.path))
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        """Close the file (again: no-op)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _digest(fd: int, path: Path) -> Digest:
+    """Hash an open file from its start, then rewind it; it must be a regular file."""
+    try:
+        before = os.fstat(fd)
+        if stat.S_ISDIR(before.st_mode):
+            raise LocalFileError(f"{path}: is a directory (-r is not supported yet)",
+                                 "is_a_directory", str(path))
+        if not stat.S_ISREG(before.st_mode):
+            raise LocalFileError(f"{path}: not a regular file", "not_a_regular_file", str(path))
+        digest = hashlib.sha256()
+        size = 0
+        while chunk := os.read(fd, CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError as exc:
+        raise local_error(exc, path) from None
+    if size != before.st_size:
+        raise LocalFileError(f"{path}: the file changed while it was being hashed",
+                             "changed_while_reading", str(path))
+    return Digest(size, digest.hexdigest(), stat.S_IMODE(before.st_mode), before.st_mtime_ns)
+
+
+class AtomicWriter:
+    """A get's destination: a temporary file beside it until ``commit`` renames it over."""
+
+    def __init__(self, dest: Path, temp: Path, fd: int, keep_mode: int | None) -> None:
+        self.dest = dest
+        self.temp = temp
+        self.written = 0
+        self._fd = fd
+        self._keep_mode = keep_mode  # an existing destination's permission bits
+        self._finished = False
+
+    @classmethod
+    def create(cls, dest: str | Path, mode: int = 0o644) -> AtomicWriter:
+        """A temporary file in ``dest``'s directory, created with ``mode`` less the umask
+        (the bits a new destination ends with unless ``commit`` is told otherwise)."""
+        dest = Path(dest)
+        keep_mode = None
+        try:
+            existing = os.stat(dest)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise local_error(exc, dest) from None
+        else:
+            if stat.S_ISDIR(existing.st_mode):
+                raise LocalFileError(f"{dest}: is a directory", "is_a_directory", str(dest))
+            keep_mode = stat.S_IMODE(existing.st_mode)
+        short = os.fsdecode(os.fsencode(dest.name)[:200])
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        for _ in range(8):
+            temp = dest.with_name(f".{short}{TEMP_MARK}{secrets.token_hex(4)}")
+            try:
+                fd = os.open(temp, flags, mode & 0o777)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise local_error(exc, dest) from None
+            return cls(dest, temp, fd, keep_mode)
+        raise LocalFileError(f"{dest}: no free temporary name beside it", "exists", str(dest))
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data`` to the temporary file."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            raise local_error(exc, self.dest) from None
+        self.written += len(data)
+
+    def commit(self, *, mode: int | None = None, mtime_ns: int | None = None) -> None:
+        """Make the temporary file the destination: fsync, ``mode`` (else an existing
+        destination's, else as created), ``mtime_ns``, rename, fsync the directory."""
+        try:
+            final = mode if mode is not None else self._keep_mode
+            if final is not None:
+                os.fchmod(self._fd, final)
+            if mtime_ns is not None:
+                os.utime(self._fd, ns=(time.time_ns(), mtime_ns))
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.rename(self.temp, self.dest)
+            self._finished = True
+        except OSError as exc:
+            raise local_error(exc, self.dest) from None
+        finally:
+            if not self._finished:
+                self.abort()
+        with contextlib.suppress(OSError):  # the file is in place; some filesystems refuse this
+            _fsync_dir(self.dest.parent)
+
+    def abort(self) -> None:
+        """Remove the temporary file; the destination stays as it was (no-op after commit)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if not self._finished:
+            self._finished = True
+            with contextlib.suppress(OSError):  # gone already, or the directory was: nothing left
+                os.unlink(self.temp)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.abort()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
