@@ -6,7 +6,6 @@ with rich imported only when stdout is a terminal.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -122,12 +121,15 @@ class LineWriter:
         self.broken_pipe = False
         self._parts: list[tuple[int, bytes]] = []
         self._size = 0
-        self._scheduled: asyncio.AbstractEventLoop | None = None  # a flush is due on it
+        self._scheduled: Any = None  # the event loop a flush is due on
 
     def write(self, fd: int, data: bytes) -> None:
         """Queue whole lines for ``fd`` (1 or 2)."""
         if fd == 1 and self.broken_pipe:
             return
+        import asyncio  # here, not at the top: `rexec run --json` imports this module, and
+        # the one-host path never loads asyncio (fleet mode has it loaded already)
+
         self._parts.append((fd, data))
         self._size += len(data)
         try:

@@ -379,7 +379,10 @@ class Session:
             if self._serve_task is not None:
                 self._serve_task.cancel()
         finally:
-            self.transfer = None
+            # The client may have started the next transfer already: its transfer_done went
+            # out from the task before this wrapper woke.
+            if self.transfer is op:
+                self.transfer = None
             self.last_activity = time.monotonic()
         if self.state.shutting_down:
             self.end_for_shutdown()

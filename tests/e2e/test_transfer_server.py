@@ -273,3 +273,15 @@ def test_every_transfer_is_audited(srv: Any, tmp_path: Path) -> None:
     assert (put2["result"], put2["changed"]) == ("ok", False)
     assert (get["op"], get["result"]) == ("get", "not_found")
     assert time.time() >= 0  # records carry their own time; the order above is theirs
+
+
+def test_transfers_back_to_back_on_one_connection(srv: Any, tmp_path: Path) -> None:
+    # The next put follows each transfer_done at once: it must find the session ready for it
+    # (a transfer's end once cleared the session's record of the one started after it).
+    with raw(srv) as r:
+        for n in range(20):
+            data = bytes([n]) * (MAX_BODY_SIZE + n)
+            done = upload(r, tmp_path / f"f{n % 3}", data, force=True)
+            assert isinstance(done, TransferDone) and done.sha256 == sha(data), n
+            header, got, _ = download(r, tmp_path / f"f{n % 3}")
+            assert isinstance(header, TransferDone) and got == data, n
