@@ -44,7 +44,11 @@ Then, interleaving the contenders (A B C A B C ..., the order rotated each round
      alone), each client on a real PTY of bench/pty_client.py: keystroke echo latency of
      `rexec shell` and `ssh -tt` (beside floors: a protocol-free relay in C and in Python,
      bench/pty_relay.c and .py, and local bash), and `cat` of a 100 MB text file through
-     `rexec run -t` and `ssh -tt`, every byte counted.
+     `rexec run -t` and `ssh -tt`, every byte counted;
+  9. file transfer (`--only transfer`, or `make bench-transfer`): a 1 GiB file of random bytes
+     put and got by `rexec put`/`get` (plaintext and TLS) beside scp (default cipher and
+     aes128-gcm), sftp and asyncssh's SFTP (bench/transfer_client.py), and an unchanged re-put
+     beside hashing the file twice.
 Medians and p95 (nearest rank) over every sample; ratios are taken between medians of the
 same run. Every loop has a fixed count and every wait a deadline. Not part of the test suite.
 """
@@ -127,6 +131,8 @@ class Plan:
     pty_key_rounds: int = 10  # interleaved rounds the keystrokes are split into
     pty_size: int = 100_000_000  # bytes of the file `cat` shows on a PTY
     pty_cat_rounds: int = 3
+    transfer_size: int = GIB  # row 9: bytes of the file put and got
+    transfer_rounds: int = 3
 
 
 FULL = Plan("full", latency_rounds=20, latency_batch=25, fresh_rounds=20, size=GIB,
@@ -137,7 +143,7 @@ QUICK = Plan("quick", latency_rounds=6, latency_batch=15, fresh_rounds=6, size=2
              stream_rounds=3, idle_connections=1000, idle_rounds=1,
              sshd_idle_connections=200, fanout=(50, 500),
              fanout_rounds=2, clients=20, sequential=20, cps_rounds=3, fleet_rounds=2,
-             pty_cat_rounds=2)
+             pty_cat_rounds=2, transfer_size=256 * MIB, transfer_rounds=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,6 +488,8 @@ MaxSessions 200
 UseDNS no
 PrintMotd no
 PrintLastLog no
+# scp (SFTP underneath since OpenSSH 9.0), sftp and asyncssh's SFTP: Debian's default server
+Subsystem sftp {SFTP_SERVER if Path(SFTP_SERVER).exists() else "internal-sftp"}
 # bash (root's shell) reads ~/.bashrc for `ssh host cmd` unless SHLVL is already >= 1
 Match LocalPort {rig.ssh_port}
     SetEnv SHLVL=1
@@ -1813,6 +1821,201 @@ PTY_END = "<!-- pty row: end -->"
 
 
 # ---------------------------------------------------------------------------------------------
+# row 9: file transfer
+
+TRANSFER_CLIENT = Path(__file__).resolve().parent / "transfer_client.py"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+TRANSFER_START = "<!-- transfer row: start (bench/suite.py --only transfer rewrites this part) -->"
+TRANSFER_END = "<!-- transfer row: end -->"
+
+
+@dataclass
+class TransferRow:
+    up: list[Series]
+    down: list[Series]
+    same: list[Series]
+    size: int
+
+
+def transfer_source(rig: Rig, size: int) -> Path:
+    """A file of ``size`` random bytes (nothing compresses or dedups it), made once."""
+    path = rig.tmp / f"xfer-{size}.bin"
+    if not path.exists():
+        with path.open("wb") as f:
+            left = size
+            while left:
+                f.write(os.urandom(min(left, 16 * MIB)))
+                left -= min(left, 16 * MIB)
+        path.chmod(0o644)
+    return path
+
+
+def transfer_contenders(rig: Rig, src: Path, dst: Path, direction: str
+                        ) -> list[tuple[str, str, list[str]]]:
+    """(short, name, argv) for one direction: ``put`` copies src to dst over the connection,
+    ``get`` copies src back into dst (the "remote" and local sides share this machine)."""
+    cli = [str(BIN / "rexec"), direction, "-q", "--token-file", str(rig.tmp / "home" / "token")]
+    force = ["--no-skip"] if direction == "put" else []
+    cfg = str(rig.ssh_config)
+    remote_first = direction == "get"
+    scp_from, scp_to = (f"bench:{src}", str(dst)) if remote_first else (str(src), f"bench:{dst}")
+    batch = rig.tmp / f"xfer-{direction}.batch"
+    batch.write_text(f"{direction} {src} {dst}\n")
+    verb = "rexec get" if remote_first else "rexec put"
+    return [
+        (f"{verb}", f"`{verb}{' --no-skip' if force else ''} ADDR ...` (plaintext)",
+         [*cli, *force, rig.plain_addr, str(src), str(dst)]),
+        (f"{verb} TLS", f"`{verb}{' --no-skip' if force else ''} --tls-ca CA ADDR ...` (TLS)",
+         [*cli, *force, "--tls-ca", str(rig.ca_pem), rig.tls_addr, str(src), str(dst)]),
+        ("scp", f"`scp` (default cipher, {rig.facts.get('ssh cipher', '?')})",
+         ["scp", "-F", cfg, "-q", scp_from, scp_to]),
+        ("scp aes128-gcm", "`scp -c aes128-gcm@openssh.com`",
+         ["scp", "-F", cfg, "-q", "-c", "aes128-gcm@openssh.com", scp_from, scp_to]),
+        ("sftp", f"`sftp -b BATCH host` ({direction} FILE DEST)",
+         ["sftp", "-F", cfg, "-q", "-b", str(batch), "bench"]),
+        ("asyncssh SFTP", f"asyncssh `SFTPClient.{direction}` (bench/transfer_client.py, its"
+         " defaults)", [sys.executable, str(TRANSFER_CLIENT), direction, "127.0.0.1",
+                        str(rig.ssh_port), "root", str(rig.ssh_key), str(rig.known_hosts),
+                        str(src), str(dst)]),
+    ]
+
+
+def transfer_batches(rig: Rig, rows: list[tuple[str, str, list[str]]], dst: Path, size: int
+                     ) -> list[tuple[Series, Batch]]:
+    contenders: list[tuple[Series, Batch]] = []
+    for short, name, argv in rows:
+        series = Series(name, short)
+
+        def batch(k: int, argv: list[str] = argv) -> list[float]:
+            times = []
+            for _ in range(k):
+                settle(rig)
+                with contextlib.suppress(FileNotFoundError):
+                    dst.unlink()  # every contender writes a new file (no rexec skip either)
+                # what the previous contender left dirty (scp does not fsync) is written out
+                # now, not during the next one's run
+                os.sync()
+                elapsed, _, _ = timed_process(argv, rig.env)
+                got = dst.stat().st_size
+                if got != size:
+                    raise RuntimeError(f"{dst} has {got} bytes, not {size}")
+                times.append(elapsed)
+            return times
+
+        contenders.append((series, batch))
+    return contenders
+
+
+def transfer_row(rig: Rig, plan: Plan) -> TransferRow:
+    size = plan.transfer_size
+    say(f"[9] file transfer: {size:,} random bytes up and down; an unchanged re-put")
+    src = transfer_source(rig, size)
+    folder = rig.tmp / "xfer"
+    folder.mkdir(exist_ok=True)
+    up = transfer_batches(rig, transfer_contenders(rig, src, folder / "up.bin", "put"),
+                          folder / "up.bin", size)
+    down = transfer_batches(rig, transfer_contenders(rig, src, folder / "down.bin", "get"),
+                            folder / "down.bin", size)
+    say(f"    up and down: {plan.transfer_rounds} rounds")
+    measure_rounds(up + down, plan.transfer_rounds, 1)
+    same_dst = folder / "same.bin"
+    shutil.copyfile(src, same_dst)
+    token = str(rig.tmp / "home" / "token")
+    same_rows = [
+        ("rexec put, unchanged", "`rexec put ADDR FILE DEST`, DEST already the same (plaintext)",
+         [str(BIN / "rexec"), "put", "-q", "--token-file", token, rig.plain_addr, str(src),
+          str(same_dst)]),
+        ("rexec put TLS, unchanged", "the same over TLS",
+         [str(BIN / "rexec"), "put", "-q", "--token-file", token, "--tls-ca", str(rig.ca_pem),
+          rig.tls_addr, str(src), str(same_dst)]),
+        ("hash twice", "floor: `openssl dgst -sha256 FILE` twice, one after the other (once"
+         " per side; OpenSSL's SHA-256, which rexec uses through Python's hashlib)",
+         ["sh", "-c", f"openssl dgst -sha256 {src} >/dev/null"
+                      f" && openssl dgst -sha256 {src} >/dev/null"]),
+    ]
+    same: list[tuple[Series, Batch]] = []
+    for short, name, argv in same_rows:
+        series = Series(name, short)
+
+        def batch(k: int, argv: list[str] = argv) -> list[float]:
+            times = []
+            for _ in range(k):
+                settle(rig)
+                before = same_dst.stat().st_mtime_ns
+                times.append(timed_process(argv, rig.env)[0])
+                if same_dst.stat().st_mtime_ns != before:
+                    raise RuntimeError("the unchanged file was written again")
+            return times
+
+        same.append((series, batch))
+    say(f"    unchanged re-put: {plan.transfer_rounds} rounds")
+    measure_rounds(same, plan.transfer_rounds, 1)
+    return TransferRow([s for s, _ in up], [s for s, _ in down], [s for s, _ in same], size)
+
+
+def transfer_section(row: TransferRow, plan: Plan, w: Callable[[str], None],
+                     target: Callable[..., None], targets: list[tuple[str, str, str]]) -> None:
+    """Table 9 and its targets (repeated in the section, which `--only transfer` rewrites)."""
+    mb = row.size / 1e6
+    w(TRANSFER_START)
+    w("## 9. File transfer")
+    w("")
+    w(f"One file of {row.size:,} random bytes copied over loopback by a cold client process"
+      " (start-up, connection and handshake included), up (the server writes it) and down (the"
+      f" client writes it), {plan.transfer_rounds} interleaved rounds after a warm-up; the"
+      " destination is removed before every run and its size checked after. rexec's server"
+      " and client fsync the file before renaming it into place (that is their atomicity"
+      " guarantee); scp and sftp write in place without fsync; `sync` runs before every run,"
+      " so no contender pays for the dirty pages of the one before it. The source stays in the page"
+      " cache after the first read. sshd is the rig's private one; asyncssh and the OpenSSH"
+      " clients check its host key.")
+    w("")
+    for title, series in (("Up (put)", row.up), ("Down (get)", row.down)):
+        gcm = find_label(series, "scp aes128-gcm").median
+        w(f"**{title}**")
+        w("")
+        w("| client | median s | p95 s | n | MB/s | vs scp aes128-gcm |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for s in series:
+            w(f"| {s.name} | {fnum(s.median, 3)} | {fnum(s.p95, 3)} | {len(s.values)} |"
+              f" {fnum(ratio(mb, s.median), 0)} | {fx(ratio(s.median, gcm))} |")
+        w("")
+    floor = find_label(row.same, "hash twice").median
+    w("**An unchanged re-put** (the client hashes the file, the server hashes its copy, nothing"
+      " is sent), beside hashing the file twice:")
+    w("")
+    w("| contender | median s | p95 s | n | vs hashing twice |")
+    w("| --- | ---: | ---: | ---: | ---: |")
+    for s in row.same:
+        w(f"| {s.name} | {fnum(s.median, 3)} | {fnum(s.p95, 3)} | {len(s.values)} |"
+          f" {fx(ratio(s.median, floor))} |")
+    w("")
+    for line in errors_note(row.up + row.down + row.same):
+        w(line)
+    w("")
+    for direction, series, verb in (("up", row.up, "put"), ("down", row.down, "get")):
+        tls = find_label(series, f"rexec {verb} TLS").median
+        gcm = find_label(series, "scp aes128-gcm").median
+        sftp = find_label(series, "asyncssh SFTP").median
+        target(f"files {direction}: `rexec {verb}` TLS at least as fast as scp aes128-gcm",
+               ratio(gcm, tls), 1.0, f"{fx(ratio(gcm, tls))} ({fnum(ratio(mb, tls), 0)} vs"
+               f" {fnum(ratio(mb, gcm), 0)} MB/s)", lower=False)
+        target(f"files {direction}: `rexec {verb}` TLS at least 2x asyncssh SFTP",
+               ratio(sftp, tls), 2.0, f"{fx(ratio(sftp, tls))} ({fnum(tls, 3)} s vs"
+               f" {fnum(sftp, 3)} s)", lower=False)
+    same = find_label(row.same, "rexec put, unchanged").median
+    target("files: an unchanged re-put costs no more than hashing the file once on each side",
+           ratio(same, floor), 1.0, f"{fx(ratio(same, floor))} ({fnum(same, 3)} s vs"
+           f" {fnum(floor, 3)} s)")
+    w("| target | measured | verdict |")
+    w("| --- | --- | --- |")
+    for name, text, verdict in targets[-5:]:
+        w(f"| {name} | {text} | {verdict} |")
+    w("")
+    w(TRANSFER_END)
+
+
+# ---------------------------------------------------------------------------------------------
 # the report
 
 
@@ -1829,6 +2032,7 @@ class Results:
     fleet: list[Series] = field(default_factory=list)
     fleet_how: str = ""
     pty: PtyRow | None = None
+    transfer: TransferRow | None = None
 
 
 def find(series: list[Series], prefix: str) -> Series:
@@ -2340,6 +2544,9 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
     if res.pty:
         pty_section(res.pty, plan, w, target, targets)
         w("")
+    if res.transfer:
+        transfer_section(res.transfer, plan, w, target, targets)
+        w("")
 
     w("## The issue's targets (ratios from this run)")
     w("")
@@ -2401,10 +2608,10 @@ def main() -> int:  # noqa: PLR0912, PLR0915
                         help="a short run (2-3 minutes): fewer rounds, smaller streams")
     parser.add_argument("--size", type=int, default=None,
                         help="bytes streamed in row 3 (default 1 GiB, 256 MiB with --quick)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8",
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9",
                         help="rows to run, e.g. 1,3; 7 or fleet: the fleet fan-out, 8 or pty:"
-                             " the PTY session (either or both alone rewrite only their own"
-                             " sections of --output)")
+                             " the PTY session, 9 or transfer: file transfer (these alone"
+                             " rewrite only their own sections of --output)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="where the table goes ('-' for nowhere)")
     args = parser.parse_args()
@@ -2413,11 +2620,11 @@ def main() -> int:  # noqa: PLR0912, PLR0915
         if args.size <= 0:
             parser.error("--size must be positive")
         plan = dataclasses.replace(plan, size=args.size)
-    names = {"fleet": 7, "pty": 8}
+    names = {"fleet": 7, "pty": 8, "transfer": 9}
     try:
         rows = {names.get(x.strip()) or int(x) for x in args.only.split(",") if x.strip()}
     except ValueError:
-        parser.error(f"--only: row numbers 1-8, fleet or pty, not {args.only!r}")
+        parser.error(f"--only: row numbers 1-9, fleet, pty or transfer, not {args.only!r}")
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
     def on_term(signum: int, frame: object) -> None:
@@ -2469,6 +2676,8 @@ def main() -> int:  # noqa: PLR0912, PLR0915
                              f" {os.getloadavg()[0]:.1f} at the row's end")
         if 8 in rows:
             res.pty = pty_row(rig, plan)
+        if 9 in rows:
+            res.transfer = transfer_row(rig, plan)
         info["load"] = (f"{load_start[0]:.2f} before the run, {os.getloadavg()[0]:.2f} at its"
                         " end (1-minute load average of the whole machine, the suite's own"
                         " processes included)")
@@ -2479,7 +2688,8 @@ def main() -> int:  # noqa: PLR0912, PLR0915
     say(text)
     if str(args.output) != "-":
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        sections = {7: (FLEET_START, FLEET_END), 8: (PTY_START, PTY_END)}
+        sections = {7: (FLEET_START, FLEET_END), 8: (PTY_START, PTY_END),
+                    9: (TRANSFER_START, TRANSFER_END)}
         if rows <= sections.keys() and args.output.exists():  # the other tables stay
             existing = args.output.read_text()
             for row in sorted(rows):

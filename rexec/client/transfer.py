@@ -33,6 +33,7 @@ from typing import Self
 
 from rexec.errors import InvalidRequest, LocalFileError
 from rexec.wire.frames import MAX_BODY_SIZE
+from rexec.writeback import Writeback
 
 CHUNK = MAX_BODY_SIZE
 """The most of a local file read or hashed at once: one file_data frame."""
@@ -193,6 +194,7 @@ class AtomicWriter:
         self.temp = temp
         self.written = 0
         self._fd = fd
+        self._writeback = Writeback(fd)  # the commit's fsync then finds little left
         self._keep_mode = keep_mode  # an existing destination's permission bits
         self._finished = False
 
@@ -234,6 +236,7 @@ class AtomicWriter:
         except OSError as exc:
             raise local_error(exc, self.dest) from None
         self.written += len(data)
+        self._writeback.wrote(len(data))
 
     def commit(self, *, mode: int | None = None, mtime_ns: int | None = None) -> None:
         """Make the temporary file the destination: fsync, ``mode`` (else an existing

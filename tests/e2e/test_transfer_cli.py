@@ -1,8 +1,7 @@
 """The real ``rexec put`` and ``rexec get`` against a real server on an ephemeral loopback port.
 
 The server and the client run on this machine as the same user, so a "remote" path is a path
-under the test's tmp_path, checked directly. These need a server that speaks protocol version 3
-(file transfer); until it lands they fail with "upgrade rexec-server".
+under the test's tmp_path, checked directly.
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from tests.helpers import run_cli
 
 
 def rexec(server, token_file, verb, *args, **kwargs):
-    # A server that negotiates version 3 but does not yet handle put and get never answers:
-    # fail in a minute, not in run_cli's two.
     kwargs.setdefault("timeout", 60.0)
     return run_cli(verb, "--token-file", str(token_file), *args, **kwargs)
 
@@ -161,3 +158,86 @@ def test_put_into_a_missing_directory_exits_255_and_leaves_nothing(server, clien
     assert proc.returncode == 255
     assert proc.stderr.startswith(b"rexec: ") and proc.stderr.count(b"\n") == 1
     assert list(remote.iterdir()) == []
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cli_peak_rss_kib(*args: str) -> tuple[int, int]:
+    """Run the CLI; its exit status and its peak RSS (KiB), VmHWM sampled every 10 ms.
+
+    Not wait4's ru_maxrss: a child of this large process is charged the parent's RSS at fork.
+    """
+    import contextlib
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "client.py"), *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):  # it just ended
+            peak = max(peak, _peak_rss_kib(proc.pid))
+        time.sleep(0.01)
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait(), peak
+
+
+def test_200_mb_up_and_down_with_memory_flat_on_both_sides(server, client_token_file, dirs):
+    local, remote = dirs
+    src = local / "big.bin"
+    digest = hashlib.sha256()
+    with src.open("wb") as f:
+        for i in range(200):
+            block = hashlib.sha256(b"%d" % i).digest() * 32768  # 1 MiB, not all the same
+            f.write(block)
+            digest.update(block)
+    server_before = _peak_rss_kib(server.proc.pid)
+    up = document(put(server, client_token_file, str(src), str(remote / "big.bin")))
+    assert up["sha256"] == digest.hexdigest() and up["bytes"] == 200 * 1024 * 1024
+    down = document(get(server, client_token_file, str(remote / "big.bin"),
+                        str(local / "back.bin")))
+    assert down["sha256"] == digest.hexdigest()
+    assert (local / "back.bin").stat().st_size == 200 * 1024 * 1024
+    # the server holds at most one upload window (8 MiB) and a read buffer per transfer
+    assert _peak_rss_kib(server.proc.pid) - server_before < 40 * 1024
+    # the CLI's own peak, a put and a get of the same 200 MB again: far below the file's size
+    token = ["--token-file", str(client_token_file)]
+    for argv in (["put", "--no-skip", *token, server.address, str(src), str(remote / "big.bin")],
+                 ["get", *token, server.address, str(remote / "big.bin"),
+                  str(local / "again.bin")]):
+        status, peak = _cli_peak_rss_kib(*argv)
+        assert status == 0 and peak < 80 * 1024, (argv[0], peak)
+    assert (local / "again.bin").stat().st_size == 200 * 1024 * 1024
+
+
+def test_a_full_disk_is_named_and_leaves_the_old_file(server, client_token_file, tmp_path):
+    import subprocess
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (disk / "app.conf").write_bytes(b"old\n")
+        src = tmp_path / "too-big"
+        src.write_bytes(os.urandom(2 * 1024 * 1024))
+        proc = rexec(server, client_token_file, "put", server.address, str(src),
+                     str(disk / "app.conf"))
+        assert proc.returncode == 255
+        assert b"no space" in proc.stderr and b"app.conf" in proc.stderr
+        assert (disk / "app.conf").read_bytes() == b"old\n"
+        assert sorted(p.name for p in disk.iterdir()) == ["app.conf"]  # no temporary left
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
