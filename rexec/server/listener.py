@@ -100,7 +100,7 @@ class Server:
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
-            if session.running is None and not session.spawning:
+            if session.running is None and not session.spawning and session.transfer is None:
                 session.end_for_shutdown()  # idle or still in the handshake: nothing to wait for
         await self._wait_for_sessions(grace, hurry)
         for session in list(self.sessions):

@@ -138,7 +138,8 @@ class Session:
         assert idle is not None
         while True:
             await asyncio.sleep(max(0.05, self.last_activity + idle - time.monotonic()))
-            if self.running is None and time.monotonic() - self.last_activity >= idle:
+            busy = self.running is not None or self.transfer is not None
+            if not busy and time.monotonic() - self.last_activity >= idle:
                 self.log(logging.INFO, "idle_timeout", seconds=idle)
                 self.ended("idle_timeout", f"no command for {idle:g} s")
                 await self.send_fatal("idle_timeout", f"no command for {idle:g} s: closing")

@@ -285,3 +285,33 @@ def test_transfers_back_to_back_on_one_connection(srv: Any, tmp_path: Path) -> N
             assert isinstance(done, TransferDone) and done.sha256 == sha(data), n
             header, got, _ = download(r, tmp_path / f"f{n % 3}")
             assert isinstance(header, TransferDone) and got == data, n
+
+
+def test_a_slow_download_is_not_an_idle_connection(tmp_path: Path) -> None:
+    # idle_timeout counts time without frames *and without work*: a get that the client reads
+    # slowly sends it no frame for seconds, and must not be cut off
+    config = tmp_path / "server.toml"
+    config.write_text("[server]\nidle_timeout = 1\n")
+    server = start_server(tmp_path, "--config", str(config))
+    try:
+        source = tmp_path / "big"
+        data = os.urandom(32 * MAX_BODY_SIZE)
+        source.write_bytes(data)
+        with raw(server) as r:
+            r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            r.send(Get(path=str(source)))
+            header, _ = r.recv()
+            assert isinstance(header, FileInfo)
+            got = bytearray()
+            started = time.monotonic()
+            while True:
+                header, body = r.recv()
+                if not isinstance(header, FileData):
+                    break
+                got += body
+                if time.monotonic() - started < 2.5:
+                    time.sleep(0.15)  # a slow reader: the whole get takes over 2 s
+            assert isinstance(header, TransferDone), header
+            assert bytes(got) == data and time.monotonic() - started > 2
+    finally:
+        assert server.stop() == 0, server.log()
