@@ -315,3 +315,32 @@ def test_a_slow_download_is_not_an_idle_connection(tmp_path: Path) -> None:
             assert bytes(got) == data and time.monotonic() - started > 2
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_a_shutdown_lets_an_upload_under_way_finish(tmp_path: Path) -> None:
+    import signal
+
+    config = tmp_path / "server.toml"
+    config.write_text("[server]\nshutdown_grace = 20\n")
+    server = start_server(tmp_path, "--config", str(config))
+    try:
+        data = os.urandom(4 * MAX_BODY_SIZE)
+        target = tmp_path / "release"
+        with raw(server) as r:
+            r.send(Put(path=str(target), file_size=len(data), sha256=sha(data)))
+            assert isinstance(r.recv()[0], PutReady)
+            r.send(FileData(size=MAX_BODY_SIZE), data[:MAX_BODY_SIZE])
+            server.proc.send_signal(signal.SIGTERM)  # with a quarter of the file sent
+            time.sleep(0.5)
+            for start in range(MAX_BODY_SIZE, len(data), MAX_BODY_SIZE):
+                r.send(FileData(size=MAX_BODY_SIZE), data[start:start + MAX_BODY_SIZE])
+            frames = []
+            with contextlib.suppress(ConnectionError):
+                while not (frames and isinstance(frames[-1], Error)):
+                    frames.append(r.recv()[0])
+            done = [f for f in frames if isinstance(f, TransferDone)]
+            assert len(done) == 1 and done[0].changed, frames
+            assert isinstance(frames[-1], Error) and frames[-1].code == "shutting_down"
+        assert target.read_bytes() == data
+    finally:
+        server.stop()
