@@ -54,8 +54,8 @@ class FileLink(Protocol):
     async def drain(self) -> None:
         """Wait until the queued frames are written (backpressure)."""
 
-    def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> None:
-        """The transfer's log line and audit record."""
+    def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> bool:
+        """The transfer's log line and audit record; False if the audit log failed."""
 
 
 def roots_for(identity: Identity) -> FileRoots | TransferError:
@@ -125,6 +125,12 @@ class FileOp:
         op = "put" if isinstance(self.header, Put) else "get"
         fields: dict[str, Any] = {}
         try:
+            # audited before anything is touched, as a command's start is: without an audit
+            # log that works, nothing is transferred
+            if not self.link.transfer_report(op, self.header.path, "started"):
+                raise TransferError("audit_unavailable", "refused: the server cannot write its"
+                                    " audit log; no file is transferred until it can",
+                                    self.header.path)
             roots = roots_for(self.identity)
             if isinstance(roots, TransferError):
                 raise roots

@@ -388,13 +388,14 @@ class Session:
         if self.state.shutting_down:
             self.end_for_shutdown()
 
-    def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> None:
-        """A put or get's log line and audit record (``result``: ok, or the error's code)."""
+    def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> bool:
+        """A put or get's log line and audit record (``result``: started, ok, or the error's
+        code); False if the audit log could not be written."""
         assert self.identity is not None
         record = {"peer": self.peer, "identity": self.identity.name, "op": op, "path": path,
                   "result": result, **fields}
         log_event(logging.INFO, "transfer", **record)
-        self.state.audit.record("transfer", **record)
+        return self.state.audit.record("transfer", **record)
 
     def _released(self) -> None:
         """The running command let its child go (its exit frame follows): none runs now."""

@@ -266,8 +266,9 @@ def test_every_transfer_is_audited(srv: Any, tmp_path: Path) -> None:
         return [rec for rec in map(json.loads, audit.read_text().splitlines())
                 if rec.get("event") == "transfer" and str(tmp_path) in rec.get("path", "")]
 
-    assert wait_until(lambda: len(mine()) == 3, 10)
-    put1, put2, get = mine()
+    assert wait_until(lambda: len(mine()) == 6, 10)
+    assert [r["result"] for r in mine()[::2]] == ["started"] * 3  # each before it acts
+    put1, put2, get = mine()[1::2]
     assert (put1["op"], put1["result"], put1["changed"], put1["bytes"]) == ("put", "ok", True, 3)
     assert put1["sha256"] == sha(b"abc") and put1["identity"] == "default"
     assert (put2["result"], put2["changed"]) == ("ok", False)
@@ -344,3 +345,29 @@ def test_a_shutdown_lets_an_upload_under_way_finish(tmp_path: Path) -> None:
         assert target.read_bytes() == data
     finally:
         server.stop()
+
+
+def test_no_transfer_without_a_working_audit_log(tmp_path: Path) -> None:
+    import resource
+
+    audit = tmp_path / "audit.jsonl"
+    # larger than the server's own log will grow, so the size limit below fails only the audit
+    audit.write_text('{"event": "padding"}\n' * 50_000)
+    audit.chmod(0o600)
+    server = start_server(tmp_path, "--audit-log", str(audit))
+    try:
+        target = tmp_path / "unaudited"
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (audit.stat().st_size, hard))
+        with raw(server) as r:
+            refused = upload(r, target, b"ten bytes!")
+            assert isinstance(refused, Error) and not refused.fatal
+            assert refused.code == "audit_unavailable"
+            assert not target.exists()
+            header, _, _ = download(r, audit)
+            assert isinstance(header, Error) and header.code == "audit_unavailable"
+            resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+            assert isinstance(upload(r, target, b"ten bytes!"), TransferDone)  # recovered
+        assert target.read_bytes() == b"ten bytes!"
+    finally:
+        assert server.stop() == 0, server.log()

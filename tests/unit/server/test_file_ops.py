@@ -38,8 +38,9 @@ class Link:
     async def drain(self) -> None:
         pass
 
-    def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> None:
+    def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> bool:
         self.reports.append((op, path, result))
+        return True
 
 
 def test_the_client_may_not_send_more_than_the_window_without_credit(tmp_path: Path) -> None:
@@ -59,7 +60,7 @@ def test_the_client_may_not_send_more_than_the_window_without_credit(tmp_path: P
             await op.task
         assert isinstance(link.sent[0], PutReady)
         assert isinstance(link.sent[-1], Error) and link.sent[-1].code == "cancelled"
-        assert link.reports == [("put", str(target), "cancelled")]
+        assert link.reports == [("put", str(target), "started"), ("put", str(target), "cancelled")]
         assert list(tmp_path.iterdir()) == []  # the temporary file went with the cancel
 
     asyncio.run(main())
