@@ -32,7 +32,7 @@ from rexec.errors import (
     RexecError,
     TransferFailed,
 )
-from rexec.result import Result, TransferResult
+from rexec.result import EntryError, Result, TransferResult, TreeResult
 
 if TYPE_CHECKING:
     from rexec.client.aio import Client, CommandStream
@@ -54,6 +54,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectionLost",
+    "EntryError",
     "Group",
     "GroupResult",
     "HostOutcome",
@@ -71,6 +72,7 @@ __all__ = [
     "Target",
     "TransferFailed",
     "TransferResult",
+    "TreeResult",
     "__version__",
     "run",
     "run_group",

@@ -81,3 +81,43 @@ class TransferResult:
     sha256: str
     changed: bool
     duration: float
+
+
+@dataclass(frozen=True)
+class EntryError:
+    """One entry of a directory transfer that was not transferred: its path relative to the
+    tree, the error's code (as TransferFailed's: refused, bad_path, permission_denied...) and
+    the message."""
+
+    path: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TreeResult:
+    """A directory put or got (``put_tree`` / ``get_tree``, the CLI's ``-r``).
+
+    ``files``, ``directories`` and ``links`` count the entries transferred, ``bytes`` the files'
+    sizes, ``changed`` the entries written (for a put: files whose content or mode differed,
+    directories and links made or altered). ``errors`` lists the entries that could not be
+    transferred, each for its own reason (the rest went on), and ``skipped`` the local entries
+    that are not files, directories or links (sockets, FIFOs, devices). ``ok`` is True when
+    nothing failed.
+    """
+
+    local: str
+    remote: str
+    files: int
+    directories: int
+    links: int
+    bytes: int
+    changed: int
+    duration: float
+    errors: tuple[EntryError, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether every entry was transferred."""
+        return not self.errors

@@ -1,8 +1,9 @@
-"""``rexec put TARGET LOCAL REMOTE`` and ``rexec get TARGET REMOTE LOCAL``: one file, atomically.
+"""``rexec put TARGET LOCAL REMOTE`` and ``rexec get TARGET REMOTE LOCAL``: a file atomically,
+or a directory (``-r``) entry by entry.
 
 One host for now, through the blocking client (the fast start of ``rexec run``'s one-host
-path, asyncio never imported); a pattern or ``-r`` is refused with exit 2, saying it is not
-supported yet. The --json document and the progress line are written here rather than in
+path, asyncio never imported); a pattern is refused with exit 2, saying it is not supported
+yet. The --json document and the progress line are written here rather than in
 ``cli/output.py``, which imports asyncio at module level.
 """
 
@@ -56,11 +57,16 @@ EXITS = """Exit status:
 PUT_HELP = f"""Copy the local file LOCAL to REMOTE on TARGET, atomically.
 
 TARGET is HOST:PORT, [IPV6]:PORT, HOST (port 7878) or one inventory host. REMOTE is an
-absolute path; ending in / it is a directory, and the file keeps its local name there (as cp).
+absolute path; ending in / or naming a directory, the file keeps its local name there (as cp).
 The server writes a temporary file beside REMOTE and renames it over REMOTE only once the size
 and SHA-256 match. When REMOTE holds the same content (and mode) already, nothing is sent and
 --json says "changed": false; --no-skip sends it anyway. A new REMOTE gets mode 0644, an
 existing one keeps its mode, unless --mode or -p.
+
+With -r, LOCAL is a directory and REMOTE the directory it becomes (made, or merged into; ending
+in /, LOCAL's name inside it). Entries keep their modes, links are copied as links (one leading
+out of the tree is refused), unchanged files are skipped; a failed entry is reported and the
+rest go on (exit 255).
 
 {EXITS}"""
 
@@ -72,6 +78,10 @@ to a temporary file beside LOCAL, renamed over it only once their size and SHA-2
 server's. An existing LOCAL keeps its mode, a new one gets REMOTE's less the umask; -p gives it
 REMOTE's mode and mtime exactly.
 
+With -r, REMOTE is a directory and LOCAL the directory it becomes (made, or merged into; ending
+in /, REMOTE's name inside it). Every name the server lists is checked first, and nothing is
+written through a symbolic link; a failed entry is reported and the rest go on (exit 255).
+
 {EXITS}"""
 
 Target = Annotated[str, typer.Argument(
@@ -82,7 +92,8 @@ Preserve = Annotated[bool, typer.Option(
 JsonOutput = Annotated[bool, typer.Option(
     "--json", help="Print one JSON object: target, local, remote, bytes, sha256, changed,"
                    " duration (and error).")]
-Recursive = Annotated[bool, typer.Option("--recursive", "-r", hidden=True)]
+Recursive = Annotated[bool, typer.Option(
+    "--recursive", "-r", help="Copy a directory and everything beneath it (links as links).")]
 Verbose = Annotated[int, typer.Option(
     "--verbose", "-v", count=True, show_default=False,
     help="Say where the token came from, the address and what was done, on stderr.")]
@@ -124,20 +135,29 @@ def put_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         tls_tofu=tls_tofu, identity=identity)
     job = _Job("put", address, local=str(local), remote=remote, json_output=json_output,
                notes=Notes(verbose, quiet))
-    job.check(recursive)
     bits = _mode(mode)
+    if recursive:
+        if bits is not None:
+            job.failed("--mode applies to one file: with -r every entry keeps its own mode",
+                       EXIT_USAGE)
+        from rexec.client.transfer import put_tree_destination
+
+        job.remote = job.checked(lambda: put_tree_destination(local, remote))
+        raise typer.Exit(job.run(
+            inventory, config, connection, lambda client, progress: client.put_tree(
+                local, remote, preserve=preserve, force=no_skip, on_progress=progress)))
     from rexec.client.transfer import put_destination
 
     job.remote = job.checked(lambda: put_destination(local, remote))
     raise typer.Exit(job.run(inventory, config, connection, lambda client, progress: client.put(
-        local, job.remote, mode=bits, preserve=preserve, force=no_skip, on_progress=progress)))
+        local, remote, mode=bits, preserve=preserve, force=no_skip, on_progress=progress)))
 
 
 def get_command(  # noqa: PLR0917 - typer maps parameters to arguments and options
     address: Target,
     remote: Annotated[str, typer.Argument(metavar="REMOTE", show_default=False,
                                           help="Absolute path of the remote file.")],
-    local: Annotated[Path, typer.Argument(
+    local: Annotated[str, typer.Argument(  # str: a Path would drop a trailing /
         metavar="LOCAL", show_default=False,
         help="Where to write it; a directory: the file keeps its remote name there.")],
     preserve: Preserve = False,
@@ -163,7 +183,13 @@ def get_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         tls_tofu=tls_tofu, identity=identity)
     job = _Job("get", address, local=str(local), remote=remote, json_output=json_output,
                notes=Notes(verbose, quiet))
-    job.check(recursive)
+    if recursive:
+        from rexec.client.transfer import get_tree_destination
+
+        job.local = str(job.checked(lambda: get_tree_destination(remote, local)))
+        raise typer.Exit(job.run(
+            inventory, config, connection, lambda client, progress: client.get_tree(
+                remote, local, preserve=preserve, on_progress=progress)))
     from rexec.client.transfer import get_destination
 
     job.local = str(job.checked(lambda: get_destination(remote, local)))
@@ -195,10 +221,6 @@ class _Job:
         self.remote = remote
         self.json_output = json_output
         self.notes = notes
-
-    def check(self, recursive: bool) -> None:
-        if recursive:
-            self.failed("-r is not supported yet: one file at a time", EXIT_USAGE)
 
     def checked(self, compute: Any) -> Any:
         """``compute()``, or exit 2 when the paths are bad (InvalidRequest)."""
@@ -256,6 +278,10 @@ class _Job:
         return self.succeeded(result)
 
     def succeeded(self, result: Any) -> int:
+        from rexec.result import TreeResult
+
+        if isinstance(result, TreeResult):
+            return self._tree_done(result)
         what = "changed" if result.changed else "unchanged: the same file was there already"
         self.notes.detail(f"{self.kind} {result.local} {'->' if self.kind == 'put' else '<-'}"
                           f" {self.target}:{result.remote}: {result.bytes} bytes, sha256"
@@ -264,6 +290,32 @@ class _Job:
             self._print_json(local=result.local, remote=result.remote, bytes=result.bytes,
                              sha256=result.sha256, changed=result.changed,
                              duration=result.duration, error=None)
+        return 0
+
+    def _tree_done(self, result: Any) -> int:
+        """A directory transfer's account: one line per failed entry, 255 if any failed."""
+        arrow = "->" if self.kind == "put" else "<-"
+        self.notes.detail(f"{self.kind} -r {result.local} {arrow} {self.target}:{result.remote}:"
+                          f" {result.files} files ({result.bytes} bytes), {result.directories}"
+                          f" directories, {result.links} links, {result.changed} changed,"
+                          f" {len(result.errors)} failed, {result.duration:.3f} s")
+        for path in result.skipped:
+            self.notes.say(f"{os.path.join(result.local, path)}: skipped, not a file, directory"
+                            " or link")
+        if self.json_output:
+            self._print_json(
+                local=result.local, remote=result.remote, files=result.files,
+                directories=result.directories, links=result.links, bytes=result.bytes,
+                changed=result.changed, duration=result.duration, skipped=list(result.skipped),
+                errors=[{"path": e.path, "code": e.code, "message": e.message}
+                        for e in result.errors],
+                error=None if result.ok else f"{len(result.errors)} entries failed")
+        for error in result.errors:
+            sys.stderr.write(f"rexec: {error.message}\n")
+        if not result.ok:
+            sys.stderr.write(f"rexec: {len(result.errors)} of the entries failed; the others"
+                             f" were {'put' if self.kind == 'put' else 'got'}\n")
+            return 255
         return 0
 
     def failed(self, message: str, status: int, error: BaseException | None = None) -> NoReturn:

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from rexec.client import tree as tree_plans
 from rexec.client.connect import describe_connect_error, no_handshake_error, tls_failure
 from rexec.client.core import (
     CANCEL_WAIT,
@@ -28,6 +29,7 @@ from rexec.client.core import (
     Finished,
     Output,
     TransferFinished,
+    TreeEntry,
     UploadReady,
 )
 from rexec.client.options import ConnectOptions, OptionsClient
@@ -35,14 +37,23 @@ from rexec.client.transfer import (
     CHUNK,
     AtomicWriter,
     LocalSource,
+    LocalTree,
     ProgressCallback,
     get_destination,
+    get_tree_destination,
     put_attributes,
     put_destination,
+    put_tree_destination,
 )
 from rexec.client.trust import check_server, tls_context
-from rexec.errors import CommandFailed, LocalFileError, RexecError, map_socket_errors
-from rexec.result import Result, TransferResult
+from rexec.errors import (
+    CommandFailed,
+    LocalFileError,
+    RexecError,
+    TransferFailed,
+    map_socket_errors,
+)
+from rexec.result import EntryError, Result, TransferResult, TreeResult
 from rexec.sockets import READ_SIZE, STREAM_LIMIT, tune
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
@@ -219,17 +230,31 @@ class Client(OptionsClient):
             destination = put_destination(local, remote)
             source = await asyncio.to_thread(LocalSource.open, local)
             with source:
-                digest = source.digest
-                wanted_mode, mtime_ns = put_attributes(digest, mode=mode, preserve=preserve)
-                core.start_put(destination, file_size=digest.size, sha256=digest.sha256,
-                               mode=wanted_mode, mtime_ns=mtime_ns, force=force)
-                self._flush(core)
-                event = await self._transfer_event()
-                if isinstance(event, UploadReady):
-                    event = await self._upload(core, source, on_progress)
-        assert isinstance(event, TransferFinished)
+                wanted_mode, mtime_ns = put_attributes(source.digest, mode=mode,
+                                                       preserve=preserve)
+                event = await self._put_source(
+                    core, source, destination, mode=wanted_mode, mtime_ns=mtime_ns,
+                    force=force, on_progress=on_progress,
+                    name=None if remote.endswith("/") else source.path.name)
+        assert event.sha256 is not None  # the core checked the server's against its own
         return TransferResult(str(local), destination, event.file_size, event.sha256,
                               event.changed, time.monotonic() - started)
+
+    async def _put_source(self, core: ClientCore, source: LocalSource, path: str, *,
+                          mode: int | None, mtime_ns: int | None, force: bool,
+                          on_progress: ProgressCallback | None, base: str | None = None,
+                          name: str | None = None) -> TransferFinished:
+        """Put an open source as ``path`` (or the entry ``path`` of ``base``; into the
+        directory ``path`` as ``name``, when it is one)."""
+        digest = source.digest
+        core.start_put(path, file_size=digest.size, sha256=digest.sha256, mode=mode,
+                       mtime_ns=mtime_ns, force=force, base=base, name=name)
+        self._flush(core)
+        event = await self._transfer_event()
+        if isinstance(event, UploadReady):
+            event = await self._upload(core, source, on_progress)
+        assert isinstance(event, TransferFinished)
+        return event
 
     async def get(self, remote: str, local: str | Path, *, preserve: bool = False,
                   on_progress: ProgressCallback | None = None) -> TransferResult:
@@ -245,21 +270,126 @@ class Client(OptionsClient):
             core = self._connected()
             started = time.monotonic()
             destination = get_destination(remote, local)
-            core.start_get(remote)
-            self._flush(core)
-            info = await self._transfer_event()
-            assert isinstance(info, DownloadStarted)
-            try:
-                writer = AtomicWriter.create(destination, info.mode)
-            except LocalFileError:
-                await self._abandon(core)
-                raise
-            with writer:
-                done = await self._download(core, writer, info.file_size, on_progress)
-                await asyncio.to_thread(writer.commit, mode=info.mode if preserve else None,
-                                        mtime_ns=info.mtime_ns if preserve else None)
+            done = await self._get_file(core, remote, destination, preserve=preserve,
+                                        on_progress=on_progress)
+        assert done.sha256 is not None  # the core checked the server's against its own
         return TransferResult(str(destination), remote, done.file_size, done.sha256, True,
                               time.monotonic() - started)
+
+    async def _get_file(self, core: ClientCore, remote: str, destination: Path, *,
+                        preserve: bool, on_progress: ProgressCallback | None,
+                        base: str | None = None) -> TransferFinished:
+        core.start_get(remote, base=base)
+        self._flush(core)
+        info = await self._transfer_event()
+        assert isinstance(info, DownloadStarted)
+        try:
+            writer = AtomicWriter.create(destination, info.mode)
+        except LocalFileError:
+            await self._abandon(core)
+            raise
+        with writer:
+            done = await self._download(core, writer, info.file_size, on_progress)
+            await asyncio.to_thread(writer.commit, mode=info.mode if preserve else None,
+                                    mtime_ns=info.mtime_ns if preserve else None)
+        return done
+
+    async def put_tree(self, local: str | Path, remote: str, *, preserve: bool = False,
+                       force: bool = False,
+                       on_progress: ProgressCallback | None = None) -> TreeResult:
+        """Copy the local directory ``local`` to the remote directory ``remote`` (``-r``).
+
+        ``remote`` (absolute) is made with its parents, or merged into when it exists; ending
+        in ``/`` it gets the local directory's name appended. Every entry keeps its permission
+        bits, links are sent as links (never followed; one leading out of the tree is refused),
+        files the server holds already are not sent again (unless ``force``), and ``preserve``
+        sets the mtimes too. An entry that fails is listed in the result's ``errors`` and the
+        rest go on; what ends the connection raises. ``on_progress(done, total)`` counts the
+        files' bytes.
+        """
+        async with self._lock:
+            core = self._connected()
+            root = put_tree_destination(local, remote)
+            tree = await asyncio.to_thread(LocalTree.read, local)
+            plan = tree_plans.put_tree(tree, root, preserve=preserve, force=force)
+            return await self._carry_out(core, plan, tree.size, on_progress)
+
+    async def get_tree(self, remote: str, local: str | Path, *, preserve: bool = False,
+                       on_progress: ProgressCallback | None = None) -> TreeResult:
+        """Copy the remote directory ``remote`` to the local directory ``local`` (``-r``).
+
+        ``local`` is made with its parents, or merged into; ending in ``/`` it gets the remote
+        directory's name appended. Every name the server lists is checked before anything is
+        written (relative, no '..', links staying inside) and nothing is written through a
+        symbolic link; each file is written atomically as ``get`` does. An entry that fails is
+        listed in the result's ``errors`` and the rest go on.
+        """
+        async with self._lock:
+            core = self._connected()
+            destination = get_tree_destination(remote, local)
+            plan = tree_plans.get_tree(remote, destination, preserve=preserve)
+            return await self._carry_out(core, plan, None, on_progress)
+
+    async def _carry_out(self, core: ClientCore, plan: tree_plans.Plan, total: int | None,
+                         on_progress: ProgressCallback | None) -> TreeResult:
+        """Run a directory transfer's plan on the connection, step by step."""
+        moved = 0
+
+        def progress(done: int, size: int) -> None:
+            if on_progress is not None and total is not None:
+                on_progress(moved + done, total)
+
+        try:
+            step = next(plan)
+            while True:
+                outcome = await self._step(core, step, progress)
+                if isinstance(outcome, tree_plans.Listing):
+                    total = sum(e.file_size for e in outcome.entries if e.kind == "file")
+                if isinstance(outcome, tree_plans.Done):
+                    moved += outcome.bytes
+                step = plan.send(outcome)
+        except StopIteration as stop:
+            result: TreeResult = stop.value
+            return result
+
+    async def _step(self, core: ClientCore, step: tree_plans.Step,
+                    progress: ProgressCallback) -> tree_plans.Outcome:
+        """One step of a plan; a refusal of it (non-fatal) is its EntryError."""
+        try:
+            if isinstance(step, tree_plans.SendFile):
+                source = await asyncio.to_thread(LocalSource.open, step.local, follow=False)
+                with source:
+                    done = await self._put_source(core, source, step.path, mode=step.mode,
+                                                  mtime_ns=step.mtime_ns, force=step.force,
+                                                  on_progress=progress, base=step.base)
+                return tree_plans.Done(done.changed, done.file_size)
+            if isinstance(step, tree_plans.FetchFile):
+                done = await self._get_file(core, step.path, step.local, base=step.base,
+                                            preserve=step.preserve, on_progress=progress)
+                return tree_plans.Done(True, done.file_size)
+            if isinstance(step, tree_plans.ListTree):
+                core.start_list(step.path)
+                self._flush(core)
+                entries = []
+                while not isinstance(event := await self._transfer_event(), TransferFinished):
+                    assert isinstance(event, TreeEntry)
+                    entries.append(event)
+                return tree_plans.Listing(tuple(entries))
+            if isinstance(step, tree_plans.MakeDir):
+                core.start_put_dir(step.path, base=step.base, mode=step.mode,
+                                   mtime_ns=step.mtime_ns)
+            else:
+                core.start_put_link(step.path, base=step.base, target=step.target)
+            self._flush(core)
+            event = await self._transfer_event()
+            assert isinstance(event, TransferFinished)
+            return tree_plans.Done(event.changed)
+        except TransferFailed as exc:
+            if isinstance(step, tree_plans.ListTree):
+                raise  # nothing to get: the whole transfer failed
+            return EntryError(tree_plans.entry_of(step), exc.code, str(exc))
+        except LocalFileError as exc:
+            return EntryError(tree_plans.entry_of(step), exc.code, str(exc))
 
     def _connected(self) -> ClientCore:
         if self._core is None or self._writer is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import IO, Any
 
+from rexec.client import tree as tree_plans
 from rexec.client.connect import describe_connect_error, no_handshake_error, tls_failure
 from rexec.client.core import (
     CANCEL_WAIT,
@@ -31,6 +32,7 @@ from rexec.client.core import (
     Finished,
     Output,
     TransferFinished,
+    TreeEntry,
     UploadReady,
 )
 from rexec.client.escape import EscapeFilter, escape_help
@@ -39,10 +41,13 @@ from rexec.client.transfer import (
     CHUNK,
     AtomicWriter,
     LocalSource,
+    LocalTree,
     ProgressCallback,
     get_destination,
+    get_tree_destination,
     put_attributes,
     put_destination,
+    put_tree_destination,
 )
 from rexec.errors import (
     CommandFailed,
@@ -50,8 +55,9 @@ from rexec.errors import (
     ConnectionLost,
     LocalFileError,
     RexecError,
+    TransferFailed,
 )
-from rexec.result import Result, TransferResult
+from rexec.result import EntryError, Result, TransferResult, TreeResult
 from rexec.sockets import READ_SIZE, tune
 from rexec.wire.frames import Terminal
 
@@ -293,27 +299,37 @@ class BlockingClient(OptionsClient):
     def put(self, local: str | Path, remote: str, *, mode: int | None = None,
             preserve: bool = False, force: bool = False,
             on_progress: ProgressCallback | None = None) -> TransferResult:
-        """Copy local file ``local`` to ``remote`` (absolute; ending in ``/``: the local name
-        inside it), atomically: see ``rexec.Client.put``."""
+        """Copy local file ``local`` to ``remote`` (absolute; ending in ``/`` or naming a
+        directory: the local name inside it), atomically: see ``rexec.Client.put``."""
         core = self._connected()
         started = time.monotonic()
         destination = put_destination(local, remote)
         self._cancel_requested = False  # before the hashing: a cancel meanwhile is kept
         with LocalSource.open(local) as source:
-            digest = source.digest
-            wanted_mode, mtime_ns = put_attributes(digest, mode=mode, preserve=preserve)
-            core.start_put(destination, file_size=digest.size, sha256=digest.sha256,
-                           mode=wanted_mode, mtime_ns=mtime_ns, force=force)
-            event = self._drive()
-            if isinstance(event, UploadReady):
-                try:
-                    event = self._drive(source=_UploadSource(source, on_progress))
-                except LocalFileError:
-                    self._abandon(core)
-                    raise
-        assert isinstance(event, TransferFinished)
+            wanted_mode, mtime_ns = put_attributes(source.digest, mode=mode, preserve=preserve)
+            event = self._put_source(core, source, destination, mode=wanted_mode,
+                                     mtime_ns=mtime_ns, force=force, on_progress=on_progress,
+                                     name=None if remote.endswith("/") else source.path.name)
+        assert event.sha256 is not None  # the core checked the server's against its own
         return TransferResult(str(local), destination, event.file_size, event.sha256,
                               event.changed, time.monotonic() - started)
+
+    def _put_source(self, core: ClientCore, source: LocalSource, path: str, *,
+                    mode: int | None, mtime_ns: int | None, force: bool,
+                    on_progress: ProgressCallback | None, base: str | None = None,
+                    name: str | None = None) -> TransferFinished:
+        digest = source.digest
+        core.start_put(path, file_size=digest.size, sha256=digest.sha256, mode=mode,
+                       mtime_ns=mtime_ns, force=force, base=base, name=name)
+        event = self._drive()
+        if isinstance(event, UploadReady):
+            try:
+                event = self._drive(source=_UploadSource(source, on_progress))
+            except LocalFileError:
+                self._abandon(core)
+                raise
+        assert isinstance(event, TransferFinished)
+        return event
 
     def get(self, remote: str, local: str | Path, *, preserve: bool = False,
             on_progress: ProgressCallback | None = None) -> TransferResult:
@@ -323,7 +339,16 @@ class BlockingClient(OptionsClient):
         started = time.monotonic()
         destination = get_destination(remote, local)
         self._cancel_requested = False
-        core.start_get(remote)
+        done = self._get_file(core, remote, destination, preserve=preserve,
+                              on_progress=on_progress)
+        assert done.sha256 is not None  # the core checked the server's against its own
+        return TransferResult(str(destination), remote, done.file_size, done.sha256, True,
+                              time.monotonic() - started)
+
+    def _get_file(self, core: ClientCore, remote: str, destination: Path, *, preserve: bool,
+                  on_progress: ProgressCallback | None,
+                  base: str | None = None) -> TransferFinished:
+        core.start_get(remote, base=base)
         info = self._drive()
         assert isinstance(info, DownloadStarted)
         try:
@@ -345,8 +370,87 @@ class BlockingClient(OptionsClient):
             assert isinstance(done, TransferFinished)
             writer.commit(mode=info.mode if preserve else None,
                           mtime_ns=info.mtime_ns if preserve else None)
-        return TransferResult(str(destination), remote, done.file_size, done.sha256, True,
-                              time.monotonic() - started)
+        return done
+
+    def put_tree(self, local: str | Path, remote: str, *, preserve: bool = False,
+                 force: bool = False, on_progress: ProgressCallback | None = None) -> TreeResult:
+        """Copy the local directory ``local`` to the remote directory ``remote``: see
+        ``rexec.Client.put_tree``."""
+        core = self._connected()
+        root = put_tree_destination(local, remote)
+        self._cancel_requested = False
+        tree = LocalTree.read(local)
+        plan = tree_plans.put_tree(tree, root, preserve=preserve, force=force)
+        return self._carry_out(core, plan, tree.size, on_progress)
+
+    def get_tree(self, remote: str, local: str | Path, *, preserve: bool = False,
+                 on_progress: ProgressCallback | None = None) -> TreeResult:
+        """Copy the remote directory ``remote`` to the local directory ``local``: see
+        ``rexec.Client.get_tree``."""
+        core = self._connected()
+        destination = get_tree_destination(remote, local)
+        self._cancel_requested = False
+        plan = tree_plans.get_tree(remote, destination, preserve=preserve)
+        return self._carry_out(core, plan, None, on_progress)
+
+    def _carry_out(self, core: ClientCore, plan: tree_plans.Plan, total: int | None,
+                   on_progress: ProgressCallback | None) -> TreeResult:
+        moved = 0
+
+        def progress(done: int, size: int) -> None:
+            if on_progress is not None and total is not None:
+                on_progress(moved + done, total)
+
+        try:
+            step = next(plan)
+            while True:
+                if self._cancel_requested:
+                    raise TransferFailed("the directory transfer was cancelled", "cancelled",
+                                         tree_plans.entry_of(step))
+                outcome = self._step(core, step, progress)
+                if isinstance(outcome, tree_plans.Listing):
+                    total = sum(e.file_size for e in outcome.entries if e.kind == "file")
+                if isinstance(outcome, tree_plans.Done):
+                    moved += outcome.bytes
+                step = plan.send(outcome)
+        except StopIteration as stop:
+            result: TreeResult = stop.value
+            return result
+
+    def _step(self, core: ClientCore, step: tree_plans.Step,
+              progress: ProgressCallback) -> tree_plans.Outcome:
+        try:
+            if isinstance(step, tree_plans.SendFile):
+                with LocalSource.open(step.local, follow=False) as source:
+                    done = self._put_source(core, source, step.path, mode=step.mode,
+                                            mtime_ns=step.mtime_ns, force=step.force,
+                                            on_progress=progress, base=step.base)
+                return tree_plans.Done(done.changed, done.file_size)
+            if isinstance(step, tree_plans.FetchFile):
+                done = self._get_file(core, step.path, step.local, base=step.base,
+                                      preserve=step.preserve, on_progress=progress)
+                return tree_plans.Done(True, done.file_size)
+            if isinstance(step, tree_plans.ListTree):
+                core.start_list(step.path)
+                entries = []
+                while not isinstance(event := self._drive(), TransferFinished):
+                    assert isinstance(event, TreeEntry)
+                    entries.append(event)
+                return tree_plans.Listing(tuple(entries))
+            if isinstance(step, tree_plans.MakeDir):
+                core.start_put_dir(step.path, base=step.base, mode=step.mode,
+                                   mtime_ns=step.mtime_ns)
+            else:
+                core.start_put_link(step.path, base=step.base, target=step.target)
+            event = self._drive()
+            assert isinstance(event, TransferFinished)
+            return tree_plans.Done(event.changed)
+        except TransferFailed as exc:
+            if isinstance(step, tree_plans.ListTree) or exc.code == "cancelled":
+                raise
+            return EntryError(tree_plans.entry_of(step), exc.code, str(exc))
+        except LocalFileError as exc:
+            return EntryError(tree_plans.entry_of(step), exc.code, str(exc))
 
     def _connected(self) -> ClientCore:
         if self._core is None:

@@ -51,6 +51,7 @@ from rexec.wire.frames import (
     PROTOCOL_VERSIONS,
     PTY_VERSION,
     STDIN_WINDOW,
+    TREE_VERSION,
     Auth,
     Cancel,
     Challenge,
@@ -58,10 +59,13 @@ from rexec.wire.frames import (
     Exit,
     FileData,
     FileInfo,
+    FileList,
     Get,
     Header,
     Hello,
     Put,
+    PutDir,
+    PutLink,
     Resize,
     Run,
     Shell,
@@ -132,23 +136,39 @@ class FileChunk:
 
 @dataclass(frozen=True, slots=True)
 class TransferFinished:
-    """The put or get succeeded: the server's ``transfer_done``, checked by the core."""
+    """The put or get succeeded: the server's ``transfer_done``, checked by the core. For a
+    directory step (put_dir, put_link) ``sha256`` is None, and for a listing too (its
+    ``file_size`` is the sum of the files' sizes)."""
 
     changed: bool
     file_size: int
-    sha256: str
+    sha256: str | None
     duration: float
 
 
+@dataclass(frozen=True, slots=True)
+class TreeEntry:
+    """One entry of a remote directory being listed (``file_entry``), as the server named it:
+    ``path`` is relative to the directory and not yet checked (the caller must, before it
+    touches its disk). ``kind`` is "dir", "file" or "link"."""
+
+    kind: str
+    path: str
+    mode: int
+    file_size: int
+    mtime_ns: int
+    target: str | None
+
+
 Event: TypeAlias = (Authenticated | Output | Finished | UploadReady | DownloadStarted | FileChunk
-                    | TransferFinished)
+                    | TransferFinished | TreeEntry)
 
 
 @dataclass(slots=True)
 class _Transfer:
     """The put or get in progress, as the core counts it."""
 
-    kind: Literal["put", "get"]
+    kind: Literal["put", "get", "put_dir", "put_link", "file_list"]
     path: str
     size: int = 0  # a put's declared size; a get's, once file_info said it
     sha256: str = ""  # a put's declared digest
@@ -156,6 +176,10 @@ class _Transfer:
     digest: Any = field(default_factory=hashlib.sha256)  # a get's bytes, as they arrive
     started: bool = False  # put_ready or file_info arrived
     cancelled: bool = False  # a cancel was sent
+
+
+def _joined(path: str, base: str | None) -> str:
+    return path if base is None else f"{base.rstrip('/')}/{path}"
 
 
 STDIN_HINT = "send a long script on stdin instead (rexec run HOST -- sh -s < script.sh)"
@@ -371,33 +395,88 @@ class ClientCore:
                 f" ({self.server_agent or 'an older server'}): upgrade rexec-server",
                 "unsupported_version")
 
+    def _check_tree(self, what: str) -> None:
+        self._check_transfer(what)
+        if self.version < TREE_VERSION:
+            server = f"the server at {self.address}" if self.address else "the server"
+            raise ProtocolError(
+                f"{server} speaks protocol version {self.version}, without directory transfers"
+                f" ({self.server_agent or 'an older server'}): upgrade rexec-server",
+                "unsupported_version")
+
     def start_put(self, path: str, *, file_size: int, sha256: str, mode: int | None = None,
-                  mtime_ns: int | None = None, force: bool = False) -> None:
+                  mtime_ns: int | None = None, force: bool = False, base: str | None = None,
+                  name: str | None = None) -> None:
         """Queue a ``put``: ``file_size`` bytes whose SHA-256 is ``sha256`` for remote ``path``.
 
+        ``base`` (version 4): ``path`` is an entry relative to the remote directory ``base``.
+        ``name`` (version 4): if ``path`` is a directory, the file goes in it under ``name``.
         The server answers with UploadReady (then ``send_file_data``, exactly ``file_size``
         bytes in all), TransferFinished (nothing to send), or TransferFailed.
         """
-        self._check_transfer("put")
+        if base is not None:
+            self._check_tree("put")
+        else:
+            self._check_transfer("put")
+        if self.version < TREE_VERSION:
+            name = None  # an earlier server cannot put a file into a directory it names
         try:
-            put = Put(path=path, file_size=file_size, sha256=sha256, mode=mode,
-                      mtime_ns=mtime_ns, force=force)
+            put = Put(path=path, base=base, name=name, file_size=file_size, sha256=sha256,
+                      mode=mode, mtime_ns=mtime_ns, force=force)
         except ValidationError as exc:
             raise _invalid(exc, {"path": path, "mode": mode}) from None
         self._send(put)
-        self._transfer = _Transfer("put", path, file_size, sha256)
+        self._transfer = _Transfer("put", _joined(path, base), file_size, sha256)
         self.file_credit = 0
 
-    def start_get(self, path: str) -> None:
-        """Queue a ``get`` of remote ``path``: DownloadStarted, FileChunks and TransferFinished
-        follow (or TransferFailed)."""
-        self._check_transfer("get")
+    def start_get(self, path: str, *, base: str | None = None) -> None:
+        """Queue a ``get`` of remote ``path`` (an entry of the directory ``base``, when given):
+        DownloadStarted, FileChunks and TransferFinished follow (or TransferFailed)."""
+        if base is not None:
+            self._check_tree("get")
+        else:
+            self._check_transfer("get")
         try:
-            get = Get(path=path)
+            get = Get(path=path, base=base)
         except ValidationError as exc:
             raise _invalid(exc, {"path": path}) from None
         self._send(get)
-        self._transfer = _Transfer("get", path)
+        self._transfer = _Transfer("get", _joined(path, base))
+
+    def start_put_dir(self, path: str, *, base: str | None = None, mode: int | None = None,
+                      mtime_ns: int | None = None) -> None:
+        """Queue a ``put_dir`` (version 4): make the remote directory ``path`` (with its
+        parents, when no ``base``), or the entry ``path`` of ``base``. TransferFinished or
+        TransferFailed follows."""
+        self._check_tree("put_dir")
+        try:
+            frame = PutDir(path=path, base=base, mode=mode, mtime_ns=mtime_ns)
+        except ValidationError as exc:
+            raise _invalid(exc, {"path": path, "mode": mode}) from None
+        self._send(frame)
+        self._transfer = _Transfer("put_dir", _joined(path, base))
+
+    def start_put_link(self, path: str, *, base: str, target: str) -> None:
+        """Queue a ``put_link`` (version 4): the entry ``path`` of ``base`` becomes a symbolic
+        link to ``target``. TransferFinished or TransferFailed follows."""
+        self._check_tree("put_link")
+        try:
+            frame = PutLink(path=path, base=base, target=target)
+        except ValidationError as exc:
+            raise _invalid(exc, {"path": path}) from None
+        self._send(frame)
+        self._transfer = _Transfer("put_link", _joined(path, base))
+
+    def start_list(self, path: str) -> None:
+        """Queue a ``file_list`` (version 4) of the remote directory ``path``: a TreeEntry for
+        each entry beneath it, then TransferFinished (or TransferFailed)."""
+        self._check_tree("list")
+        try:
+            frame = FileList(path=path)
+        except ValidationError as exc:
+            raise _invalid(exc, {"path": path}) from None
+        self._send(frame)
+        self._transfer = _Transfer("file_list", path)
 
     @property
     def transferring(self) -> bool:
@@ -528,6 +607,10 @@ class ClientCore:
             return FileChunk(body)
         elif header.type == "transfer_done":
             return self._transfer_done(transfer, header)
+        elif header.type == "file_entry":
+            transfer.moved += header.file_size if header.kind == "file" else 0
+            return TreeEntry(header.kind, header.path, header.mode, header.file_size,
+                             header.mtime_ns, header.target)
         return None
 
     def _file_info(self, transfer: _Transfer, info: FileInfo) -> DownloadStarted:
@@ -539,6 +622,12 @@ class ClientCore:
         """Check the server's account of the transfer against what this side counted."""
         self._transfer = None
         self.file_credit = 0
+        if transfer.kind in ("put_dir", "put_link", "file_list"):
+            if transfer.kind == "file_list" and done.file_size != transfer.moved:
+                raise ProtocolError(
+                    f"{transfer.path}: the server reports {done.file_size} bytes of files, its"
+                    f" entries add up to {transfer.moved}", "size_mismatch")
+            return TransferFinished(done.changed, done.file_size, None, done.duration)
         if transfer.kind == "put":
             expected_size, expected_sha = transfer.size, transfer.sha256
             sent_all = transfer.moved == transfer.size or not transfer.started

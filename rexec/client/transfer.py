@@ -25,13 +25,15 @@ import posixpath
 import secrets
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from rexec.errors import InvalidRequest, LocalFileError
+from rexec.result import EntryError
+from rexec.wire import paths
 from rexec.wire.frames import MAX_BODY_SIZE
 from rexec.writeback import Writeback
 
@@ -115,11 +117,13 @@ class LocalSource:
         self._left = digest.size
 
     @classmethod
-    def open(cls, path: str | Path) -> LocalSource:
-        """Open and hash a regular file (LocalFileError if it cannot be read)."""
+    def open(cls, path: str | Path, *, follow: bool = True) -> LocalSource:
+        """Open and hash a regular file (LocalFileError if it cannot be read); ``follow``
+        False refuses a symbolic link in its place (an entry of a tree)."""
         path = Path(path)
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(path, flags)
         except OSError as exc:
             raise local_error(exc, path) from None
         try:
@@ -168,7 +172,7 @@ def _digest(fd: int, path: Path) -> Digest:
     try:
         before = os.fstat(fd)
         if stat.S_ISDIR(before.st_mode):
-            raise LocalFileError(f"{path}: is a directory (-r is not supported yet)",
+            raise LocalFileError(f"{path}: is a directory (use -r to put a directory)",
                                  "is_a_directory", str(path))
         if not stat.S_ISREG(before.st_mode):
             raise LocalFileError(f"{path}: not a regular file", "not_a_regular_file", str(path))
@@ -284,3 +288,220 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- directory transfers ----------------------------------------------------------------------
+
+
+def tree_name(path: str) -> str:
+    """The last component of a directory's path ('' for '/')."""
+    return posixpath.basename(path.rstrip("/"))
+
+
+def put_tree_destination(local: str | Path, remote: str) -> str:
+    """Where ``put -r`` of the directory ``local`` goes: ``remote`` itself, made or merged
+    into, or ``remote/NAME`` when it ends in ``/``. The rule does not depend on what is there,
+    so that running the same put twice writes the same place."""
+    check_remote(remote)
+    if not remote.endswith("/"):
+        return remote
+    name = tree_name(os.path.abspath(local))
+    if not name:
+        raise InvalidRequest(f"{local!r} has no name to give the directory in {remote}", "path")
+    return remote + name
+
+
+def get_tree_destination(remote: str, local: str | Path) -> Path:
+    """Where ``get -r`` of the remote directory ``remote`` goes: ``local``, or ``local/NAME``
+    when it ends in ``/`` (the same rule as put_tree_destination)."""
+    check_remote(remote)
+    if not str(local).endswith("/"):
+        return Path(local)
+    name = tree_name(remote)
+    if not name:
+        raise InvalidRequest(f"{remote!r} has no name to give the directory in {local}", "path")
+    return Path(local) / name
+
+
+@dataclass(frozen=True, slots=True)
+class LocalEntry:
+    """An entry of a local directory being put: ``path`` relative to it, POSIX style."""
+
+    kind: str  # "dir", "file" or "link"
+    path: str
+    mode: int
+    size: int = 0
+    mtime_ns: int = 0
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalTree:
+    """A local directory read for ``put -r``: its entries, each directory before what it
+    holds, in name order; links as links, never followed. ``skipped`` names what cannot be
+    sent (sockets, FIFOs, devices); ``errors`` what could not be read."""
+
+    root: Path
+    mode: int
+    mtime_ns: int
+    entries: tuple[LocalEntry, ...]
+    skipped: tuple[str, ...]
+    errors: tuple[EntryError, ...]
+
+    @property
+    def size(self) -> int:
+        """The files' bytes."""
+        return sum(entry.size for entry in self.entries if entry.kind == "file")
+
+    @classmethod
+    def read(cls, root: str | Path) -> LocalTree:
+        """List ``root`` (a directory: LocalFileError otherwise)."""
+        root = Path(root)
+        try:
+            st = os.stat(root)
+        except OSError as exc:
+            raise local_error(exc, root) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise LocalFileError(f"{root}: not a directory (-r puts a directory)",
+                                 "not_a_directory", str(root))
+        entries: list[LocalEntry] = []
+        skipped: list[str] = []
+        errors: list[EntryError] = []
+        _walk_local(root, "", entries, skipped, errors)
+        return cls(root, stat.S_IMODE(st.st_mode), st.st_mtime_ns, tuple(entries),
+                   tuple(skipped), tuple(errors))
+
+
+def _walk_local(directory: Path, prefix: str, entries: list[LocalEntry], skipped: list[str],
+                errors: list[EntryError]) -> None:
+    try:
+        with os.scandir(directory) as it:
+            names = sorted(entry.name for entry in it)
+    except OSError as exc:
+        error = local_error(exc, directory)
+        errors.append(EntryError(prefix.rstrip("/") or ".", error.code, str(error)))
+        return
+    for name in names:
+        path, rel = directory / name, prefix + name
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(path)
+                entries.append(LocalEntry("link", rel, 0o777, mtime_ns=st.st_mtime_ns,
+                                          target=target))
+            elif stat.S_ISREG(st.st_mode):
+                entries.append(LocalEntry("file", rel, stat.S_IMODE(st.st_mode), st.st_size,
+                                          st.st_mtime_ns))
+            elif stat.S_ISDIR(st.st_mode):
+                entries.append(LocalEntry("dir", rel, stat.S_IMODE(st.st_mode),
+                                          mtime_ns=st.st_mtime_ns))
+                _walk_local(path, rel + "/", entries, skipped, errors)
+            else:
+                skipped.append(rel)
+        except FileNotFoundError:
+            continue  # removed since the directory was listed
+        except OSError as exc:
+            error = local_error(exc, path)
+            errors.append(EntryError(rel, error.code, str(error)))
+
+
+def check_entry(kind: str, path: str, target: str | None) -> EntryError | None:
+    """What is wrong with an entry a sender named (None: nothing): its path must be relative
+    and plain, a link's target must stay inside the tree."""
+    try:
+        paths.check_relative(path)
+        if kind == "link":
+            paths.check_link_target(path, target or "")
+    except paths.PathProblem as exc:
+        return EntryError(path, exc.code, str(exc))
+    return None
+
+
+class LocalDestination:
+    """A local directory receiving ``get -r``: entries are made beneath it, and never through
+    a symbolic link (one already there, or one the transfer made): an entry's directory must
+    be one this transfer made or found as a real directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._dirs: set[str] = {""}
+
+    def make_root(self, mode: int) -> None:
+        """Make the destination (with its parents) unless it is a directory already."""
+        try:
+            os.makedirs(self.root, mode & 0o777, exist_ok=True)
+        except OSError as exc:
+            raise local_error(exc, self.root) from None
+        if not self.root.is_dir():
+            raise LocalFileError(f"{self.root}: exists and is not a directory",
+                                 "not_a_directory", str(self.root))
+
+    def path(self, entry: str) -> Path:
+        """Where ``entry`` goes, once its directory is known to be a real one of the tree."""
+        parent = posixpath.dirname(entry)
+        if parent not in self._dirs:
+            raise LocalFileError(f"{self.root / entry}: its directory {parent!r} was not made"
+                                 " by this transfer as a directory (a link, or refused)",
+                                 "refused", str(self.root / entry))
+        return self.root / entry
+
+    def make_dir(self, entry: str, mode: int, *, preserve: bool) -> bool:
+        """Make the directory ``entry`` (the remote mode less the umask, or exactly with
+        ``preserve``); an existing one is kept. True if anything changed."""
+        path = self.path(entry)
+        changed = True
+        try:
+            os.mkdir(path, mode & 0o777)
+        except FileExistsError:
+            changed = False
+        except OSError as exc:
+            raise local_error(exc, path) from None
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise LocalFileError(f"{path}: exists and is not a directory",
+                                     "not_a_directory", str(path))
+            if preserve and stat.S_IMODE(st.st_mode) != mode:
+                os.chmod(path, mode)
+                changed = True
+        except OSError as exc:
+            raise local_error(exc, path) from None
+        self._dirs.add(entry)
+        return changed
+
+    def make_link(self, entry: str, target: str) -> bool:
+        """Make ``entry`` a link to ``target`` (replacing a file or link there, atomically);
+        True if anything changed."""
+        path = self.path(entry)
+        try:
+            if os.readlink(path) == target:
+                return False
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EINVAL):
+                raise local_error(exc, path) from None
+        if path.is_dir() and not path.is_symlink():
+            raise LocalFileError(f"{path}: is a directory, not replaced by a link",
+                                 "is_a_directory", str(path))
+        temp = path.with_name(f".{path.name[:200]}{TEMP_MARK}{secrets.token_hex(4)}")
+        try:
+            os.symlink(target, temp)
+            try:
+                os.rename(temp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+        except OSError as exc:
+            raise local_error(exc, path) from None
+        return True
+
+    def set_mtime(self, entry: str, mtime_ns: int) -> None:
+        """Set a directory's mtime (after what it holds was written)."""
+        path = self.root / entry if entry else self.root
+        with contextlib.suppress(OSError):
+            os.utime(path, ns=(time.time_ns(), mtime_ns), follow_symlinks=False)
+
+
+def parents_first(entries: list[str]) -> Iterator[str]:
+    """Directories in the order their mtimes are set: the deepest first."""
+    return iter(sorted(entries, key=lambda e: e.count("/"), reverse=True))

@@ -15,25 +15,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from rexec.errors import ConnectionLost, ProtocolError
 from rexec.server.identity import Identity
-from rexec.server.transfer import Download, FileRoots, TransferError, Upload, open_parent, unchanged
+from rexec.server.transfer import (
+    FileRoots,
+    TransferError,
+    Tree,
+    Upload,
+    entry_path,
+    open_source,
+    open_target,
+    put_directory,
+    put_link,
+    unchanged,
+)
 from rexec.wire.frames import (
     FILE_WINDOW,
     MAX_BODY_SIZE,
     Error,
     FileCredit,
     FileData,
+    FileEntry,
     FileInfo,
+    FileList,
     Get,
     Header,
     Put,
+    PutDir,
+    PutLink,
     PutReady,
     TransferDone,
 )
@@ -41,6 +57,8 @@ from rexec.wire.frames import (
 CREDIT_BATCH = 1024 * 1024  # credit an upload back in batches, not per frame
 READ_CHUNK = MAX_BODY_SIZE  # a download's frames: as large as a frame may be
 T = TypeVar("T")
+FileRequest = Put | Get | PutDir | PutLink | FileList
+"""The frames that start a transfer: one file, or one step of a directory transfer."""
 
 
 class FileLink(Protocol):
@@ -81,12 +99,14 @@ def roots_for(identity: Identity) -> FileRoots | TransferError:
 
 
 class FileOp:
-    """One put or get, from its first frame to its transfer_done or error frame."""
+    """One put, get, put_dir, put_link or file_list, from its first frame to its
+    transfer_done or error frame."""
 
-    def __init__(self, link: FileLink, identity: Identity, header: Put | Get) -> None:
+    def __init__(self, link: FileLink, identity: Identity, header: FileRequest) -> None:
         self.link = link
         self.identity = identity
         self.header = header
+        self.path = entry_path(header.path, getattr(header, "base", None))  # for messages
         self.started = time.monotonic()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rexec-file")
         self._queue: deque[bytes] = deque()
@@ -122,35 +142,48 @@ class FileOp:
         return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
 
     async def _run(self) -> None:
-        op = "put" if isinstance(self.header, Put) else "get"
+        header = self.header
+        op = header.type
         fields: dict[str, Any] = {}
         try:
             # audited before anything is touched, as a command's start is: without an audit
             # log that works, nothing is transferred
-            if not self.link.transfer_report(op, self.header.path, "started"):
+            if not self.link.transfer_report(op, self.path, "started"):
                 raise TransferError("audit_unavailable", "refused: the server cannot write its"
                                     " audit log; no file is transferred until it can",
-                                    self.header.path)
+                                    self.path)
             roots = roots_for(self.identity)
             if isinstance(roots, TransferError):
                 raise roots
-            if isinstance(self.header, Put):
-                fields = await self._put(self.header, roots)
+            self._check_allowed(op)
+            if isinstance(header, Put):
+                fields = await self._put(header, roots)
+            elif isinstance(header, Get):
+                fields = await self._get(header, roots)
+            elif isinstance(header, FileList):
+                fields = await self._list(header, roots)
             else:
-                fields = await self._get(self.header, roots)
+                fields = await self._make(header, roots)
         except TransferError as exc:
             self._reply_error(op, exc.code, str(exc), fields)
         except (ConnectionLost, ProtocolError):
-            self.link.transfer_report(op, self.header.path, "disconnected", **fields,
+            self.link.transfer_report(op, self.path, "disconnected", **fields,
                                       duration=self._duration())
         finally:
             self._pool.shutdown(wait=False)
+
+    def _check_allowed(self, op: str) -> None:
+        writes = op in ("put", "put_dir", "put_link")
+        if not (self.identity.policy.put if writes else self.identity.policy.get):
+            verb = "put" if writes else "get"
+            raise TransferError("refused", f"refused: identity {self.identity.name!r} may not"
+                                f" {verb} files", self.path)
 
     def _duration(self) -> float:
         return round(time.monotonic() - self.started, 6)
 
     def _reply_error(self, op: str, code: str, message: str, fields: dict[str, Any]) -> None:
-        self.link.transfer_report(op, self.header.path, code, reason=message, **fields,
+        self.link.transfer_report(op, self.path, code, reason=message, **fields,
                                   duration=self._duration())
         if not self.link.lost:
             with contextlib.suppress(ConnectionLost, ProtocolError):
@@ -159,24 +192,22 @@ class FileOp:
     def _check_size(self, size: int) -> None:
         limit = self.identity.policy.max_file_size
         if limit is not None and size > limit:
-            raise TransferError("too_large", f"{self.header.path}: {size} bytes is more than"
-                                f" this identity's max_file_size of {limit}", self.header.path)
+            raise TransferError("too_large", f"{self.path}: {size} bytes is more than"
+                                f" this identity's max_file_size of {limit}", self.path)
 
     def _check_cancelled(self) -> None:
         if self._cancelled:
-            raise TransferError("cancelled", f"{self.header.path}: cancelled by the client",
-                                self.header.path)
+            raise TransferError("cancelled", f"{self.path}: cancelled by the client",
+                                self.path)
 
     async def _put(self, put: Put, roots: FileRoots) -> dict[str, Any]:
-        if not self.identity.policy.put:
-            raise TransferError("refused", f"refused: identity {self.identity.name!r} may not"
-                                " put files", put.path)
         self._check_size(put.file_size)
-        parent = await self._disk(open_parent, roots, put.path)
+        parent = await self._disk(open_target, roots, put.path, base=put.base, name=put.name)
+        self.path = parent.path
         try:
             if not put.force and await self._disk(unchanged, parent, size=put.file_size,
                                                   sha256_hex=put.sha256, mode=put.mode):
-                return self._done("put", put.path, changed=False, size=put.file_size,
+                return self._done("put", changed=False, size=put.file_size,
                                   sha256=put.sha256)
             upload = await self._disk(Upload, parent, size=put.file_size, mode=put.mode,
                                       mtime_ns=put.mtime_ns,
@@ -191,7 +222,7 @@ class FileOp:
                 raise
         finally:
             await asyncio.shield(self._disk(parent.close))
-        return self._done("put", put.path, changed=True, size=put.file_size, sha256=put.sha256)
+        return self._done("put", changed=True, size=put.file_size, sha256=put.sha256)
 
     async def _receive(self, put: Put, upload: Upload) -> None:
         """Write the upload's bytes as they come, crediting them back, until all are in."""
@@ -212,10 +243,7 @@ class FileOp:
                 credit = 0
 
     async def _get(self, get: Get, roots: FileRoots) -> dict[str, Any]:
-        if not self.identity.policy.get:
-            raise TransferError("refused", f"refused: identity {self.identity.name!r} may not"
-                                " get files", get.path)
-        download = await self._disk(Download.open, roots, get.path)
+        download = await self._disk(open_source, roots, get.path, base=get.base)
         try:
             self._check_size(download.size)
             self.link.send(FileInfo(file_size=download.size, mode=download.mode,
@@ -232,13 +260,51 @@ class FileOp:
             sha256 = await self._disk(download.finish)
         finally:
             await asyncio.shield(self._disk(download.close))
-        return self._done("get", get.path, changed=True, size=download.size, sha256=sha256)
+        return self._done("get", changed=True, size=download.size, sha256=sha256)
 
-    def _done(self, op: str, path: str, *, changed: bool, size: int, sha256: str
-              ) -> dict[str, Any]:
+    async def _make(self, header: PutDir | PutLink, roots: FileRoots) -> dict[str, Any]:
+        if isinstance(header, PutDir):
+            changed = await self._disk(put_directory, roots, header.path, base=header.base,
+                                       mode=header.mode, mtime_ns=header.mtime_ns)
+        else:
+            changed = await self._disk(put_link, roots, header.path, base=header.base,
+                                       target=header.target)
+        return self._done(header.type, changed=changed, size=0, sha256=None)
+
+    async def _list(self, listing: FileList, roots: FileRoots) -> dict[str, Any]:
+        """Send the tree's entries, each directory before what it holds, as they are read."""
+        tree = await self._disk(Tree.open, roots, listing.path)
+        total = count = 0
+        try:
+            entries = tree.walk()
+            while batch := await self._disk(_next_batch, entries):
+                for entry in batch:
+                    self._check_cancelled()
+                    self.link.send(FileEntry(kind=entry.kind, path=entry.path, mode=entry.mode,
+                                             file_size=entry.size, mtime_ns=max(0, entry.mtime_ns),
+                                             target=entry.target or None))
+                    total += entry.size
+                    count += 1
+                await self.link.drain()
+        finally:
+            await asyncio.shield(self._disk(tree.close))
+        return self._done("file_list", changed=False, size=total, sha256=None, entries=count)
+
+    def _done(self, op: str, *, changed: bool, size: int, sha256: str | None,
+              **more: Any) -> dict[str, Any]:
         duration = self._duration()
         self.link.send(TransferDone(changed=changed, file_size=size, sha256=sha256,
                                     duration=duration))
-        fields = {"bytes": size, "sha256": sha256, "changed": changed}
-        self.link.transfer_report(op, path, "ok", **fields, duration=duration)
+        fields: dict[str, Any] = {"bytes": size, "changed": changed, **more}
+        if sha256 is not None:
+            fields["sha256"] = sha256
+        self.link.transfer_report(op, self.path, "ok", **fields, duration=duration)
         return fields
+
+
+LIST_BATCH = 256  # entries of a listing read from the disk at a time
+
+
+def _next_batch(entries: Iterator[T]) -> list[T]:
+    """Up to LIST_BATCH more entries of a walk (on the transfer's thread)."""
+    return list(itertools.islice(entries, LIST_BATCH))

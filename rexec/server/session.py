@@ -24,7 +24,7 @@ from rexec.server.admission import Plan, admit, admit_shell
 from rexec.server.audit import log_event
 from rexec.server.command import Command, RunningCommand, free_slot, hold_slot, spawn
 from rexec.server.exec.env import audit_env
-from rexec.server.file_ops import FileOp
+from rexec.server.file_ops import FileOp, FileRequest
 from rexec.server.handshake import Accepted, HandshakeRefusal, ServerHandshake
 from rexec.server.identity import Identity, Refusal
 from rexec.server.state import ServerState
@@ -34,12 +34,11 @@ from rexec.wire.frames import (
     FILE_VERSION,
     PROTOCOL_VERSION,
     PTY_VERSION,
+    TREE_VERSION,
     Auth,
     Error,
-    Get,
     Header,
     Hello,
-    Put,
     Run,
     ServerErrorCode,
     Shell,
@@ -239,7 +238,7 @@ class Session:
         self._check_version(header)
         if header.type in ("run", "shell"):
             await self.start_command(header)
-        elif header.type in ("put", "get"):
+        elif isinstance(header, FileRequest):
             self.start_transfer(header)
         elif self.transfer is not None and header.type == "file_data":
             self.transfer.data(frame.body)
@@ -270,6 +269,14 @@ class Session:
         if header.type in ("put", "get", "file_data") and self.version < FILE_VERSION:
             raise ProtocolError(f"a {header.type} frame is not part of protocol version"
                                 f" {self.version}", "unexpected_frame")
+        if self.version < TREE_VERSION:
+            if header.type in ("put_dir", "put_link", "file_list"):
+                raise ProtocolError(f"a {header.type} frame is not part of protocol version"
+                                    f" {self.version}", "unexpected_frame")
+            if header.type in ("put", "get") and (header.base is not None or (
+                    header.type == "put" and header.name is not None)):
+                raise ProtocolError(f"a {header.type} frame with base or name is not part of"
+                                    f" protocol version {self.version}", "unexpected_frame")
 
     async def start_command(self, run: Run | Shell) -> None:
         """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""
@@ -365,8 +372,9 @@ class Session:
         if self.state.shutting_down:
             self.end_for_shutdown()  # the command it was waiting for is done
 
-    def start_transfer(self, header: Put | Get) -> None:
-        """Start a put or get (the state table allows one only when nothing runs)."""
+    def start_transfer(self, header: FileRequest) -> None:
+        """Start a put, get or directory step (the state table allows one only when nothing
+        runs)."""
         assert self.identity is not None
         self.transfer = FileOp(self, self.identity, header)
         self.command_task = asyncio.create_task(self._supervise_transfer(self.transfer))

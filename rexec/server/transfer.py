@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from rexec.wire import paths
 from rexec.writeback import Writeback
 
 # openat2(2): the syscall number is 437 on every architecture of the unified table (x86_64, arm64,
@@ -120,19 +121,16 @@ def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
 
 
 def _components(path: str, what: str) -> list[str]:
-    if not isinstance(path, str) or not path:
-        raise TransferError("bad_path", f"{what} path is empty", "")
-    if "\0" in path:
-        raise TransferError("bad_path", f"{what} path {path!r} contains a NUL byte", path)
+    with _problems():
+        return paths.components(path, what)
+
+
+@contextlib.contextmanager
+def _problems() -> Iterator[None]:
     try:
-        os.fsencode(path)
-    except UnicodeEncodeError:
-        raise TransferError("bad_path", f"{what} path {path!r} is not valid text for a file name",
-                            path) from None
-    parts = path.split("/")
-    if ".." in parts:
-        raise TransferError("bad_path", f"{what} path {path!r} contains '..'", path)
-    return parts
+        yield
+    except paths.PathProblem as exc:
+        raise TransferError(exc.code, str(exc), exc.path) from None
 
 
 def check_absolute(path: str) -> str:
@@ -144,42 +142,17 @@ def check_absolute(path: str) -> str:
 
 
 def check_relative(path: str) -> str:
-    """Validate a directory entry's path (relative to the destination) and return it unchanged.
-
-    Stricter than check_absolute: no leading '/', and no empty or '.' component either, since a
-    sender walking a real tree never produces one.
-    """
-    parts = _components(path, "entry")
-    if path.startswith("/"):
-        raise TransferError("bad_path", f"entry path {path!r} is absolute", path)
-    if any(p in ("", ".") for p in parts):
-        raise TransferError("bad_path", f"entry path {path!r} has an empty or '.' component", path)
-    return path
+    """Validate a directory entry's path (relative to the destination): ``paths.check_relative``
+    with its refusal as a TransferError."""
+    with _problems():
+        return paths.check_relative(path)
 
 
 def check_link_target(entry: str, target: str) -> str:
-    """Validate a symbolic link entry's target: relative, and staying inside the tree.
-
-    The target may start with '..' components, no more of them than the link's directory is deep
-    in the tree, and may not contain '..' after a name: resolved lexically from the link's own
-    directory it then stays inside, and no chain of such links can climb out either ('x/..' where
-    x is a link to '.' would). Returns the target unchanged.
-    """
-    entry = check_relative(entry)
-    if not target or "\0" in target:
-        raise TransferError("bad_path", f"link {entry!r}: empty target or a NUL byte in it", entry)
-    if target.startswith("/"):
-        raise TransferError("refused", f"refused: link {entry!r} -> {target!r} is absolute",
-                            entry)
-    depth = entry.count("/")
-    names = [p for p in target.split("/") if p not in ("", ".")]
-    ups = 0
-    while ups < len(names) and names[ups] == "..":
-        ups += 1
-    if ups > depth or ".." in names[ups:]:
-        raise TransferError("refused", f"refused: link {entry!r} -> {target!r} leads outside "
-                            "the directory being written", entry)
-    return target
+    """Validate a symbolic link entry's target (``paths.check_link_target``: relative, and
+    staying inside the tree) with its refusal as a TransferError."""
+    with _problems():
+        return paths.check_link_target(entry, target)
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -769,11 +742,12 @@ def _describe(dir_fd: int, name: str, path: str) -> TreeEntry | None:
     return None
 
 
-def make_directory(parent: Parent, mode: int | None = None) -> bool:
+def make_directory(parent: Parent, mode: int | None = None, mtime_ns: int | None = None) -> bool:
     """Create the directory entry (an existing directory is fine); True if anything changed.
 
     ``mode`` is applied exactly (no umask) when given, to a new or an existing directory; a new
-    one without a mode gets 0755 less the umask. Anything else in its place: not_a_directory.
+    one without a mode gets 0755 less the umask. ``mtime_ns`` is set when given (not counted as
+    a change). Anything else in its place: not_a_directory.
     """
     _check_mode(mode, parent.path)
     created = True
@@ -794,6 +768,8 @@ def make_directory(parent: Parent, mode: int | None = None) -> bool:
             if changed:
                 assert mode is not None
                 os.fchmod(fd, mode)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)
         if created:
@@ -825,3 +801,74 @@ def make_symlink(parent: Parent, target: str, *, entry: str) -> bool:
             raise
         os.fsync(parent.fd)
     return True
+
+
+# -- what a frame names -----------------------------------------------------------------------
+
+
+def entry_path(path: str, base: str | None) -> str:
+    """The full path a frame names, for messages and the audit log."""
+    return path if base is None else f"{base.rstrip('/')}/{path}"
+
+
+def open_target(roots: FileRoots, path: str, *, base: str | None = None,
+                name: str | None = None) -> Parent:
+    """The directory and name a ``put`` writes (``get`` reads with ``open_source``).
+
+    With ``base``, ``path`` is an entry of a directory transfer, resolved beneath the directory
+    ``base`` without following a link. With ``name``, a ``path`` that is a directory receives
+    the file as ``path/name``, as cp does.
+    """
+    if base is not None:
+        with Tree.open(roots, base) as tree:
+            return tree.parent(path)
+    if name is not None:
+        check_relative(name)
+        try:
+            tree = Tree.open(roots, path)
+        except TransferError as exc:
+            if exc.code not in ("not_found", "not_a_directory"):
+                raise
+        else:
+            with tree:
+                return tree.parent(name)
+    return open_parent(roots, path)
+
+
+def open_source(roots: FileRoots, path: str, *, base: str | None = None) -> Download:
+    """The file a ``get`` sends: ``path``, or the entry ``path`` beneath ``base``."""
+    if base is None:
+        return Download.open(roots, path)
+    with Tree.open(roots, base) as tree:
+        return tree.download(path)
+
+
+def put_directory(roots: FileRoots, path: str, *, base: str | None = None,
+                  mode: int | None = None, mtime_ns: int | None = None) -> bool:
+    """Make a directory for a ``put_dir``; True if anything changed.
+
+    Without ``base`` it is the top of a directory transfer: made with its parents (as mkdir -p)
+    and given ``mode`` and ``mtime_ns`` when it is new; an existing one is left as it is (it may
+    well be /tmp, or a root of the identity). With ``base`` it is an entry, made or kept, its
+    ``mode`` and ``mtime_ns`` applied.
+    """
+    if base is not None:
+        with Tree.open(roots, base) as tree, tree.parent(path) as parent:
+            return make_directory(parent, mode, mtime_ns)
+    _check_mode(mode, path)
+    try:
+        Tree.open(roots, path).close()
+        return False
+    except TransferError as exc:
+        if exc.code != "not_found":
+            raise
+    with open_parent(roots, path, make_dirs=True) as parent:
+        return make_directory(parent, mode, mtime_ns)
+
+
+def put_link(roots: FileRoots, path: str, *, base: str, target: str) -> bool:
+    """Make the entry ``path`` beneath ``base`` a link to ``target`` (kept inside); True if
+    anything changed."""
+    check_link_target(path, target)
+    with Tree.open(roots, base) as tree, tree.parent(path) as parent:
+        return make_symlink(parent, target, entry=path)

@@ -54,7 +54,10 @@ class HeaderTooLarge(ValueError):
         self.size = size
 
 
-_NO_PTY = {"pty"}
+# Fields a later version added to a frame: sent only when set, so that the frame is what an
+# earlier peer knows when they are not (run.pty: version 2; put/get base and name: version 4).
+_LATER_FIELDS: dict[str, tuple[str, ...]] = {"run": ("pty",), "put": ("base", "name"),
+                                             "get": ("base",)}
 
 
 def encode_prefix(header: Header) -> bytes:
@@ -63,9 +66,9 @@ def encode_prefix(header: Header) -> bytes:
     HeaderTooLarge (a ValueError) if the header is over MAX_HEADER_SIZE: nothing that no peer
     accepts is ever sent.
     """
-    # A run frame without a PTY is sent as version 1 knows it: without the version-2 field.
-    plain = header.type == "run" and header.pty is None
-    raw = header.model_dump_json(exclude=_NO_PTY if plain else None).encode()
+    later = _LATER_FIELDS.get(header.type)
+    unset = {name for name in later if getattr(header, name) is None} if later else None
+    raw = header.model_dump_json(exclude=unset or None).encode()
     if len(raw) > MAX_HEADER_SIZE:
         raise HeaderTooLarge(len(raw))
     return _LENGTH.pack(len(raw)) + raw

@@ -12,16 +12,19 @@ from typing import Annotated, Any, Literal, TypeAlias, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The newest protocol version this implementation speaks: 2 adds PTY sessions (the ``shell``
-and ``resize`` frames, ``run.pty``) to version 1, and 3 file transfer (``put``, ``get`` and
-their replies)."""
-PROTOCOL_VERSIONS: tuple[int, ...] = (3, 2, 1)
+and ``resize`` frames, ``run.pty``) to version 1, 3 file transfer (``put``, ``get`` and
+their replies), and 4 directory transfers (``put_dir``, ``put_link``, ``file_list``,
+``file_entry``, ``put.base``, ``put.name``, ``get.base``)."""
+PROTOCOL_VERSIONS: tuple[int, ...] = (4, 3, 2, 1)
 """Every version this implementation speaks, newest first."""
 PTY_VERSION = 2
 """The first version with PTY sessions."""
 FILE_VERSION = 3
 """The first version with file transfer."""
+TREE_VERSION = 4
+"""The first version with directory transfers."""
 
 MAX_HEADER_SIZE = 64 * 1024
 """Largest header (JSON bytes) a peer may declare; checked before the header is read."""
@@ -304,13 +307,38 @@ def _valid_path(value: str) -> str:
     return _check_text(value, "path")
 
 
+def _valid_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _check_text(value, "name")
+    if "/" in value or value in (".", ".."):
+        raise ValueError(f"name {value!r} must be one path component (no '/', not . or ..)")
+    return value
+
+
+def _valid_base(value: str | None) -> str | None:
+    if value is not None and not value.startswith("/"):
+        raise ValueError(f"base {value!r} must be an absolute path")
+    return None if value is None else _check_text(value, "base")
+
+
+Base = Annotated[str | None, Field(default=None, min_length=1, max_length=MAX_PATH_LENGTH)]
+
+
 class Put(_Control):
     """Client -> server: write ``file_size`` bytes whose SHA-256 is ``sha256`` to ``path``
     (absolute), atomically. ``mode`` (permission bits) and ``mtime_ns`` are applied when given;
-    ``force`` writes even when the same content and mode are there already."""
+    ``force`` writes even when the same content and mode are there already.
+
+    Version 4: with ``base`` (absolute, a directory), ``path`` is relative to it and resolved
+    beneath it without following a link (an entry of a directory transfer); with ``name``, a
+    ``path`` that is a directory receives the file as ``path/name``, as cp does.
+    """
 
     type: Literal["put"] = "put"
     path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+    base: Base = None  # version 4; never sent when null (codec)
+    name: str | None = Field(default=None, min_length=1, max_length=255)  # version 4
     file_size: int = Field(ge=0, le=MAX_FILE_SIZE)
     sha256: Hex64
     mode: int | None = Field(default=None, ge=0, le=0o7777)
@@ -318,6 +346,8 @@ class Put(_Control):
     force: bool = False
 
     _path_text = field_validator("path")(_valid_path)
+    _base_text = field_validator("base")(_valid_base)
+    _name_text = field_validator("name")(_valid_name)
 
 
 class PutReady(_Control):
@@ -340,10 +370,71 @@ class FileCredit(_Control):
 
 
 class Get(_Control):
-    """Client -> server: send the regular file at ``path`` (absolute)."""
+    """Client -> server: send the regular file at ``path`` (absolute; version 4: relative to
+    ``base`` when that is given, resolved beneath it without following a link)."""
 
     type: Literal["get"] = "get"
     path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+    base: Base = None  # version 4; never sent when null (codec)
+
+    _path_text = field_validator("path")(_valid_path)
+    _base_text = field_validator("base")(_valid_base)
+
+
+class PutDir(_Control):
+    """Client -> server (version 4): make the directory ``path`` (absolute, with its parents
+    as mkdir -p does; or relative to ``base``), or keep the one there; apply ``mode`` and
+    ``mtime_ns`` when given."""
+
+    type: Literal["put_dir"] = "put_dir"
+    path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+    base: Base = None
+    mode: int | None = Field(default=None, ge=0, le=0o7777)
+    mtime_ns: int | None = Field(default=None, ge=0, le=MAX_FILE_SIZE)
+
+    _path_text = field_validator("path")(_valid_path)
+    _base_text = field_validator("base")(_valid_base)
+
+
+class PutLink(_Control):
+    """Client -> server (version 4): make ``path`` (relative to ``base``) a symbolic link to
+    ``target``, which must stay inside ``base``."""
+
+    type: Literal["put_link"] = "put_link"
+    path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+    base: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+    target: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+
+    _path_text = field_validator("path")(_valid_path)
+    _base_text = field_validator("base")(_valid_base)
+    _target_text = field_validator("target")(lambda v: _check_text(v, "target"))
+
+
+class FileList(_Control):
+    """Client -> server (version 4): list the directory ``path`` (absolute) and everything
+    beneath it, for a ``get -r``: ``file_entry`` frames, then ``transfer_done``."""
+
+    type: Literal["file_list"] = "file_list"
+    path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+
+    _path_text = field_validator("path")(_valid_path)
+
+
+EntryKind: TypeAlias = Literal["dir", "file", "link"]
+
+
+class FileEntry(_Control):
+    """Server -> client (version 4): one entry of a listed directory, its ``path`` relative to
+    it; each directory comes before what it holds. ``file_size`` for files, ``target`` for
+    links."""
+
+    type: Literal["file_entry"] = "file_entry"
+    kind: EntryKind
+    path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+    mode: int = Field(ge=0, le=0o7777)
+    file_size: int = Field(default=0, ge=0, le=MAX_FILE_SIZE)
+    mtime_ns: int = Field(default=0, ge=0, le=MAX_FILE_SIZE)
+    target: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_LENGTH)
 
     _path_text = field_validator("path")(_valid_path)
 
@@ -359,12 +450,14 @@ class FileInfo(_Control):
 
 class TransferDone(_Control):
     """Server -> client: the put or get succeeded. ``changed`` is false for a put that found
-    the same content and mode there already (no data was sent)."""
+    the same content and mode there already (no data was sent). For ``put_dir``, ``put_link``
+    and ``file_list`` (version 4) ``sha256`` is null; a listing's ``file_size`` is the sum of
+    its files' sizes."""
 
     type: Literal["transfer_done"] = "transfer_done"
     changed: bool
     file_size: int = Field(ge=0, le=MAX_FILE_SIZE)
-    sha256: Hex64
+    sha256: Hex64 | None
     duration: float = Field(ge=0)
 
 
@@ -400,6 +493,10 @@ Header: TypeAlias = Annotated[
     | Get
     | FileInfo
     | TransferDone
+    | PutDir
+    | PutLink
+    | FileList
+    | FileEntry
     | Error,
     Field(discriminator="type"),
 ]
@@ -408,7 +505,8 @@ MODELS: dict[str, type[_Header]] = {
     model.model_fields["type"].default: model
     for model in (Hello, Challenge, Auth, AuthOk, Run, Shell, Resize, Stdin, StdinEof,
                   StdinCredit, Signal, Cancel, Stdout, Stderr, Exit, Put, PutReady, FileData,
-                  FileCredit, Get, FileInfo, TransferDone, Error)
+                  FileCredit, Get, FileInfo, TransferDone, PutDir, PutLink, FileList, FileEntry,
+                  Error)
 }
 """Each frame type's model, by its ``type`` tag."""
 

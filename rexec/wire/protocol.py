@@ -30,12 +30,15 @@ class State(enum.Enum):
     UPLOADING = "uploading"  # the client sends the file's bytes
     GETTING = "getting"  # a get was asked: the server answers file_info or error
     DOWNLOADING = "downloading"  # the server sends the file's bytes
+    MAKING = "making"  # a put_dir or put_link was asked: the server answers transfer_done or error
+    LISTING = "listing"  # a file_list was asked: the server sends file_entry frames, then done
     CLOSED = "closed"
 
 
 C, S = Role.CLIENT, Role.SERVER
 _LATE_INPUT = ("stdin", "stdin_eof", "signal", "cancel", "resize")
-_TRANSFERS = (State.PUTTING, State.UPLOADING, State.GETTING, State.DOWNLOADING)
+_TRANSFERS = (State.PUTTING, State.UPLOADING, State.GETTING, State.DOWNLOADING, State.MAKING,
+              State.LISTING)
 
 # (state, sender, event) -> next state. An event is the frame type, except that errors are
 # "error" (fatal, closes the connection) or "error_nonfatal" (a command could not start).
@@ -67,6 +70,13 @@ TRANSITIONS: dict[tuple[State, Role, str], State] = {
     (State.GETTING, S, "file_info"): State.DOWNLOADING,
     (State.DOWNLOADING, S, "file_data"): State.DOWNLOADING,
     (State.DOWNLOADING, S, "transfer_done"): State.READY,
+    # Directory transfers (version 4): a tree is a sequence of these and of puts or gets.
+    (State.READY, C, "put_dir"): State.MAKING,
+    (State.READY, C, "put_link"): State.MAKING,
+    (State.MAKING, S, "transfer_done"): State.READY,
+    (State.READY, C, "file_list"): State.LISTING,
+    (State.LISTING, S, "file_entry"): State.LISTING,
+    (State.LISTING, S, "transfer_done"): State.READY,
     **{(state, C, "cancel"): state for state in _TRANSFERS},
     **{(state, S, "error_nonfatal"): State.READY for state in _TRANSFERS},
     **{

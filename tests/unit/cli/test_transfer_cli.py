@@ -24,8 +24,9 @@ def token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["put", "-r", "h:1", "a", "/b"], "-r is not supported yet"),
-    (["get", "--recursive", "h:1", "/a", "b"], "-r is not supported yet"),
+    (["put", "-r", "--mode", "0640", "h:1", "a", "/b"], "--mode applies to one file"),
+    (["get", "--recursive", "h:1", "relative", "b"], "REMOTE: the remote path must be absolute"),
+    (["put", "-r", "h:1", "/", "/b/"], "has no name to give the directory"),
     (["put", "web[1-3]", "a", "/b"], "fleet put/get is not supported yet"),
     (["get", "@web", "/a", "b"], "fleet put/get is not supported yet"),
     (["put", "h:1", "a", "relative/b"], "REMOTE: the remote path must be absolute"),

@@ -132,6 +132,19 @@ VALID: list[tuple[str, f.Header, bytes]] = [
     ("file_info", f.FileInfo(file_size=5, mode=0o644, mtime_ns=0), b""),
     ("transfer_done", f.TransferDone(changed=False, file_size=5, sha256="f" * 64, duration=0.5),
      b""),
+    ("transfer_done-no-digest", f.TransferDone(changed=True, file_size=0, sha256=None,
+                                                duration=0.0), b""),
+    ("put-entry", f.Put(path="a/b.txt", base="/srv/app", file_size=3, sha256="0" * 64), b""),
+    ("put-named", f.Put(path="/srv", name="app.tar", file_size=3, sha256="0" * 64), b""),
+    ("get-entry", f.Get(path="logs/x.log", base="/var"), b""),
+    ("put_dir", f.PutDir(path="/srv/app", mode=0o755, mtime_ns=1), b""),
+    ("put_dir-entry", f.PutDir(path="lib", base="/srv/app"), b""),
+    ("put_link", f.PutLink(path="current", base="/srv/app", target="releases/v2"), b""),
+    ("file_list", f.FileList(path="/srv/app"), b""),
+    ("file_entry-file", f.FileEntry(kind="file", path="a/b", mode=0o644, file_size=10,
+                                         mtime_ns=5),
+     b""),
+    ("file_entry-link", f.FileEntry(kind="link", path="cur", mode=0o777, target="../v1"), b""),
     ("error-fatal", f.Error(code="auth_failed", message="no \u00e9"), b""),
     ("error-nonfatal", f.Error(code="bad_cwd", message="", fatal=False), b""),
 ]
@@ -141,7 +154,7 @@ VALID_IDS = [case[0] for case in VALID]
 def test_valid_table_covers_every_header_type() -> None:
     models = typing.get_args(typing.get_args(f.Header)[0])
     assert {h.type for _, h, _ in VALID} == {m.model_fields["type"].default for m in models}
-    assert len(models) == 23
+    assert len(models) == 27
 
 
 @pytest.mark.parametrize(("name", "header", "body"), VALID, ids=VALID_IDS)

@@ -24,7 +24,7 @@ ALL_INPUTS = list(itertools.product(State, Role, [*EVENTS, "bogus", ""]))
 
 
 def test_events_are_the_frame_types() -> None:
-    assert len(FRAME_TYPES) == 23
+    assert len(FRAME_TYPES) == 27
     assert {event for _, _, event in TRANSITIONS} <= set(EVENTS)
 
 
@@ -88,7 +88,7 @@ def test_ready_and_running_are_reachable_only_through_the_servers_auth_ok() -> N
     assert len(without_auth_ok) == len(TRANSITIONS) - 1
     cut = reachable(without_auth_ok)
     authed = {State.READY, State.RUNNING, State.PUTTING, State.UPLOADING, State.GETTING,
-              State.DOWNLOADING}
+              State.DOWNLOADING, State.MAKING, State.LISTING}
     assert not authed & cut
     # and no other edge enters the authenticated states from outside them
     entries = {k for k, v in TRANSITIONS.items() if v in authed and k[0] not in authed}
