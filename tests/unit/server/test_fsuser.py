@@ -7,6 +7,7 @@ e2e suite.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import threading
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from rexec.server import fsuser
-from rexec.server.transfer import TransferError
+from rexec.server.transfer import FileRoots, TransferError, Upload, open_parent
 from tests.helpers import credentials, public_directory
 
 T = TypeVar("T")
@@ -104,6 +105,31 @@ def test_a_switched_thread_has_the_users_rights_and_the_others_keep_root(place: 
     new = (place / "mine" / "new").stat()
     assert (new.st_uid, new.st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid)  # the kernel's doing
     assert credentials(THREAD_SELF) == before
+
+
+@needs_root
+def test_a_replaced_file_becomes_the_users_and_keeps_a_group_it_is_in(place: Path) -> None:
+    # The user may not give the new file to root; it keeps the old file's group only where
+    # the user is in that group (4242 here: supplementary groups need no /etc/group entry).
+    shared, foreign = place / "mine" / "shared.conf", place / "mine" / "foreign.conf"
+    for path, gid in ((shared, 4242), (foreign, 4343)):
+        path.write_bytes(b"old\n")
+        os.chown(path, 0, gid)
+        path.chmod(0o664)
+
+    def replace_both() -> None:
+        fsuser.switch_thread(NOBODY.pw_uid, NOBODY.pw_gid, [NOBODY.pw_gid, 4242])
+        for path in (shared, foreign):
+            with open_parent(FileRoots(None), str(path)) as parent, \
+                    Upload(parent, size=4) as upload:
+                upload.write(b"new\n")
+                upload.commit(hashlib.sha256(b"new\n").hexdigest())
+
+    in_thread(replace_both)
+    owners = [(p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o7777, p.read_bytes())
+              for p in (shared, foreign)]
+    assert owners == [(NOBODY.pw_uid, 4242, 0o664, b"new\n"),
+                      (NOBODY.pw_uid, NOBODY.pw_gid, 0o664, b"new\n")]
 
 
 @needs_root
