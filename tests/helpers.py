@@ -3,10 +3,13 @@ it, token files, throw-away certificates and /proc probes. Fixtures live in conf
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -146,6 +149,30 @@ def proc_status(pid: int, field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def credentials(status: Path) -> dict[str, list[int]]:
+    """The Uid and Gid (real, effective, saved, filesystem), Groups and CapEff of a task's
+    /proc status file (``/proc/PID/task/TID/status``, ``/proc/thread-self/status``)."""
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    return {"Uid": [int(n) for n in fields["Uid"].split()],
+            "Gid": [int(n) for n in fields["Gid"].split()],
+            "Groups": sorted(int(n) for n in fields["Groups"].split()),
+            "CapEff": [int(fields["CapEff"], 16)]}
+
+
+@contextlib.contextmanager
+def public_directory(prefix: str) -> Iterator[Path]:
+    """A new root-owned directory under /tmp that every user may enter (0755), removed after.
+
+    For tests of another user's access: a tmp_path lies beneath /tmp/pytest-of-USER, 0700.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        path.chmod(0o755)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def fd_count(pid: int) -> int:

@@ -8,6 +8,9 @@ in order, and credited back once written. A download reads a chunk, sends it and
 client to take it (TCP backpressure) before reading the next. Whatever fails becomes one
 non-fatal error frame (``TransferError``'s code and message); the connection stays usable, and
 an upload that did not complete leaves the destination as it was.
+
+For an identity with ``run_as`` the transfer's thread reads and writes as that user from its
+first filesystem call on (``rexec.server.fsuser``), and is discarded with the transfer.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from rexec.errors import ConnectionLost, ProtocolError
+from rexec.server.fsuser import become
 from rexec.server.identity import Identity
 from rexec.server.transfer import (
     FileRoots,
@@ -79,21 +83,17 @@ class FileLink(Protocol):
 def roots_for(identity: Identity) -> FileRoots | TransferError:
     """Where ``identity`` may put and get files, or why it may not at all.
 
-    An identity held to a command policy may transfer files only beneath its ``file_roots``:
-    without them a put could write any file the server's user can (a new crontab, say), which
-    its command policy exists to prevent. An identity with ``run_as`` is refused for now: the
-    server would read and write as its own user rather than as that one.
+    An identity held to a command policy (``run_as`` is one) may transfer files only beneath
+    its ``file_roots``: without them a put could write any file the server's user can (a new
+    crontab, say), which its command policy exists to prevent. One with ``run_as`` reads and
+    writes as that user (``FileOp`` switches its thread, see ``rexec.server.fsuser``).
     """
     policy = identity.policy
-    if policy.run_as is not None:
-        return TransferError("refused", f"refused: identity {identity.name!r} runs as"
-                             f" {policy.run_as!r}; file transfer as another user is not"
-                             " supported yet")
     if policy.file_roots is None:
         if policy.restricted:
             return TransferError("refused", f"refused: identity {identity.name!r} has a"
-                                 " command policy and no file_roots, so it may not transfer"
-                                 " files")
+                                 " command policy (allow, deny, shell = false, cwd or run_as)"
+                                 " and no file_roots, so it may not transfer files")
         return FileRoots(None)
     return FileRoots(policy.file_roots)
 
@@ -156,6 +156,8 @@ class FileOp:
             if isinstance(roots, TransferError):
                 raise roots
             self._check_allowed(op)
+            if self.identity.policy.run_as is not None:  # first on the thread, before any file
+                await self._disk(become, self.identity.policy.run_as, self.path)
             if isinstance(header, Put):
                 fields = await self._put(header, roots)
             elif isinstance(header, Get):

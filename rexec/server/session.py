@@ -402,6 +402,8 @@ class Session:
         assert self.identity is not None
         record = {"peer": self.peer, "identity": self.identity.name, "op": op, "path": path,
                   "result": result, **fields}
+        if self.identity.policy.run_as is not None:  # the user it read and wrote as
+            record["run_as"] = self.identity.policy.run_as
         log_event(logging.INFO, "transfer", **record)
         return self.state.audit.record("transfer", **record)
 

@@ -429,8 +429,13 @@ class Upload:
         self.temp, self._fd = self._create_temp()
         self._writeback = Writeback(self._fd)
         if existing is not None:  # keep the owner of what is replaced, where we may (root)
-            with contextlib.suppress(OSError):
+            try:
                 os.fchown(self._fd, existing.st_uid, existing.st_gid)
+            except OSError:
+                # A run_as user (rexec.server.fsuser) may not give a file away: another's file
+                # becomes the user's, as with its own cp + mv; its group stays if the user is in it.
+                with contextlib.suppress(OSError):
+                    os.fchown(self._fd, -1, existing.st_gid)
 
     def _existing(self) -> os.stat_result | None:
         with _mapped(self.path):
@@ -539,12 +544,13 @@ def unchanged(parent: Parent, *, size: int, sha256_hex: str, mode: int | None = 
     """Whether the entry already is a regular file of this size, SHA-256 (and mode, if given).
 
     True means nothing needs writing (the caller reports ``changed: false``). A symbolic link
-    there is never "unchanged": an upload replaces it. mtime is not compared.
+    there is never "unchanged": an upload replaces it. Nor is a file the server may not read (a
+    ``run_as`` user may still replace it, in a directory it may write). mtime is not compared.
     """
     try:
         fd = os.open(parent.name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=parent.fd)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EACCES):
             return False
         raise _translate(exc, parent.path) from exc
     try:

@@ -72,5 +72,9 @@ def test_who_may_transfer_and_where() -> None:
     assert not isinstance(confined, TransferError) and confined.paths == ("/srv/app",)
     held = roots_for(identity(allow=(Pattern("true"),)))
     assert isinstance(held, TransferError) and "file_roots" in str(held)
+    # run_as is a command policy too: with file_roots, beneath them (as that user), else none
     switched = roots_for(identity(run_as="nobody", file_roots=("/tmp",)))
-    assert isinstance(switched, TransferError) and "nobody" in str(switched)
+    assert not isinstance(switched, TransferError) and switched.paths == ("/tmp",)
+    unconfined = roots_for(identity(run_as="nobody"))
+    assert isinstance(unconfined, TransferError) and unconfined.code == "refused"
+    assert "run_as) and no file_roots" in str(unconfined)
