@@ -53,7 +53,7 @@ from rexec.errors import (
     TransferFailed,
     map_socket_errors,
 )
-from rexec.result import EntryError, Result, TransferResult, TreeResult
+from rexec.result import Result, TransferResult, TreeResult
 from rexec.sockets import READ_SIZE, STREAM_LIMIT, tune
 
 StdinSource = bytes | str | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
@@ -333,63 +333,47 @@ class Client(OptionsClient):
     async def _carry_out(self, core: ClientCore, plan: tree_plans.Plan, total: int | None,
                          on_progress: ProgressCallback | None) -> TreeResult:
         """Run a directory transfer's plan on the connection, step by step."""
-        moved = 0
-
-        def progress(done: int, size: int) -> None:
-            if on_progress is not None and total is not None:
-                on_progress(moved + done, total)
-
-        try:
-            step = next(plan)
-            while True:
-                outcome = await self._step(core, step, progress)
-                if isinstance(outcome, tree_plans.Listing):
-                    total = sum(e.file_size for e in outcome.entries if e.kind == "file")
-                if isinstance(outcome, tree_plans.Done):
-                    moved += outcome.bytes
-                step = plan.send(outcome)
-        except StopIteration as stop:
-            result: TreeResult = stop.value
-            return result
+        runner = tree_plans.Runner(plan, total, on_progress)
+        step: tree_plans.Step | None = runner.first()
+        while step is not None:
+            try:
+                outcome = await self._step(core, step, runner.progress)
+            except (TransferFailed, LocalFileError) as exc:
+                outcome = runner.failed(step, exc)
+            step = runner.next(outcome)
+        assert runner.result is not None
+        return runner.result
 
     async def _step(self, core: ClientCore, step: tree_plans.Step,
                     progress: ProgressCallback) -> tree_plans.Outcome:
-        """One step of a plan; a refusal of it (non-fatal) is its EntryError."""
-        try:
-            if isinstance(step, tree_plans.SendFile):
-                source = await asyncio.to_thread(LocalSource.open, step.local, follow=False)
-                with source:
-                    done = await self._put_source(core, source, step.path, mode=step.mode,
-                                                  mtime_ns=step.mtime_ns, force=step.force,
-                                                  on_progress=progress, base=step.base)
-                return tree_plans.Done(done.changed, done.file_size)
-            if isinstance(step, tree_plans.FetchFile):
-                done = await self._get_file(core, step.path, step.local, base=step.base,
-                                            preserve=step.preserve, on_progress=progress)
-                return tree_plans.Done(True, done.file_size)
-            if isinstance(step, tree_plans.ListTree):
-                core.start_list(step.path)
-                self._flush(core)
-                entries = []
-                while not isinstance(event := await self._transfer_event(), TransferFinished):
-                    assert isinstance(event, TreeEntry)
-                    entries.append(event)
-                return tree_plans.Listing(tuple(entries))
-            if isinstance(step, tree_plans.MakeDir):
-                core.start_put_dir(step.path, base=step.base, mode=step.mode,
-                                   mtime_ns=step.mtime_ns)
-            else:
-                core.start_put_link(step.path, base=step.base, target=step.target)
+        """One step of a plan (a refusal raises TransferFailed, as a put's does)."""
+        if isinstance(step, tree_plans.SendFile):
+            source = await asyncio.to_thread(LocalSource.open, step.local, follow=False)
+            with source:
+                done = await self._put_source(core, source, step.path, mode=step.mode,
+                                              mtime_ns=step.mtime_ns, force=step.force,
+                                              on_progress=progress, base=step.base)
+            return tree_plans.Done(done.changed, done.file_size)
+        if isinstance(step, tree_plans.FetchFile):
+            done = await self._get_file(core, step.path, step.local, base=step.base,
+                                        preserve=step.preserve, on_progress=progress)
+            return tree_plans.Done(True, done.file_size)
+        if isinstance(step, tree_plans.ListTree):
+            core.start_list(step.path)
             self._flush(core)
-            event = await self._transfer_event()
-            assert isinstance(event, TransferFinished)
-            return tree_plans.Done(event.changed)
-        except TransferFailed as exc:
-            if isinstance(step, tree_plans.ListTree):
-                raise  # nothing to get: the whole transfer failed
-            return EntryError(tree_plans.entry_of(step), exc.code, str(exc))
-        except LocalFileError as exc:
-            return EntryError(tree_plans.entry_of(step), exc.code, str(exc))
+            entries = []
+            while not isinstance(event := await self._transfer_event(), TransferFinished):
+                assert isinstance(event, TreeEntry)
+                entries.append(event)
+            return tree_plans.Listing(tuple(entries))
+        if isinstance(step, tree_plans.MakeDir):
+            core.start_put_dir(step.path, base=step.base, mode=step.mode, mtime_ns=step.mtime_ns)
+        else:
+            core.start_put_link(step.path, base=step.base, target=step.target)
+        self._flush(core)
+        event = await self._transfer_event()
+        assert isinstance(event, TransferFinished)
+        return tree_plans.Done(event.changed)
 
     def _connected(self) -> ClientCore:
         if self._core is None or self._writer is None:

@@ -29,10 +29,11 @@ from rexec.client.core import TreeEntry
 from rexec.client.transfer import (
     LocalDestination,
     LocalTree,
+    ProgressCallback,
     check_entry,
     parents_first,
 )
-from rexec.errors import LocalFileError
+from rexec.errors import LocalFileError, TransferFailed
 from rexec.result import EntryError, TreeResult
 
 
@@ -111,6 +112,54 @@ class Listing:
 
 Outcome = Done | Listing | EntryError
 Plan = Generator[Step, Outcome, TreeResult]
+
+
+class Runner:
+    """What a driver needs to carry out a plan besides the steps themselves: the generator's
+    protocol, the progress across all files (``progress`` is each file's on_progress), and
+    which failures are an entry's (non-fatal) and which end the transfer.
+
+    ``step = runner.first()``, then for each step ``step = runner.next(outcome)`` with the
+    step's outcome (or ``runner.failed(step, exc)``) until it is None: ``runner.result``.
+    """
+
+    def __init__(self, plan: Plan, total: int | None,
+                 on_progress: ProgressCallback | None) -> None:
+        self._plan = plan
+        self._total = total  # a get's is known once the listing came
+        self._on_progress = on_progress
+        self._moved = 0
+        self.result: TreeResult | None = None
+
+    def first(self) -> Step:
+        """The plan's first step (every plan has one)."""
+        return next(self._plan)
+
+    def next(self, outcome: Outcome) -> Step | None:
+        """Hand the plan the last step's outcome; its next step, or None when it is done."""
+        if isinstance(outcome, Listing):
+            self._total = sum(e.file_size for e in outcome.entries if e.kind == "file")
+        elif isinstance(outcome, Done):
+            self._moved += outcome.bytes
+        try:
+            return self._plan.send(outcome)
+        except StopIteration as stop:
+            self.result = stop.value
+            return None
+
+    def progress(self, done: int, size: int) -> None:
+        """A file's on_progress, as the whole transfer's."""
+        if self._on_progress is not None and self._total is not None:
+            self._on_progress(self._moved + done, self._total)
+
+    @staticmethod
+    def failed(step: Step, exc: TransferFailed | LocalFileError) -> EntryError:
+        """The entry's error for a step that failed; raises what ends the whole transfer (a
+        listing refused, a cancel)."""
+        if isinstance(exc, TransferFailed) and (isinstance(step, ListTree)
+                                                or exc.code == "cancelled"):
+            raise exc
+        return EntryError(entry_of(step), exc.code, str(exc))
 
 
 class _Tally:
