@@ -1,16 +1,17 @@
 """One put or get on a connection: frames in and out, the disk through ``rexec.server.transfer``.
 
-A ``FileOp`` runs as a task of its session, as a command does. Its filesystem calls run on a
-thread of its own (one per transfer, so they stay in order and the event loop never waits on
-the disk: an fsync, a slow or network file system). An upload's ``file_data`` bodies are queued
-as they arrive (at most FILE_WINDOW bytes: the client may not send more without credit), written
-in order, and credited back once written. A download reads a chunk, sends it and waits for the
-client to take it (TCP backpressure) before reading the next. Whatever fails becomes one
-non-fatal error frame (``TransferError``'s code and message); the connection stays usable, and
-an upload that did not complete leaves the destination as it was.
+A ``FileOp`` runs as a task of its session, as a command does. Its filesystem calls run on the
+connection's transfer thread (``FileThread``: one per connection, so they stay in order and the
+event loop never waits on the disk: an fsync, a slow or network file system). An upload's
+``file_data`` bodies are queued as they arrive (at most FILE_WINDOW bytes: the client may not
+send more without credit), written in order, and credited back once written. A download reads
+a chunk, sends it and waits for the client to take it (TCP backpressure) before reading the
+next. Whatever fails becomes one non-fatal error frame (``TransferError``'s code and message);
+the connection stays usable, and an upload that did not complete leaves the destination as it
+was.
 
 For an identity with ``run_as`` the transfer's thread reads and writes as that user from its
-first filesystem call on (``rexec.server.fsuser``), and is discarded with the transfer.
+first filesystem call on (``rexec.server.fsuser``), and ends with the connection.
 """
 
 from __future__ import annotations
@@ -65,10 +66,37 @@ FileRequest = Put | Get | PutDir | PutLink | FileList
 """The frames that start a transfer: one file, or one step of a directory transfer."""
 
 
+class FileThread:
+    """A connection's thread for its transfers' filesystem calls, started at its first one.
+
+    The transfers of one connection run one after another, so one thread serves them all, in
+    order, and the loop never waits for a thread to start per step (a directory transfer is
+    many small steps). For an identity with ``run_as`` it reads and writes as that user from
+    its first call on (``switched``); the identity cannot change on a connection, so neither
+    does the thread's user. ``close()`` lets it end once its last call returns.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self.switched = False
+
+    def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``call`` on the thread; its result as a future of the running loop."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="rexec-file")
+        return asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def close(self) -> None:
+        """No more calls: the thread ends after the ones queued."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+
 class FileLink(Protocol):
     """What a transfer needs of its connection (the Session)."""
 
     lost: bool
+    file_thread: FileThread
 
     def send(self, header: Header, body: bytes | memoryview = b"") -> None:
         """Queue a frame (ConnectionLost or ProtocolError once the connection is closing)."""
@@ -108,7 +136,6 @@ class FileOp:
         self.header = header
         self.path = entry_path(header.path, getattr(header, "base", None))  # for messages
         self.started = time.monotonic()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rexec-file")
         self._queue: deque[bytes] = deque()
         self._received = 0  # bytes of the upload received
         self._allowed = FILE_WINDOW  # what the client may have sent: the window and the credit
@@ -138,8 +165,7 @@ class FileOp:
 
     async def _disk(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``call`` on the transfer's own thread; the loop serves the others meanwhile."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
+        return await self.link.file_thread.submit(functools.partial(call, *args, **kwargs))
 
     async def _run(self) -> None:
         header = self.header
@@ -156,8 +182,11 @@ class FileOp:
             if isinstance(roots, TransferError):
                 raise roots
             self._check_allowed(op)
-            if self.identity.policy.run_as is not None:  # first on the thread, before any file
+            thread = self.link.file_thread
+            if self.identity.policy.run_as is not None and not thread.switched:
+                # first on the thread, before any file
                 await self._disk(become, self.identity.policy.run_as, self.path)
+                thread.switched = True
             if isinstance(header, Put):
                 fields = await self._put(header, roots)
             elif isinstance(header, Get):
@@ -171,8 +200,6 @@ class FileOp:
         except (ConnectionLost, ProtocolError):
             self.link.transfer_report(op, self.path, "disconnected", **fields,
                                       duration=self._duration())
-        finally:
-            self._pool.shutdown(wait=False)
 
     def _check_allowed(self, op: str) -> None:
         writes = op in ("put", "put_dir", "put_link")

@@ -3,8 +3,8 @@
 Linux checks a file access against the calling thread's filesystem user and group (fsuid,
 fsgid) and its supplementary groups, and these belong to each thread: the kernel keeps
 credentials per task. ``become()`` sets them on the calling thread only, for good: it is meant
-for a transfer's own worker thread, which is discarded when the transfer ends. Nothing here
-may run on the event loop's thread or any other thread that outlives its transfer.
+for a connection's own transfer thread, which ends with the connection. Nothing here
+may run on the event loop's thread or any other thread that outlives its connection.
 
 The system calls are made raw, through ``syscall(2)``: glibc's ``setgroups()`` (and so
 ``os.setgroups``), ``setresuid()`` and their kind apply the change to every thread of the

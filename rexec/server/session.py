@@ -24,7 +24,7 @@ from rexec.server.admission import Plan, admit, admit_shell
 from rexec.server.audit import log_event
 from rexec.server.command import Command, RunningCommand, free_slot, hold_slot, spawn
 from rexec.server.exec.env import audit_env
-from rexec.server.file_ops import FileOp, FileRequest
+from rexec.server.file_ops import FileOp, FileRequest, FileThread
 from rexec.server.handshake import Accepted, HandshakeRefusal, ServerHandshake
 from rexec.server.identity import Identity, Refusal
 from rexec.server.state import ServerState
@@ -71,6 +71,7 @@ class Session:
         self.version = PROTOCOL_VERSION  # the protocol version the handshake chose
         self.running: RunningCommand | None = None
         self.transfer: FileOp | None = None  # a put or get in progress
+        self.file_thread = FileThread()  # the transfers' filesystem calls, one after another
         self.spawning = False  # a command was admitted and its child is being started
         self.command_task: asyncio.Task[None] | None = None
         self.lost = False
@@ -489,6 +490,7 @@ class Session:
                     self.command_task.cancel()
             await self.stream.close()
         finally:
+            self.file_thread.close()
             if self.identity is not None:
                 self.state.active_connections[self.identity.name] -= 1
             self.state.audit.record(

@@ -145,7 +145,7 @@ def test_a_file_of_roots_in_the_users_directory_is_replaced_as_the_user(srv: Any
     assert target.read_bytes() == b"new\n"
 
 
-def test_only_the_transfers_thread_switches_and_it_goes_with_the_transfer(srv: Any,
+def test_only_the_transfer_thread_switches_and_it_ends_with_the_connection(srv: Any,
                                                                          area: Path) -> None:
     pid = srv.proc.pid
     main = credentials(Path(f"/proc/{pid}/task/{pid}/status"))
@@ -172,7 +172,7 @@ def test_only_the_transfers_thread_switches_and_it_goes_with_the_transfer(srv: A
             pass
         assert isinstance(header, TransferDone), header
     assert target.read_bytes() == data and target.stat().st_uid == NOBODY.pw_uid
-    # the thread is discarded with its transfer: none is left that is not root
+    # the thread ends with its connection: none is left that is not root
     assert wait_until(lambda: all(c == main for c in threads(pid).values()), 10), threads(pid)
     assert credentials(Path(f"/proc/{pid}/task/{pid}/status")) == main
 

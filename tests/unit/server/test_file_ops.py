@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rexec.errors import ProtocolError
-from rexec.server.file_ops import FileOp, roots_for
+from rexec.server.file_ops import FileOp, FileThread, roots_for
 from rexec.server.identity import Identity, Policy
 from rexec.server.patterns import Pattern
 from rexec.server.transfer import TransferError
@@ -29,6 +29,7 @@ class Link:
 
     def __init__(self) -> None:
         self.lost = False
+        self.file_thread = FileThread()
         self.sent: list[Header] = []
         self.reports: list[tuple[str, str, str]] = []
 
