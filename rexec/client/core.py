@@ -65,6 +65,7 @@ from rexec.wire.frames import (
     Hello,
     Put,
     PutDir,
+    PutEnd,
     PutLink,
     Resize,
     Run,
@@ -404,17 +405,26 @@ class ClientCore:
                 f" ({self.server_agent or 'an older server'}): upgrade rexec-server",
                 "unsupported_version")
 
-    def start_put(self, path: str, *, file_size: int, sha256: str, mode: int | None = None,
-                  mtime_ns: int | None = None, force: bool = False, base: str | None = None,
-                  name: str | None = None) -> None:
+    @property
+    def hashes_uploads(self) -> bool:
+        """Whether a put may leave its SHA-256 to the end (``sha256=None``: version 4)."""
+        return self.version >= TREE_VERSION
+
+    def start_put(self, path: str, *, file_size: int, sha256: str | None,
+                  mode: int | None = None, mtime_ns: int | None = None, force: bool = False,
+                  base: str | None = None, name: str | None = None) -> None:
         """Queue a ``put``: ``file_size`` bytes whose SHA-256 is ``sha256`` for remote ``path``.
 
-        ``base`` (version 4): ``path`` is an entry relative to the remote directory ``base``.
-        ``name`` (version 4): if ``path`` is a directory, the file goes in it under ``name``.
-        The server answers with UploadReady (then ``send_file_data``, exactly ``file_size``
-        bytes in all), TransferFinished (nothing to send), or TransferFailed.
+        ``sha256`` None (version 4, ``hashes_uploads``): the core hashes the bytes as they are
+        sent and sends the digest after the last (``put_end``); a server that finds a file of
+        that size there answers TransferFailed with code ``digest_required``, and the caller
+        puts again with the digest. ``base`` (version 4): ``path`` is an entry relative to the
+        remote directory ``base``. ``name`` (version 4): if ``path`` is a directory, the file
+        goes in it under ``name``. The server answers with UploadReady (then
+        ``send_file_data``, exactly ``file_size`` bytes in all), TransferFinished (nothing to
+        send), or TransferFailed.
         """
-        if base is not None:
+        if base is not None or sha256 is None:
             self._check_tree("put")
         else:
             self._check_transfer("put")
@@ -426,7 +436,7 @@ class ClientCore:
         except ValidationError as exc:
             raise _invalid(exc, {"path": path, "mode": mode}) from None
         self._send(put)
-        self._transfer = _Transfer("put", _joined(path, base), file_size, sha256)
+        self._transfer = _Transfer("put", _joined(path, base), file_size, sha256 or "")
         self.file_credit = 0
 
     def start_get(self, path: str, *, base: str | None = None) -> None:
@@ -505,12 +515,17 @@ class ClientCore:
         if len(view) > self.upload_remaining:
             raise ValueError(f"{len(view)} bytes of file data, but only"
                              f" {self.upload_remaining} of the declared size are left")
-        assert self._transfer is not None
+        transfer = self._transfer
+        assert transfer is not None
         self.file_credit -= len(view)
-        self._transfer.moved += len(view)
+        transfer.moved += len(view)
+        if not transfer.sha256:  # announced without a digest: hashed as it goes
+            transfer.digest.update(view)
         for start in range(0, len(view), MAX_BODY_SIZE):
             piece = view[start : start + MAX_BODY_SIZE]
             self._send(FileData(size=len(piece)), piece)
+        if not transfer.sha256 and transfer.moved == transfer.size:
+            self._send(PutEnd(sha256=transfer.digest.hexdigest()))
 
     def send_signal(self, name: SignalName) -> None:
         """Ask the server to signal the command's process group (e.g. "INT", "HUP")."""
@@ -629,7 +644,8 @@ class ClientCore:
                     f" entries add up to {transfer.moved}", "size_mismatch")
             return TransferFinished(done.changed, done.file_size, None, done.duration)
         if transfer.kind == "put":
-            expected_size, expected_sha = transfer.size, transfer.sha256
+            expected_size = transfer.size
+            expected_sha = transfer.sha256 or transfer.digest.hexdigest()
             sent_all = transfer.moved == transfer.size or not transfer.started
             if not sent_all:
                 raise ProtocolError(

@@ -39,6 +39,7 @@ from rexec.server.transfer import (
     open_target,
     put_directory,
     put_link,
+    same_size,
     unchanged,
 )
 from rexec.wire.frames import (
@@ -59,6 +60,7 @@ from rexec.wire.frames import (
     TransferDone,
 )
 
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CREDIT_BATCH = 1024 * 1024  # credit an upload back in batches, not per frame
 READ_CHUNK = MAX_BODY_SIZE  # a download's frames: as large as a frame may be
 T = TypeVar("T")
@@ -141,19 +143,34 @@ class FileOp:
         self._allowed = FILE_WINDOW  # what the client may have sent: the window and the credit
         self._wake = asyncio.Event()
         self._cancelled = False
+        self._end_digest: str | None = None  # put_end's, for a put without sha256
         self.task: asyncio.Task[None] = asyncio.create_task(self._run())
 
     # what the client's frames ask of it
 
     def data(self, body: memoryview) -> None:
         """A ``file_data`` frame of the upload (a copy is kept: the body is the decoder's)."""
-        if not isinstance(self.header, Put):
-            return  # cannot happen: the state table allows file_data from the client only then
+        if not isinstance(self.header, Put) or self.task.done():
+            return  # late bytes of an upload that ended (an error crossed them): dropped
         self._received += len(body)
         if self._received > self._allowed:
             raise ProtocolError(f"the client sent more than {FILE_WINDOW} bytes of the file"
                                 " without credit", "file_overflow")
         self._queue.append(bytes(body))
+        self._wake.set()
+
+    def end(self, sha256: str) -> None:
+        """A ``put_end``: the digest of an upload announced without one, after its bytes."""
+        header = self.header
+        if self.task.done():
+            return  # the upload ended already (an error crossed the client's last frames)
+        if not isinstance(header, Put) or header.sha256 is not None:
+            raise ProtocolError("put_end for an upload whose put gave its SHA-256",
+                                "unexpected_frame")
+        if self._received != header.file_size or self._end_digest is not None:
+            raise ProtocolError(f"put_end after {self._received} of the {header.file_size}"
+                                " bytes announced", "unexpected_frame")
+        self._end_digest = sha256
         self._wake.set()
 
     def cancel(self) -> None:
@@ -233,25 +250,42 @@ class FileOp:
         self._check_size(put.file_size)
         parent = await self._disk(open_target, roots, put.path, base=put.base, name=put.name)
         self.path = parent.path
+        sha256 = EMPTY_SHA256 if put.sha256 is None and not put.file_size else put.sha256
         try:
-            if not put.force and await self._disk(unchanged, parent, size=put.file_size,
-                                                  sha256_hex=put.sha256, mode=put.mode):
-                return self._done("put", changed=False, size=put.file_size,
-                                  sha256=put.sha256)
+            if put.force:
+                pass
+            elif sha256 is not None:
+                if await self._disk(unchanged, parent, size=put.file_size, sha256_hex=sha256,
+                                    mode=put.mode):
+                    return self._done("put", changed=False, size=put.file_size, sha256=sha256)
+            elif await self._disk(same_size, parent, size=put.file_size, mode=put.mode):
+                raise TransferError("digest_required", f"{self.path}: a file of the same size"
+                                    " is there: send its SHA-256 first, to tell whether it is"
+                                    " the same", self.path)
             upload = await self._disk(Upload, parent, size=put.file_size, mode=put.mode,
                                       mtime_ns=put.mtime_ns,
                                       max_size=self.identity.policy.max_file_size)
             try:
                 if put.file_size:
                     await self._receive(put, upload)
+                if sha256 is None:
+                    sha256 = await self._digest_at_end()
                 self._check_cancelled()
-                await self._disk(upload.commit, put.sha256)
+                await self._disk(upload.commit, sha256)
             except BaseException:
                 await asyncio.shield(self._disk(upload.abort))
                 raise
         finally:
             await asyncio.shield(self._disk(parent.close))
-        return self._done("put", changed=True, size=put.file_size, sha256=put.sha256)
+        return self._done("put", changed=True, size=put.file_size, sha256=sha256)
+
+    async def _digest_at_end(self) -> str:
+        """The client's put_end digest, once it comes."""
+        while self._end_digest is None:
+            self._check_cancelled()
+            self._wake.clear()
+            await self._wake.wait()
+        return self._end_digest
 
     async def _receive(self, put: Put, upload: Upload) -> None:
         """Write the upload's bytes as they come, crediting them back, until all are in."""

@@ -243,6 +243,8 @@ class Session:
             self.start_transfer(header)
         elif self.transfer is not None and header.type == "file_data":
             self.transfer.data(frame.body)
+        elif self.transfer is not None and header.type == "put_end":
+            self.transfer.end(header.sha256)
         elif self.transfer is not None and header.type == "cancel":
             self.transfer.cancel()
         elif header.type == "error":
@@ -274,10 +276,15 @@ class Session:
             if header.type in ("put_dir", "put_link", "file_list"):
                 raise ProtocolError(f"a {header.type} frame is not part of protocol version"
                                     f" {self.version}", "unexpected_frame")
+            if header.type == "put_end":
+                raise ProtocolError(f"a put_end frame is not part of protocol version"
+                                    f" {self.version}", "unexpected_frame")
             if header.type in ("put", "get") and (header.base is not None or (
-                    header.type == "put" and header.name is not None)):
-                raise ProtocolError(f"a {header.type} frame with base or name is not part of"
-                                    f" protocol version {self.version}", "unexpected_frame")
+                    header.type == "put" and (header.name is not None
+                                              or header.sha256 is None))):
+                raise ProtocolError(f"a {header.type} frame with base, name or no sha256 is not"
+                                    f" part of protocol version {self.version}",
+                                    "unexpected_frame")
 
     async def start_command(self, run: Run | Shell) -> None:
         """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""

@@ -540,6 +540,18 @@ def _sha256_fd(fd: int) -> str:
     return digest.hexdigest()
 
 
+def same_size(parent: Parent, *, size: int, mode: int | None = None) -> bool:
+    """Whether the entry is a regular file of ``size`` bytes (and ``mode``, if given): one that
+    may be the same file, which only its SHA-256 can tell. A link there is not."""
+    with _mapped(parent.path):
+        try:
+            st = os.stat(parent.name, dir_fd=parent.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+    return (stat.S_ISREG(st.st_mode) and st.st_size == size
+            and (mode is None or stat.S_IMODE(st.st_mode) == mode))
+
+
 def unchanged(parent: Parent, *, size: int, sha256_hex: str, mode: int | None = None) -> bool:
     """Whether the entry already is a regular file of this size, SHA-256 (and mode, if given).
 

@@ -16,7 +16,8 @@ PROTOCOL_VERSION = 4
 """The newest protocol version this implementation speaks: 2 adds PTY sessions (the ``shell``
 and ``resize`` frames, ``run.pty``) to version 1, 3 file transfer (``put``, ``get`` and
 their replies), and 4 directory transfers (``put_dir``, ``put_link``, ``file_list``,
-``file_entry``, ``put.base``, ``put.name``, ``get.base``)."""
+``file_entry``, ``put.base``, ``put.name``, ``get.base``) and uploads hashed as they are sent
+(``put.sha256`` null, ``put_end``)."""
 PROTOCOL_VERSIONS: tuple[int, ...] = (4, 3, 2, 1)
 """Every version this implementation speaks, newest first."""
 PTY_VERSION = 2
@@ -72,6 +73,7 @@ ServerErrorCode: TypeAlias = Literal[
     "bad_path", "bad_mode", "not_found", "permission_denied", "is_a_directory",
     "not_a_directory", "not_a_regular_file", "exists", "too_large", "no_space",
     "checksum_mismatch", "size_mismatch", "changed_while_reading", "io_error", "cancelled",
+    "digest_required",
 ]
 """The codes of the error frames the server sends (docs/protocol.md, Errors)."""
 
@@ -332,7 +334,8 @@ class Put(_Control):
 
     Version 4: with ``base`` (absolute, a directory), ``path`` is relative to it and resolved
     beneath it without following a link (an entry of a directory transfer); with ``name``, a
-    ``path`` that is a directory receives the file as ``path/name``, as cp does.
+    ``path`` that is a directory receives the file as ``path/name``, as cp does; ``sha256`` may
+    be null: the client hashes while it sends and gives the digest in ``put_end``.
     """
 
     type: Literal["put"] = "put"
@@ -340,7 +343,7 @@ class Put(_Control):
     base: Base = None  # version 4; never sent when null (codec)
     name: str | None = Field(default=None, min_length=1, max_length=255)  # version 4
     file_size: int = Field(ge=0, le=MAX_FILE_SIZE)
-    sha256: Hex64
+    sha256: Hex64 | None  # version 4: null, the digest comes in put_end
     mode: int | None = Field(default=None, ge=0, le=0o7777)
     mtime_ns: int | None = Field(default=None, ge=0, le=MAX_FILE_SIZE)
     force: bool = False
@@ -360,6 +363,14 @@ class FileData(_Data):
     """Either way: ``size`` bytes of the file being put (client) or got (server)."""
 
     type: Literal["file_data"] = "file_data"
+
+
+class PutEnd(_Control):
+    """Client -> server (version 4): the SHA-256 of an upload announced without one, sent
+    after its last byte."""
+
+    type: Literal["put_end"] = "put_end"
+    sha256: Hex64
 
 
 class FileCredit(_Control):
@@ -493,6 +504,7 @@ Header: TypeAlias = Annotated[
     | Get
     | FileInfo
     | TransferDone
+    | PutEnd
     | PutDir
     | PutLink
     | FileList
@@ -505,8 +517,8 @@ MODELS: dict[str, type[_Header]] = {
     model.model_fields["type"].default: model
     for model in (Hello, Challenge, Auth, AuthOk, Run, Shell, Resize, Stdin, StdinEof,
                   StdinCredit, Signal, Cancel, Stdout, Stderr, Exit, Put, PutReady, FileData,
-                  FileCredit, Get, FileInfo, TransferDone, PutDir, PutLink, FileList, FileEntry,
-                  Error)
+                  FileCredit, Get, FileInfo, TransferDone, PutEnd, PutDir, PutLink, FileList,
+                  FileEntry, Error)
 }
 """Each frame type's model, by its ``type`` tag."""
 

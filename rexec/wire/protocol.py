@@ -60,10 +60,12 @@ TRANSITIONS: dict[tuple[State, Role, str], State] = {
     # File transfer (version 3). An upload's bytes the client sent before it saw the server's
     # error arrive late, in READY, and are dropped as late stdin is.
     (State.READY, C, "file_data"): State.READY,
+    (State.READY, C, "put_end"): State.READY,  # version 4, after an error: dropped likewise
     (State.READY, C, "put"): State.PUTTING,
     (State.PUTTING, S, "put_ready"): State.UPLOADING,
     (State.PUTTING, S, "transfer_done"): State.READY,  # the same file is there already
     (State.UPLOADING, C, "file_data"): State.UPLOADING,
+    (State.UPLOADING, C, "put_end"): State.UPLOADING,  # version 4: the digest, after the bytes
     (State.UPLOADING, S, "file_credit"): State.UPLOADING,
     (State.UPLOADING, S, "transfer_done"): State.READY,
     (State.READY, C, "get"): State.GETTING,

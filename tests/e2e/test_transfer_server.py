@@ -371,3 +371,64 @@ def test_no_transfer_without_a_working_audit_log(tmp_path: Path) -> None:
         assert target.read_bytes() == b"ten bytes!"
     finally:
         assert server.stop() == 0, server.log()
+
+
+# -- version 4: an upload announced without its SHA-256, given in put_end after the bytes ------
+
+
+def stream_put(r: Raw, path: Path | str, data: bytes, digest: str | None = None,
+               **fields: Any) -> Header:
+    """put ``data`` with sha256 null, then put_end with ``digest`` (default: the right one)."""
+    from rexec.wire.frames import PutEnd
+
+    r.send(Put(path=str(path), file_size=len(data), sha256=None, **fields))
+    header, _ = r.recv()
+    if not isinstance(header, PutReady):
+        return header
+    for start in range(0, len(data), MAX_BODY_SIZE):
+        r.send(FileData(size=len(data[start:start + MAX_BODY_SIZE])),
+               data[start:start + MAX_BODY_SIZE])
+    r.send(PutEnd(sha256=digest or sha(data)))
+    while isinstance(header := r.recv()[0], FileCredit):
+        pass
+    return header
+
+
+def test_an_upload_may_give_its_digest_after_the_bytes(srv: Any, tmp_path: Path) -> None:
+    data = os.urandom(2 * MAX_BODY_SIZE + 5)
+    target = tmp_path / "streamed"
+    with raw(srv) as r:
+        done = stream_put(r, target, data)
+        assert isinstance(done, TransferDone) and done.changed and done.sha256 == sha(data)
+        assert target.read_bytes() == data
+        # a file of the same size is there: the server needs the digest to tell
+        other = os.urandom(len(data))
+        asked = stream_put(r, target, other)
+        assert isinstance(asked, Error) and asked.code == "digest_required" and not asked.fatal
+        assert target.read_bytes() == data
+        assert isinstance(upload(r, target, other), TransferDone)  # with the digest first
+        assert target.read_bytes() == other
+        # --no-skip never asks
+        done = stream_put(r, target, data, force=True)
+        assert isinstance(done, TransferDone) and target.read_bytes() == data
+        # a wrong digest at the end: nothing replaced
+        bad = stream_put(r, tmp_path / "bad", b"abc", digest="0" * 64)
+        assert isinstance(bad, Error) and bad.code == "checksum_mismatch"
+        empty = stream_put(r, tmp_path / "empty", b"")
+        assert isinstance(empty, TransferDone) and empty.sha256 == sha(b"")
+    assert not (tmp_path / "bad").exists() and temps(tmp_path) == []
+    assert (tmp_path / "empty").read_bytes() == b""
+
+
+def test_put_end_before_the_last_byte_is_a_protocol_error(srv: Any, tmp_path: Path) -> None:
+    from rexec.wire.frames import PutEnd
+
+    with raw(srv) as r:
+        r.send(Put(path=str(tmp_path / "early"), file_size=10, sha256=None))
+        assert isinstance(r.recv()[0], PutReady)
+        r.send(FileData(size=5), b"12345")
+        r.send(PutEnd(sha256=sha(b"1234567890")))
+        error = r.recv()[0]
+        assert isinstance(error, Error) and error.fatal and error.code == "unexpected_frame"
+    assert wait_until(lambda: temps(tmp_path) == [], 10)  # removed as the connection ends
+    assert not (tmp_path / "early").exists()

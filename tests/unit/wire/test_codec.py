@@ -138,6 +138,8 @@ VALID: list[tuple[str, f.Header, bytes]] = [
     ("put-named", f.Put(path="/srv", name="app.tar", file_size=3, sha256="0" * 64), b""),
     ("get-entry", f.Get(path="logs/x.log", base="/var"), b""),
     ("put_dir", f.PutDir(path="/srv/app", mode=0o755, mtime_ns=1), b""),
+    ("put-streamed", f.Put(path="/srv/x", file_size=3, sha256=None), b""),
+    ("put_end", f.PutEnd(sha256="0" * 64), b""),
     ("put_dir-entry", f.PutDir(path="lib", base="/srv/app"), b""),
     ("put_link", f.PutLink(path="current", base="/srv/app", target="releases/v2"), b""),
     ("file_list", f.FileList(path="/srv/app"), b""),
@@ -154,7 +156,7 @@ VALID_IDS = [case[0] for case in VALID]
 def test_valid_table_covers_every_header_type() -> None:
     models = typing.get_args(typing.get_args(f.Header)[0])
     assert {h.type for _, h, _ in VALID} == {m.model_fields["type"].default for m in models}
-    assert len(models) == 27
+    assert len(models) == 28
 
 
 @pytest.mark.parametrize(("name", "header", "body"), VALID, ids=VALID_IDS)

@@ -45,6 +45,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "get": {"path": "/tmp/f"},
     "file_info": {"file_size": 3, "mode": 0o644, "mtime_ns": 0},
     "transfer_done": {"changed": True, "file_size": 3, "sha256": "a" * 64, "duration": 0.1},
+    "put_end": {"sha256": "a" * 64},
     "put_dir": {"path": "/srv/app"},
     "put_link": {"path": "cur", "base": "/srv/app", "target": "v1"},
     "file_list": {"path": "/srv/app"},
