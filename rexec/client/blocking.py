@@ -305,7 +305,7 @@ class BlockingClient(OptionsClient):
         started = time.monotonic()
         destination = put_destination(local, remote)
         self._cancel_requested = False  # before the hashing: a cancel meanwhile is kept
-        with LocalSource.open(local) as source:
+        with LocalSource.open(local, hashed=not core.hashes_uploads) as source:
             wanted_mode, mtime_ns = put_attributes(source.digest, mode=mode, preserve=preserve)
             event = self._put_source(core, source, destination, mode=wanted_mode,
                                      mtime_ns=mtime_ns, force=force, on_progress=on_progress,
@@ -319,9 +319,18 @@ class BlockingClient(OptionsClient):
                     on_progress: ProgressCallback | None, base: str | None = None,
                     name: str | None = None) -> TransferFinished:
         digest = source.digest
-        core.start_put(path, file_size=digest.size, sha256=digest.sha256, mode=mode,
+        core.start_put(path, file_size=digest.size, sha256=digest.sha256 or None, mode=mode,
                        mtime_ns=mtime_ns, force=force, base=base, name=name)
-        event = self._drive()
+        try:
+            event = self._drive()
+        except TransferFailed as exc:
+            if exc.code != "digest_required" or digest.sha256:
+                raise
+            # a file of that size is there: hash first, so that the same one is not sent
+            digest = source.hash_now()
+            core.start_put(path, file_size=digest.size, sha256=digest.sha256, mode=mode,
+                           mtime_ns=mtime_ns, force=force, base=base, name=name)
+            event = self._drive()
         if isinstance(event, UploadReady):
             try:
                 event = self._drive(source=_UploadSource(source, on_progress))
@@ -412,7 +421,8 @@ class BlockingClient(OptionsClient):
     def _step(self, core: ClientCore, step: tree_plans.Step,
               progress: ProgressCallback) -> tree_plans.Outcome:
         if isinstance(step, tree_plans.SendFile):
-            with LocalSource.open(step.local, follow=False) as source:
+            with LocalSource.open(step.local, follow=False,
+                                  hashed=not core.hashes_uploads) as source:
                 done = self._put_source(core, source, step.path, mode=step.mode,
                                         mtime_ns=step.mtime_ns, force=step.force,
                                         on_progress=progress, base=step.base)

@@ -85,7 +85,7 @@ def get_destination(remote: str, local: str | Path) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """A local file as a put declares it."""
+    """A local file as a put declares it (``sha256`` empty: not hashed yet)."""
 
     size: int
     sha256: str
@@ -117,9 +117,11 @@ class LocalSource:
         self._left = digest.size
 
     @classmethod
-    def open(cls, path: str | Path, *, follow: bool = True) -> LocalSource:
+    def open(cls, path: str | Path, *, follow: bool = True, hashed: bool = True) -> LocalSource:
         """Open and hash a regular file (LocalFileError if it cannot be read); ``follow``
-        False refuses a symbolic link in its place (an entry of a tree)."""
+        False refuses a symbolic link in its place (an entry of a tree). ``hashed`` False
+        leaves the digest's ``sha256`` empty: the bytes are hashed as they are sent, and
+        ``hash_now()`` hashes them first if the server asks for the digest."""
         path = Path(path)
         flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
         try:
@@ -127,10 +129,16 @@ class LocalSource:
         except OSError as exc:
             raise local_error(exc, path) from None
         try:
-            return cls(path, fd, _digest(fd, path))
+            return cls(path, fd, _digest(fd, path) if hashed else _describe_file(fd, path))
         except BaseException:
             os.close(fd)
             raise
+
+    def hash_now(self) -> Digest:
+        """Hash the file from its start (none of it read yet) and keep that digest."""
+        self.digest = _digest(self._fd, self.path)
+        self._left = self.digest.size
+        return self.digest
 
     @property
     def remaining(self) -> int:
@@ -167,15 +175,31 @@ class LocalSource:
         self.close()
 
 
+def _regular(fd: int, path: Path) -> os.stat_result:
+    """The open file's status; LocalFileError unless it is a regular file."""
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise local_error(exc, path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise LocalFileError(f"{path}: is a directory (use -r to put a directory)",
+                             "is_a_directory", str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise LocalFileError(f"{path}: not a regular file", "not_a_regular_file", str(path))
+    return st
+
+
+def _describe_file(fd: int, path: Path) -> Digest:
+    """A regular file's size, mode and mtime, its SHA-256 left empty (not hashed yet)."""
+    st = _regular(fd, path)
+    return Digest(st.st_size, "", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+
+
 def _digest(fd: int, path: Path) -> Digest:
     """Hash an open file from its start, then rewind it; it must be a regular file."""
+    before = _regular(fd, path)
     try:
-        before = os.fstat(fd)
-        if stat.S_ISDIR(before.st_mode):
-            raise LocalFileError(f"{path}: is a directory (use -r to put a directory)",
-                                 "is_a_directory", str(path))
-        if not stat.S_ISREG(before.st_mode):
-            raise LocalFileError(f"{path}: not a regular file", "not_a_regular_file", str(path))
+        os.lseek(fd, 0, os.SEEK_SET)
         digest = hashlib.sha256()
         size = 0
         while chunk := os.read(fd, CHUNK):

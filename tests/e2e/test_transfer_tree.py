@@ -278,3 +278,31 @@ def test_the_python_api_puts_and_gets_trees(server, trees):
         assert changed.changed == 1
         assert seen and seen[-1][1] == changed.bytes
     assert (remote / "app" / "etc" / "app.conf").read_bytes() == b"port = 9090\n"
+
+
+def test_a_new_file_is_read_once_and_a_same_size_one_is_hashed_first(server, trees,
+                                                                      monkeypatch):
+    from rexec.client import transfer
+    from rexec.client.blocking import BlockingClient
+
+    local, remote = trees
+    hashed: list[Path] = []
+    real = transfer._digest
+
+    def counting(fd: int, path: Path) -> transfer.Digest:
+        hashed.append(path)
+        return real(fd, path)
+
+    monkeypatch.setattr(transfer, "_digest", counting)
+    src = local / "data.bin"
+    src.write_bytes(os.urandom(2 * 1024 * 1024 + 1))
+    with BlockingClient(server.address, token=server.token) as client:
+        first = client.put(src, str(remote / "data.bin"))
+        assert first.changed and hashed == []  # hashed as it was sent, not before
+        again = client.put(src, str(remote / "data.bin"))
+        assert not again.changed and hashed == [src]  # the server asked: hashed, not sent
+        assert again.sha256 == first.sha256
+        src.write_bytes(os.urandom(2 * 1024 * 1024 + 1))  # same size, other bytes
+        third = client.put(src, str(remote / "data.bin"))
+        assert third.changed and third.sha256 != first.sha256 and len(hashed) == 2
+    assert (remote / "data.bin").read_bytes() == src.read_bytes()

@@ -342,8 +342,8 @@ def test_a_cancel_requested_while_the_source_is_hashed_is_kept(peer: tuple[Peer,
 
         real_open = transfer.LocalSource.open
 
-        def open_and_interrupt(path: Any) -> transfer.LocalSource:
-            source = real_open(path)
+        def open_and_interrupt(path: Any, **options: Any) -> transfer.LocalSource:
+            source = real_open(path, **options)
             client.request_cancel()
             return source
 
