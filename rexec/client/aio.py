@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Protocol
 
 from rexec.client.connect import describe_connect_error, no_handshake_error, tls_failure
 from rexec.client.core import (
@@ -34,8 +34,10 @@ from rexec.client.options import ConnectOptions, OptionsClient
 from rexec.client.transfer import (
     CHUNK,
     AtomicWriter,
+    Digest,
     LocalSource,
     ProgressCallback,
+    check_remote,
     get_destination,
     put_attributes,
     put_destination,
@@ -64,6 +66,43 @@ async def stdin_chunks(source: StdinSource) -> AsyncIterator[bytes]:
     else:
         for chunk in source:
             yield chunk
+
+
+class UploadSource(Protocol):
+    """What a put sends: a Digest, declared first, then exactly its ``size`` bytes in order.
+
+    ``put`` sends a LocalSource; a fleet put gives every host its share of one read of the
+    file (``rexec.fleet.transfer``), which is why a read may have to wait.
+    """
+
+    @property
+    def digest(self) -> Digest:
+        """The size, SHA-256, mode and mtime of what is sent."""
+        ...
+
+    @property
+    def remaining(self) -> int:
+        """Bytes still to read."""
+        ...
+
+    async def read(self, size: int) -> bytes | memoryview:
+        """The next bytes, at most ``size`` (LocalFileError if the source failed)."""
+        ...
+
+
+class _LocalUpload:
+    """A LocalSource as an UploadSource: its reads are of a regular file, never waited for."""
+
+    def __init__(self, source: LocalSource) -> None:
+        self._source = source
+        self.digest = source.digest
+
+    @property
+    def remaining(self) -> int:
+        return self._source.remaining
+
+    async def read(self, size: int) -> bytes:
+        return self._source.read(size)
 
 
 class Client(OptionsClient):
@@ -214,21 +253,40 @@ class Client(OptionsClient):
         LocalFileError; the remote file is then as it was.
         """
         async with self._lock:
-            core = self._connected()
+            self._connected()
             started = time.monotonic()
             destination = put_destination(local, remote)
             source = await asyncio.to_thread(LocalSource.open, local)
             with source:
-                digest = source.digest
-                wanted_mode, mtime_ns = put_attributes(digest, mode=mode, preserve=preserve)
-                core.start_put(destination, file_size=digest.size, sha256=digest.sha256,
-                               mode=wanted_mode, mtime_ns=mtime_ns, force=force)
-                self._flush(core)
-                event = await self._transfer_event()
-                if isinstance(event, UploadReady):
-                    event = await self._upload(core, source, on_progress)
+                return await self._put_locked(_LocalUpload(source), str(local), destination,
+                                              mode=mode, preserve=preserve, force=force,
+                                              on_progress=on_progress, started=started)
+
+    async def _put_source(self, source: UploadSource, local: str, remote: str, *,
+                          mode: int | None = None, preserve: bool = False, force: bool = False,
+                          on_progress: ProgressCallback | None = None) -> TransferResult:
+        """``put`` of bytes the caller provides, hashed already (``source``) to the absolute
+        ``remote``; ``local`` names them in the TransferResult. A fleet put's entry point."""
+        async with self._lock:
+            return await self._put_locked(source, local, check_remote(remote), mode=mode,
+                                          preserve=preserve, force=force,
+                                          on_progress=on_progress, started=time.monotonic())
+
+    async def _put_locked(self, source: UploadSource, local: str, destination: str, *,
+                          mode: int | None, preserve: bool, force: bool,
+                          on_progress: ProgressCallback | None,
+                          started: float) -> TransferResult:
+        core = self._connected()
+        digest = source.digest
+        wanted_mode, mtime_ns = put_attributes(digest, mode=mode, preserve=preserve)
+        core.start_put(destination, file_size=digest.size, sha256=digest.sha256,
+                       mode=wanted_mode, mtime_ns=mtime_ns, force=force)
+        self._flush(core)
+        event = await self._transfer_event()
+        if isinstance(event, UploadReady):
+            event = await self._upload(core, source, on_progress)
         assert isinstance(event, TransferFinished)
-        return TransferResult(str(local), destination, event.file_size, event.sha256,
+        return TransferResult(local, destination, event.file_size, event.sha256,
                               event.changed, time.monotonic() - started)
 
     async def get(self, remote: str, local: str | Path, *, preserve: bool = False,
@@ -275,7 +333,7 @@ class Client(OptionsClient):
             await self.close()
             raise
 
-    async def _upload(self, core: ClientCore, source: LocalSource,
+    async def _upload(self, core: ClientCore, source: UploadSource,
                       on_progress: ProgressCallback | None) -> Event:
         """Send the put's bytes within the credit while the server's frames are read."""
         failure: list[LocalFileError] = []
@@ -291,7 +349,7 @@ class Client(OptionsClient):
             with contextlib.suppress(asyncio.CancelledError, RexecError, OSError):
                 await feeder
 
-    async def _feed_file(self, core: ClientCore, source: LocalSource,
+    async def _feed_file(self, core: ClientCore, source: UploadSource,
                          on_progress: ProgressCallback | None,
                          failure: list[LocalFileError]) -> None:
         writer = self._writer
@@ -303,7 +361,10 @@ class Client(OptionsClient):
                     self._credit.clear()
                     await self._credit.wait()
                     continue
-                core.send_file_data(source.read(min(core.file_credit, CHUNK)))
+                data = await source.read(min(core.file_credit, CHUNK))
+                if not core.uploading:  # the server ended the put while the read waited
+                    return
+                core.send_file_data(data)
                 self._flush(core)
                 if on_progress is not None:
                     on_progress(size - source.remaining, size)
