@@ -1,9 +1,10 @@
 """``rexec put TARGET LOCAL REMOTE`` and ``rexec get TARGET REMOTE LOCAL``: one file, atomically.
 
-One host for now, through the blocking client (the fast start of ``rexec run``'s one-host
-path, asyncio never imported); a pattern or ``-r`` is refused with exit 2, saying it is not
-supported yet. The --json document and the progress line are written here rather than in
-``cli/output.py``, which imports asyncio at module level.
+One host through the blocking client (the fast start of ``rexec run``'s one-host path,
+asyncio never imported); ``-r`` is refused with exit 2, saying it is not supported yet. A
+pattern TARGET is fleet mode, in ``cli/transfer_fleet.py``. The --json document and the
+progress line are written here rather than in ``cli/output.py``, which imports asyncio at
+module level.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from rexec.cli.common import (
     fail,
     status_for,
 )
-from rexec.cli.run import InventoryFiles, Notes, _classify, describe_error
+from rexec.cli.run import Forks, InventoryFiles, Notes, _classify, describe_error
 
 EXITS = """Exit status:
 
@@ -51,6 +52,10 @@ EXITS = """Exit status:
          file could not be read or written, or the bytes did not check
          out; one line on stderr says which, and the destination is as
          it was
+
+In fleet mode (a pattern TARGET): 0 every host done, 1 a transfer failed
+and every host was reached, 3 a host was unreachable, 2 bad usage, 130
+Ctrl-C.
 """
 
 PUT_HELP = f"""Copy the local file LOCAL to REMOTE on TARGET, atomically.
@@ -62,6 +67,9 @@ and SHA-256 match. When REMOTE holds the same content (and mode) already, nothin
 --json says "changed": false; --no-skip sends it anyway. A new REMOTE gets mode 0644, an
 existing one keeps its mode, unless --mode or -p.
 
+A node-set pattern TARGET (web[01-20], @group) sends LOCAL to every host it names, at most
+--forks at once: LOCAL is hashed once and read once for the hosts sending it together.
+
 {EXITS}"""
 
 GET_HELP = f"""Copy the file REMOTE on TARGET to the local LOCAL, atomically.
@@ -72,21 +80,28 @@ to a temporary file beside LOCAL, renamed over it only once their size and SHA-2
 server's. An existing LOCAL keeps its mode, a new one gets REMOTE's less the umask; -p gives it
 REMOTE's mode and mtime exactly.
 
+A node-set pattern TARGET (web[01-20], @group) gets REMOTE from every host it names, at most
+--forks at once, into LOCAL/HOST/NAME: LOCAL must be an existing directory.
+
 {EXITS}"""
 
 Target = Annotated[str, typer.Argument(
     metavar="TARGET", show_default=False,
-    help="HOST:PORT, [IPV6]:PORT, HOST (port 7878) or one inventory host.")]
+    help="HOST:PORT, [IPV6]:PORT, HOST (port 7878), one inventory host, or a node-set"
+         " pattern of many hosts (web[01-20], @group).")]
 Preserve = Annotated[bool, typer.Option(
     "--preserve", "-p", help="Keep the file's mode and modification time.")]
 JsonOutput = Annotated[bool, typer.Option(
     "--json", help="Print one JSON object: target, local, remote, bytes, sha256, changed,"
-                   " duration (and error).")]
+                   " duration (and error); in fleet mode one per host (host, address,"
+                   " status...).")]
 Recursive = Annotated[bool, typer.Option("--recursive", "-r", hidden=True)]
 Verbose = Annotated[int, typer.Option(
     "--verbose", "-v", count=True, show_default=False,
     help="Say where the token came from, the address and what was done, on stderr.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress line; errors only.")]
+Timeout = Annotated[float | None, typer.Option(
+    metavar="SECONDS", help="Fleet mode: give up a host's transfer after SECONDS.")]
 
 
 def put_command(  # noqa: PLR0917 - typer maps parameters to arguments and options
@@ -117,11 +132,19 @@ def put_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     tls_pin: TlsPin = None,
     tls_tofu: TlsTofu = False,
     identity: Identity = None,
+    forks: Forks = 64,
+    timeout: Timeout = None,
 ) -> None:
     connection = connection_keywords(
         token_file=token_file, config=config, connect_timeout=connect_timeout,
         keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
         tls_tofu=tls_tofu, identity=identity)
+    if fleet := _fleet(address, timeout):
+        raise typer.Exit(fleet.put(
+            address, local, remote, mode=_mode(mode), preserve=preserve, force=no_skip,
+            recursive=recursive, json_output=json_output, notes=Notes(verbose, quiet),
+            forks=forks, timeout=timeout, inventory=inventory, config=config,
+            connection=connection))
     job = _Job("put", address, local=str(local), remote=remote, json_output=json_output,
                notes=Notes(verbose, quiet))
     job.check(recursive)
@@ -156,11 +179,18 @@ def get_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     tls_pin: TlsPin = None,
     tls_tofu: TlsTofu = False,
     identity: Identity = None,
+    forks: Forks = 64,
+    timeout: Timeout = None,
 ) -> None:
     connection = connection_keywords(
         token_file=token_file, config=config, connect_timeout=connect_timeout,
         keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
         tls_tofu=tls_tofu, identity=identity)
+    if fleet := _fleet(address, timeout):
+        raise typer.Exit(fleet.get(
+            address, remote, local, preserve=preserve, recursive=recursive,
+            json_output=json_output, notes=Notes(verbose, quiet), forks=forks,
+            timeout=timeout, inventory=inventory, config=config, connection=connection))
     job = _Job("get", address, local=str(local), remote=remote, json_output=json_output,
                notes=Notes(verbose, quiet))
     job.check(recursive)
@@ -169,6 +199,21 @@ def get_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     job.local = str(job.checked(lambda: get_destination(remote, local)))
     raise typer.Exit(job.run(inventory, config, connection, lambda client, progress: client.get(
         remote, local, preserve=preserve, on_progress=progress)))
+
+
+def _fleet(target: str, timeout: float | None) -> Any:
+    """The fleet-mode module when TARGET is a pattern (``cli/transfer_fleet.py``), else None:
+    one host, where --timeout does not apply yet (exit 2)."""
+    from rexec.fleet.nodeset import is_pattern
+
+    if is_pattern(target):
+        from rexec.cli import transfer_fleet
+
+        return transfer_fleet
+    if timeout is not None:
+        fail("--timeout is per host in fleet mode (a pattern TARGET); one host's transfer has"
+             " no timeout yet", EXIT_USAGE)
+    return None
 
 
 def _mode(value: str | None) -> int | None:
@@ -213,11 +258,6 @@ class _Job:
     def run(self, inventory: list[Path] | None, config: Path | None,
             connection: dict[str, Any], transfer: Any) -> int:
         """Connect, do ``transfer(client, on_progress)``, report; the exit status."""
-        from rexec.fleet.nodeset import is_pattern
-
-        if is_pattern(self.target):  # said before the pattern is resolved (tokens and all)
-            self.failed(f"{self.target!r} is a pattern: fleet put/get is not supported yet"
-                        " (TARGET must be an address or one inventory host)", EXIT_USAGE)
         _, found = _classify(self.target, inventory, config, self.kind, False,
                              connection=connection)
         import gc
