@@ -6,14 +6,15 @@ reads it in chunks and hands each chunk to every host still sending. The chunks 
 *passes*: a ``Relay`` (sans-I/O) holds one pass's chunks, at most ``limit`` bytes, until every
 host in it has taken them, so the slowest host paces the read and the fastest is never more
 than ``limit`` bytes ahead; a host that fails or is cancelled leaves its pass and the others go
-on. Hosts join a pass when their server is ready for the bytes, and a pass waits for the hosts
-that hold a fork slot and are still connecting (keeping its first chunk) for up to ``window``
-seconds after its first host joined. With every host within ``--forks`` and reachable in time,
-that is one pass: the file is hashed once and read once. A host that comes later (a slow
-connection past the window, or one that took a fork slot freed by another) starts a new pass,
-which reads the file again for the hosts that join it, in bounded memory of its own: with more
-hosts than forks, the hosts that start together share a pass, so the file is read about
-hosts / forks times (from the page cache, usually), never once per host.
+on. Hosts join a pass when their server is ready for the bytes, and a pass keeps its first
+chunk for more hosts to join, for up to ``window`` seconds after its first host joined, while
+any host holding a fork slot is outside it: still connecting, or in an earlier pass (its slot
+is about to go to a host that can share this one). With every host within
+``--forks`` and reachable in time, that is one pass: the file is hashed once and read once.
+With more hosts than forks, the hosts go in waves of about ``forks``, one pass each, so the
+file is read about hosts / forks times (from the page cache, usually), never once per host; a
+host later than the window (a slow connection) gets a pass of its own. Each pass holds at
+most ``limit`` bytes.
 
 Get. Each host's file goes to ``LOCAL/HOST/NAME`` (``host_dir`` makes HOST a safe directory
 name; two hosts that would share one are refused before anything starts), so no host's file
@@ -159,6 +160,7 @@ class _Pass:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.error: LocalFileError | None = None
+        self.slots = 0  # hosts that joined it and still hold their fork slot
         self._wake = asyncio.Event()
 
     async def changed(self) -> None:
@@ -181,32 +183,35 @@ class FanOut:
         self.chunk, self.limit, self.window = chunk, limit, window
         self.passes = 0  # passes started: how many times the file was read after its hash
         self._source: LocalSource | None = None
-        self._current: _Pass | None = None
-        self._pending = 0  # hosts with a fork slot that have neither joined a pass nor left
+        self._digest: Digest | None = None
+        self._current: _Pass | None = None  # the newest pass, the one hosts join
+        self._slots = 0  # hosts holding a fork slot (with a share)
 
     async def open(self) -> None:
         """Open and hash the file (LocalFileError when it cannot be read)."""
         self._source = await asyncio.to_thread(LocalSource.open, self.path)
+        self._digest = self._source.digest
 
     @property
     def digest(self) -> Digest:
         """The file's size, SHA-256, mode and mtime, as hashed by ``open``."""
-        if self._source is None:
+        if self._digest is None:
             raise RuntimeError("the fan-out is not open")
-        return self._source.digest
+        return self._digest
 
     def close(self) -> None:
         """Close the file (every host's share must be closed first)."""
         if self._source is not None:
             self._source.close()
+            self._source = None
 
     def expect(self) -> HostShare:
-        """The share of one more host, which the newest pass now waits for (up to ``window``)."""
-        self._pending += 1
+        """The share of a host that has just taken a fork slot: the newest pass waits for it
+        (up to ``window``), and ``HostShare.close`` says when the slot is given back."""
+        self._slots += 1
         return HostShare(self)
 
     def _join(self) -> tuple[_Pass, int]:
-        self._pending -= 1
         current = self._current
         if current is None or current.error is not None or not current.relay.joinable:
             current = self._current = _Pass(Relay(self.digest.size, chunk=self.chunk,
@@ -214,17 +219,27 @@ class FanOut:
             self.passes += 1
             asyncio.get_running_loop().call_later(self.window, self._release, current)
         member = current.relay.join()
+        current.slots += 1
         self._settle()
         return current, member
 
-    def _left_unjoined(self) -> None:
-        self._pending -= 1
+    def _slot_freed(self, joined: _Pass | None) -> None:
+        # Counted as held until the loop's next turn: the host waiting for this slot takes
+        # it (and is expected) in the task step that the semaphore's release has scheduled
+        # before this callback, so no pass is let go in between for want of that host.
+        asyncio.get_running_loop().call_soon(self._forget_slot, joined)
+
+    def _forget_slot(self, joined: _Pass | None) -> None:
+        self._slots -= 1
+        if joined is not None:
+            joined.slots -= 1
         self._settle()
 
     def _settle(self) -> None:
-        """The newest pass waits for no one once every host with a slot has joined or left."""
-        if self._pending == 0 and self._current is not None:
-            self._release(self._current)
+        """The newest pass waits for no one once every host holding a slot is in it."""
+        current = self._current
+        if current is not None and current.slots == self._slots:
+            self._release(current)
 
     def _release(self, current: _Pass) -> None:
         current.relay.release()
@@ -234,7 +249,8 @@ class FanOut:
         """Read what the pass has room for, and wake its members if anything changed. The
         reads are of a regular file (a page-cache copy, as LocalSource's), made in the loop."""
         relay, source = current.relay, self._source
-        assert source is not None
+        if source is None:  # closed: every host has gone
+            return
         before = relay.held, relay.base
         while current.error is None and (count := relay.to_read()):
             try:
@@ -247,12 +263,14 @@ class FanOut:
 
 class HostShare:
     """One host's part of a FanOut, as the Client's UploadSource: it joins a pass at its first
-    read, and ``close()`` (always, however the host ended) lets the others go on without it."""
+    read; ``leave()`` as soon as the host takes no more (the others go on without it), and
+    ``close()`` once its fork slot has been given back (however the host ended)."""
 
     def __init__(self, fanout: FanOut) -> None:
         self._fanout = fanout
         self._pass: _Pass | None = None
         self._member = -1
+        self._left = False
         self._closed = False
 
     @property
@@ -273,8 +291,8 @@ class HostShare:
     async def read(self, size: int) -> memoryview:
         """The host's next bytes, at most ``size``: waits while the slowest host of its pass
         has not taken what is held, or the pass waits for hosts still to join."""
-        if self._closed:
-            raise RuntimeError("this host's share is closed")
+        if self._left:
+            raise RuntimeError("this host has left its share")
         if self._pass is None:
             self._pass, self._member = self._fanout._join()
         current, fanout = self._pass, self._fanout
@@ -291,16 +309,22 @@ class HostShare:
                 return piece
             await current.changed()
 
-    def close(self) -> None:
-        """This host takes no more (idempotent)."""
-        if self._closed:
+    def leave(self) -> None:
+        """This host takes no more bytes: done, failed or cancelled (idempotent)."""
+        if self._left:
             return
-        self._closed = True
-        if self._pass is None:
-            self._fanout._left_unjoined()
-        else:
+        self._left = True
+        if self._pass is not None:
             self._pass.relay.leave(self._member)
             self._fanout._fill(self._pass)
+
+    def close(self) -> None:
+        """The host's fork slot has been given back; ``leave()`` too (idempotent)."""
+        if self._closed:
+            return
+        self.leave()
+        self._closed = True
+        self._fanout._slot_freed(self._pass)
 
 
 # --- each host's part ---------------------------------------------------------------------
@@ -354,6 +378,7 @@ async def transfer_host(target: Target, forks: asyncio.Semaphore, transfer: Tran
     if on_progress is not None:
         def progress(done: int, total: int) -> None:
             on_progress(target.name, done, total)
+    share = None
     try:
         async with forks:
             started = time.monotonic()
@@ -369,10 +394,13 @@ async def transfer_host(target: Target, forks: asyncio.Semaphore, transfer: Tran
                 return _outcome(target, status, started, result=result, error=error)
             finally:
                 if share is not None:
-                    share.close()
+                    share.leave()  # at once: its pass goes on without it
                 await client.close()
     except asyncio.CancelledError:  # only Group.cancel() cancels a host's task
         return _outcome(target, "cancelled", started)
+    finally:
+        if share is not None:
+            share.close()  # the fork slot is free now (FanOut._slot_freed)
 
 
 async def _timed(transfer: Callable[[], Awaitable[TransferResult]], timeout: float | None

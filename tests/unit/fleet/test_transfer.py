@@ -130,9 +130,10 @@ def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 
 async def drain(share: HostShare, *, delay: float = 0.0, stop_after: int | None = None,
-                step: int = 7_000) -> bytes:
+                step: int = 7_000, close: bool = True) -> bytes:
     """What a host's feeder does: read until the share is exhausted (or ``stop_after`` bytes,
-    as a host that fails), then close it."""
+    as a host that fails), then leave it, and close it too unless the caller frees a fork
+    slot first (as fleet.transfer.transfer_host does)."""
     got = bytearray()
     try:
         while share.remaining and (stop_after is None or len(got) < stop_after):
@@ -141,7 +142,9 @@ async def drain(share: HostShare, *, delay: float = 0.0, stop_after: int | None 
                 await asyncio.sleep(delay)
         return bytes(got)
     finally:
-        share.close()
+        share.leave()
+        if close:
+            share.close()
 
 
 def fanout(path: Path, **kwargs: float) -> FanOut:
@@ -185,6 +188,36 @@ def test_a_host_that_joins_after_the_first_bytes_went_gets_a_pass_of_its_own(
     early, late, out = asyncio.run(asyncio.wait_for(main(), 20))
     assert early == late == data
     assert out.passes == 2 and len(reads) == 2 * len(range(0, len(data), 16_384))
+
+
+@pytest.mark.parametrize(("hosts", "forks"), [(6, 2), (7, 3), (20, 5)])
+def test_with_fewer_forks_than_hosts_the_hosts_go_in_waves_of_one_pass_each(
+        source_file: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch, hosts: int,
+        forks: int) -> None:
+    path, data = source_file
+    reads = count_reads(monkeypatch)
+
+    async def main() -> tuple[list[bytes], FanOut]:
+        out = fanout(path)
+        await out.open()
+        slots = asyncio.Semaphore(forks)  # as Group's forks cap
+
+        async def host(n: int) -> bytes:
+            async with slots:
+                share = out.expect()
+                await asyncio.sleep(0.001 * (n % 3))  # connecting takes a moment, unevenly
+                got = await drain(share, delay=0.0002 * (n % 2), close=False)
+            share.close()  # after the slot went to the next host
+            return got
+
+        got = await asyncio.gather(*(host(n) for n in range(hosts)))
+        return got, out
+
+    got, out = asyncio.run(asyncio.wait_for(main(), 30))
+    assert got == [data] * hosts
+    waves = -(-hosts // forks)
+    assert out.passes == waves  # not a pass for each host that took a freed slot
+    assert len(reads) == waves * len(range(0, len(data), 16_384))
 
 
 def test_a_pass_waits_for_a_host_still_connecting_only_up_to_the_window(
