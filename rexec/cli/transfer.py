@@ -139,7 +139,7 @@ def put_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         token_file=token_file, config=config, connect_timeout=connect_timeout,
         keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
         tls_tofu=tls_tofu, identity=identity)
-    if fleet := _fleet(address, timeout):
+    if fleet := _fleet(address):
         raise typer.Exit(fleet.put(
             address, local, remote, mode=_mode(mode), preserve=preserve, force=no_skip,
             recursive=recursive, json_output=json_output, notes=Notes(verbose, quiet),
@@ -147,7 +147,7 @@ def put_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
             connection=connection))
     job = _Job("put", address, local=str(local), remote=remote, json_output=json_output,
                notes=Notes(verbose, quiet))
-    job.check(recursive)
+    job.check(recursive, timeout)
     bits = _mode(mode)
     from rexec.client.transfer import put_destination
 
@@ -186,14 +186,14 @@ def get_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         token_file=token_file, config=config, connect_timeout=connect_timeout,
         keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
         tls_tofu=tls_tofu, identity=identity)
-    if fleet := _fleet(address, timeout):
+    if fleet := _fleet(address):
         raise typer.Exit(fleet.get(
             address, remote, local, preserve=preserve, recursive=recursive,
             json_output=json_output, notes=Notes(verbose, quiet), forks=forks,
             timeout=timeout, inventory=inventory, config=config, connection=connection))
     job = _Job("get", address, local=str(local), remote=remote, json_output=json_output,
                notes=Notes(verbose, quiet))
-    job.check(recursive)
+    job.check(recursive, timeout)
     from rexec.client.transfer import get_destination
 
     job.local = str(job.checked(lambda: get_destination(remote, local)))
@@ -201,18 +201,14 @@ def get_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         remote, local, preserve=preserve, on_progress=progress)))
 
 
-def _fleet(target: str, timeout: float | None) -> Any:
-    """The fleet-mode module when TARGET is a pattern (``cli/transfer_fleet.py``), else None:
-    one host, where --timeout does not apply yet (exit 2)."""
+def _fleet(target: str) -> Any:
+    """The fleet-mode module when TARGET is a pattern (``cli/transfer_fleet.py``), else None."""
     from rexec.fleet.nodeset import is_pattern
 
     if is_pattern(target):
         from rexec.cli import transfer_fleet
 
         return transfer_fleet
-    if timeout is not None:
-        fail("--timeout is per host in fleet mode (a pattern TARGET); one host's transfer has"
-             " no timeout yet", EXIT_USAGE)
     return None
 
 
@@ -241,9 +237,12 @@ class _Job:
         self.json_output = json_output
         self.notes = notes
 
-    def check(self, recursive: bool) -> None:
+    def check(self, recursive: bool, timeout: float | None = None) -> None:
         if recursive:
             self.failed("-r is not supported yet: one file at a time", EXIT_USAGE)
+        if timeout is not None:
+            self.failed("--timeout is per host in fleet mode (a pattern TARGET); one host's"
+                        " transfer has no timeout yet", EXIT_USAGE)
 
     def checked(self, compute: Any) -> Any:
         """``compute()``, or exit 2 when the paths are bad (InvalidRequest)."""
