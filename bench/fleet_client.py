@@ -5,6 +5,7 @@
     python bench/fleet_client.py asyncssh HOSTS_FILE PORT KEY KNOWN_HOSTS
     python bench/fleet_client.py pssh HOSTS_FILE PORT KEY POOL_SIZE
     python bench/fleet_client.py cli HOSTS_FILE PORT TOKEN_FILE lines|json  # `rexec run PATTERN`
+    python bench/fleet_client.py rexec-put HOSTS_FILE PORT TOKEN_FILE SRC DST
 
 HOSTS_FILE holds one address a line. Every host is asked to run `hostname` at once (rexec and
 asyncssh: one connection each, opened together with asyncio.gather, each authenticating,
@@ -18,6 +19,10 @@ the process's peak RSS (VmHWM, KiB) at the end.
 default prefixed lines or with --json, over an inventory written for the hosts: its figure is
 the CLI's whole process (start-up included) and its peak RSS the CLI's, so the two modes
 compare the cost of line output against JSON Lines.
+
+``rexec-put`` is the fleet put row's baseline: one ``rexec.Client.put(SRC, DST, force=True)``
+per host under asyncio.gather, each hashing and reading SRC for itself (what a fan-out without
+``rexec put PATTERN``'s shared read does).
 """
 
 from __future__ import annotations
@@ -150,11 +155,27 @@ def by_cli(hosts: list[str], port: int, token_file: str, mode: str) -> list[str]
     return errors * len(hosts) if errors else []
 
 
+async def by_rexec_put(hosts: list[str], port: int, token_file: str, src: str,
+                      dst: str) -> list[str]:
+    import rexec
+
+    token = Path(token_file).read_text().strip()
+    size = Path(src).stat().st_size
+
+    async def one(host: str) -> str | None:
+        async with rexec.Client(f"{host}:{port}", token=token, connect_timeout=60) as c:
+            r = await c.put(src, dst, force=True)
+        return None if r.bytes == size and r.changed else f"{host}: {r!r}"
+
+    return await gathered(hosts, one)
+
+
 def main() -> int:
     kind, hosts_file, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rest = sys.argv[4:]
     hosts = Path(hosts_file).read_text().split()
     preload = {"rexec": "rexec.client.aio", "rexec-group": "rexec.client.aio",
+               "rexec-put": "rexec.client.aio",
                "asyncssh": "asyncssh", "pssh": "pssh.clients", "cli": "subprocess"}
     __import__(preload[kind])  # imports are start-up: outside the figure
     started = time.perf_counter()
@@ -165,6 +186,7 @@ def main() -> int:
         "asyncssh": lambda: asyncio.run(by_asyncssh(hosts, port, rest[0], rest[1])),
         "pssh": lambda: by_pssh(hosts, port, rest[0], int(rest[1])),
         "cli": lambda: by_cli(hosts, port, rest[0], rest[1]),
+        "rexec-put": lambda: asyncio.run(by_rexec_put(hosts, port, *rest[:3])),
     }
     errors = runs[kind]()
     elapsed = time.perf_counter() - started

@@ -48,7 +48,12 @@ Then, interleaving the contenders (A B C A B C ..., the order rotated each round
   9. file transfer (`--only transfer`, or `make bench-transfer`): a 1 GiB file of random bytes
      put and got by `rexec put`/`get` (plaintext and TLS) beside scp (default cipher and
      aes128-gcm), sftp and asyncssh's SFTP (bench/transfer_client.py), and an unchanged re-put
-     beside hashing the file twice.
+     beside hashing the file twice;
+ 10. a fleet put (`--only fleet-put`; `make bench-transfer` runs it after row 9): 100 MB to 20
+     hosts (loopback addresses of two rexec servers, the destination on tmpfs) with
+     `rexec put PATTERN` (forks 20 and 5, and an unchanged re-put) beside 20 rexec.Client.put
+     under asyncio.gather (bench/fleet_client.py rexec-put); wall time, the client's peak RSS
+     and how many bytes it read.
 Medians and p95 (nearest rank) over every sample; ratios are taken between medians of the
 same run. Every loop has a fixed count and every wait a deadline. Not part of the test suite.
 """
@@ -133,6 +138,9 @@ class Plan:
     pty_cat_rounds: int = 3
     transfer_size: int = GIB  # row 9: bytes of the file put and got
     transfer_rounds: int = 3
+    fleet_put_size: int = 100_000_000  # row 10: bytes put to every host
+    fleet_put_hosts: int = 20
+    fleet_put_rounds: int = 3
 
 
 FULL = Plan("full", latency_rounds=20, latency_batch=25, fresh_rounds=20, size=GIB,
@@ -143,7 +151,8 @@ QUICK = Plan("quick", latency_rounds=6, latency_batch=15, fresh_rounds=6, size=2
              stream_rounds=3, idle_connections=1000, idle_rounds=1,
              sshd_idle_connections=200, fanout=(50, 500),
              fanout_rounds=2, clients=20, sequential=20, cps_rounds=3, fleet_rounds=2,
-             pty_cat_rounds=2, transfer_size=256 * MIB, transfer_rounds=2)
+             pty_cat_rounds=2, transfer_size=256 * MIB, transfer_rounds=2,
+             fleet_put_rounds=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2016,6 +2025,157 @@ def transfer_section(row: TransferRow, plan: Plan, w: Callable[[str], None],
 
 
 # ---------------------------------------------------------------------------------------------
+# row 10: a fleet put
+
+FLEET_PUT_START = ("<!-- fleet put row: start (bench/suite.py --only fleet-put rewrites this"
+                   " part) -->")
+FLEET_PUT_END = "<!-- fleet put row: end -->"
+
+
+@dataclass
+class FleetPutRow:
+    series: list[Series]
+    size: int
+    hosts: int
+    how: str
+
+
+def proc_io(pid: int, name: str) -> int:
+    """A /proc/PID/io counter (rchar: bytes the process read, files and sockets); 0 if gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith(f"{name}:"):
+                return int(line.split()[1])
+    return 0
+
+
+def sampled_process(argv: list[str], env: dict[str, str]) -> tuple[float, int, int]:
+    """Run argv (no output kept); its wall seconds, peak RSS (KiB) and bytes read (rchar), the
+    last two sampled every 10 ms until it exits."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    peak = read = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak, read
+        while not stop.is_set():
+            peak = max(peak, proc_status(proc.pid, "VmHWM"))
+            read = max(read, proc_io(proc.pid, "rchar"))
+            stop.wait(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        _, err = proc.communicate(timeout=PROCESS_TIMEOUT)
+    except BaseException:
+        stop_process(proc, argv[0], signal.SIGKILL)
+        raise
+    finally:
+        stop.set()
+        sampler.join(5)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited {proc.returncode}:"
+                           f" {err.decode(errors='replace').strip()[-300:]}")
+    return elapsed, peak, read
+
+
+def fleet_put_row(rig: Rig, plan: Plan, stack: contextlib.ExitStack) -> FleetPutRow:
+    n, size = plan.fleet_put_hosts, plan.fleet_put_size
+    say(f"[10] fleet put: {size:,} bytes to {n} hosts, one cold client process per run")
+    fleet = Fleet(fleet_addresses(n))
+    start_fleet_servers(rig, fleet, stack, 2)
+    src = transfer_source(rig, size)
+    shm = Path("/dev/shm")
+    folder = Path(tempfile.mkdtemp(prefix="rexec-fleet-put-",
+                                   dir=shm if shm.is_dir() else rig.tmp))
+    stack.callback(shutil.rmtree, folder, ignore_errors=True)
+    dst = folder / "dst.bin"
+    token = str(rig.tmp / "home" / "token")
+    inventory = rig.tmp / "fleet-put.toml"
+    inventory.write_text(f'[defaults]\nport = {fleet.rexec_port}\ntoken_file = "{token}"\n'
+                         f'connect_timeout = 60\n\n[hosts."h[1-{n}]"]\n'
+                         f'address = "{fleet.addresses[0].rsplit(".", 1)[0]}.[1-{n}]"\n')
+    hosts_file = rig.tmp / "fleet-put-hosts"
+    hosts_file.write_text("\n".join(fleet.addresses) + "\n")
+    cli = [str(BIN / "rexec"), "put", "-q", "--inventory", str(inventory)]
+    rows = [
+        (f"rexec put -f {n}", f"`rexec put --no-skip -f {n} 'h[1-{n}]' FILE DEST` (CLI; read"
+         " once)", [*cli, "--no-skip", "-f", str(n), f"h[1-{n}]", str(src), str(dst)], True),
+        ("rexec put -f 5", f"`rexec put --no-skip -f 5 'h[1-{n}]' FILE DEST` (CLI; hosts in"
+         " passes of about 5)", [*cli, "--no-skip", "-f", "5", f"h[1-{n}]", str(src), str(dst)],
+         True),
+        ("Client.put x gather", f"{n} x `rexec.Client.put(FILE, DEST, force=True)`,"
+         " asyncio.gather (bench/fleet_client.py rexec-put; each reads the file itself)",
+         [sys.executable, str(FLEET_CLIENT), "rexec-put", str(hosts_file),
+          str(fleet.rexec_port), token, str(src), str(dst)], True),
+        ("rexec put, unchanged", f"`rexec put -f {n} 'h[1-{n}]' FILE DEST`, DEST already the"
+         " same on every host (nothing sent)",
+         [*cli, "-f", str(n), f"h[1-{n}]", str(src), str(dst)], False),
+    ]
+    contenders: list[tuple[Series, Batch]] = []
+    for short, name, argv, writes in rows:
+        series = Series(name, short)
+
+        def batch(k: int, argv: list[str] = argv, writes: bool = writes,
+                  series: Series = series) -> list[float]:
+            times = []
+            for _ in range(k):
+                settle(rig)
+                before = dst.stat().st_mtime_ns if dst.exists() else None
+                elapsed, peak, read = sampled_process(argv, rig.env)
+                if dst.stat().st_size != size:
+                    raise RuntimeError(f"{dst} has {dst.stat().st_size} bytes, not {size}")
+                if not writes and dst.stat().st_mtime_ns != before:
+                    raise RuntimeError("the unchanged file was written again")
+                times.append(elapsed)
+                series.rss_kib.append(peak)
+                series.add_extra("read", read)
+            return times
+
+        contenders.append((series, batch))
+    say(f"    {plan.fleet_put_rounds} rounds")
+    measure_rounds(contenders, plan.fleet_put_rounds, 1)
+    how = (f"{fleet.how}; the destination on {'tmpfs (/dev/shm)' if shm.is_dir() else 'disk'}"
+           f", one path for every host (each server writes a temporary file of its own and"
+           f" renames it over DEST)")
+    return FleetPutRow([s for s, _ in contenders], size, n, how)
+
+
+def fleet_put_section(row: FleetPutRow, plan: Plan, w: Callable[[str], None]) -> None:
+    """Table 10 (`--only fleet-put` rewrites it alone)."""
+    mb = row.size / 1e6
+    w(FLEET_PUT_START)
+    w("## 10. Fleet put")
+    w("")
+    w(f"One file of {row.size:,} random bytes put to {row.hosts} hosts at once by a cold client"
+      f" process (start-up included), {plan.fleet_put_rounds} interleaved rounds after a"
+      f" warm-up: {row.how}. The clients, the servers and their writes share this machine's"
+      " two cores, so the wall time is mostly the servers' receiving (about 3.7 ms of CPU per"
+      f" MiB each, {row.hosts} times over). *read MB*: bytes the client process read (its"
+      " `rchar`, sampled: the hash, the file's passes and the sockets), which shows how often"
+      " the file was read.")
+    w("")
+    w("| client | median s | p95 s | n | MB/s to all hosts | client peak RSS MiB | read MB |"
+      " vs `rexec put` forks 20 |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base = row.series[0].median
+    for s in row.series:
+        rss = median([float(v) for v in s.rss_kib]) / 1024
+        read = median(s.extra.get("read", [])) / 1e6
+        moved = "" if s.label.endswith("unchanged") else fnum(ratio(mb * row.hosts, s.median), 0)
+        w(f"| {s.name} | {fnum(s.median, 3)} | {fnum(s.p95, 3)} | {len(s.values)} | {moved} |"
+          f" {fnum(rss, 1)} | {fnum(read, 0)} | {fx(ratio(s.median, base))} |")
+    w("")
+    for line in errors_note(row.series):
+        w(line)
+    w("")
+    w(FLEET_PUT_END)
+
+
+# ---------------------------------------------------------------------------------------------
 # the report
 
 
@@ -2033,6 +2193,7 @@ class Results:
     fleet_how: str = ""
     pty: PtyRow | None = None
     transfer: TransferRow | None = None
+    fleet_put: FleetPutRow | None = None
 
 
 def find(series: list[Series], prefix: str) -> Series:
@@ -2547,6 +2708,9 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
     if res.transfer:
         transfer_section(res.transfer, plan, w, target, targets)
         w("")
+    if res.fleet_put:
+        fleet_put_section(res.fleet_put, plan, w)
+        w("")
 
     w("## The issue's targets (ratios from this run)")
     w("")
@@ -2608,10 +2772,11 @@ def main() -> int:  # noqa: PLR0912, PLR0915
                         help="a short run (2-3 minutes): fewer rounds, smaller streams")
     parser.add_argument("--size", type=int, default=None,
                         help="bytes streamed in row 3 (default 1 GiB, 256 MiB with --quick)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9",
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
                         help="rows to run, e.g. 1,3; 7 or fleet: the fleet fan-out, 8 or pty:"
-                             " the PTY session, 9 or transfer: file transfer (these alone"
-                             " rewrite only their own sections of --output)")
+                             " the PTY session, 9 or transfer: file transfer, 10 or"
+                             " fleet-put: a fleet put (these alone rewrite only their own"
+                             " sections of --output)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="where the table goes ('-' for nowhere)")
     args = parser.parse_args()
@@ -2620,11 +2785,12 @@ def main() -> int:  # noqa: PLR0912, PLR0915
         if args.size <= 0:
             parser.error("--size must be positive")
         plan = dataclasses.replace(plan, size=args.size)
-    names = {"fleet": 7, "pty": 8, "transfer": 9}
+    names = {"fleet": 7, "pty": 8, "transfer": 9, "fleet-put": 10}
     try:
         rows = {names.get(x.strip()) or int(x) for x in args.only.split(",") if x.strip()}
     except ValueError:
-        parser.error(f"--only: row numbers 1-9, fleet, pty or transfer, not {args.only!r}")
+        parser.error(f"--only: row numbers 1-10, fleet, pty, transfer or fleet-put, not"
+                     f" {args.only!r}")
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
     def on_term(signum: int, frame: object) -> None:
@@ -2678,6 +2844,8 @@ def main() -> int:  # noqa: PLR0912, PLR0915
             res.pty = pty_row(rig, plan)
         if 9 in rows:
             res.transfer = transfer_row(rig, plan)
+        if 10 in rows:
+            res.fleet_put = fleet_put_row(rig, plan, stack)
         info["load"] = (f"{load_start[0]:.2f} before the run, {os.getloadavg()[0]:.2f} at its"
                         " end (1-minute load average of the whole machine, the suite's own"
                         " processes included)")
@@ -2689,7 +2857,7 @@ def main() -> int:  # noqa: PLR0912, PLR0915
     if str(args.output) != "-":
         args.output.parent.mkdir(parents=True, exist_ok=True)
         sections = {7: (FLEET_START, FLEET_END), 8: (PTY_START, PTY_END),
-                    9: (TRANSFER_START, TRANSFER_END)}
+                    9: (TRANSFER_START, TRANSFER_END), 10: (FLEET_PUT_START, FLEET_PUT_END)}
         if rows <= sections.keys() and args.output.exists():  # the other tables stay
             existing = args.output.read_text()
             for row in sorted(rows):

@@ -91,12 +91,14 @@ class ServerProcess:
 
 def start_server(tmp: Path, *extra: str, token: str = TOKEN, env: dict[str, str] | None = None,
                  timeout: float = 20.0, replace_env: bool = False,
-                 token_in_env: bool = False, listeners: int = 1) -> ServerProcess:
+                 token_in_env: bool = False, listeners: int = 1,
+                 cwd: Path = ROOT) -> ServerProcess:
     """Start ``python server.py --port 0`` and wait for its ``listening on`` line (as many as
     ``listeners``, for a server given several ``--host``: each has its own port).
 
     ``env`` is added to this process's environment, or replaces it with ``replace_env``. The
-    token goes in a ``--token-file``, or in ``REXEC_TOKEN`` with ``token_in_env``.
+    token goes in a ``--token-file``, or in ``REXEC_TOKEN`` with ``token_in_env``. ``cwd`` is
+    the server's working directory (``/proc/self/cwd`` on the "remote" side).
     """
     token_file = write_token(tmp / "server-token", token)
     log_path = tmp / "server.log"
@@ -109,7 +111,7 @@ def start_server(tmp: Path, *extra: str, token: str = TOKEN, env: dict[str, str]
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "server.py"), "--port", "0", *token_args,
          "--log-level", "debug", *extra],
-        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT, env=environ,
+        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=cwd, env=environ,
     )
     log.close()
     assert proc.stdout is not None

@@ -1,4 +1,5 @@
-"""Fleet mode of ``rexec run`` and ``rexec batch``: a pattern's hosts, fanned out, rendered.
+"""Fleet mode of ``rexec run`` and ``rexec batch`` (and the rendering and driving that fleet
+``put`` and ``get`` share): a pattern's hosts, fanned out, rendered.
 
 ``rexec.fleet`` does the work (Inventory -> Targets -> Group); this module turns the flags into
 one Renderer, feeds it what the Group reports as it happens, prints the summary and returns the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,18 @@ class Renderer:
 
     def __init__(self, hosts: list[str], *, mode: str, prefix: bool = True,
                  out_dir: Path | None = None, summary: bool = False, quiet: bool = False,
-                 fold: Any = None, batch: bool = False) -> None:
+                 fold: Any = None, batch: bool = False,
+                 line_json: Callable[[Any], str] = outcome_json,
+                 progress_bytes: bool = False,
+                 more_summary: Callable[[Any], list[str]] | None = None) -> None:
+        """``line_json``: a host's --json line (a transfer's differs from a command's);
+        ``progress_bytes``: the bar counts bytes too (``moved``); ``more_summary(result)``:
+        lines after the summary's own (not with quiet)."""
         from rexec.fleet.lines import HostLines
 
         self.mode = mode
+        self.line_json = line_json
+        self.more_summary = more_summary
         self.prefix = prefix
         self.quiet = quiet
         self.summary = summary
@@ -51,8 +61,8 @@ class Renderer:
         self._files: dict[tuple[str, str], Any] = {}
         self.out_dir = out_dir
         self.outcomes: list[Outcome] = []
-        show_bar = not quiet and sys.stderr.isatty() and len(hosts) > 1
-        self.progress = Progress(len(hosts)) if show_bar else None
+        show_bar = not quiet and sys.stderr.isatty() and (len(hosts) > 1 or progress_bytes)
+        self.progress = Progress(len(hosts), moved=progress_bytes) if show_bar else None
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -110,6 +120,10 @@ class Renderer:
                 self.writer.broken_pipe = True
                 self._stdout_closed()
 
+    def note(self, message: str) -> None:
+        """``rexec: MESSAGE`` on stderr, above the bar when there is one (-v's details)."""
+        self._write(2, f"rexec: {message}\n".encode())
+
     def done(self, outcome: Outcome) -> None:
         """One host ended (ok, failed, timed out, unreachable or cancelled)."""
         self.outcomes.append(outcome)
@@ -122,7 +136,7 @@ class Renderer:
                 self._file(outcome.host, suffix).close()
                 del self._files[outcome.host, suffix]
         if self.mode == "json":
-            self._write(1, (outcome_json(outcome) + "\n").encode())
+            self._write(1, (self.line_json(outcome) + "\n").encode())
         if self.progress is not None:
             self.progress.done(outcome.status)
 
@@ -145,7 +159,10 @@ class Renderer:
             write_fd(1, gathered(outputs, self.fold))
         if self.summary:
             write_fd(2, summary_table(list(result.outcomes.values())).encode())
-        for line in summary_lines(result, self.fold, quiet=self.quiet, batch=self.batch):
+        lines = summary_lines(result, self.fold, quiet=self.quiet, batch=self.batch)
+        if self.more_summary is not None and not self.quiet:
+            lines += self.more_summary(result)
+        for line in lines:
             write_fd(2, f"rexec: {line}\n".encode())
 
 
@@ -216,19 +233,11 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
     Ctrl-C cancels every remote command at once and the summary is still printed; a second
     Ctrl-C exits at once, without waiting.
     """
-    import asyncio
-    import signal
-
-    from rexec.fleet.group import Group
     from rexec.fleet.nodeset import fold
 
     hosts = [target.name for target in targets]
-    from rexec.errors import ConfigError
-
-    try:
-        group = Group(targets, forks=forks)  # before the bar: nothing to undo if it refuses
-    except ConfigError as exc:  # forks below 1, a host named twice
-        print(f"rexec: {exc}", file=sys.stderr, flush=True)
+    group = make_group(targets, forks)  # before the bar: nothing to undo if it refuses
+    if group is None:
         return 2
     try:
         renderer = Renderer(hosts, fold=fold, batch=commands is not None, **renderer_options)
@@ -236,8 +245,45 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
         print(f"rexec: --out-dir {renderer_options.get('out_dir')}: {exc.strerror or exc}",
               file=sys.stderr, flush=True)
         return 2
-    renderer.on_broken_pipe = group.cancel
     json_mode = renderer.mode == "json"
+
+    async def start() -> Any:
+        if commands is not None:
+            return await group.batch(commands, keep_going=keep_going, env=env, cwd=cwd,
+                                     timeout=timeout, capture=json_mode,
+                                     on_output=renderer.output, on_done=renderer.done)
+        assert command is not None
+        return await group.run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin,
+                               capture=json_mode, on_output=renderer.output,
+                               on_done=renderer.done)
+
+    return drive(group, renderer, start)
+
+
+def make_group(targets: list[Any], forks: int) -> Any:
+    """``Group(targets, forks=forks)``, or None after one line on stderr (forks below 1, a
+    host named twice)."""
+    from rexec.errors import ConfigError
+    from rexec.fleet.group import Group
+
+    try:
+        return Group(targets, forks=forks)
+    except ConfigError as exc:
+        print(f"rexec: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
+def drive(group: Any, renderer: Renderer, start: Callable[[], Awaitable[Any]],
+          refusals: tuple[type[BaseException], ...] = ()) -> int:
+    """Run ``start()`` (one of ``group``'s operations, reporting to ``renderer``) on a new
+    event loop; then the summary, and the fleet's exit status. Ctrl-C cancels every host at
+    once and the summary is still printed; a second Ctrl-C exits at once. An exception of
+    ``refusals`` (raised before any host is contacted) is one line on stderr, exit 2.
+    """
+    import asyncio
+    import signal
+
+    renderer.on_broken_pipe = group.cancel
     interrupted = 0
 
     async def main() -> Any:
@@ -257,19 +303,17 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
 
         loop.add_signal_handler(signal.SIGINT, on_sigint)
         try:
-            if commands is not None:
-                return await group.batch(commands, keep_going=keep_going, env=env, cwd=cwd,
-                                         timeout=timeout, capture=json_mode,
-                                         on_output=renderer.output, on_done=renderer.done)
-            assert command is not None
-            return await group.run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin,
-                                   capture=json_mode, on_output=renderer.output,
-                                   on_done=renderer.done)
+            return await start()
         finally:
             loop.remove_signal_handler(signal.SIGINT)
 
     try:
         result = asyncio.run(main())
+    except refusals as exc:
+        if renderer.progress is not None:
+            renderer.progress.stop()
+        print(f"rexec: {exc}", file=sys.stderr, flush=True)
+        return 2
     finally:
         if renderer.progress is not None:
             renderer.progress.stop()

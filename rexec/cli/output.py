@@ -188,6 +188,24 @@ def outcome_json(outcome: Outcome) -> str:
     })
 
 
+def transfer_json(outcome: Outcome, local: str | None, remote: str | None) -> str:
+    """One --json line of a fleet put or get: the host, how it ended, the file's ``local`` and
+    ``remote`` paths, and ``bytes``, ``sha256``, ``changed`` (null unless it was done)."""
+    result = outcome.result
+    return json.dumps({
+        "host": outcome.host,
+        "address": outcome.address,
+        "status": outcome.status,
+        "local": result.local if result is not None else local,
+        "remote": result.remote if result is not None else remote,
+        "bytes": result.bytes if result is not None else None,
+        "sha256": result.sha256 if result is not None else None,
+        "changed": result.changed if result is not None else None,
+        "duration": round(outcome.duration, 6),
+        "error": outcome.error,
+    })
+
+
 def _commands_json(outcome: Any) -> dict[str, Any]:
     """A batch's per-command results, for its host's --json line."""
     commands = getattr(outcome, "commands", ())
@@ -303,19 +321,22 @@ class Progress:
 
     Lines for the same terminal are printed through rich's console while the bar is shown, so
     they appear above it; lines for somewhere else (stdout redirected) go straight there.
+    With ``moved``, a column says how many bytes have moved (``moved(text)``: a fleet put or
+    get).
     """
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, *, moved: bool = False) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as Bar
 
         self.console = Console(file=sys.stderr)
-        self._bar = Bar(TextColumn("rexec"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[failures]}"), TimeElapsedColumn(),
-                        console=self.console, transient=True, auto_refresh=True,
+        columns = [TextColumn("rexec"), BarColumn(), MofNCompleteColumn(),
+                   *([TextColumn("{task.fields[moved]}")] if moved else []),
+                   TextColumn("{task.fields[failures]}"), TimeElapsedColumn()]
+        self._bar = Bar(*columns, console=self.console, transient=True, auto_refresh=True,
                         refresh_per_second=8)
-        self._task = self._bar.add_task("hosts", total=total, failures="")
+        self._task = self._bar.add_task("hosts", total=total, failures="", moved="")
         self.failed = self.unreachable = 0
         self.shared = _same_terminal(1, 2)
         self._bar.start()
@@ -336,6 +357,10 @@ class Progress:
         notes = [f"{self.failed} failed"] if self.failed else []
         notes += [f"{self.unreachable} unreachable"] if self.unreachable else []
         self._bar.update(self._task, advance=1, failures=", ".join(notes))
+
+    def moved(self, text: str) -> None:
+        """What the bytes column says now."""
+        self._bar.update(self._task, moved=text)
 
     def stop(self) -> None:
         """Remove the bar (transient: nothing is left of it on the terminal)."""

@@ -1,10 +1,11 @@
 """``rexec put TARGET LOCAL REMOTE`` and ``rexec get TARGET REMOTE LOCAL``: a file atomically,
 or a directory (``-r``) entry by entry.
 
-One host for now, through the blocking client (the fast start of ``rexec run``'s one-host
-path, asyncio never imported); a pattern is refused with exit 2, saying it is not supported
-yet. The --json document and the progress line are written here rather than in
-``cli/output.py``, which imports asyncio at module level.
+One host through the blocking client (the fast start of ``rexec run``'s one-host path,
+asyncio never imported). A pattern TARGET is fleet mode, in ``cli/transfer_fleet.py`` (one
+file; ``-r`` there is refused with exit 2, saying it is not supported yet). The --json document
+and the progress line are written here rather than in ``cli/output.py``, which imports asyncio
+at module level.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from rexec.cli.common import (
     fail,
     status_for,
 )
-from rexec.cli.run import InventoryFiles, Notes, _classify, describe_error
+from rexec.cli.run import Forks, InventoryFiles, Notes, _classify, describe_error
 
 EXITS = """Exit status:
 
@@ -52,6 +53,10 @@ EXITS = """Exit status:
          file could not be read or written, or the bytes did not check
          out; one line on stderr says which, and the destination is as
          it was
+
+In fleet mode (a pattern TARGET): 0 every host done, 1 a transfer failed
+and every host was reached, 3 a host was unreachable, 2 bad usage, 130
+Ctrl-C.
 """
 
 PUT_HELP = f"""Copy the local file LOCAL to REMOTE on TARGET, atomically.
@@ -68,6 +73,9 @@ in /, LOCAL's name inside it). Entries keep their modes, links are copied as lin
 out of the tree is refused), unchanged files are skipped; a failed entry is reported and the
 rest go on (exit 255).
 
+A node-set pattern TARGET (web[01-20], @group) sends LOCAL to every host it names, at most
+--forks at once: LOCAL is hashed once and read once for the hosts sending it together.
+
 {EXITS}"""
 
 GET_HELP = f"""Copy the file REMOTE on TARGET to the local LOCAL, atomically.
@@ -82,22 +90,29 @@ With -r, REMOTE is a directory and LOCAL the directory it becomes (made, or merg
 in /, REMOTE's name inside it). Every name the server lists is checked first, and nothing is
 written through a symbolic link; a failed entry is reported and the rest go on (exit 255).
 
+A node-set pattern TARGET (web[01-20], @group) gets REMOTE from every host it names, at most
+--forks at once, into LOCAL/HOST/NAME: LOCAL must be an existing directory.
+
 {EXITS}"""
 
 Target = Annotated[str, typer.Argument(
     metavar="TARGET", show_default=False,
-    help="HOST:PORT, [IPV6]:PORT, HOST (port 7878) or one inventory host.")]
+    help="HOST:PORT, [IPV6]:PORT, HOST (port 7878), one inventory host, or a node-set"
+         " pattern of many hosts (web[01-20], @group).")]
 Preserve = Annotated[bool, typer.Option(
     "--preserve", "-p", help="Keep the file's mode and modification time.")]
 JsonOutput = Annotated[bool, typer.Option(
     "--json", help="Print one JSON object: target, local, remote, bytes, sha256, changed,"
-                   " duration (and error).")]
+                   " duration (and error); in fleet mode one per host (host, address,"
+                   " status...).")]
 Recursive = Annotated[bool, typer.Option(
     "--recursive", "-r", help="Copy a directory and everything beneath it (links as links).")]
 Verbose = Annotated[int, typer.Option(
     "--verbose", "-v", count=True, show_default=False,
     help="Say where the token came from, the address and what was done, on stderr.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress line; errors only.")]
+Timeout = Annotated[float | None, typer.Option(
+    metavar="SECONDS", help="Fleet mode: give up a host's transfer after SECONDS.")]
 
 
 def put_command(  # noqa: PLR0917 - typer maps parameters to arguments and options
@@ -128,13 +143,22 @@ def put_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     tls_pin: TlsPin = None,
     tls_tofu: TlsTofu = False,
     identity: Identity = None,
+    forks: Forks = 64,
+    timeout: Timeout = None,
 ) -> None:
     connection = connection_keywords(
         token_file=token_file, config=config, connect_timeout=connect_timeout,
         keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
         tls_tofu=tls_tofu, identity=identity)
+    if fleet := _fleet(address):
+        raise typer.Exit(fleet.put(
+            address, local, remote, mode=_mode(mode), preserve=preserve, force=no_skip,
+            recursive=recursive, json_output=json_output, notes=Notes(verbose, quiet),
+            forks=forks, timeout=timeout, inventory=inventory, config=config,
+            connection=connection))
     job = _Job("put", address, local=str(local), remote=remote, json_output=json_output,
                notes=Notes(verbose, quiet))
+    job.check(timeout)
     bits = _mode(mode)
     if recursive:
         if bits is not None:
@@ -176,13 +200,21 @@ def get_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     tls_pin: TlsPin = None,
     tls_tofu: TlsTofu = False,
     identity: Identity = None,
+    forks: Forks = 64,
+    timeout: Timeout = None,
 ) -> None:
     connection = connection_keywords(
         token_file=token_file, config=config, connect_timeout=connect_timeout,
         keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
         tls_tofu=tls_tofu, identity=identity)
+    if fleet := _fleet(address):
+        raise typer.Exit(fleet.get(
+            address, remote, Path(local), preserve=preserve, recursive=recursive,
+            json_output=json_output, notes=Notes(verbose, quiet), forks=forks,
+            timeout=timeout, inventory=inventory, config=config, connection=connection))
     job = _Job("get", address, local=str(local), remote=remote, json_output=json_output,
                notes=Notes(verbose, quiet))
+    job.check(timeout)
     if recursive:
         from rexec.client.transfer import get_tree_destination
 
@@ -195,6 +227,17 @@ def get_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     job.local = str(job.checked(lambda: get_destination(remote, local)))
     raise typer.Exit(job.run(inventory, config, connection, lambda client, progress: client.get(
         remote, local, preserve=preserve, on_progress=progress)))
+
+
+def _fleet(target: str) -> Any:
+    """The fleet-mode module when TARGET is a pattern (``cli/transfer_fleet.py``), else None."""
+    from rexec.fleet.nodeset import is_pattern
+
+    if is_pattern(target):
+        from rexec.cli import transfer_fleet
+
+        return transfer_fleet
+    return None
 
 
 def _mode(value: str | None) -> int | None:
@@ -222,6 +265,11 @@ class _Job:
         self.json_output = json_output
         self.notes = notes
 
+    def check(self, timeout: float | None) -> None:
+        if timeout is not None:
+            self.failed("--timeout is per host in fleet mode (a pattern TARGET); one host's"
+                        " transfer has no timeout yet", EXIT_USAGE)
+
     def checked(self, compute: Any) -> Any:
         """``compute()``, or exit 2 when the paths are bad (InvalidRequest)."""
         from rexec.errors import InvalidRequest
@@ -235,11 +283,6 @@ class _Job:
     def run(self, inventory: list[Path] | None, config: Path | None,
             connection: dict[str, Any], transfer: Any) -> int:
         """Connect, do ``transfer(client, on_progress)``, report; the exit status."""
-        from rexec.fleet.nodeset import is_pattern
-
-        if is_pattern(self.target):  # said before the pattern is resolved (tokens and all)
-            self.failed(f"{self.target!r} is a pattern: fleet put/get is not supported yet"
-                        " (TARGET must be an address or one inventory host)", EXIT_USAGE)
         _, found = _classify(self.target, inventory, config, self.kind, False,
                              connection=connection)
         import gc

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Protocol
 
 from rexec.client import tree as tree_plans
 from rexec.client.connect import describe_connect_error, no_handshake_error, tls_failure
@@ -36,9 +36,11 @@ from rexec.client.options import ConnectOptions, OptionsClient
 from rexec.client.transfer import (
     CHUNK,
     AtomicWriter,
+    Digest,
     LocalSource,
     LocalTree,
     ProgressCallback,
+    check_remote,
     get_destination,
     get_tree_destination,
     put_attributes,
@@ -75,6 +77,51 @@ async def stdin_chunks(source: StdinSource) -> AsyncIterator[bytes]:
     else:
         for chunk in source:
             yield chunk
+
+
+class UploadSource(Protocol):
+    """What a put sends: a Digest, declared first, then exactly its ``size`` bytes in order.
+
+    ``put`` sends a LocalSource; a fleet put gives every host its share of one read of the
+    file (``rexec.fleet.transfer``), which is why a read may have to wait.
+    """
+
+    @property
+    def digest(self) -> Digest:
+        """The size, SHA-256, mode and mtime of what is sent."""
+        ...
+
+    @property
+    def remaining(self) -> int:
+        """Bytes still to read."""
+        ...
+
+    async def read(self, size: int) -> bytes | memoryview:
+        """The next bytes, at most ``size`` (LocalFileError if the source failed)."""
+        ...
+
+    async def hash_now(self) -> Digest:
+        """Hash the source before any of it is read (one whose ``digest.sha256`` is empty)."""
+        ...
+
+
+class _LocalUpload:
+    """A LocalSource as an UploadSource: its reads are of a regular file, never waited for."""
+
+    def __init__(self, source: LocalSource) -> None:
+        self._source = source
+        self.digest = source.digest
+
+    @property
+    def remaining(self) -> int:
+        return self._source.remaining
+
+    async def read(self, size: int) -> bytes:
+        return self._source.read(size)
+
+    async def hash_now(self) -> Digest:
+        self.digest = await asyncio.to_thread(self._source.hash_now)
+        return self.digest
 
 
 class Client(OptionsClient):
@@ -228,29 +275,58 @@ class Client(OptionsClient):
             core = self._connected()
             started = time.monotonic()
             destination = put_destination(local, remote)
-            source = await asyncio.to_thread(LocalSource.open, local)
+            source = await asyncio.to_thread(LocalSource.open, local,
+                                             hashed=not core.hashes_uploads)
             with source:
                 wanted_mode, mtime_ns = put_attributes(source.digest, mode=mode,
                                                        preserve=preserve)
-                event = await self._put_source(
-                    core, source, destination, mode=wanted_mode, mtime_ns=mtime_ns,
-                    force=force, on_progress=on_progress,
+                event = await self._send_put(
+                    core, _LocalUpload(source), destination, mode=wanted_mode,
+                    mtime_ns=mtime_ns, force=force, on_progress=on_progress,
                     name=None if remote.endswith("/") else source.path.name)
         assert event.sha256 is not None  # the core checked the server's against its own
         return TransferResult(str(local), destination, event.file_size, event.sha256,
                               event.changed, time.monotonic() - started)
 
-    async def _put_source(self, core: ClientCore, source: LocalSource, path: str, *,
-                          mode: int | None, mtime_ns: int | None, force: bool,
-                          on_progress: ProgressCallback | None, base: str | None = None,
-                          name: str | None = None) -> TransferFinished:
+    async def _put_shared(self, source: UploadSource, local: str, remote: str, *,
+                          mode: int | None = None, preserve: bool = False, force: bool = False,
+                          on_progress: ProgressCallback | None = None) -> TransferResult:
+        """``put`` of bytes the caller provides, hashed already (``source``) to the absolute
+        ``remote``; ``local`` names them in the TransferResult. A fleet put's entry point."""
+        async with self._lock:
+            core = self._connected()
+            started = time.monotonic()
+            destination = check_remote(remote)
+            wanted_mode, mtime_ns = put_attributes(source.digest, mode=mode, preserve=preserve)
+            event = await self._send_put(
+                core, source, destination, mode=wanted_mode, mtime_ns=mtime_ns, force=force,
+                on_progress=on_progress,
+                name=None if remote.endswith("/") else Path(local).name)
+        assert event.sha256 is not None  # the core checked the server's against its own
+        return TransferResult(local, destination, event.file_size, event.sha256,
+                              event.changed, time.monotonic() - started)
+
+    async def _send_put(self, core: ClientCore, source: UploadSource, path: str, *,
+                        mode: int | None, mtime_ns: int | None, force: bool,
+                        on_progress: ProgressCallback | None, base: str | None = None,
+                        name: str | None = None) -> TransferFinished:
         """Put an open source as ``path`` (or the entry ``path`` of ``base``; into the
-        directory ``path`` as ``name``, when it is one)."""
+        directory ``path`` as ``name``, when it is one). A source not hashed yet is hashed as
+        it is sent, or first when the server asks (a file of that size is there)."""
         digest = source.digest
-        core.start_put(path, file_size=digest.size, sha256=digest.sha256, mode=mode,
+        core.start_put(path, file_size=digest.size, sha256=digest.sha256 or None, mode=mode,
                        mtime_ns=mtime_ns, force=force, base=base, name=name)
         self._flush(core)
-        event = await self._transfer_event()
+        try:
+            event = await self._transfer_event()
+        except TransferFailed as exc:
+            if exc.code != "digest_required" or digest.sha256:
+                raise
+            digest = await source.hash_now()
+            core.start_put(path, file_size=digest.size, sha256=digest.sha256, mode=mode,
+                           mtime_ns=mtime_ns, force=force, base=base, name=name)
+            self._flush(core)
+            event = await self._transfer_event()
         if isinstance(event, UploadReady):
             event = await self._upload(core, source, on_progress)
         assert isinstance(event, TransferFinished)
@@ -348,11 +424,13 @@ class Client(OptionsClient):
                     progress: ProgressCallback) -> tree_plans.Outcome:
         """One step of a plan (a refusal raises TransferFailed, as a put's does)."""
         if isinstance(step, tree_plans.SendFile):
-            source = await asyncio.to_thread(LocalSource.open, step.local, follow=False)
+            source = await asyncio.to_thread(LocalSource.open, step.local, follow=False,
+                                             hashed=not core.hashes_uploads)
             with source:
-                done = await self._put_source(core, source, step.path, mode=step.mode,
-                                              mtime_ns=step.mtime_ns, force=step.force,
-                                              on_progress=progress, base=step.base)
+                done = await self._send_put(core, _LocalUpload(source), step.path,
+                                            mode=step.mode, mtime_ns=step.mtime_ns,
+                                            force=step.force, on_progress=progress,
+                                            base=step.base)
             return tree_plans.Done(done.changed, done.file_size)
         if isinstance(step, tree_plans.FetchFile):
             done = await self._get_file(core, step.path, step.local, base=step.base,
@@ -389,7 +467,7 @@ class Client(OptionsClient):
             await self.close()
             raise
 
-    async def _upload(self, core: ClientCore, source: LocalSource,
+    async def _upload(self, core: ClientCore, source: UploadSource,
                       on_progress: ProgressCallback | None) -> Event:
         """Send the put's bytes within the credit while the server's frames are read."""
         failure: list[LocalFileError] = []
@@ -405,7 +483,7 @@ class Client(OptionsClient):
             with contextlib.suppress(asyncio.CancelledError, RexecError, OSError):
                 await feeder
 
-    async def _feed_file(self, core: ClientCore, source: LocalSource,
+    async def _feed_file(self, core: ClientCore, source: UploadSource,
                          on_progress: ProgressCallback | None,
                          failure: list[LocalFileError]) -> None:
         writer = self._writer
@@ -417,7 +495,10 @@ class Client(OptionsClient):
                     self._credit.clear()
                     await self._credit.wait()
                     continue
-                core.send_file_data(source.read(min(core.file_credit, CHUNK)))
+                data = await source.read(min(core.file_credit, CHUNK))
+                if not core.uploading:  # the server ended the put while the read waited
+                    return
+                core.send_file_data(data)
                 self._flush(core)
                 if on_progress is not None:
                     on_progress(size - source.remaining, size)

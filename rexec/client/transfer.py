@@ -156,11 +156,26 @@ class LocalSource:
         except OSError as exc:
             raise local_error(exc, self.path) from None
         if not data:
-            raise LocalFileError(f"{self.path}: the file shrank while it was being sent"
-                                 f" ({self._left} bytes missing)", "changed_while_reading",
-                                 str(self.path))
+            raise self._shrank(self._left)
         self._left -= len(data)
         return data
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Exactly ``size`` bytes at ``offset`` (pread: the position ``read`` uses is left as
+        it is), for a fleet put that reads the file once per pass; LocalFileError if the file
+        ended early."""
+        try:
+            data = os.pread(self._fd, size, offset)
+        except OSError as exc:
+            raise local_error(exc, self.path) from None
+        if len(data) < size:
+            raise self._shrank(self.digest.size - offset - len(data))
+        return data
+
+    def _shrank(self, missing: int) -> LocalFileError:
+        return LocalFileError(f"{self.path}: the file shrank while it was being sent"
+                              f" ({missing} bytes missing)", "changed_while_reading",
+                              str(self.path))
 
     def close(self) -> None:
         """Close the file (again: no-op)."""

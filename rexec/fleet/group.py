@@ -1,4 +1,4 @@
-"""Group: one command, or a batch of them, on many hosts at once -> GroupResult.
+"""Group: one command, a batch of them, or one file, on many hosts at once -> GroupResult.
 
 Every host gets its own ``rexec.Client`` (one connection, all of a batch's commands over it),
 at most ``forks`` connections at once, all on the running event loop: no thread and no buffer
@@ -8,31 +8,46 @@ or secured, or whose connection is lost mid-command (a reset, or keepalive findi
 server (the output produced is kept); cancelling the run (``Group.cancel()``, or cancelling the
 task awaiting it) cancels every remote command at once, and the hosts not finished are
 "cancelled". What the run produced is in ``Group.result`` even when the run was cancelled.
+``put`` and ``get`` fan a file out and in the same way (``rexec.fleet.transfer``: the file is
+read once for the hosts sending it, and each host's download lands in a directory of its own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
 from rexec.client.aio import Client, StdinSource
 from rexec.client.core import StreamName, check_request
+from rexec.client.transfer import put_destination
 from rexec.errors import (
     CommandNotStarted,
     ConfigError,
     ConnectionLost,
     InvalidRequest,
+    LocalFileError,
     RexecError,
 )
 from rexec.fleet.batch import BatchCommand, parse_batch
-from rexec.fleet.outcome import CommandOutcome, GroupResult, HostOutcome, status_of
+from rexec.fleet.outcome import CommandOutcome, GroupResult, HostOutcome, R, status_of
 from rexec.fleet.stdin import Broadcast, SharedStdin, shared_stdin
 from rexec.fleet.target import HostStatus, Target
-from rexec.result import Result
+from rexec.fleet.transfer import (
+    FanOut,
+    OnTransferProgress,
+    check_host_dirs,
+    check_timeout,
+    get_name,
+    get_transfer,
+    put_transfer,
+    transfer_host,
+)
+from rexec.result import Result, TransferResult
 
 DEFAULT_FORKS = 64  # as clush's fanout
 TIMEOUT_GRACE = 5.0
@@ -44,8 +59,12 @@ FAILURES: frozenset[HostStatus] = frozenset({"failed", "timed_out"})  # what has
 
 OnOutput = Callable[[str, StreamName, bytes], object]
 """``on_output(host, stream, data)``, called for each chunk of output as it arrives."""
-OnDone = Callable[[HostOutcome], object]
+OnDone = Callable[[HostOutcome[Result]], object]
 """``on_done(outcome)``, called once for each host as it finishes (whatever its status)."""
+OnTransferDone = Callable[[HostOutcome[TransferResult]], object]
+"""``on_done(outcome)`` of a put or get."""
+HostPart = Callable[[Target, asyncio.Semaphore], Awaitable[HostOutcome[R]]]
+"""One host's whole part of an operation, given its target and the forks cap."""
 
 
 class Resolver(Protocol):
@@ -136,8 +155,8 @@ class Group:
             twice = sorted({name for name in names if names.count(name) > 1})
             raise ConfigError(f"hosts named more than once: {', '.join(twice)}")
         self.forks = forks
-        self.result: GroupResult | None = None  # the last run's, set even when it was cancelled
-        self._tasks: dict[asyncio.Task[HostOutcome], Target] = {}
+        self.result: GroupResult[Any] | None = None  # the last run's, even if cancelled
+        self._tasks: dict[asyncio.Task[Any], Target] = {}
         self._interrupted = False
         self._running = False
 
@@ -148,7 +167,7 @@ class Group:
                   cwd: str | None = None, timeout: float | None = None,
                   stdin: StdinSource | None = None, capture: bool = True,
                   on_output: OnOutput | None = None,
-                  on_done: OnDone | None = None) -> GroupResult:
+                  on_done: OnDone | None = None) -> GroupResult[Result]:
         """Run ``command`` on every host (``/bin/sh -c``) and return their GroupResult.
 
         ``timeout`` is per host; ``stdin`` (bytes, str, a binary file, an iterable or async
@@ -164,7 +183,7 @@ class Group:
                     keep_going: bool = False, env: dict[str, str] | None = None,
                     cwd: str | None = None, timeout: float | None = None, capture: bool = True,
                     on_output: OnOutput | None = None,
-                    on_done: OnDone | None = None) -> GroupResult:
+                    on_done: OnDone | None = None) -> GroupResult[Result]:
         """Run a batch on every host: the commands in order over one connection per host,
         stopping a host at its first failing command unless ``keep_going``.
 
@@ -194,6 +213,57 @@ class Group:
         job.on_done = on_done
         return GroupStream(self, job)
 
+    async def put(self, local: str | Path, remote: str, *, mode: int | None = None,
+                  preserve: bool = False, force: bool = False, timeout: float | None = None,
+                  on_progress: OnTransferProgress | None = None,
+                  on_done: OnTransferDone | None = None) -> GroupResult[TransferResult]:
+        """Copy local file ``local`` to ``remote`` on every host, as ``Client.put`` does; the
+        GroupResult maps each host that got it (or had it already: ``changed`` False) to its
+        TransferResult.
+
+        The file is hashed once, then read once for every host sending it together, in
+        bounded memory (the slowest host paces the read; see ``rexec.fleet.transfer`` for
+        more hosts than ``forks``). ``timeout`` is per host, from its request on;
+        ``on_progress(host, done, total)`` sees each host's bytes. InvalidRequest (a bad
+        ``remote`` or ``timeout``) or LocalFileError (``local`` unreadable) before any host
+        is contacted.
+        """
+        destination = put_destination(local, remote)
+        check_timeout(timeout)
+        fanout = FanOut(local)
+        transfer = put_transfer(str(local), destination, mode=mode, preserve=preserve,
+                                force=force)
+        try:
+            return await self._fan_out(
+                lambda target, forks: transfer_host(target, forks, transfer, timeout=timeout,
+                                                    on_progress=on_progress, fanout=fanout),
+                on_done, fanout.open)
+        finally:
+            fanout.close()
+
+    async def get(self, remote: str, local_dir: str | Path, *, preserve: bool = False,
+                  timeout: float | None = None, on_progress: OnTransferProgress | None = None,
+                  on_done: OnTransferDone | None = None) -> GroupResult[TransferResult]:
+        """Copy ``remote`` (absolute) from every host to ``local_dir/HOST/NAME``, atomically as
+        ``Client.get`` does, NAME being ``remote``'s base name and HOST the host's name (made
+        a safe directory name: ``fleet.transfer.host_dir``); the directory ``local_dir`` must
+        exist, each ``HOST`` in it is made as needed. So one host's file never replaces
+        another's. InvalidRequest, LocalFileError (``local_dir`` not a directory) or
+        ConfigError (two hosts' directories would be one) before any host is contacted.
+        """
+        name = get_name(remote)
+        check_timeout(timeout)
+        folder = Path(local_dir)
+        if not folder.is_dir():
+            raise LocalFileError(f"{folder}: not a directory (a fleet get writes"
+                                 f" {folder}/HOST/{name})", "not_a_directory", str(folder))
+        check_host_dirs([target.name for target in self.targets])
+        transfer = get_transfer(remote, folder, preserve=preserve)
+        return await self._fan_out(
+            lambda target, forks: transfer_host(target, forks, transfer, timeout=timeout,
+                                                on_progress=on_progress),
+            on_done, _nothing)
+
     def cancel(self) -> None:
         """Cancel the run: every remote command is cancelled at once, and the hosts not
         finished are "cancelled" in the GroupResult (which ``run`` still returns)."""
@@ -212,58 +282,69 @@ class Group:
             shared = shared_stdin(stdin, live=len(self.targets) <= self.forks)
         return _Job(commands, env, cwd, timeout, capture, stdin=shared)
 
-    async def _run(self, job: _Job) -> GroupResult:
+    async def _run(self, job: _Job) -> GroupResult[Result]:
+        async def prepare() -> None:
+            if job.stdin is not None:
+                await job.stdin.prepare()
+
+        try:
+            result = await self._fan_out(lambda target, forks: self._host(target, job, forks),
+                                         job.on_done, prepare)
+        finally:
+            if job.stdin is not None:
+                job.stdin.close()
+        if isinstance(job.stdin, Broadcast) and job.stdin.error is not None:
+            raise job.stdin.error
+        return result
+
+    async def _fan_out(self, host: HostPart[R], on_done: Callable[[HostOutcome[R]], object] | None,
+                       prepare: Callable[[], Awaitable[None]]) -> GroupResult[R]:
+        """``host(target, forks)`` for every target at once, within the forks cap, after
+        ``prepare()``; ``on_done`` sees each outcome as it comes. Shared by every operation."""
         if self._running:
             raise RexecError("this Group is already running a command: a Group runs one at a"
                              " time (make another Group for the same targets)")
         self._running, self._interrupted, self.result = True, False, None
         forks = asyncio.Semaphore(self.forks)
+        tasks: dict[asyncio.Task[HostOutcome[R]], Target] = {}
         try:
-            if job.stdin is not None:
-                await job.stdin.prepare()
-            self._tasks = {asyncio.create_task(self._reported(target, job, forks)): target
-                           for target in self.targets}
-            if self._tasks:
-                await self._wait_all(job)
+            await prepare()
+            tasks = {asyncio.create_task(_reported(host, target, forks, on_done)): target
+                     for target in self.targets}
+            self._tasks = dict(tasks)
+            if tasks:
+                await self._wait_all(tasks, on_done)
         finally:
             self._running = False
-            if job.stdin is not None:
-                job.stdin.close()
-        result = self.result = self._gather(job)
-        if isinstance(job.stdin, Broadcast) and job.stdin.error is not None:
-            raise job.stdin.error
+            self._tasks = {}
+        result = self.result = self._gather(tasks, on_done)
         return result
 
-    async def _wait_all(self, job: _Job) -> None:
+    async def _wait_all(self, tasks: dict[asyncio.Task[HostOutcome[R]], Target],
+                        on_done: Callable[[HostOutcome[R]], object] | None) -> None:
         """Wait for every host; if this task is cancelled, cancel them, wait, and re-raise."""
         try:
-            await asyncio.wait(self._tasks)
+            await asyncio.wait(tasks)
         except asyncio.CancelledError:
             self.cancel()
-            await asyncio.wait(self._tasks)
-            self.result = self._gather(job)
+            await asyncio.wait(tasks)
+            self.result = self._gather(tasks, on_done)
             raise
 
-    def _gather(self, job: _Job) -> GroupResult:
-        tasks, self._tasks = self._tasks, {}
-        outcomes = []
+    def _gather(self, tasks: dict[asyncio.Task[HostOutcome[R]], Target],
+                on_done: Callable[[HostOutcome[R]], object] | None) -> GroupResult[R]:
+        outcomes: list[HostOutcome[R]] = []
         for task, target in tasks.items():
             if task.cancelled():  # cancelled before it began: never reported
-                outcomes.append(_outcome(target, "cancelled", 0.0))
-                if job.on_done is not None:
-                    job.on_done(outcomes[-1])
+                outcomes.append(HostOutcome(target.name, target.options.address, "cancelled"))
+                if on_done is not None:
+                    on_done(outcomes[-1])
             else:
                 outcomes.append(task.result())
         return GroupResult(outcomes, interrupted=self._interrupted)
 
-    async def _reported(self, target: Target, job: _Job,
-                        forks: asyncio.Semaphore) -> HostOutcome:
-        outcome = await self._host(target, job, forks)
-        if job.on_done is not None:
-            job.on_done(outcome)
-        return outcome
-
-    async def _host(self, target: Target, job: _Job, forks: asyncio.Semaphore) -> HostOutcome:
+    async def _host(self, target: Target, job: _Job,
+                    forks: asyncio.Semaphore) -> HostOutcome[Result]:
         """One host's whole part: a fork slot, the connection, the commands."""
         stdin, release = job.stdin.for_host() if job.stdin is not None else (None, None)
         started = 0.0
@@ -291,9 +372,23 @@ class Group:
                 release()
 
 
+async def _nothing() -> None:
+    pass
+
+
+async def _reported(host: HostPart[R], target: Target, forks: asyncio.Semaphore,
+                    on_done: Callable[[HostOutcome[R]], object] | None) -> HostOutcome[R]:
+    # the host's coroutine is made here, in its task: a task cancelled before it began has
+    # none left unawaited
+    outcome = await host(target, forks)
+    if on_done is not None:
+        on_done(outcome)
+    return outcome
+
+
 def _outcome(target: Target, status: HostStatus, started: float, *,
              result: Result | None = None, error: str | None = None, job: _Job | None = None,
-             done: Sequence[CommandOutcome] = ()) -> HostOutcome:
+             done: Sequence[CommandOutcome] = ()) -> HostOutcome[Result]:
     failed = next((c for c in done if not c.ok), None) if status in FAILURES else None
     return HostOutcome(
         host=target.name, address=target.options.address, status=status, result=result,
@@ -305,7 +400,7 @@ def _outcome(target: Target, status: HostStatus, started: float, *,
 
 async def _commands(client: Client, target: Target, job: _Job,  # noqa: PLR0917
                     stdin: StdinSource | None, started: float,
-                    done: list[CommandOutcome]) -> HostOutcome:
+                    done: list[CommandOutcome]) -> HostOutcome[Result]:
     """Run the job's commands in order on one connected host."""
     failure: tuple[HostStatus, CommandOutcome] | None = None
     for item in job.commands:
@@ -385,9 +480,9 @@ class GroupStream:
         self._queue: asyncio.Queue[tuple[str, StreamName, bytes] | None] = asyncio.Queue(
             STREAM_QUEUE)
         job.queue = self._queue
-        self._task: asyncio.Task[GroupResult] | None = None
+        self._task: asyncio.Task[GroupResult[Result]] | None = None
         self._finished = False
-        self.result: GroupResult | None = None
+        self.result: GroupResult[Result] | None = None
 
     def __aiter__(self) -> GroupStream:
         return self
@@ -405,7 +500,7 @@ class GroupStream:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
 
-    async def _run(self) -> GroupResult:
+    async def _run(self) -> GroupResult[Result]:
         try:
             return await self._group._run(self._job)
         finally:
@@ -441,7 +536,7 @@ class GroupStream:
 
 def run_group(targets: Sequence[Target] | str, command: str, *,
               inventory: Resolver | None = None, forks: int = DEFAULT_FORKS,
-              **options: Any) -> GroupResult:
+              **options: Any) -> GroupResult[Result]:
     """Blocking ``Group(targets, inventory=, forks=).run(command, **options)``, for scripts."""
     group = Group(targets, inventory=inventory, forks=forks)
     return asyncio.run(group.run(command, **options))

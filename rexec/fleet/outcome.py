@@ -1,16 +1,18 @@
 """What a fan-out produced, sans-I/O: one HostOutcome per host, gathered in a GroupResult.
 
 A host's ``status`` (``HostStatus``, from ``target.py``) is decided here, once, from what
-happened to it; the CLI's summaries, ``--json`` lines and exit status all read it.
+happened to it; the CLI's summaries, ``--json`` lines and exit status all read it. Both are
+generic in what one host produced: a command's Result (``Group.run``, ``Group.batch``) or a
+file's TransferResult (``Group.put``, ``Group.get``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from rexec.result import Result
+from rexec.result import Result, TransferResult
 
 if TYPE_CHECKING:  # the Target's module loads the client's options; the statuses need only
     from rexec.fleet.target import HostStatus  # their names
@@ -19,6 +21,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a command failed (non-zero, signal, timeout) and every host was reached
 EXIT_UNREACHABLE = 3  # at least one host was unreachable (takes precedence over 1)
 EXIT_INTERRUPTED = 130  # cancelled (Ctrl-C, Group.cancel(), the run's task cancelled)
+
+R = TypeVar("R", bound="Result | TransferResult")
+"""What one host produced: a command's Result, or a put's or get's TransferResult."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +46,14 @@ class CommandOutcome:
 
 
 @dataclass(frozen=True, slots=True)
-class HostOutcome:
+class HostOutcome(Generic[R]):
     """Everything known about one host's part of a fan-out.
 
     - ``status``: "ok", "failed", "timed_out", "unreachable" or "cancelled" (see HostStatus);
     - ``result``: the command's Result (for a batch: the failing command's, else the last
       one's); partial, with ``exit_code`` None, when the host was cancelled, timed out on the
-      client's side or lost its connection mid-command; None when nothing ran;
+      client's side or lost its connection mid-command; None when nothing ran. For a put or
+      get, the file's TransferResult, only when it was done (a transfer is never partial);
     - ``error``: why the host is unreachable, why its command did not start, or how the
       connection was lost; None otherwise;
     - ``duration``: seconds from its connection attempt to its end (0 if it never began);
@@ -58,7 +64,7 @@ class HostOutcome:
     host: str
     address: str
     status: HostStatus
-    result: Result | None = None
+    result: R | None = None
     error: str | None = None
     duration: float = 0.0
     commands: tuple[CommandOutcome, ...] = ()
@@ -77,20 +83,21 @@ def status_of(result: Result) -> HostStatus:
     return "timed_out" if result.timed_out else "failed"
 
 
-class GroupResult(Mapping[str, Result]):
-    """A fan-out's outcome: a mapping host -> Result of the hosts whose command ran, in target
-    order, with every host's HostOutcome in ``outcomes`` (unreachable ones included).
+class GroupResult(Mapping[str, R]):
+    """A fan-out's outcome: a mapping host -> Result of the hosts whose command ran (or ->
+    TransferResult of the hosts whose file was put or got), in target order, with every host's
+    HostOutcome in ``outcomes`` (unreachable ones included).
 
     ``interrupted`` is True when the run was cancelled before every host finished.
     """
 
-    def __init__(self, outcomes: Iterable[HostOutcome], *, interrupted: bool = False) -> None:
-        self.outcomes: dict[str, HostOutcome] = {o.host: o for o in outcomes}
+    def __init__(self, outcomes: Iterable[HostOutcome[R]], *, interrupted: bool = False) -> None:
+        self.outcomes: dict[str, HostOutcome[R]] = {o.host: o for o in outcomes}
         self.interrupted = interrupted
         self._results = {host: o.result for host, o in self.outcomes.items()
                          if o.result is not None}
 
-    def __getitem__(self, host: str) -> Result:
+    def __getitem__(self, host: str) -> R:
         return self._results[host]
 
     def __iter__(self) -> Iterator[str]:
@@ -125,12 +132,13 @@ class GroupResult(Mapping[str, Result]):
     @property
     def failed(self) -> list[str]:
         """Hosts whose command failed: non-zero exit, a signal, not started, connection lost
-        (timeouts are apart, in ``timed_out``)."""
+        (timeouts are apart, in ``timed_out``); for a put or get, whose transfer failed (the
+        server refused it, a local file error, a checksum)."""
         return self._hosts("failed")
 
     @property
     def timed_out(self) -> list[str]:
-        """Hosts whose command was stopped at its timeout."""
+        """Hosts whose command (or transfer) was stopped at its timeout."""
         return self._hosts("timed_out")
 
     @property

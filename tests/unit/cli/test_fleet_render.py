@@ -172,3 +172,42 @@ def test_renderer_lines_keep_their_order_across_stdout_and_stderr(monkeypatch: A
 
     asyncio.run(main())
     assert writes == [(1, b"h1: one\n"), (2, b"h2: warn\n"), (1, b"h1: two\n")]
+
+
+def test_a_transfer_s_json_line_has_its_fields_and_nulls_when_it_was_not_done() -> None:
+    import json
+
+    from rexec.cli.output import transfer_json
+    from rexec.result import TransferResult
+
+    done = TransferResult("/tmp/a", "/srv/a", 5, "ab" * 32, False, 0.2)
+    line = json.loads(transfer_json(Ended("h1", duration=0.25, result=done), "x", "y"))
+    assert line == {"host": "h1", "address": "127.0.0.1:7878", "status": "ok",
+                    "local": "/tmp/a", "remote": "/srv/a", "bytes": 5, "sha256": "ab" * 32,
+                    "changed": False, "duration": 0.25, "error": None}
+    line = json.loads(transfer_json(Ended("h2", status="unreachable", error="refused"),
+                                    "/tmp/a", "/srv/a"))
+    assert (line["local"], line["remote"], line["status"], line["error"]) == (
+        "/tmp/a", "/srv/a", "unreachable", "refused")
+    assert line["bytes"] is None and line["sha256"] is None and line["changed"] is None
+
+
+def test_the_renderer_writes_the_line_it_is_given_and_more_summary_unless_quiet(
+        monkeypatch: Any) -> None:
+    from rexec.cli import fleet, output
+
+    writes: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(output, "write_fd", lambda fd, data: writes.append((fd, data)))
+    monkeypatch.setattr(fleet, "write_fd", lambda fd, data: writes.append((fd, data)))
+
+    from rexec.fleet.outcome import GroupResult, HostOutcome
+
+    for quiet in (False, True):
+        writes.clear()
+        renderer = Renderer(["h1"], mode="json", quiet=quiet, fold=",".join,
+                            line_json=lambda o: f'{{"mine": "{o.host}"}}',
+                            more_summary=lambda result: ["unchanged: h1"])
+        renderer.done(Ended("h1"))
+        renderer.finish(GroupResult([HostOutcome("h1", "127.0.0.1:7878", "ok")]))
+        assert (1, b'{"mine": "h1"}\n') in writes
+        assert ((2, b"rexec: unchanged: h1\n") in writes) is not quiet
