@@ -206,6 +206,25 @@ def transfer_json(outcome: Outcome, local: str | None, remote: str | None) -> st
     })
 
 
+def tree_json(outcome: Outcome, local: str | None, remote: str | None) -> str:
+    """One --json line of a fleet put -r or get -r: the host, how it ended, the trees' paths,
+    the counts (null unless the host's transfer ran), its failed entries and the error."""
+    result = outcome.result
+    counts = ("files", "directories", "links", "bytes", "changed")
+    return json.dumps({
+        "host": outcome.host,
+        "address": outcome.address,
+        "status": outcome.status,
+        "local": result.local if result is not None else local,
+        "remote": result.remote if result is not None else remote,
+        **{name: getattr(result, name) if result is not None else None for name in counts},
+        "errors": [{"path": e.path, "code": e.code, "message": e.message}
+                   for e in result.errors] if result is not None else [],
+        "duration": round(outcome.duration, 6),
+        "error": outcome.error,
+    })
+
+
 def _commands_json(outcome: Any) -> dict[str, Any]:
     """A batch's per-command results, for its host's --json line."""
     commands = getattr(outcome, "commands", ())

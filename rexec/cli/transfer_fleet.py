@@ -1,4 +1,5 @@
-"""Fleet mode of ``rexec put`` and ``rexec get``: a pattern TARGET's hosts, one file each.
+"""Fleet mode of ``rexec put`` and ``rexec get``: a pattern TARGET's hosts, a file or (``-r``)
+a directory each.
 
 ``rexec put PATTERN LOCAL REMOTE`` sends LOCAL to every host, hashed once and read once for
 the hosts sending it together (``Group.put``); ``rexec get PATTERN REMOTE LOCAL`` writes each
@@ -31,9 +32,12 @@ def put(target: str, local: Path, remote: str, *, mode: int | None, preserve: bo
         timeout: float | None, inventory: list[Path] | None, config: Path | None,
         connection: dict[str, Any]) -> int:
     """``rexec put PATTERN LOCAL REMOTE``: the fleet's exit status."""
+    if recursive:
+        return _put_tree(target, local, remote, mode=mode, preserve=preserve, force=force,
+                         json_output=json_output, notes=notes, forks=forks, timeout=timeout,
+                         inventory=inventory, config=config, connection=connection)
     from rexec.client.transfer import put_destination
 
-    _refuse_recursive(recursive)
     destination = _checked(lambda: put_destination(local, remote))
 
     def operation(group: Any, on_progress: Any, on_done: Callable[[Any], None]) -> Any:
@@ -57,16 +61,17 @@ def get(target: str, remote: str, local: Path, *, preserve: bool,
     """``rexec get PATTERN REMOTE LOCAL``: the fleet's exit status."""
     from rexec.fleet.transfer import check_host_dirs, get_name, host_dir
 
-    _refuse_recursive(recursive)
     name = _checked(lambda: get_name(remote))
     if not local.is_dir():
         what = "is not a directory" if local.exists() else "does not exist"
-        fail(f"LOCAL: a fleet get writes each host's file to LOCAL/HOST/{name}, so LOCAL must"
-             f" be an existing directory, and {local} {what}", EXIT_USAGE)
+        fail(f"LOCAL: a fleet get writes each host's {'tree' if recursive else 'file'} to"
+             f" LOCAL/HOST/{name}, so LOCAL must be an existing directory, and {local}"
+             f" {what}", EXIT_USAGE)
 
     def operation(group: Any, on_progress: Any, on_done: Callable[[Any], None]) -> Any:
-        return group.get(remote, local, preserve=preserve, timeout=timeout,
-                         on_progress=on_progress, on_done=on_done)
+        fetch = group.get_tree if recursive else group.get
+        return fetch(remote, local, preserve=preserve, timeout=timeout,
+                     on_progress=on_progress, on_done=on_done)
 
     def check(hosts: list[str]) -> None:
         from rexec.errors import ConfigError
@@ -78,14 +83,37 @@ def get(target: str, remote: str, local: Path, *, preserve: bool,
 
     return _fleet("get", target, operation,
                   lambda host: (str(local / host_dir(host) / name), remote), check=check,
+                  tree=recursive,
                   json_output=json_output, notes=notes, forks=forks, timeout=timeout,
                   inventory=inventory, config=config, connection=connection)
 
 
-def _refuse_recursive(recursive: bool) -> None:
-    if recursive:
-        fail("-r with a pattern is not supported yet: fleet put and get move one file",
-             EXIT_USAGE)
+def _put_tree(target: str, local: Path, remote: str, *, mode: int | None, preserve: bool,
+              force: bool, json_output: bool, notes: Notes, forks: int, timeout: float | None,
+              inventory: list[Path] | None, config: Path | None,
+              connection: dict[str, Any]) -> int:
+    """``rexec put -r PATTERN LOCAL REMOTE``: the local tree to every host."""
+    from rexec.client.transfer import put_tree_destination
+
+    if mode is not None:
+        fail("--mode applies to one file: with -r every entry keeps its own mode", EXIT_USAGE)
+    root = _checked(lambda: put_tree_destination(local, remote))
+    if not local.is_dir():
+        fail(f"LOCAL: {local} is not a directory (-r puts a directory)", EXIT_USAGE)
+
+    def operation(group: Any, on_progress: Any, on_done: Callable[[Any], None]) -> Any:
+        return group.put_tree(local, root, preserve=preserve, force=force, timeout=timeout,
+                              on_progress=on_progress, on_done=on_done)
+
+    def unchanged(result: Any) -> list[str]:
+        from rexec.fleet.nodeset import fold
+
+        hosts = [host for host, done in result.items() if not done.changed]
+        return [f"unchanged (the same tree was there already): {fold(hosts)}"] if hosts else []
+
+    return _fleet("put", target, operation, lambda host: (str(local), root), tree=True,
+                  more_summary=unchanged, json_output=json_output, notes=notes, forks=forks,
+                  timeout=timeout, inventory=inventory, config=config, connection=connection)
 
 
 def _checked(compute: Callable[[], Any]) -> Any:
@@ -103,10 +131,10 @@ def _fleet(kind: str, target: str, operation: Operation,
            forks: int, timeout: float | None, inventory: list[Path] | None,
            config: Path | None, connection: dict[str, Any],
            more_summary: Callable[[Any], list[str]] | None = None,
-           check: Callable[[list[str]], None] | None = None) -> int:
+           check: Callable[[list[str]], None] | None = None, tree: bool = False) -> int:
     """Resolve the pattern, fan ``operation`` out, render it; the fleet's exit status."""
     from rexec.cli.fleet import Renderer, drive, make_group, with_flags
-    from rexec.cli.output import transfer_json
+    from rexec.cli.output import transfer_json, tree_json
     from rexec.errors import ConfigError, InvalidRequest, LocalFileError
     from rexec.fleet.nodeset import fold
     from rexec.fleet.transfer import check_timeout
@@ -128,14 +156,20 @@ def _fleet(kind: str, target: str, operation: Operation,
     if group is None:
         return EXIT_USAGE
     renderer = Renderer(hosts, mode="json" if json_output else "lines", quiet=notes.quiet,
-                        fold=fold, line_json=lambda o: transfer_json(o, *paths(o.host)),
+                        fold=fold, line_json=lambda o: (tree_json if tree else transfer_json)(
+                            o, *paths(o.host)),
                         progress_bytes=True, more_summary=more_summary)
     moved = _Moved(renderer.progress) if renderer.progress is not None else None
 
     def done(outcome: Any) -> None:
         renderer.done(outcome)
         result = outcome.result
-        if notes.verbose and result is not None:
+        if notes.verbose and result is not None and tree:
+            arrow = "->" if kind == "put" else "<-"
+            renderer.note(f"{outcome.host}: {kind} -r {result.local} {arrow} {result.remote}:"
+                          f" {result.files} files ({result.bytes} bytes), {result.changed}"
+                          f" changed, {len(result.errors)} failed, {outcome.duration:.3f} s")
+        elif notes.verbose and result is not None:
             arrow = "->" if kind == "put" else "<-"
             what = "changed" if result.changed else "unchanged"
             renderer.note(f"{outcome.host}: {kind} {result.local} {arrow} {result.remote}:"

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from rexec.client.aio import Client, StdinSource
 from rexec.client.core import StreamName, check_request
-from rexec.client.transfer import put_destination
+from rexec.client.transfer import put_destination, put_tree_destination
 from rexec.errors import (
     CommandNotStarted,
     ConfigError,
@@ -44,10 +44,12 @@ from rexec.fleet.transfer import (
     check_timeout,
     get_name,
     get_transfer,
+    get_tree_transfer,
     put_transfer,
+    put_tree_transfer,
     transfer_host,
 )
-from rexec.result import Result, TransferResult
+from rexec.result import Result, TransferResult, TreeResult
 
 DEFAULT_FORKS = 64  # as clush's fanout
 TIMEOUT_GRACE = 5.0
@@ -62,6 +64,7 @@ OnOutput = Callable[[str, StreamName, bytes], object]
 OnDone = Callable[[HostOutcome[Result]], object]
 """``on_done(outcome)``, called once for each host as it finishes (whatever its status)."""
 OnTransferDone = Callable[[HostOutcome[TransferResult]], object]
+OnTreeDone = Callable[[HostOutcome[TreeResult]], object]
 """``on_done(outcome)`` of a put or get."""
 HostPart = Callable[[Target, asyncio.Semaphore], Awaitable[HostOutcome[R]]]
 """One host's whole part of an operation, given its target and the forks cap."""
@@ -259,6 +262,50 @@ class Group:
                                  f" {folder}/HOST/{name})", "not_a_directory", str(folder))
         check_host_dirs([target.name for target in self.targets])
         transfer = get_transfer(remote, folder, preserve=preserve)
+        return await self._fan_out(
+            lambda target, forks: transfer_host(target, forks, transfer, timeout=timeout,
+                                                on_progress=on_progress),
+            on_done, _nothing)
+
+    async def put_tree(self, local: str | Path, remote: str, *, preserve: bool = False,
+                       force: bool = False, timeout: float | None = None,
+                       on_progress: OnTransferProgress | None = None,
+                       on_done: OnTreeDone | None = None) -> GroupResult[TreeResult]:
+        """Copy the local directory ``local`` to the remote directory ``remote`` on every host,
+        as ``Client.put_tree`` does (``-r``); the GroupResult maps each host to its TreeResult.
+
+        A host some of whose entries failed is "failed", its TreeResult (what was done, and
+        ``errors``) kept. Each host reads the tree itself; the files it holds already are
+        not sent. InvalidRequest or LocalFileError (``local`` not a directory) before any host
+        is contacted.
+        """
+        root = put_tree_destination(local, remote)
+        check_timeout(timeout)
+        if not Path(local).is_dir():
+            raise LocalFileError(f"{local}: not a directory (-r puts a directory)",
+                                 "not_a_directory", str(local))
+        transfer = put_tree_transfer(str(local), root, preserve=preserve, force=force)
+        return await self._fan_out(
+            lambda target, forks: transfer_host(target, forks, transfer, timeout=timeout,
+                                                on_progress=on_progress),
+            on_done, _nothing)
+
+    async def get_tree(self, remote: str, local_dir: str | Path, *, preserve: bool = False,
+                       timeout: float | None = None,
+                       on_progress: OnTransferProgress | None = None,
+                       on_done: OnTreeDone | None = None) -> GroupResult[TreeResult]:
+        """Copy the remote directory ``remote`` from every host to ``local_dir/HOST/NAME``, as
+        ``Client.get_tree`` does (``-r``), NAME being ``remote``'s base name; ``local_dir``
+        must exist. A host some of whose entries failed is "failed", its TreeResult kept.
+        """
+        name = get_name(remote)
+        check_timeout(timeout)
+        folder = Path(local_dir)
+        if not folder.is_dir():
+            raise LocalFileError(f"{folder}: not a directory (a fleet get writes"
+                                 f" {folder}/HOST/{name})", "not_a_directory", str(folder))
+        check_host_dirs([target.name for target in self.targets])
+        transfer = get_tree_transfer(remote, folder, preserve=preserve)
         return await self._fan_out(
             lambda target, forks: transfer_host(target, forks, transfer, timeout=timeout,
                                                 on_progress=on_progress),

@@ -2,8 +2,9 @@
 
 A host's ``status`` (``HostStatus``, from ``target.py``) is decided here, once, from what
 happened to it; the CLI's summaries, ``--json`` lines and exit status all read it. Both are
-generic in what one host produced: a command's Result (``Group.run``, ``Group.batch``) or a
-file's TransferResult (``Group.put``, ``Group.get``).
+generic in what one host produced: a command's Result (``Group.run``, ``Group.batch``), a
+file's TransferResult (``Group.put``, ``Group.get``) or a tree's TreeResult (``Group.put_tree``,
+``Group.get_tree``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from rexec.result import Result, TransferResult
+from rexec.result import Result, TransferResult, TreeResult
 
 if TYPE_CHECKING:  # the Target's module loads the client's options; the statuses need only
     from rexec.fleet.target import HostStatus  # their names
@@ -22,8 +23,9 @@ EXIT_FAILED = 1  # a command failed (non-zero, signal, timeout) and every host w
 EXIT_UNREACHABLE = 3  # at least one host was unreachable (takes precedence over 1)
 EXIT_INTERRUPTED = 130  # cancelled (Ctrl-C, Group.cancel(), the run's task cancelled)
 
-R = TypeVar("R", bound="Result | TransferResult")
-"""What one host produced: a command's Result, or a put's or get's TransferResult."""
+R = TypeVar("R", bound="Result | TransferResult | TreeResult")
+"""What one host produced: a command's Result, a put's or get's TransferResult, or a directory
+transfer's TreeResult."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class HostOutcome(Generic[R]):
       one's); partial, with ``exit_code`` None, when the host was cancelled, timed out on the
       client's side or lost its connection mid-command; None when nothing ran. For a put or
       get, the file's TransferResult, only when it was done (a transfer is never partial);
+      for put -r and get -r the TreeResult, also when some entries failed ("failed");
     - ``error``: why the host is unreachable, why its command did not start, or how the
       connection was lost; None otherwise;
     - ``duration``: seconds from its connection attempt to its end (0 if it never began);

@@ -38,13 +38,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from rexec.client.aio import Client
 from rexec.client.transfer import Digest, LocalSource, ProgressCallback, check_remote, local_error
 from rexec.errors import ConfigError, ConnectionLost, InvalidRequest, LocalFileError, RexecError
 from rexec.fleet.outcome import HostOutcome
 from rexec.fleet.target import HostStatus, Target
-from rexec.result import TransferResult
+from rexec.result import TransferResult, TreeResult
 
 RELAY_CHUNK = 256 * 1024
 """Bytes read at once: small, since every host's connection may hold one chunk unsent."""
@@ -366,15 +367,15 @@ def get_name(remote: str) -> str:
     return name
 
 
-Transfer = Callable[[Client, Target, HostShare | None, ProgressCallback | None],
-                    Awaitable[TransferResult]]
+Done = TypeVar("Done", TransferResult, TreeResult)
+Transfer = Callable[[Client, Target, HostShare | None, ProgressCallback | None], Awaitable[Done]]
 """One host's transfer on its connected Client: with its share of the file for a put, and a
-progress callback that already names the host."""
+progress callback that already names the host; a file's TransferResult or a tree's TreeResult."""
 
 
-async def transfer_host(target: Target, forks: asyncio.Semaphore, transfer: Transfer, *,
+async def transfer_host(target: Target, forks: asyncio.Semaphore, transfer: Transfer[Done], *,
                         timeout: float | None, on_progress: OnTransferProgress | None,
-                        fanout: FanOut | None = None) -> HostOutcome[TransferResult]:
+                        fanout: FanOut | None = None) -> HostOutcome[Done]:
     """One host's whole part: a fork slot (and, for a put, its share of ``fanout``), the
     connection, the transfer within ``timeout`` from the request; never raises but for a bug."""
     started = 0.0
@@ -407,13 +408,14 @@ async def transfer_host(target: Target, forks: asyncio.Semaphore, transfer: Tran
             share.close()  # the fork slot is free now (FanOut._slot_freed)
 
 
-async def _timed(transfer: Callable[[], Awaitable[TransferResult]], timeout: float | None
-                 ) -> tuple[HostStatus, TransferResult | None, str | None]:
-    """The transfer's status, result and error (what the host's outcome says)."""
+async def _timed(transfer: Callable[[], Awaitable[Done]], timeout: float | None
+                 ) -> tuple[HostStatus, Done | None, str | None]:
+    """The transfer's status, result and error (what the host's outcome says). A tree some of
+    whose entries failed is "failed", with its result (what was transferred) kept."""
     scope = asyncio.timeout(timeout)
     try:
         async with scope:
-            return "ok", await transfer(), None
+            result = await transfer()
     except TimeoutError:
         if not scope.expired():
             raise
@@ -422,18 +424,23 @@ async def _timed(transfer: Callable[[], Awaitable[TransferResult]], timeout: flo
         return "unreachable", None, f"connection lost during the transfer: {exc}"
     except RexecError as exc:  # refused, a local file, a checksum, a protocol error
         return "failed", None, str(exc)
+    if isinstance(result, TreeResult) and not result.ok:
+        count, first = len(result.errors), result.errors[0]
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        what = "1 entry" if count == 1 else f"{count} entries"
+        return "failed", result, f"{what} failed: {first.message}{more}"
+    return "ok", result, None
 
 
 def _outcome(target: Target, status: HostStatus, started: float, *,
-             result: TransferResult | None = None,
-             error: str | None = None) -> HostOutcome[TransferResult]:
+             result: Done | None = None, error: str | None = None) -> HostOutcome[Done]:
     return HostOutcome(host=target.name, address=target.options.address, status=status,
                        result=result, error=error,
                        duration=time.monotonic() - started if started else 0.0)
 
 
 def put_transfer(local: str, remote: str, *, mode: int | None, preserve: bool,
-                 force: bool) -> Transfer:
+                 force: bool) -> Transfer[TransferResult]:
     """What a fleet put does on each host: send its share of the file to ``remote``."""
 
     async def transfer(client: Client, target: Target, share: HostShare | None,
@@ -445,7 +452,7 @@ def put_transfer(local: str, remote: str, *, mode: int | None, preserve: bool,
     return transfer
 
 
-def get_transfer(remote: str, local_dir: Path, *, preserve: bool) -> Transfer:
+def get_transfer(remote: str, local_dir: Path, *, preserve: bool) -> Transfer[TransferResult]:
     """What a fleet get does on each host: ``remote`` into ``local_dir/HOST/NAME``."""
     name = get_name(remote)
 
@@ -477,3 +484,30 @@ def _make_dir(folder: Path) -> bool:
     except OSError as exc:
         raise local_error(exc, folder) from None
     return True
+
+
+def put_tree_transfer(local: str, remote: str, *, preserve: bool,
+                      force: bool) -> Transfer[TreeResult]:
+    """What a fleet ``put -r`` does on each host: the local tree to ``remote`` (each host reads
+    the tree itself; a file it holds already is skipped as with one host)."""
+
+    async def transfer(client: Client, target: Target, share: HostShare | None,
+                       progress: ProgressCallback | None) -> TreeResult:
+        return await client.put_tree(local, remote, preserve=preserve, force=force,
+                                     on_progress=progress)
+
+    return transfer
+
+
+def get_tree_transfer(remote: str, local_dir: Path, *, preserve: bool) -> Transfer[TreeResult]:
+    """What a fleet ``get -r`` does on each host: ``remote`` into ``local_dir/HOST/NAME``."""
+    name = get_name(remote)
+
+    async def transfer(client: Client, target: Target, share: HostShare | None,
+                       progress: ProgressCallback | None) -> TreeResult:
+        folder = local_dir / host_dir(target.name)
+        await asyncio.to_thread(_make_dir, folder)
+        return await client.get_tree(remote, folder / name, preserve=preserve,
+                                     on_progress=progress)
+
+    return transfer

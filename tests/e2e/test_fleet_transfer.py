@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -144,7 +145,10 @@ def clean(fleet: Fleet) -> Iterator[None]:
     def empty() -> None:
         for disk in fleet.disks.values():
             for path in disk.iterdir():
-                path.unlink()
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
 
     empty()
     yield
@@ -361,8 +365,10 @@ def test_usage_errors_exit_2_before_any_host_is_contacted(fleet: Fleet, tmp_path
     src, _ = source(tmp_path, 10)
     started = time.monotonic()
     cases = [
-        (["put", "-r", "@web", str(src), "/tmp/x"], "-r with a pattern is not supported yet"),
-        (["get", "-r", "@web", "/tmp/x", str(tmp_path)], "-r with a pattern is not supported"),
+        (["put", "-r", "@web", str(src), "/tmp/x"], "is not a directory (-r puts a directory)"),
+        (["put", "-r", "--mode", "0600", "@web", str(tmp_path), "/tmp/x"],
+         "--mode applies to one file"),
+        (["get", "-r", "@web", "/tmp/x", str(src)], "LOCAL: a fleet get writes each host's tree"),
         (["put", "@web", str(tmp_path / "missing"), "/tmp/x"], "missing: No such file"),
         (["put", "@web", str(src), "relative"], "REMOTE: the remote path must be absolute"),
         (["put", "--timeout", "0", "@web", str(src), "/tmp/x"], "--timeout: the timeout"),
@@ -374,3 +380,68 @@ def test_usage_errors_exit_2_before_any_host_is_contacted(fleet: Fleet, tmp_path
         assert r.returncode == 2, (args, r.stderr)
         assert message in r.stderr.decode() and r.stderr.count(b"\n") == 1, (args, r.stderr)
     assert time.monotonic() - started < 60
+
+
+# --- directories (-r) -------------------------------------------------------------------------
+
+
+def tree_of(root: Path) -> dict[str, bytes | str]:
+    found: dict[str, bytes | str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        found[rel] = (f"-> {os.readlink(path)}" if path.is_symlink() else
+                      "dir" if path.is_dir() else path.read_bytes())
+    return found
+
+
+def test_put_r_sends_the_tree_to_every_host_and_again_changes_nothing(
+        fleet: Fleet, clean: None, tmp_path: Path) -> None:
+    src = tmp_path / "site"
+    (src / "css").mkdir(parents=True)
+    (src / "index.html").write_bytes(b"<h1>hello</h1>\n")
+    (src / "css" / "main.css").write_bytes(os.urandom(300_000))
+    (src / "current").symlink_to("css")
+    r = fleet.cli("put", "-r", "--json", "@web", str(src), f"{HERE}/www")
+    assert r.returncode == 0, r.stderr
+    by = lines(r.stdout)
+    assert sorted(by) == WEB
+    for host, doc in by.items():
+        assert (doc["status"], doc["files"], doc["directories"], doc["links"]) == (
+            "ok", 2, 1, 1), doc
+        assert doc["errors"] == [] and doc["remote"] == f"{HERE}/www"
+        assert tree_of(fleet.disks[host] / "www") == tree_of(src), host
+    again = fleet.cli("put", "-r", "--json", "@web", str(src), f"{HERE}/www")
+    assert again.returncode == 0, again.stderr
+    assert {doc["changed"] for doc in lines(again.stdout).values()} == {0}
+    assert "unchanged (the same tree was there already): web[01-10]" in again.stderr.decode()
+
+
+def test_get_r_keeps_each_host_s_tree_apart(fleet: Fleet, clean: None, tmp_path: Path) -> None:
+    for host, disk in fleet.disks.items():
+        (disk / "logs" / "old").mkdir(parents=True)
+        (disk / "logs" / "app.log").write_bytes(f"{host} log\n".encode())
+        (disk / "logs" / "old" / "app.log.1").write_bytes(os.urandom(1000))
+    local = tmp_path / "got"
+    local.mkdir()
+    r = fleet.cli("get", "-r", "--json", "@web", f"{HERE}/logs", str(local))
+    assert r.returncode == 0, r.stderr
+    by = lines(r.stdout)
+    for host, disk in fleet.disks.items():
+        assert tree_of(local / host / "logs") == tree_of(disk / "logs"), host
+        assert by[host]["local"] == str(local / host / "logs") and by[host]["files"] == 2
+    assert (local / "web03" / "logs" / "app.log").read_bytes() == b"web03 log\n"
+
+
+def test_put_r_with_an_entry_refused_is_a_failed_host(fleet: Fleet, clean: None,
+                                                     tmp_path: Path) -> None:
+    src = tmp_path / "site"
+    src.mkdir()
+    (src / "ok.txt").write_bytes(b"fine\n")
+    (src / "escape").symlink_to("/etc")
+    r = fleet.cli("put", "-r", "--json", "web[01-02]", str(src), f"{HERE}/www")
+    assert r.returncode == 1, r.stderr
+    for doc in lines(r.stdout).values():
+        assert doc["status"] == "failed" and doc["files"] == 1
+        assert [e["path"] for e in doc["errors"]] == ["escape"]
+        assert doc["error"].startswith("1 entry failed: refused: link 'escape'")
+    assert (fleet.disks["web01"] / "www" / "ok.txt").read_bytes() == b"fine\n"

@@ -27,7 +27,7 @@ def token(monkeypatch: pytest.MonkeyPatch) -> None:
     (["put", "-r", "--mode", "0640", "h:1", "a", "/b"], "--mode applies to one file"),
     (["get", "--recursive", "h:1", "relative", "b"], "REMOTE: the remote path must be absolute"),
     (["put", "-r", "h:1", "/", "/b/"], "has no name to give the directory"),
-    (["put", "-r", "web[1-3]", "a", "/b"], "-r with a pattern is not supported yet"),
+    (["put", "-r", "--mode", "0640", "web[1-3]", "a", "/b"], "--mode applies to one file"),
     (["get", "@web", "/a", "no-such-dir"], "LOCAL: a fleet get writes each host's file to"
                                             " LOCAL/HOST/a, so LOCAL must be an existing"),
     (["get", "web[1-2]", "/", "."], "REMOTE: '/' names no file"),
