@@ -30,6 +30,7 @@ from rexec.errors import ConnectionLost, ProtocolError
 from rexec.server.fsuser import become
 from rexec.server.identity import Identity
 from rexec.server.transfer import (
+    DigestCache,
     FileRoots,
     TransferError,
     Tree,
@@ -39,6 +40,7 @@ from rexec.server.transfer import (
     open_target,
     put_directory,
     put_link,
+    remember_digest,
     same_size,
     unchanged,
 )
@@ -81,6 +83,7 @@ class FileThread:
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self.switched = False
+        self.digests = DigestCache()  # what this connection hashed of the files already there
 
     def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
         """Run ``call`` on the thread; its result as a future of the running loop."""
@@ -256,9 +259,13 @@ class FileOp:
                 pass
             elif sha256 is not None:
                 if await self._disk(unchanged, parent, size=put.file_size, sha256_hex=sha256,
-                                    mode=put.mode):
+                                    mode=put.mode, cache=self.link.file_thread.digests):
                     return self._done("put", changed=False, size=put.file_size, sha256=sha256)
             elif await self._disk(same_size, parent, size=put.file_size, mode=put.mode):
+                # the client hashes its file now, and asks again: hash this one meanwhile
+                self.link.file_thread.submit(functools.partial(
+                    remember_digest, roots, put.path, base=put.base, name=put.name,
+                    cache=self.link.file_thread.digests))
                 raise TransferError("digest_required", f"{self.path}: a file of the same size"
                                     " is there: send its SHA-256 first, to tell whether it is"
                                     " the same", self.path)

@@ -552,12 +552,69 @@ def same_size(parent: Parent, *, size: int, mode: int | None = None) -> bool:
             and (mode is None or stat.S_IMODE(st.st_mode) == mode))
 
 
-def unchanged(parent: Parent, *, size: int, sha256_hex: str, mode: int | None = None) -> bool:
+class DigestCache:
+    """SHA-256s a connection computed of files already there, each kept only while the file is
+    provably the same one: same device, inode, size, mtime and ctime (ctime moves with any
+    write, chmod or rename, and no user can set it). Bounded: the oldest go first."""
+
+    LIMIT = 64
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, int, int, int, int], str] = {}
+
+    @staticmethod
+    def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def get(self, st: os.stat_result) -> str | None:
+        """The digest of the file ``st`` describes, if it was hashed as it is now."""
+        return self._known.get(self._key(st))
+
+    def put(self, st: os.stat_result, sha256_hex: str) -> None:
+        """Keep the digest of the file ``st`` describes."""
+        self._known[self._key(st)] = sha256_hex
+        while len(self._known) > self.LIMIT:
+            del self._known[next(iter(self._known))]
+
+
+def _hash_entry(fd: int, cache: DigestCache | None) -> str | None:
+    """The SHA-256 of the open regular file (from ``cache`` when it was hashed as it is now);
+    None if it changed while it was read. A fresh digest is kept in ``cache``."""
+    before = os.fstat(fd)
+    known = cache.get(before) if cache is not None else None
+    if known is not None:
+        return known
+    digest = _sha256_fd(fd)
+    if DigestCache._key(os.fstat(fd)) != DigestCache._key(before):
+        return None
+    if cache is not None:
+        cache.put(before, digest)
+    return digest
+
+
+def remember_digest(roots: FileRoots, path: str, *, base: str | None, name: str | None,
+                    cache: DigestCache) -> None:
+    """Hash the file a put names into ``cache``, if it is a regular file: what the client
+    will ask about next, after a ``digest_required`` (both ends hash at once). Never raises:
+    this is only a head start."""
+    with contextlib.suppress(TransferError, OSError), open_target(
+            roots, path, base=base, name=name) as parent:
+        fd = os.open(parent.name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=parent.fd)
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                _hash_entry(fd, cache)
+        finally:
+            os.close(fd)
+
+
+def unchanged(parent: Parent, *, size: int, sha256_hex: str, mode: int | None = None,
+              cache: DigestCache | None = None) -> bool:
     """Whether the entry already is a regular file of this size, SHA-256 (and mode, if given).
 
     True means nothing needs writing (the caller reports ``changed: false``). A symbolic link
     there is never "unchanged": an upload replaces it. Nor is a file the server may not read (a
     ``run_as`` user may still replace it, in a directory it may write). mtime is not compared.
+    ``cache`` holds digests hashed before (``remember_digest``) and keeps this one.
     """
     try:
         fd = os.open(parent.name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=parent.fd)
@@ -572,7 +629,7 @@ def unchanged(parent: Parent, *, size: int, sha256_hex: str, mode: int | None = 
                 return False
             if mode is not None and stat.S_IMODE(st.st_mode) != mode:
                 return False
-            return _sha256_fd(fd) == sha256_hex.lower()
+            return _hash_entry(fd, cache) == sha256_hex.lower()
     finally:
         os.close(fd)
 

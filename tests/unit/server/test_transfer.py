@@ -8,6 +8,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -783,3 +784,26 @@ def test_tree_download_refuses_a_link(tmp_path: Path, resolver: str) -> None:
         with pytest.raises(TransferError, match="symbolic link") as info:
             tree.download("link")
     assert info.value.code == "refused"
+
+
+def test_a_digest_remembered_is_used_only_while_the_file_is_the_same(tmp_path: Path) -> None:
+    from rexec.server.transfer import DigestCache, remember_digest
+
+    roots = FileRoots(None)
+    target = tmp_path / "f"
+    target.write_bytes(b"a" * 1000)
+    good = hashlib.sha256(b"a" * 1000).hexdigest()
+    cache = DigestCache()
+    remember_digest(roots, str(target), base=None, name=None, cache=cache)
+    assert cache.get(os.stat(target)) == good
+    with open_parent(roots, str(target)) as parent:
+        assert unchanged(parent, size=1000, sha256_hex=good, cache=cache)
+    target.write_bytes(b"b" * 1000)  # same size, rewritten: the cached digest is not used
+    assert cache.get(os.stat(target)) is None
+    with open_parent(roots, str(target)) as parent:
+        assert not unchanged(parent, size=1000, sha256_hex=good, cache=cache)
+    remember_digest(roots, str(tmp_path / "missing"), base=None, name=None, cache=cache)
+    for n in range(DigestCache.LIMIT + 5):  # bounded: the oldest go first
+        cache.put(SimpleNamespace(st_dev=0, st_ino=n, st_size=1, st_mtime_ns=0,  # type: ignore[arg-type]
+                                  st_ctime_ns=0), "0" * 64)
+    assert len(cache._known) == DigestCache.LIMIT
