@@ -191,35 +191,30 @@ def outcome_json(outcome: Outcome) -> str:
 def transfer_json(outcome: Outcome, local: str | None, remote: str | None) -> str:
     """One --json line of a fleet put or get: the host, how it ended, the file's ``local`` and
     ``remote`` paths, and ``bytes``, ``sha256``, ``changed`` (null unless it was done)."""
-    result = outcome.result
-    return json.dumps({
-        "host": outcome.host,
-        "address": outcome.address,
-        "status": outcome.status,
-        "local": result.local if result is not None else local,
-        "remote": result.remote if result is not None else remote,
-        "bytes": result.bytes if result is not None else None,
-        "sha256": result.sha256 if result is not None else None,
-        "changed": result.changed if result is not None else None,
-        "duration": round(outcome.duration, 6),
-        "error": outcome.error,
-    })
+    return _transfer_line(outcome, local, remote, ("bytes", "sha256", "changed"))
 
 
 def tree_json(outcome: Outcome, local: str | None, remote: str | None) -> str:
     """One --json line of a fleet put -r or get -r: the host, how it ended, the trees' paths,
     the counts (null unless the host's transfer ran), its failed entries and the error."""
     result = outcome.result
-    counts = ("files", "directories", "links", "bytes", "changed")
+    errors = [{"path": e.path, "code": e.code, "message": e.message}
+              for e in result.errors] if result is not None else []
+    return _transfer_line(outcome, local, remote,
+                          ("files", "directories", "links", "bytes", "changed"), errors=errors)
+
+
+def _transfer_line(outcome: Outcome, local: str | None, remote: str | None,
+                   names: tuple[str, ...], **more: Any) -> str:
+    result = outcome.result
     return json.dumps({
         "host": outcome.host,
         "address": outcome.address,
         "status": outcome.status,
         "local": result.local if result is not None else local,
         "remote": result.remote if result is not None else remote,
-        **{name: getattr(result, name) if result is not None else None for name in counts},
-        "errors": [{"path": e.path, "code": e.code, "message": e.message}
-                   for e in result.errors] if result is not None else [],
+        **{name: getattr(result, name) if result is not None else None for name in names},
+        **more,
         "duration": round(outcome.duration, 6),
         "error": outcome.error,
     })

@@ -38,8 +38,10 @@ from rexec.fleet.outcome import CommandOutcome, GroupResult, HostOutcome, R, sta
 from rexec.fleet.stdin import Broadcast, SharedStdin, shared_stdin
 from rexec.fleet.target import HostStatus, Target
 from rexec.fleet.transfer import (
+    Done,
     FanOut,
     OnTransferProgress,
+    Transfer,
     check_host_dirs,
     check_timeout,
     get_name,
@@ -254,18 +256,9 @@ class Group:
         another's. InvalidRequest, LocalFileError (``local_dir`` not a directory) or
         ConfigError (two hosts' directories would be one) before any host is contacted.
         """
-        name = get_name(remote)
-        check_timeout(timeout)
-        folder = Path(local_dir)
-        if not folder.is_dir():
-            raise LocalFileError(f"{folder}: not a directory (a fleet get writes"
-                                 f" {folder}/HOST/{name})", "not_a_directory", str(folder))
-        check_host_dirs([target.name for target in self.targets])
+        folder = self._get_into(remote, local_dir, timeout)
         transfer = get_transfer(remote, folder, preserve=preserve)
-        return await self._fan_out(
-            lambda target, forks: transfer_host(target, forks, transfer, timeout=timeout,
-                                                on_progress=on_progress),
-            on_done, _nothing)
+        return await self._each_host(transfer, timeout, on_progress, on_done)
 
     async def put_tree(self, local: str | Path, remote: str, *, preserve: bool = False,
                        force: bool = False, timeout: float | None = None,
@@ -285,10 +278,7 @@ class Group:
             raise LocalFileError(f"{local}: not a directory (-r puts a directory)",
                                  "not_a_directory", str(local))
         transfer = put_tree_transfer(str(local), root, preserve=preserve, force=force)
-        return await self._fan_out(
-            lambda target, forks: transfer_host(target, forks, transfer, timeout=timeout,
-                                                on_progress=on_progress),
-            on_done, _nothing)
+        return await self._each_host(transfer, timeout, on_progress, on_done)
 
     async def get_tree(self, remote: str, local_dir: str | Path, *, preserve: bool = False,
                        timeout: float | None = None,
@@ -298,6 +288,12 @@ class Group:
         ``Client.get_tree`` does (``-r``), NAME being ``remote``'s base name; ``local_dir``
         must exist. A host some of whose entries failed is "failed", its TreeResult kept.
         """
+        folder = self._get_into(remote, local_dir, timeout)
+        transfer = get_tree_transfer(remote, folder, preserve=preserve)
+        return await self._each_host(transfer, timeout, on_progress, on_done)
+
+    def _get_into(self, remote: str, local_dir: str | Path, timeout: float | None) -> Path:
+        """A fleet get's checks before any host is contacted; the directory it writes in."""
         name = get_name(remote)
         check_timeout(timeout)
         folder = Path(local_dir)
@@ -305,7 +301,13 @@ class Group:
             raise LocalFileError(f"{folder}: not a directory (a fleet get writes"
                                  f" {folder}/HOST/{name})", "not_a_directory", str(folder))
         check_host_dirs([target.name for target in self.targets])
-        transfer = get_tree_transfer(remote, folder, preserve=preserve)
+        return folder
+
+    async def _each_host(self, transfer: Transfer[Done], timeout: float | None,
+                         on_progress: OnTransferProgress | None,
+                         on_done: Callable[[HostOutcome[Done]], object] | None,
+                         ) -> GroupResult[Done]:
+        """``transfer`` on every host, as its own (no fan-out of a file read once)."""
         return await self._fan_out(
             lambda target, forks: transfer_host(target, forks, transfer, timeout=timeout,
                                                 on_progress=on_progress),
