@@ -1,0 +1,182 @@
+"""The server's CPU per byte it receives in an upload, plaintext and TLS.
+
+    python bench/recv_cpu.py [--size MIB] [--runs N] [--profile DIR]
+
+Starts a plaintext and a TLS rexec-server on loopback, then uploads one file of ``--size`` MiB
+(default 512) to each ``--runs`` times, alternating, with the BlockingClient and ``force``
+(every byte sent). Source and destination are in /dev/shm, so neither disk is measured. For
+each upload it prints the server process's CPU seconds (utime + stime from /proc/PID/stat,
+before and after) per GiB received, and the wall time from the first byte sent to the end (the
+client's hash of the file before it sends is left out: that is the client's cost).
+
+``--profile DIR`` runs each server under cProfile and writes DIR/plain.prof and DIR/tls.prof
+when they stop (the event loop's thread only). ``--spy DIR`` samples each server, all its
+threads and native frames, with py-spy (``pip install py-spy``) into DIR/plain.txt and
+DIR/tls.txt (collapsed stacks); ``--perf DIR`` records each server with ``perf record``
+(native frames and the kernel's, CPU time only) into DIR/plain.data and DIR/tls.data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import cast
+
+import rexec
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid``, in seconds (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def start_server(tmp: Path, name: str, extra: list[str],
+                 profile: Path | None) -> tuple[subprocess.Popen[bytes], str]:
+    """A rexec-server on 127.0.0.1 port 0; returns it and the address it printed."""
+    argv = [sys.executable]
+    if profile is not None:
+        argv += ["-m", "cProfile", "-o", str(profile / f"{name}.prof")]
+    argv += [str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", "0",
+             "--token-file", str(tmp / "token"), "--log-level", "warning", *extra]
+    stderr = (tmp / f"{name}.log").open("wb")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr,
+                            stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(tmp)})
+    stderr.close()
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise SystemExit(f"the {name} server did not start: {(tmp / f'{name}.log').read_text()}")
+    return proc, line.split()[2]
+
+
+def write_pki(tmp: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1: (ca, cert, key)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(tmp / "server.key"))
+    (tmp / "server.key").chmod(0o600)
+    (tmp / "server.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+    return tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
+
+
+def upload(address: str, token: str, ca: Path | None, src: Path, dst: str, *,
+           pid: int) -> tuple[float, float]:
+    """One forced put to the server process ``pid``; (its CPU seconds, wall seconds from the
+    first byte sent)."""
+    first: list[float] = []
+
+    def progress(done: int, total: int) -> None:
+        if not first:
+            first.append(time.perf_counter())
+
+    with rexec.BlockingClient(address, token=token, tls_ca=ca) as client:
+        client.run("true", check=True)  # connected and warm before the clock starts
+        cpu = cpu_seconds(pid)
+        client.put(src, dst, force=True, on_progress=progress)
+        ended = time.perf_counter()
+        cpu = cpu_seconds(pid) - cpu
+    return cpu, ended - first[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512, help="MiB to upload (default 512)")
+    parser.add_argument("--runs", type=int, default=3, help="uploads per server (default 3)")
+    parser.add_argument("--profile", type=Path, help="cProfile the servers into this folder")
+    parser.add_argument("--spy", type=Path, help="py-spy the servers into this folder")
+    parser.add_argument("--perf", type=Path, help="perf record the servers into this folder")
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir="/dev/shm")))
+        token = secrets.token_urlsafe(32)
+        (tmp / "token").write_text(token + "\n")
+        (tmp / "token").chmod(0o600)
+        ca, cert, key = write_pki(tmp)
+        src = tmp / "source"
+        with src.open("wb") as f:
+            for _ in range(args.size):
+                f.write(os.urandom(MIB))
+        for folder in (args.profile, args.spy, args.perf):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+        servers = {
+            "plain": (start_server(tmp, "plain", [], args.profile), None),
+            "tls": (start_server(tmp, "tls", ["--tls-cert", str(cert), "--tls-key", str(key)],
+                                 args.profile), ca),
+        }
+        for name, ((proc, _), _ca) in servers.items():
+            stack.callback(stop, proc)
+            if args.spy is not None:
+                stack.callback(stop, spy(proc.pid, args.spy / f"{name}.txt"))
+            if args.perf is not None:
+                stack.callback(stop, sample(proc.pid, args.perf / f"{name}.data"))
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
+        for run in range(args.runs):
+            for name, ((proc, address), trust) in servers.items():
+                cpu, wall = upload(address, token, trust, src, str(tmp / f"dst-{name}"),
+                                   pid=proc.pid)
+                per_gib = cpu * GIB / (args.size * MIB)
+                results[name].append((per_gib, wall))
+                print(f"run {run + 1} {name:5}: server CPU {per_gib:.2f} s/GiB,"
+                      f" wall {wall:.2f} s ({args.size * MIB / wall / 1e6:.0f} MB/s)",
+                      flush=True)
+        for name, rows in results.items():
+            print(f"median {name:5}: server CPU {statistics.median(r[0] for r in rows):.2f}"
+                  f" s/GiB, wall {statistics.median(r[1] for r in rows):.2f} s for"
+                  f" {args.size} MiB")
+    return 0
+
+
+def spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling process ``pid`` until it is stopped."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    return sampler([str(py_spy), "record", "--pid", str(pid), "--native", "--threads",
+                    "--format", "raw", "--rate", "200", "--output", str(output)])
+
+
+def sample(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """perf sampling process ``pid`` (call graphs) until it is stopped."""
+    return sampler(["perf", "record", "--freq", "999", "--call-graph", "dwarf,16384",
+                    "--pid", str(pid), "--output", str(output)])
+
+
+def sampler(argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start a sampling profiler, and give it a second to attach before the first upload."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT a sampler, SIGTERM a server (so each writes its profile), SIGKILL lingerers."""
+    argv = cast(list[str], proc.args)
+    proc.send_signal(signal.SIGINT if Path(argv[0]).name in ("py-spy", "perf")
+                     else signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
