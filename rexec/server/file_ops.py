@@ -109,7 +109,7 @@ class FileOp:
         self.path = entry_path(header.path, getattr(header, "base", None))  # for messages
         self.started = time.monotonic()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rexec-file")
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | memoryview] = deque()
         self._received = 0  # bytes of the upload received
         self._allowed = FILE_WINDOW  # what the client may have sent: the window and the credit
         self._wake = asyncio.Event()
@@ -118,15 +118,16 @@ class FileOp:
 
     # what the client's frames ask of it
 
-    def data(self, body: memoryview) -> None:
-        """A ``file_data`` frame of the upload (a copy is kept: the body is the decoder's)."""
+    def data(self, body: memoryview, *, detached: bool = False) -> None:
+        """A ``file_data`` frame of the upload, queued as it is if ``detached`` (a buffer of its
+        own), else copied (the body is the decoder's)."""
         if not isinstance(self.header, Put):
             return  # cannot happen: the state table allows file_data from the client only then
         self._received += len(body)
         if self._received > self._allowed:
             raise ProtocolError(f"the client sent more than {FILE_WINDOW} bytes of the file"
                                 " without credit", "file_overflow")
-        self._queue.append(bytes(body))
+        self._queue.append(body if detached else bytes(body))
         self._wake.set()
 
     def cancel(self) -> None:

@@ -241,7 +241,7 @@ class Session:
         elif isinstance(header, FileRequest):
             self.start_transfer(header)
         elif self.transfer is not None and header.type == "file_data":
-            self.transfer.data(frame.body)
+            self.transfer.data(frame.body, detached=frame.detached)
         elif self.transfer is not None and header.type == "cancel":
             self.transfer.cancel()
         elif header.type == "error":
