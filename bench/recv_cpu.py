@@ -1,13 +1,20 @@
 """The server's CPU per byte it receives in an upload, plaintext and TLS.
 
-    python bench/recv_cpu.py [--size MIB] [--runs N] [--profile DIR]
+    python bench/recv_cpu.py [--size MIB] [--runs N] [--baseline DIR] [--profile DIR]
 
 Starts a plaintext and a TLS rexec-server on loopback, then uploads one file of ``--size`` MiB
 (default 512) to each ``--runs`` times, alternating, with the BlockingClient and ``force``
-(every byte sent). Source and destination are in /dev/shm, so neither disk is measured. For
+(every byte sent). Source and destination are in /dev/shm, so neither disk is measured; each
+destination is removed after its upload and one round goes first uncounted, so that every
+upload writes into memory used before (in a virtual machine a page touched for the first time
+can cost the writing thread seconds per GiB, the host's fault, counted as its CPU time). For
 each upload it prints the server process's CPU seconds (utime + stime from /proc/PID/stat,
 before and after) per GiB received, and the wall time from the first byte sent to the end (the
 client's hash of the file before it sends is left out: that is the client's cost).
+
+``--baseline DIR`` also starts the servers of another version of rexec, a source tree holding
+its ``server.py`` and ``rexec/`` (``git archive COMMIT server.py rexec | tar -x -C DIR``), and
+interleaves its uploads with this version's, so that both see the same noise.
 
 ``--profile DIR`` runs each server under cProfile and writes DIR/plain.prof and DIR/tls.prof
 when they stop (the event loop's thread only). ``--spy DIR`` samples each server, all its
@@ -39,23 +46,31 @@ GIB = 1024 * MIB
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid``, in seconds (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, task: int | None = None) -> float:
+    """utime + stime of process ``pid`` (all its threads, or its thread ``task``), in seconds."""
+    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def start_server(tmp: Path, name: str, extra: list[str],
-                 profile: Path | None) -> tuple[subprocess.Popen[bytes], str]:
-    """A rexec-server on 127.0.0.1 port 0; returns it and the address it printed."""
+def loop_seconds(pid: int) -> float:
+    """CPU seconds of the server's main thread (the event loop); the rest is its threads'."""
+    return cpu_seconds(pid, pid)
+
+
+def start_server(tmp: Path, name: str, extra: list[str], profile: Path | None,
+                 root: Path = ROOT) -> tuple[subprocess.Popen[bytes], str]:
+    """The rexec-server of the source tree ``root`` on 127.0.0.1 port 0; returns it and the
+    address it printed."""
     argv = [sys.executable]
     if profile is not None:
         argv += ["-m", "cProfile", "-o", str(profile / f"{name}.prof")]
-    argv += [str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", "0",
+    argv += [str(root / "server.py"), "--host", "127.0.0.1", "--port", "0",
              "--token-file", str(tmp / "token"), "--log-level", "warning", *extra]
     stderr = (tmp / f"{name}.log").open("wb")
+    env = {**os.environ, "HOME": str(tmp), "PYTHONPATH": str(root)}  # its rexec, not ours
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr,
-                            stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(tmp)})
+                            stdin=subprocess.DEVNULL, env=env)
     stderr.close()
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
@@ -79,9 +94,9 @@ def write_pki(tmp: Path) -> tuple[Path, Path, Path]:
 
 
 def upload(address: str, token: str, ca: Path | None, src: Path, dst: str, *,
-           pid: int) -> tuple[float, float]:
-    """One forced put to the server process ``pid``; (its CPU seconds, wall seconds from the
-    first byte sent)."""
+           pid: int) -> tuple[float, float, float]:
+    """One forced put to the server process ``pid``; (its CPU seconds, those of its event
+    loop's thread, wall seconds from the first byte sent)."""
     first: list[float] = []
 
     def progress(done: int, total: int) -> None:
@@ -90,17 +105,19 @@ def upload(address: str, token: str, ca: Path | None, src: Path, dst: str, *,
 
     with rexec.BlockingClient(address, token=token, tls_ca=ca) as client:
         client.run("true", check=True)  # connected and warm before the clock starts
-        cpu = cpu_seconds(pid)
+        cpu, loop = cpu_seconds(pid), loop_seconds(pid)
         client.put(src, dst, force=True, on_progress=progress)
         ended = time.perf_counter()
-        cpu = cpu_seconds(pid) - cpu
-    return cpu, ended - first[0]
+        cpu, loop = cpu_seconds(pid) - cpu, loop_seconds(pid) - loop
+    return cpu, loop, ended - first[0]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="MiB to upload (default 512)")
     parser.add_argument("--runs", type=int, default=3, help="uploads per server (default 3)")
+    parser.add_argument("--baseline", type=Path,
+                        help="a source tree of another version to compare, run for run")
     parser.add_argument("--profile", type=Path, help="cProfile the servers into this folder")
     parser.add_argument("--spy", type=Path, help="py-spy the servers into this folder")
     parser.add_argument("--perf", type=Path, help="perf record the servers into this folder")
@@ -118,31 +135,39 @@ def main() -> int:
         for folder in (args.profile, args.spy, args.perf):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
-        servers = {
-            "plain": (start_server(tmp, "plain", [], args.profile), None),
-            "tls": (start_server(tmp, "tls", ["--tls-cert", str(cert), "--tls-key", str(key)],
-                                 args.profile), ca),
-        }
+        tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
+        servers = {}
+        for suffix, root in [("", ROOT)] + ([("-base", args.baseline)] if args.baseline else []):
+            servers["plain" + suffix] = (start_server(tmp, "plain" + suffix, [], args.profile,
+                                                      root), None)
+            servers["tls" + suffix] = (start_server(tmp, "tls" + suffix, tls, args.profile,
+                                                    root), ca)
+        servers = dict(sorted(servers.items()))  # plain, plain-base, tls, tls-base
         for name, ((proc, _), _ca) in servers.items():
             stack.callback(stop, proc)
             if args.spy is not None:
                 stack.callback(stop, spy(proc.pid, args.spy / f"{name}.txt"))
             if args.perf is not None:
                 stack.callback(stop, sample(proc.pid, args.perf / f"{name}.data"))
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
-        for run in range(args.runs):
+        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in servers}
+        per_gib = GIB / (args.size * MIB)
+        for run in range(-1, args.runs):  # run -1: the warm-up
             for name, ((proc, address), trust) in servers.items():
-                cpu, wall = upload(address, token, trust, src, str(tmp / f"dst-{name}"),
-                                   pid=proc.pid)
-                per_gib = cpu * GIB / (args.size * MIB)
-                results[name].append((per_gib, wall))
-                print(f"run {run + 1} {name:5}: server CPU {per_gib:.2f} s/GiB,"
+                dst = tmp / f"dst-{name}"
+                cpu, loop, wall = upload(address, token, trust, src, str(dst), pid=proc.pid)
+                dst.unlink()
+                if run < 0:
+                    continue
+                results[name].append((cpu * per_gib, loop * per_gib, wall))
+                print(f"run {run + 1} {name:10}: server CPU {cpu * per_gib:.2f} s/GiB (event"
+                      f" loop {loop * per_gib:.2f}, other threads {(cpu - loop) * per_gib:.2f}),"
                       f" wall {wall:.2f} s ({args.size * MIB / wall / 1e6:.0f} MB/s)",
                       flush=True)
         for name, rows in results.items():
-            print(f"median {name:5}: server CPU {statistics.median(r[0] for r in rows):.2f}"
-                  f" s/GiB, wall {statistics.median(r[1] for r in rows):.2f} s for"
-                  f" {args.size} MiB")
+            cpu, loop, wall = (statistics.median(r[i] for r in rows) for i in range(3))
+            other = statistics.median(r[0] - r[1] for r in rows)
+            print(f"median {name:10}: server CPU {cpu:.2f} s/GiB (event loop {loop:.2f},"
+                  f" other threads {other:.2f}), wall {wall:.2f} s for {args.size} MiB")
     return 0
 
 
