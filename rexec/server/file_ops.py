@@ -3,8 +3,9 @@
 A ``FileOp`` runs as a task of its session, as a command does. Its filesystem calls run on a
 thread of its own (one per transfer, so they stay in order and the event loop never waits on
 the disk: an fsync, a slow or network file system). An upload's ``file_data`` bodies are queued
-as they arrive (at most FILE_WINDOW bytes: the client may not send more without credit), written
-in order, and credited back once written. A download reads a chunk, sends it and waits for the
+as they arrive (at most FILE_WINDOW bytes: the client may not send more without credit; large
+ones as the decoder received them, without a copy), written in order a batch at a time, and
+credited back once written. A download reads a chunk, sends it and waits for the
 client to take it (TCP backpressure) before reading the next. Whatever fails becomes one
 non-fatal error frame (``TransferError``'s code and message); the connection stays usable, and
 an upload that did not complete leaves the destination as it was.
@@ -59,6 +60,10 @@ from rexec.wire.frames import (
 )
 
 CREDIT_BATCH = 1024 * 1024  # credit an upload back in batches, not per frame
+WRITE_BATCH = FILE_WINDOW // 2
+"""The most queued bytes of an upload one call on its thread writes: each call costs two
+thread wake-ups and a credit frame, and with half the window the client still has the rest to
+send meanwhile."""
 READ_CHUNK = MAX_BODY_SIZE  # a download's frames: as large as a frame may be
 T = TypeVar("T")
 FileRequest = Put | Get | PutDir | PutLink | FileList
@@ -236,14 +241,24 @@ class FileOp:
                 self._check_cancelled()
                 self._wake.clear()
                 await self._wake.wait()
-            chunk = self._queue.popleft()
-            await self._disk(upload.write, chunk)  # size_mismatch past file_size
-            received += len(chunk)
-            credit += len(chunk)
+            chunks = self._take_batch()
+            await self._disk(_write_all, upload, chunks)  # size_mismatch past file_size
+            size = sum(len(chunk) for chunk in chunks)
+            received += size
+            credit += size
             if credit >= CREDIT_BATCH and received < put.file_size:
                 self.link.send(FileCredit(amount=credit))
                 self._allowed += credit
                 credit = 0
+
+    def _take_batch(self) -> list[bytes | memoryview]:
+        """The queued chunks to write next: one at least, up to WRITE_BATCH bytes."""
+        chunks = [self._queue.popleft()]
+        size = len(chunks[0])
+        while self._queue and size + len(self._queue[0]) <= WRITE_BATCH:
+            chunks.append(self._queue.popleft())
+            size += len(chunks[-1])
+        return chunks
 
     async def _get(self, get: Get, roots: FileRoots) -> dict[str, Any]:
         download = await self._disk(open_source, roots, get.path, base=get.base)
@@ -306,6 +321,12 @@ class FileOp:
 
 
 LIST_BATCH = 256  # entries of a listing read from the disk at a time
+
+
+def _write_all(upload: Upload, chunks: list[bytes | memoryview]) -> None:
+    """Write the chunks in order (on the transfer's thread)."""
+    for chunk in chunks:
+        upload.write(chunk)
 
 
 def _next_batch(entries: Iterator[T]) -> list[T]:
