@@ -12,6 +12,9 @@ each upload it prints the server process's CPU seconds (utime + stime from /proc
 before and after) per GiB received, and the wall time from the first byte sent to the end (the
 client's hash of the file before it sends is left out: that is the client's cost).
 
+``--cli`` uploads with ``rexec put --no-skip`` in a process of its own instead, and its wall
+time is then the whole process's, start-up and the client's hash of the file included.
+
 ``--baseline DIR`` also starts the servers of another version of rexec, a source tree holding
 its ``server.py`` and ``rexec/`` (``git archive COMMIT server.py rexec | tar -x -C DIR``), and
 interleaves its uploads with this version's, so that both see the same noise.
@@ -112,10 +115,26 @@ def upload(address: str, token: str, ca: Path | None, src: Path, dst: str, *,
     return cpu, loop, ended - first[0]
 
 
+def upload_cli(address: str, token: Path, ca: Path | None, src: Path, dst: str, *,
+               pid: int) -> tuple[float, float, float]:
+    """One ``rexec put --no-skip`` to the server process ``pid``; (its CPU seconds, those of
+    its event loop's thread, the CLI's wall seconds)."""
+    rexec_cli = Path(sys.executable).with_name("rexec")
+    trust = ["--tls-ca", str(ca)] if ca is not None else []
+    argv = [str(rexec_cli), "put", "-q", "--no-skip", "--token-file", str(token), *trust,
+            address, str(src), dst]
+    cpu, loop = cpu_seconds(pid), loop_seconds(pid)
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    return cpu_seconds(pid) - cpu, loop_seconds(pid) - loop, wall
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="MiB to upload (default 512)")
     parser.add_argument("--runs", type=int, default=3, help="uploads per server (default 3)")
+    parser.add_argument("--cli", action="store_true", help="upload with `rexec put --no-skip`")
     parser.add_argument("--baseline", type=Path,
                         help="a source tree of another version to compare, run for run")
     parser.add_argument("--profile", type=Path, help="cProfile the servers into this folder")
@@ -136,7 +155,7 @@ def main() -> int:
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
         tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
-        servers = {}
+        servers: Servers = {}
         for suffix, root in [("", ROOT)] + ([("-base", args.baseline)] if args.baseline else []):
             servers["plain" + suffix] = (start_server(tmp, "plain" + suffix, [], args.profile,
                                                       root), None)
@@ -149,26 +168,40 @@ def main() -> int:
                 stack.callback(stop, spy(proc.pid, args.spy / f"{name}.txt"))
             if args.perf is not None:
                 stack.callback(stop, sample(proc.pid, args.perf / f"{name}.data"))
-        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in servers}
-        per_gib = GIB / (args.size * MIB)
-        for run in range(-1, args.runs):  # run -1: the warm-up
-            for name, ((proc, address), trust) in servers.items():
-                dst = tmp / f"dst-{name}"
-                cpu, loop, wall = upload(address, token, trust, src, str(dst), pid=proc.pid)
-                dst.unlink()
-                if run < 0:
-                    continue
-                results[name].append((cpu * per_gib, loop * per_gib, wall))
-                print(f"run {run + 1} {name:10}: server CPU {cpu * per_gib:.2f} s/GiB (event"
-                      f" loop {loop * per_gib:.2f}, other threads {(cpu - loop) * per_gib:.2f}),"
-                      f" wall {wall:.2f} s ({args.size * MIB / wall / 1e6:.0f} MB/s)",
-                      flush=True)
+        results = measure(args, servers, tmp, token, src)
         for name, rows in results.items():
             cpu, loop, wall = (statistics.median(r[i] for r in rows) for i in range(3))
             other = statistics.median(r[0] - r[1] for r in rows)
             print(f"median {name:10}: server CPU {cpu:.2f} s/GiB (event loop {loop:.2f},"
                   f" other threads {other:.2f}), wall {wall:.2f} s for {args.size} MiB")
     return 0
+
+
+Servers = dict[str, tuple[tuple[subprocess.Popen[bytes], str], Path | None]]
+
+
+def measure(args: argparse.Namespace, servers: Servers, tmp: Path, token: str,
+            src: Path) -> dict[str, list[tuple[float, float, float]]]:
+    """Upload ``src`` to each server in turn, ``args.runs`` rounds after a warm-up; per server
+    and run (server CPU s/GiB, event loop CPU s/GiB, wall seconds)."""
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in servers}
+    per_gib = GIB / (args.size * MIB)
+    for run in range(-1, args.runs):  # run -1: the warm-up
+        for name, ((proc, address), trust) in servers.items():
+            dst = tmp / f"dst-{name}"
+            if args.cli:
+                cpu, loop, wall = upload_cli(address, tmp / "token", trust, src, str(dst),
+                                             pid=proc.pid)
+            else:
+                cpu, loop, wall = upload(address, token, trust, src, str(dst), pid=proc.pid)
+            dst.unlink()
+            if run < 0:
+                continue
+            results[name].append((cpu * per_gib, loop * per_gib, wall))
+            print(f"run {run + 1} {name:10}: server CPU {cpu * per_gib:.2f} s/GiB (event"
+                  f" loop {loop * per_gib:.2f}, other threads {(cpu - loop) * per_gib:.2f}),"
+                  f" wall {wall:.2f} s ({args.size * MIB / wall / 1e6:.0f} MB/s)", flush=True)
+    return results
 
 
 def spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
