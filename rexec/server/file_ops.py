@@ -4,11 +4,11 @@ A ``FileOp`` runs as a task of its session, as a command does. Its filesystem ca
 connection's transfer thread (``FileThread``: one per connection, so they stay in order and the
 event loop never waits on the disk: an fsync, a slow or network file system). An upload's
 ``file_data`` bodies are queued as they arrive (at most FILE_WINDOW bytes: the client may not
-send more without credit), written in order, and credited back once written. A download reads
-a chunk, sends it and waits for the client to take it (TCP backpressure) before reading the
-next. Whatever fails becomes one non-fatal error frame (``TransferError``'s code and message);
-the connection stays usable, and an upload that did not complete leaves the destination as it
-was.
+send more without credit; large ones as the decoder received them, without a copy), written in
+order a batch at a time, and credited back once written. A download reads a chunk, sends it and
+waits for the client to take it (TCP backpressure) before reading the next. Whatever fails
+becomes one non-fatal error frame (``TransferError``'s code and message); the connection stays
+usable, and an upload that did not complete leaves the destination as it was.
 
 For an identity with ``run_as`` the transfer's thread reads and writes as that user from its
 first filesystem call on (``rexec.server.fsuser``), and ends with the connection.
@@ -64,6 +64,10 @@ from rexec.wire.frames import (
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CREDIT_BATCH = 1024 * 1024  # credit an upload back in batches, not per frame
+WRITE_BATCH = FILE_WINDOW // 2
+"""The most queued bytes of an upload one call on its thread writes: each call costs two
+thread wake-ups and a credit frame, and with half the window the client still has the rest to
+send meanwhile."""
 READ_CHUNK = MAX_BODY_SIZE  # a download's frames: as large as a frame may be
 T = TypeVar("T")
 FileRequest = Put | Get | PutDir | PutLink | FileList
@@ -141,7 +145,7 @@ class FileOp:
         self.header = header
         self.path = entry_path(header.path, getattr(header, "base", None))  # for messages
         self.started = time.monotonic()
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | memoryview] = deque()
         self._received = 0  # bytes of the upload received
         self._allowed = FILE_WINDOW  # what the client may have sent: the window and the credit
         self._wake = asyncio.Event()
@@ -151,15 +155,16 @@ class FileOp:
 
     # what the client's frames ask of it
 
-    def data(self, body: memoryview) -> None:
-        """A ``file_data`` frame of the upload (a copy is kept: the body is the decoder's)."""
+    def data(self, body: memoryview, *, detached: bool = False) -> None:
+        """A ``file_data`` frame of the upload, queued as it is if ``detached`` (a buffer of its
+        own), else copied (the body is the decoder's)."""
         if not isinstance(self.header, Put) or self.task.done():
             return  # late bytes of an upload that ended (an error crossed them): dropped
         self._received += len(body)
         if self._received > self._allowed:
             raise ProtocolError(f"the client sent more than {FILE_WINDOW} bytes of the file"
                                 " without credit", "file_overflow")
-        self._queue.append(bytes(body))
+        self._queue.append(body if detached else bytes(body))
         self._wake.set()
 
     def end(self, sha256: str) -> None:
@@ -303,14 +308,24 @@ class FileOp:
                 self._check_cancelled()
                 self._wake.clear()
                 await self._wake.wait()
-            chunk = self._queue.popleft()
-            await self._disk(upload.write, chunk)  # size_mismatch past file_size
-            received += len(chunk)
-            credit += len(chunk)
+            chunks = self._take_batch()
+            await self._disk(_write_all, upload, chunks)  # size_mismatch past file_size
+            size = sum(len(chunk) for chunk in chunks)
+            received += size
+            credit += size
             if credit >= CREDIT_BATCH and received < put.file_size:
                 self.link.send(FileCredit(amount=credit))
                 self._allowed += credit
                 credit = 0
+
+    def _take_batch(self) -> list[bytes | memoryview]:
+        """The queued chunks to write next: one at least, up to WRITE_BATCH bytes."""
+        chunks = [self._queue.popleft()]
+        size = len(chunks[0])
+        while self._queue and size + len(self._queue[0]) <= WRITE_BATCH:
+            chunks.append(self._queue.popleft())
+            size += len(chunks[-1])
+        return chunks
 
     async def _get(self, get: Get, roots: FileRoots) -> dict[str, Any]:
         download = await self._disk(open_source, roots, get.path, base=get.base)
@@ -373,6 +388,12 @@ class FileOp:
 
 
 LIST_BATCH = 256  # entries of a listing read from the disk at a time
+
+
+def _write_all(upload: Upload, chunks: list[bytes | memoryview]) -> None:
+    """Write the chunks in order (on the transfer's thread)."""
+    for chunk in chunks:
+        upload.write(chunk)
 
 
 def _next_batch(entries: Iterator[T]) -> list[T]:

@@ -242,7 +242,7 @@ class Session:
         elif isinstance(header, FileRequest):
             self.start_transfer(header)
         elif self.transfer is not None and header.type == "file_data":
-            self.transfer.data(frame.body)
+            self.transfer.data(frame.body, detached=frame.detached)
         elif self.transfer is not None and header.type == "put_end":
             self.transfer.end(header.sha256)
         elif self.transfer is not None and header.type == "cancel":

@@ -10,6 +10,14 @@ Until the client is authenticated (``handshake=True`` until ``authenticated()``)
 reads its socket HANDSHAKE_READ bytes at a time, holds at most about four times that, and caps
 its headers at HANDSHAKE_MAX_HEADER: whatever more an unauthenticated client sends meanwhile (in
 the failed-login penalty, say) waits in the kernel, not in the server's memory.
+
+Once it is authenticated, the StreamReader steps aside (``Receiver``): the socket is received
+straight into the frame decoder's buffer, or in TLS into one buffer that is decrypted straight
+into it, and a large body (an upload's ``file_data``) into a buffer of its own that is handed on
+as it is. Each byte is then copied once by the kernel (and once more into TLS), not four times,
+and the socket is read only while a frame is awaited and incomplete, so an authenticated client
+has at most one frame and one read in the server's memory beyond what it has been given credit
+for.
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ WRITE_HIGH_WATER = 1024 * 1024
 CLOSE_TIMEOUT = 2.0
 JOIN_LIMIT = 64 * 1024
 """Bodies up to this size go out in one write with their header (copying them is cheaper)."""
+DETACH_AT = 64 * 1024
+"""Bodies from this size on are received into buffers of their own, kept without a copy."""
+TLS_RECEIVE = 256 * 1024
+"""The most TLS bytes one receive takes from the socket, after authentication."""
 TLS_REQUIRED = (
     "this server requires TLS: connect with --tls-ca CAFILE (or tls_ca in the client config)"
 )
@@ -68,7 +80,7 @@ class FramedStream:
         self.reader = reader
         self.writer = writer
         self.conn = Connection(role, handshake_max_header=HANDSHAKE_MAX_HEADER if handshake
-                               else None)
+                               else None, detach_at=DETACH_AT)
         self.peer = format_peer(writer)
         peername = writer.get_extra_info("peername")
         self.peer_host: str = peername[0] if peername else "unknown"
@@ -92,6 +104,7 @@ class FramedStream:
         self._max_size: int | None = None  # the transport's own recv() size, while lowered
         self._limit: int | None = None  # the StreamReader's own limit, while lowered
         self._paused = False  # the transport paused, read only while a frame is awaited
+        self._receiver: Receiver | None = None  # after authentication: reads into the decoder
         if handshake:
             self._start_sparing_reads()
 
@@ -144,6 +157,31 @@ class FramedStream:
             # read. So resuming here cannot undo its own flow control.
             self._paused = False
             self._transport.resume_reading()
+        self._receive_directly()
+
+    def _receive_directly(self) -> None:
+        """Put a ``Receiver`` in the StreamReader's place, taking over what it holds.
+
+        Only over CPython's StreamReader, whose buffer it can take, and only while the peer is
+        still there; otherwise the stream goes on reading through the StreamReader.
+        """
+        reader: Any = self.reader
+        held = getattr(reader, "_buffer", None)
+        if (not isinstance(held, bytearray) or getattr(reader, "_eof", True)
+                or reader.exception() is not None or self.writer.is_closing()):
+            return
+        transport = self._transport
+        self._receiver = Receiver(self, transport.get_protocol())
+        transport.pause_reading()  # from now on read only while a frame is awaited
+        transport.set_protocol(self._receiver)
+        if held:
+            data = bytes(held)
+            held.clear()
+            if self._tls is None:
+                self.conn.receive_data(data)
+            else:
+                self._incoming.write(data)
+                self._tls_backlog = True
 
     async def _read_raw(self) -> bytes:
         if self._sparing:
@@ -234,16 +272,58 @@ class FramedStream:
         self._flush_tls()  # TLS 1.3 may answer (key updates) while reading
         return fed
 
+    def _decrypt_into(self) -> int:
+        """After authentication: decrypt straight into the decoder's buffer; return how many
+        bytes that was.
+
+        It goes on while the frame being received needs more, and stops once it may be whole
+        (the reader takes it first: a detached body's buffer is full, a peek may hold the next
+        header): what TLS still holds then is ``_tls_backlog``, as after a sparing pass.
+        """
+        assert self._tls is not None
+        tls, fed = self._tls, 0
+        self._tls_backlog = False
+        try:
+            while not self._tls_eof:
+                if fed and not self.conn.incomplete:
+                    self._tls_backlog = True
+                    break
+                buffer = self.conn.get_buffer()
+                filled = 0
+                try:
+                    while filled < len(buffer):
+                        count = cast(int, tls.read(len(buffer) - filled, buffer[filled:]))
+                        if not count:  # read() returns 0 at the peer's close_notify
+                            self._tls_eof = True
+                            break
+                        filled += count
+                finally:
+                    self.conn.buffer_updated(filled)
+                    fed += filled
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:  # a corrupted or forged record, among others
+            raise ConnectionLost(f"TLS error: {exc.reason or exc}", self.received) from None
+        self._flush_tls()  # TLS 1.3 may answer (key updates) while reading
+        return fed
+
+    def _pump_tls(self) -> int:
+        """Pass what TLS holds already to the connection (a backlog the socket will not
+        signal); return how many bytes that was."""
+        return self._decrypt() if self._receiver is None else self._decrypt_into()
+
     async def receive(self) -> Frame:
-        """The next frame from the peer; ConnectionLost if it closed first."""
+        """The next frame from the peer; ConnectionLost if it closed first.
+
+        A frame's body is valid until the next call (a ``detached`` one for good).
+        """
         while True:
             frame = self.conn.next_frame()
             if frame is not None:
                 return frame
-            if self._tls_backlog and self._decrypt():
-                continue  # what a sparing pass left in TLS: the socket will not signal it
-            data = b"" if self._tls_eof else await self._read_raw()
-            if not data:
+            if self._tls_backlog and self._pump_tls():
+                continue  # what TLS holds already: the socket will not signal it
+            if not await self._receive_more():
                 self.conn.receive_eof()
                 frame = self.conn.next_frame()  # raises if the peer left half a frame
                 if frame is not None:
@@ -251,11 +331,21 @@ class FramedStream:
                 raise ConnectionLost(
                     f"the peer closed the connection after {self.received} bytes", self.received
                 )
-            if self._tls is None:
-                self.conn.receive_data(data)
-            else:
-                self._incoming.write(data)
-                self._decrypt()
+
+    async def _receive_more(self) -> bool:
+        """Wait for more of the peer's bytes and give them to the connection; False if it
+        closed instead."""
+        if self._receiver is not None:
+            return await self._receiver.receive_more()
+        data = b"" if self._tls_eof else await self._read_raw()
+        if not data:
+            return False
+        if self._tls is None:
+            self.conn.receive_data(data)
+        else:
+            self._incoming.write(data)
+            self._decrypt()
+        return True
 
     def send(self, header: Header, body: bytes | bytearray | memoryview = b"") -> None:
         """Queue one frame for sending (call ``drain`` to wait for room).
@@ -311,3 +401,106 @@ class FramedStream:
             self.writer.transport.abort()
         except (OSError, ssl.SSLError):
             pass
+
+
+class Receiver(asyncio.BufferedProtocol):
+    """The transport's protocol after authentication: the socket straight into the decoder.
+
+    The transport receives into ``get_buffer()``: the decoder's buffer (the rest of a detached
+    body, when one is coming), or in TLS one buffer of TLS_RECEIVE bytes that is decrypted
+    straight into the decoder's. It reads only while ``receive_more()`` waits, and goes on
+    reading until the frame being received may be whole: so the decoder is never written while
+    a frame it gave out is in use, and holds at most one frame and one read.
+
+    Writing, ``drain()`` and ``wait_closed()`` go on through the StreamReaderProtocol it
+    replaced (``previous``), which it tells of flow control and of the connection's end.
+    """
+
+    def __init__(self, stream: FramedStream, previous: asyncio.BaseProtocol) -> None:
+        self._stream = stream
+        self._conn = stream.conn
+        self._previous = cast(asyncio.Protocol, previous)
+        self._transport = stream._transport
+        self._tls = stream._tls is not None
+        self._scratch = memoryview(bytearray(TLS_RECEIVE)) if self._tls else None
+        self._waiter: asyncio.Future[None] | None = None
+        self._received = False  # bytes came in since receive_more() last returned
+        self._eof = False  # the peer closed its side of the TCP connection
+        self._error: BaseException | None = None  # why the connection broke
+
+    @property
+    def _ended(self) -> bool:
+        """The peer closed: at the end of the TCP stream, or with TLS's close_notify."""
+        return self._eof or self._stream._tls_eof
+
+    async def receive_more(self) -> bool:
+        """Wait until the decoder may have a whole frame, or the connection ends; False if the
+        peer closed (ConnectionLost if the connection broke) with nothing more received."""
+        if not self._ended and self._error is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            self._transport.resume_reading()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+                self._transport.pause_reading()  # woken, or cancelled; a no-op once closing
+        if self._received:
+            self._received = False
+            return True
+        if isinstance(self._error, ConnectionLost):
+            raise self._error
+        if self._error is not None:
+            with map_socket_errors("connection broken", self._stream.received):
+                raise self._error
+        return False
+
+    def _wake(self) -> None:
+        # Paused first: the transport must not receive into the decoder again until the reader
+        # has taken what may be a whole frame (the full buffer of a detached body, say).
+        self._transport.pause_reading()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the transport receives to: the decoder's buffer, or TLS's."""
+        if self._scratch is not None:
+            return self._scratch
+        return self._conn.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` came in: wake the reader unless the frame being received lacks more."""
+        self._stream.received += nbytes
+        self._received = True
+        if self._scratch is None:
+            self._conn.buffer_updated(nbytes)
+        else:
+            self._stream._incoming.write(self._scratch[:nbytes])
+            try:
+                self._stream._decrypt_into()
+            except ConnectionLost as exc:
+                self._error = exc
+        if not self._conn.incomplete or self._ended or self._error is not None:
+            self._wake()
+
+    def eof_received(self) -> bool:
+        """The peer closed its side: the reader is told once it has what came before."""
+        self._previous.eof_received()
+        self._eof = True
+        self._wake()
+        return True  # the transport stays open for what the server still sends
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection ended: the reader, the writer's drain() and wait_closed() are told."""
+        self._previous.connection_lost(exc)
+        self._eof = True
+        if exc is not None:
+            self._error = exc
+        self._wake()
+
+    def pause_writing(self) -> None:
+        """Over the high-water mark: the writer's drain() waits (the StreamReaderProtocol's)."""
+        self._previous.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Below the low-water mark again: the writer's drain() returns."""
+        self._previous.resume_writing()

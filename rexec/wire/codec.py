@@ -29,8 +29,11 @@ from rexec.wire.frames import MAX_BODY_SIZE, MAX_HEADER_SIZE, Header, parse_head
 _LENGTH = struct.Struct(">I")
 _EMPTY = memoryview(b"")
 RECEIVE_SIZE = 256 * 1024
-INITIAL_CAPACITY = 16 * 1024
 """The most bytes a reader should receive at once into ``get_buffer()``."""
+INITIAL_CAPACITY = 16 * 1024
+PEEK_SIZE = 4 * 1024
+"""What ``get_buffer()`` offers right after a detached body: the next header, and little of
+the body behind it, which is copied if that body is detached too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +41,15 @@ class Frame:
     """One decoded frame: its validated header and its body (empty for control frames).
 
     ``body`` is a view into the decoder's receive buffer, valid until the decoder is next fed
-    (``feed``/``get_buffer``): use it at once, or copy it with ``bytes(frame.body)``.
+    (``feed``/``get_buffer``): use it at once, or copy it with ``bytes(frame.body)``. A
+    ``detached`` body is the exception: it was received into a buffer of its own, which the
+    decoder never touches again, so it may be kept as it is (see ``FrameDecoder``'s
+    ``detach_at``).
     """
 
     header: Header
     body: memoryview = _EMPTY
+    detached: bool = False
 
 
 class HeaderTooLarge(ValueError):
@@ -162,6 +169,12 @@ class FrameDecoder:
     ``on_header`` is called with each header as soon as it is decoded, before its body is
     awaited: a caller that raises ProtocolError there (a frame not allowed now) is never made to
     buffer the body.
+
+    With ``detach_at``, a body of at least that many bytes is received into a buffer of its own
+    (allocated once its header is in, so never beyond ``max_body``): ``get_buffer()`` then offers
+    exactly the rest of that body, and the frame comes out ``detached``, for a caller that keeps
+    large bodies (an upload's queue) without copying them. A reader that receives into
+    ``get_buffer()`` writes each body once, straight from the socket.
     """
 
     def __init__(
@@ -169,10 +182,15 @@ class FrameDecoder:
         max_header: int = MAX_HEADER_SIZE,
         max_body: int = MAX_BODY_SIZE,
         on_header: Callable[[Header], None] | None = None,
+        detach_at: int | None = None,
     ) -> None:
         self._max_header = max_header
         self.max_body = max_body
         self._on_header = on_header
+        self._detach_at = detach_at
+        self._body: memoryview | None = None  # the detached body being received
+        self._body_filled = 0  # bytes of it received
+        self._peek = False  # the last frame was detached: offer a small buffer for the next
         self._full_capacity = 4 + max_header + max_body + RECEIVE_SIZE
         self._capacity = INITIAL_CAPACITY
         self._buf = bytearray(self._capacity)
@@ -198,7 +216,17 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a frame."""
-        return self._end - self._start
+        return self._end - self._start + self._body_filled
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the frame being received certainly lacks bytes: its header is in, and not
+        all of its body yet (False: ``next_frame()`` may have a frame to give)."""
+        if self._header is None:
+            return False
+        if self._body is not None:
+            return self._body_filled < len(self._body)
+        return self._end - self._start < self._header.size
 
     def _reserve(self, n: int) -> None:
         """Make room for ``n`` more bytes after the data: compact in place, or grow."""
@@ -226,16 +254,34 @@ class FrameDecoder:
         self._start = self._end = 0
 
     def get_buffer(self) -> memoryview:
-        """Writable space for the next receive (at least RECEIVE_SIZE bytes)."""
+        """Writable space for the next receive: at least RECEIVE_SIZE bytes, but exactly the
+        rest of a detached body being received, and PEEK_SIZE bytes right after one."""
+        if self._body is not None:
+            return self._body[self._body_filled :]
         self._reserve(RECEIVE_SIZE)
+        if self._peek:
+            return self._view[self._end : self._end + PEEK_SIZE]
         return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         """Record that ``nbytes`` were written at the start of the last ``get_buffer()``."""
-        self._end += nbytes
+        if self._body is not None:
+            self._body_filled += nbytes
+        else:
+            self._end += nbytes
+            self._peek = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes received from the peer (copied into the receive buffer)."""
+        if self._body is not None:  # the rest of a detached body first (nothing is behind it)
+            if self._eof:
+                raise RuntimeError("the decoder was fed after feed_eof()")
+            count = min(len(data), len(self._body) - self._body_filled)
+            self._body[self._body_filled : self._body_filled + count] = data[:count]
+            self._body_filled += count
+            data = data[count:]
+            if not data:
+                return
         self._reserve(len(data))
         self._buf[self._end : self._end + len(data)] = data
         self._end += len(data)
@@ -291,9 +337,30 @@ class FrameDecoder:
             if self._on_header is not None:
                 self._on_header(header)
             self._header = header
+            if self._detach_at is not None and header.size >= self._detach_at:
+                self._detach(header.size)
+        if self._body is not None:
+            return self._detached_frame(self._header)
         size = self._header.size
         if self.buffered < size:
             return None
         frame = Frame(self._header, self._take(size))
         self._header = None
+        return frame
+
+    def _detach(self, size: int) -> None:
+        """Receive the body of ``size`` bytes into a buffer of its own, starting with what of it
+        came with its header (little, after a detached body: ``get_buffer()`` offered a peek)."""
+        body = memoryview(bytearray(size))
+        have = min(self._end - self._start, size)
+        body[:have] = self._take(have)
+        self._body, self._body_filled = body, have
+
+    def _detached_frame(self, header: Header) -> Frame | None:
+        assert self._body is not None
+        if self._body_filled < len(self._body):
+            return None
+        frame = Frame(header, self._body, detached=True)
+        self._header, self._body, self._body_filled = None, None, 0
+        self._peek = True
         return frame

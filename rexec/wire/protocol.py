@@ -112,19 +112,21 @@ class Connection:
     """One end of a rexec conversation: decodes what arrives, encodes what leaves, keeps state.
 
     ``handshake_max_header``, if given, caps the peer's headers until the handshake is over
-    (the state reaches READY); ``max_header`` applies from then on.
+    (the state reaches READY); ``max_header`` applies from then on. ``detach_at`` is the
+    decoder's (``FrameDecoder``): bodies from that size on come in buffers of their own.
     """
 
     def __init__(
         self, our_role: Role, max_header: int = MAX_HEADER_SIZE, max_body: int = MAX_BODY_SIZE,
-        handshake_max_header: int | None = None,
+        handshake_max_header: int | None = None, detach_at: int | None = None,
     ) -> None:
         self.our_role = our_role
         self.their_role = S if our_role is C else C
         self._state = State.AWAIT_HELLO
         self._max_header = max_header
         first_cap = max_header if handshake_max_header is None else handshake_max_header
-        self._decoder = FrameDecoder(first_cap, max_body, on_header=self._check_incoming)
+        self._decoder = FrameDecoder(first_cap, max_body, on_header=self._check_incoming,
+                                     detach_at=detach_at)
 
     @property
     def state(self) -> State:
@@ -168,6 +170,11 @@ class Connection:
     def buffered(self) -> int:
         """Bytes received that do not yet make a whole frame."""
         return self._decoder.buffered
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the frame being received certainly needs more bytes (``FrameDecoder``)."""
+        return self._decoder.incomplete
 
     def next_frame(self) -> Frame | None:
         """Return the next whole frame from the peer (None: need more bytes), checking order."""

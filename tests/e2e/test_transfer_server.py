@@ -21,6 +21,7 @@ import pytest
 from rexec.client.blocking import BlockingClient
 from rexec.wire.auth import TokenVerifier
 from rexec.wire.frames import (
+    FILE_WINDOW,
     MAX_BODY_SIZE,
     Cancel,
     Error,
@@ -33,8 +34,9 @@ from rexec.wire.frames import (
     PutReady,
     TransferDone,
 )
-from tests.helpers import TOKEN, start_server, wait_until
+from tests.helpers import TOKEN, proc_status, start_server, wait_until
 
+MIB = 1024 * 1024
 ROBOT_TOKEN = "robot-token-with-enough-entropy-0123456789"
 STEP = 20.0
 
@@ -286,6 +288,25 @@ def test_transfers_back_to_back_on_one_connection(srv: Any, tmp_path: Path) -> N
             assert isinstance(done, TransferDone) and done.sha256 == sha(data), n
             header, got, _ = download(r, tmp_path / f"f{n % 3}")
             assert isinstance(header, TransferDone) and got == data, n
+
+
+def test_a_large_upload_holds_little_of_it_in_the_server(srv: Any, tmp_path: Path) -> None:
+    # The bytes pass through: what the server holds at once is the window the client may send
+    # without credit, a frame and a read, whatever the file's size.
+    size = 160 * MIB
+    source = tmp_path / "big"
+    with source.open("wb") as f:
+        for _ in range(size // MIB):
+            f.write(os.urandom(MIB))
+    pid = srv.proc.pid
+    with BlockingClient(srv.address, token=TOKEN) as client:
+        client.run("true")  # the connection's own memory is in the baseline
+        baseline = proc_status(pid, "VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM restarts from VmRSS
+        result = client.put(source, str(tmp_path / "copy"), force=True)
+        peak = proc_status(pid, "VmHWM") - baseline
+    assert result.bytes == size and (tmp_path / "copy").stat().st_size == size
+    assert peak < FILE_WINDOW + 8 * MIB, f"the server's memory peaked {peak / MIB:.1f} MiB up"
 
 
 def test_a_slow_download_is_not_an_idle_connection(tmp_path: Path) -> None:

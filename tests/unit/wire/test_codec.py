@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 
 from rexec.errors import ProtocolError
 from rexec.wire import frames as f
-from rexec.wire.codec import RECEIVE_SIZE, FrameDecoder, decode_header, encode, encode_prefix
+from rexec.wire.codec import (
+    PEEK_SIZE,
+    RECEIVE_SIZE,
+    Frame,
+    FrameDecoder,
+    decode_header,
+    encode,
+    encode_prefix,
+)
 
 NONCE = "0123456789abcdef" * 4
 MAC = "fedcba9876543210" * 4
@@ -53,14 +61,16 @@ def decode_chunks(chunks: Iterable[bytes], decoder: FrameDecoder | None = None) 
     return out
 
 
-def decode_via_buffer(data: bytes, chunk_size: int) -> list[Decoded]:
-    """Receive ``data`` through get_buffer()/buffer_updated(), ``chunk_size`` bytes at a time."""
-    decoder = FrameDecoder()
+def decode_via_buffer(data: bytes, chunk_size: int,
+                      detach_at: int | None = None) -> list[Decoded]:
+    """Receive ``data`` through get_buffer()/buffer_updated(), ``chunk_size`` bytes at a time
+    (less where get_buffer() offers less: the rest of a detached body, a peek after one)."""
+    decoder = FrameDecoder(detach_at=detach_at)
     out: list[Decoded] = []
     pos = 0
     while pos < len(data):
         buf = decoder.get_buffer()
-        assert len(buf) >= RECEIVE_SIZE
+        assert len(buf) >= (1 if detach_at is not None else RECEIVE_SIZE)
         n = min(chunk_size, len(buf), len(data) - pos)
         buf[:n] = data[pos : pos + n]
         decoder.buffer_updated(n)
@@ -203,6 +213,136 @@ def test_get_buffer_path_gives_the_same_frames_as_feed(chunk_size: int) -> None:
     expected = decode_chunks([data])
     assert len(expected) == len(cases) * (1 if chunk_size < 4096 else 3)
     assert decode_via_buffer(data, chunk_size) == expected
+
+
+# --- detached bodies: received into buffers of their own, kept without a copy -----------------
+
+DETACH_AT = 100  # small, so that every split point of a stream can be tried
+DETACHING = [
+    (f.Cancel(), b""),
+    (f.FileData(size=DETACH_AT), bytes(range(DETACH_AT))),  # detached: at the threshold
+    (f.FileData(size=DETACH_AT - 1), b"s" * (DETACH_AT - 1)),  # not: one byte under it
+    (f.FileData(size=3 * DETACH_AT), bytes(range(256)) + b"t" * (3 * DETACH_AT - 256)),
+    (f.FileData(size=2 * DETACH_AT), b"u" * (2 * DETACH_AT)),  # two detached in a row
+    (f.Stdin(size=1), b"v"),
+]
+DETACHING_WIRE = b"".join(wire(h, b) for h, b in DETACHING)
+
+
+def receive_in_two(decoder: FrameDecoder, data: bytes, cut: int, *,
+                   eof: bool = True) -> list[Frame]:
+    """Receive ``data`` as two reads split at ``cut`` through get_buffer() (each read taking
+    what get_buffer() offers, as a socket would), keeping the frames themselves; then the
+    end of the stream, with ``eof``."""
+    frames: list[Frame] = []
+    pos = 0
+    for end in (cut, len(data)):  # two reads, each in as many pieces as get_buffer() offers
+        while pos < end:
+            buf = decoder.get_buffer()
+            n = min(len(buf), end - pos)
+            buf[:n] = data[pos : pos + n]
+            decoder.buffer_updated(n)
+            pos += n
+            while (frame := decoder.next_frame()) is not None:
+                frames.append(frame)
+    if eof:
+        decoder.feed_eof()
+        assert decoder.next_frame() is None
+    return frames
+
+
+@pytest.mark.parametrize("via_buffer", [True, False], ids=["get_buffer", "feed"])
+def test_a_stream_with_detached_bodies_decodes_split_at_every_byte(via_buffer: bool) -> None:
+    expected = [(h, b, len(b) >= DETACH_AT) for h, b in DETACHING]
+    for cut in range(len(DETACHING_WIRE) + 1):
+        decoder = FrameDecoder(detach_at=DETACH_AT)
+        if via_buffer:
+            frames = receive_in_two(decoder, DETACHING_WIRE, cut)
+        else:
+            frames = []
+            for piece in (DETACHING_WIRE[:cut], DETACHING_WIRE[cut:]):
+                decoder.feed(piece)
+                while (frame := decoder.next_frame()) is not None:
+                    frames.append(frame)
+        got = [(fr.header, bytes(fr.body), fr.detached) for fr in frames]
+        assert got == expected, f"split at byte {cut}"
+        assert decoder.buffered == 0
+
+
+def test_a_stream_with_detached_bodies_decodes_byte_by_byte() -> None:
+    decoder = FrameDecoder(detach_at=DETACH_AT)
+    frames = []
+    for i in range(len(DETACHING_WIRE)):
+        buf = decoder.get_buffer()
+        buf[:1] = DETACHING_WIRE[i : i + 1]
+        decoder.buffer_updated(1)
+        while (frame := decoder.next_frame()) is not None:
+            frames.append(frame)
+    assert [(fr.header, bytes(fr.body)) for fr in frames] == DETACHING
+
+
+def test_detached_bodies_stay_intact_while_the_decoder_goes_on() -> None:
+    """A detached body may be kept as it is (an upload's queue): no later receive, feed,
+    compaction or growth of the decoder's buffer touches it."""
+    # small caps: the receive buffer reaches its full size at once, and is compacted in place
+    decoder = FrameDecoder(max_header=1024, max_body=4096, detach_at=DETACH_AT)
+    frames = receive_in_two(decoder, DETACHING_WIRE * 50, 7, eof=False)
+    kept = [fr for fr in frames if fr.detached]
+    for _ in range(10):  # megabytes through every path, far more than the buffer holds
+        receive_in_two(decoder, DETACHING_WIRE * 200, 3, eof=False)
+        decoder.feed(DETACHING_WIRE * 200)
+        drain(decoder)
+    bodies = [b for h, b in DETACHING if len(b) >= DETACH_AT] * 50
+    assert [bytes(fr.body) for fr in kept] == bodies
+
+
+def test_get_buffer_offers_the_rest_of_a_detached_body_then_a_peek() -> None:
+    body = b"x" * 5000
+    data = wire(f.FileData(size=len(body)), body)
+    decoder = FrameDecoder(detach_at=1000)
+    header_end = len(data) - len(body)
+    buf = decoder.get_buffer()
+    assert len(buf) >= RECEIVE_SIZE  # nothing known yet: a full read
+    buf[: header_end + 10] = data[: header_end + 10]
+    decoder.buffer_updated(header_end + 10)
+    assert not decoder.incomplete  # the header is not decoded until next_frame() looks
+    assert decoder.next_frame() is None
+    assert decoder.incomplete
+    assert len(decoder.get_buffer()) == len(body) - 10  # exactly the rest of the body
+    decoder.feed(body[10:])
+    assert not decoder.incomplete
+    assert len(decoder.get_buffer()) == 0  # full: the frame is to be taken first
+    frame = decoder.next_frame()
+    assert frame is not None and frame.detached and bytes(frame.body) == body
+    assert len(decoder.get_buffer()) == PEEK_SIZE  # the next header, little of its body
+    assert len(decoder.get_buffer()) == PEEK_SIZE
+    decoder.buffer_updated(0)
+    assert len(decoder.get_buffer()) >= RECEIVE_SIZE  # back to full reads
+
+
+def test_a_refused_header_allocates_no_detached_body() -> None:
+    def refuse(header: f.Header) -> None:
+        raise ProtocolError(f"no {header.type} now", "unexpected_frame")
+
+    decoder = FrameDecoder(detach_at=10, on_header=refuse)
+    decoder.feed(encode_prefix(f.FileData(size=f.MAX_BODY_SIZE)) + b"abc")
+    with pytest.raises(ProtocolError):
+        decoder.next_frame()
+    assert decoder.buffered == 3  # what came after the header, in the receive buffer alone
+    assert decoder._body is None  # type: ignore[attr-defined]
+
+
+def test_eof_inside_a_detached_body_is_truncated() -> None:
+    decoder = FrameDecoder(detach_at=10)
+    decoder.feed(wire(f.FileData(size=100), b"y" * 100)[:-1])
+    assert decoder.next_frame() is None
+    assert decoder.buffered == 99
+    decoder.feed_eof()
+    with pytest.raises(ProtocolError) as info:
+        decoder.next_frame()
+    assert info.value.code == "truncated"
+    with pytest.raises(RuntimeError, match="after feed_eof"):
+        decoder.feed(b"y")
 
 
 def test_largest_body_and_header_at_the_caps_are_accepted() -> None:
@@ -513,18 +653,20 @@ _control = st.one_of(
     frames=st.lists(st.one_of(_control, _data_frame, _data_frame), min_size=1, max_size=8),
     data=st.data(),
     via_buffer=st.booleans(),
+    detach_at=st.none() | st.integers(1, 300 * 1024),
 )
 def test_random_frames_round_trip_through_random_splits(
-    frames: list[tuple[f.Header, bytes]], data: st.DataObject, via_buffer: bool
+    frames: list[tuple[f.Header, bytes]], data: st.DataObject, via_buffer: bool,
+    detach_at: int | None,
 ) -> None:
     stream = b"".join(encode(h, b) for h, b in frames)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
     pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     if via_buffer:
         chunk = data.draw(st.integers(1, 2 * RECEIVE_SIZE))
-        got = decode_via_buffer(stream, chunk)
+        got = decode_via_buffer(stream, chunk, detach_at)
     else:
-        got = decode_chunks(pieces)
+        got = decode_chunks(pieces, FrameDecoder(detach_at=detach_at))
     assert len(got) == len(frames)
     for (header, body), (got_header, got_body) in zip(frames, got, strict=True):
         assert got_header == header
