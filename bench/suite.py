@@ -72,6 +72,7 @@ import platform
 import re
 import resource
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -1880,6 +1881,10 @@ def transfer_contenders(rig: Rig, src: Path, dst: Path, direction: str
          ["scp", "-F", cfg, "-q", scp_from, scp_to]),
         ("scp aes128-gcm", "`scp -c aes128-gcm@openssh.com`",
          ["scp", "-F", cfg, "-q", "-c", "aes128-gcm@openssh.com", scp_from, scp_to]),
+        ("scp aes128-gcm + sync", "`scp -c aes128-gcm@openssh.com` then `sync` (the file on"
+         " the disk, as rexec's fsync makes it before the rename)",
+         ["sh", "-c", f"scp -F {shlex.quote(cfg)} -q -c aes128-gcm@openssh.com"
+                      f" {shlex.quote(scp_from)} {shlex.quote(scp_to)} && sync"]),
         ("sftp", f"`sftp -b BATCH host` ({direction} FILE DEST)",
          ["sftp", "-F", cfg, "-q", "-b", str(batch), "bench"]),
         ("asyncssh SFTP", f"asyncssh `SFTPClient.{direction}` (bench/transfer_client.py, its"

@@ -151,6 +151,7 @@ class FileOp:
         self._wake = asyncio.Event()
         self._cancelled = False
         self._end_digest: str | None = None  # put_end's, for a put without sha256
+        self._head_start: Callable[[], None] | None = None  # to hash after digest_required
         self.task: asyncio.Task[None] = asyncio.create_task(self._run())
 
     # what the client's frames ask of it
@@ -222,6 +223,10 @@ class FileOp:
                 fields = await self._make(header, roots)
         except TransferError as exc:
             self._reply_error(op, exc.code, str(exc), fields)
+            if self._head_start is not None:
+                # digest_required: the client hashes its file now, and asks again; the
+                # connection's thread hashes the one here meanwhile, once the answer is out
+                self.link.file_thread.submit(self._head_start)
         except (ConnectionLost, ProtocolError):
             self.link.transfer_report(op, self.path, "disconnected", **fields,
                                       duration=self._duration())
@@ -267,10 +272,9 @@ class FileOp:
                                     mode=put.mode, cache=self.link.file_thread.digests):
                     return self._done("put", changed=False, size=put.file_size, sha256=sha256)
             elif await self._disk(same_size, parent, size=put.file_size, mode=put.mode):
-                # the client hashes its file now, and asks again: hash this one meanwhile
-                self.link.file_thread.submit(functools.partial(
+                self._head_start = functools.partial(  # after the answer: see _run
                     remember_digest, roots, put.path, base=put.base, name=put.name,
-                    cache=self.link.file_thread.digests))
+                    cache=self.link.file_thread.digests)
                 raise TransferError("digest_required", f"{self.path}: a file of the same size"
                                     " is there: send its SHA-256 first, to tell whether it is"
                                     " the same", self.path)
