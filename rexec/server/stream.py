@@ -43,6 +43,8 @@ JOIN_LIMIT = 64 * 1024
 DETACH_AT = 64 * 1024
 """Bodies from this size on are received into buffers of their own, kept without a copy."""
 TLS_RECEIVE = 256 * 1024
+SMALL_RECEIVE = 16 * 1024
+"""What a connection's first read after authentication asks for (see ``Receiver``)."""
 """The most TLS bytes one receive takes from the socket, after authentication."""
 TLS_REQUIRED = (
     "this server requires TLS: connect with --tls-ca CAFILE (or tls_ca in the client config)"
@@ -288,7 +290,9 @@ class FramedStream:
                 if fed and not self.conn.incomplete:
                     self._tls_backlog = True
                     break
-                buffer = self.conn.get_buffer()
+                # as much room as what waits to be decrypted, not a full read's every time
+                waiting = self._incoming.pending + tls.pending()
+                buffer = self.conn.get_buffer(max(SMALL_RECEIVE, min(waiting, TLS_RECEIVE)))
                 filled = 0
                 try:
                     while filled < len(buffer):
@@ -422,7 +426,12 @@ class Receiver(asyncio.BufferedProtocol):
         self._previous = cast(asyncio.Protocol, previous)
         self._transport = stream._transport
         self._tls = stream._tls is not None
-        self._scratch = memoryview(bytearray(TLS_RECEIVE)) if self._tls else None
+        # What one read asks for: small while reads are small (a command's frames, an idle
+        # connection: a thousand of them then cost no 256 KiB buffer each), doubled each time
+        # a read fills it, up to TLS_RECEIVE (a stream, an upload).
+        self._want = SMALL_RECEIVE
+        self._offered = 0
+        self._scratch: memoryview | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._received = False  # bytes came in since receive_more() last returned
         self._eof = False  # the peer closed its side of the TCP connection
@@ -463,17 +472,25 @@ class Receiver(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         """Where the transport receives to: the decoder's buffer, or TLS's."""
-        if self._scratch is not None:
-            return self._scratch
-        return self._conn.get_buffer()
+        if self._tls:
+            if self._scratch is None or len(self._scratch) < self._want:
+                self._scratch = memoryview(bytearray(self._want))
+            buffer = self._scratch
+        else:
+            buffer = self._conn.get_buffer(self._want)
+        self._offered = len(buffer)
+        return buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` came in: wake the reader unless the frame being received lacks more."""
         self._stream.received += nbytes
         self._received = True
-        if self._scratch is None:
+        if nbytes >= self._offered and self._want < TLS_RECEIVE:
+            self._want = min(2 * self._want, TLS_RECEIVE)  # more was waiting: read more
+        if not self._tls:
             self._conn.buffer_updated(nbytes)
         else:
+            assert self._scratch is not None
             self._stream._incoming.write(self._scratch[:nbytes])
             try:
                 self._stream._decrypt_into()

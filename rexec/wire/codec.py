@@ -253,12 +253,14 @@ class FrameDecoder:
         self._buf, self._view, self._capacity = buf, memoryview(buf), len(buf)
         self._start = self._end = 0
 
-    def get_buffer(self) -> memoryview:
-        """Writable space for the next receive: at least RECEIVE_SIZE bytes, but exactly the
-        rest of a detached body being received, and PEEK_SIZE bytes right after one."""
+    def get_buffer(self, size: int = RECEIVE_SIZE) -> memoryview:
+        """Writable space for the next receive: at least ``size`` bytes (at most RECEIVE_SIZE
+        are useful), but exactly the rest of a detached body being received, and PEEK_SIZE
+        bytes right after one. A reader that asks for little while little comes keeps an
+        idle or chatty connection's buffer small."""
         if self._body is not None:
             return self._body[self._body_filled :]
-        self._reserve(RECEIVE_SIZE)
+        self._reserve(size)
         if self._peek:
             return self._view[self._end : self._end + PEEK_SIZE]
         return self._view[self._end :]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 
 from rexec.errors import ProtocolError
-from rexec.wire.codec import Frame, FrameDecoder, encode, encode_prefix
+from rexec.wire.codec import RECEIVE_SIZE, Frame, FrameDecoder, encode, encode_prefix
 from rexec.wire.frames import MAX_BODY_SIZE, MAX_HEADER_SIZE, Header
 
 
@@ -154,9 +154,9 @@ class Connection:
         """Add bytes that arrived from the peer."""
         self._decoder.feed(data)
 
-    def get_buffer(self) -> memoryview:
-        """Space to receive into directly (then call ``buffer_updated``)."""
-        return self._decoder.get_buffer()
+    def get_buffer(self, size: int = RECEIVE_SIZE) -> memoryview:
+        """Space to receive into directly, at least ``size`` bytes (then ``buffer_updated``)."""
+        return self._decoder.get_buffer(size)
 
     def buffer_updated(self, nbytes: int) -> None:
         """Record ``nbytes`` received into the last ``get_buffer()``."""
