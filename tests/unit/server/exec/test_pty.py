@@ -79,7 +79,7 @@ def test_a_waiting_read_gets_what_is_typed_back() -> None:
             buffer = bytearray(4096)
             seen = b""
             async with asyncio.timeout(STEP):
-                while b"ready" not in seen:
+                while b"ready\r\n" not in seen:  # the whole line: its end may come apart
                     seen += buffer[:await child.read_into(1, buffer)]
                 reading = asyncio.ensure_future(child.read_into(1, buffer))
                 await asyncio.sleep(0.05)
