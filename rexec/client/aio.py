@@ -436,19 +436,14 @@ class Client(OptionsClient):
             done = await self._get_file(core, step.path, step.local, base=step.base,
                                         preserve=step.preserve, on_progress=progress)
             return tree_plans.Done(True, done.file_size)
+        tree_plans.start(core, step)
+        self._flush(core)
         if isinstance(step, tree_plans.ListTree):
-            core.start_list(step.path)
-            self._flush(core)
             entries = []
             while not isinstance(event := await self._transfer_event(), TransferFinished):
                 assert isinstance(event, TreeEntry)
                 entries.append(event)
             return tree_plans.Listing(tuple(entries))
-        if isinstance(step, tree_plans.MakeDir):
-            core.start_put_dir(step.path, base=step.base, mode=step.mode, mtime_ns=step.mtime_ns)
-        else:
-            core.start_put_link(step.path, base=step.base, target=step.target)
-        self._flush(core)
         event = await self._transfer_event()
         assert isinstance(event, TransferFinished)
         return tree_plans.Done(event.changed)

@@ -431,17 +431,13 @@ class BlockingClient(OptionsClient):
             done = self._get_file(core, step.path, step.local, base=step.base,
                                   preserve=step.preserve, on_progress=progress)
             return tree_plans.Done(True, done.file_size)
+        tree_plans.start(core, step)
         if isinstance(step, tree_plans.ListTree):
-            core.start_list(step.path)
             entries = []
             while not isinstance(event := self._drive(), TransferFinished):
                 assert isinstance(event, TreeEntry)
                 entries.append(event)
             return tree_plans.Listing(tuple(entries))
-        if isinstance(step, tree_plans.MakeDir):
-            core.start_put_dir(step.path, base=step.base, mode=step.mode, mtime_ns=step.mtime_ns)
-        else:
-            core.start_put_link(step.path, base=step.base, target=step.target)
         event = self._drive()
         assert isinstance(event, TransferFinished)
         return tree_plans.Done(event.changed)

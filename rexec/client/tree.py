@@ -25,7 +25,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rexec.client.core import TreeEntry
+from rexec.client.core import ClientCore, TreeEntry
 from rexec.client.transfer import (
     LocalDestination,
     LocalTree,
@@ -86,6 +86,16 @@ class FetchFile:
 
 
 Step = MakeDir | MakeLink | SendFile | ListTree | FetchFile
+
+
+def start(core: ClientCore, step: MakeDir | MakeLink | ListTree) -> None:
+    """Queue a step that moves no file data (the driver then reads its answer)."""
+    if isinstance(step, ListTree):
+        core.start_list(step.path)
+    elif isinstance(step, MakeDir):
+        core.start_put_dir(step.path, base=step.base, mode=step.mode, mtime_ns=step.mtime_ns)
+    else:
+        core.start_put_link(step.path, base=step.base, target=step.target)
 
 
 def entry_of(step: Step) -> str:

@@ -73,8 +73,10 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def upload(r: Raw, path: Path | str, data: bytes, **fields: Any) -> Header:
-    """put ``data`` to ``path``; the server's last answer (transfer_done or error)."""
+def upload(r: Raw, path: Path | str, data: bytes, *, end: Header | None = None,
+           **fields: Any) -> Header:
+    """put ``data`` to ``path`` (then ``end``, a put_end, if given); the server's last answer
+    (transfer_done or error)."""
     r.send(Put(path=str(path), file_size=len(data), sha256=fields.pop("sha256", sha(data)),
                **fields))
     header, _ = r.recv()
@@ -83,6 +85,8 @@ def upload(r: Raw, path: Path | str, data: bytes, **fields: Any) -> Header:
     for start in range(0, len(data), MAX_BODY_SIZE):
         r.send(FileData(size=len(data[start:start + MAX_BODY_SIZE])),
                data[start:start + MAX_BODY_SIZE])
+    if end is not None:
+        r.send(end)
     while isinstance(header := r.recv()[0], FileCredit):
         pass
     return header
@@ -402,17 +406,7 @@ def stream_put(r: Raw, path: Path | str, data: bytes, digest: str | None = None,
     """put ``data`` with sha256 null, then put_end with ``digest`` (default: the right one)."""
     from rexec.wire.frames import PutEnd
 
-    r.send(Put(path=str(path), file_size=len(data), sha256=None, **fields))
-    header, _ = r.recv()
-    if not isinstance(header, PutReady):
-        return header
-    for start in range(0, len(data), MAX_BODY_SIZE):
-        r.send(FileData(size=len(data[start:start + MAX_BODY_SIZE])),
-               data[start:start + MAX_BODY_SIZE])
-    r.send(PutEnd(sha256=digest or sha(data)))
-    while isinstance(header := r.recv()[0], FileCredit):
-        pass
-    return header
+    return upload(r, path, data, sha256=None, end=PutEnd(sha256=digest or sha(data)), **fields)
 
 
 def test_an_upload_may_give_its_digest_after_the_bytes(srv: Any, tmp_path: Path) -> None:
