@@ -8,7 +8,7 @@ import typing
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
@@ -422,6 +422,7 @@ def _header_objects(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @given(_header_objects())
+@example({"type": "get", "path": "/tmp/f", "base": "relative"})  # a validator's own ValueError
 def test_parse_header_agrees_with_the_union(obj: dict[str, Any]) -> None:
     """The by-tag fast path accepts exactly what the discriminated union accepts, and a refused
     header gets the union's own error (locations start with the tag)."""
@@ -430,7 +431,9 @@ def test_parse_header_agrees_with_the_union(obj: dict[str, Any]) -> None:
     except ValidationError as exc:
         with pytest.raises(ValidationError) as info:
             f.parse_header(obj)
-        assert info.value.errors() == exc.errors()
+        # A validator's ctx holds its ValueError, and exceptions compare by identity: the
+        # message (in msg) is what must agree.
+        assert info.value.errors(include_context=False) == exc.errors(include_context=False)
     else:
         got = f.parse_header(obj)
         assert type(got) is type(expected)
