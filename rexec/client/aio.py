@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
@@ -50,6 +51,7 @@ from rexec.client.transfer import (
 from rexec.client.trust import check_server, tls_context
 from rexec.errors import (
     CommandFailed,
+    InvalidRequest,
     LocalFileError,
     RexecError,
     TransferFailed,
@@ -121,6 +123,28 @@ class _LocalUpload:
 
     async def hash_now(self) -> Digest:
         self.digest = await asyncio.to_thread(self._source.hash_now)
+        return self.digest
+
+
+class _DataUpload:
+    """Bytes in memory as an UploadSource (``Client.put_data``), hashed at once."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._at = 0
+        now = time.time_ns()
+        self.digest = Digest(len(data), hashlib.sha256(data).hexdigest(), 0o644, now)
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self._at
+
+    async def read(self, size: int) -> memoryview:
+        piece = self._data[self._at:self._at + size]
+        self._at += len(piece)
+        return piece
+
+    async def hash_now(self) -> Digest:
         return self.digest
 
 
@@ -260,7 +284,7 @@ class Client(OptionsClient):
         return stream.result
 
     async def put(self, local: str | Path, remote: str, *, mode: int | None = None,
-                  preserve: bool = False, force: bool = False,
+                  preserve: bool = False, force: bool = False, check: bool = False,
                   on_progress: ProgressCallback | None = None) -> TransferResult:
         """Copy local file ``local`` to ``remote`` on the server, atomically.
 
@@ -269,24 +293,46 @@ class Client(OptionsClient):
         mtime. The same content (and mode) there already is not sent again (``changed`` False)
         unless ``force``. ``on_progress(done, total)`` sees the bytes sent. A refusal or a
         failure on the server raises TransferFailed (its ``code`` says why), one on this side
-        LocalFileError; the remote file is then as it was.
+        LocalFileError; the remote file is then as it was. ``check`` (a dry run; servers of
+        protocol version 5) sends and writes nothing: ``changed`` says whether this put would
+        write, after the same checks and refusals.
         """
         async with self._lock:
             core = self._connected()
             started = time.monotonic()
             destination = put_destination(local, remote)
             source = await asyncio.to_thread(LocalSource.open, local,
-                                             hashed=not core.hashes_uploads)
+                                             hashed=check or not core.hashes_uploads)
             with source:
                 wanted_mode, mtime_ns = put_attributes(source.digest, mode=mode,
                                                        preserve=preserve)
                 event = await self._send_put(
                     core, _LocalUpload(source), destination, mode=wanted_mode,
                     mtime_ns=mtime_ns, force=force, on_progress=on_progress,
-                    name=None if remote.endswith("/") else source.path.name)
+                    name=None if remote.endswith("/") else source.path.name, check=check)
         assert event.sha256 is not None  # the core checked the server's against its own
         return TransferResult(str(local), destination, event.file_size, event.sha256,
                               event.changed, time.monotonic() - started)
+
+    async def put_data(self, data: bytes, remote: str, *, mode: int | None = None,
+                       force: bool = False, check: bool = False,
+                       on_progress: ProgressCallback | None = None) -> TransferResult:
+        """``put`` of bytes in memory (a rendered template, a generated config) to the
+        absolute ``remote``, atomically and verified as ``put`` is; the same content and mode
+        there already is not sent again unless ``force``; ``check`` is put's dry run."""
+        async with self._lock:
+            core = self._connected()
+            started = time.monotonic()
+            destination = check_remote(remote)
+            if destination.endswith("/"):
+                raise InvalidRequest(f"put_data needs the remote file's own name, not the"
+                                     f" directory {remote!r}", "path")
+            event = await self._send_put(core, _DataUpload(data), destination, mode=mode,
+                                         mtime_ns=None, force=force, on_progress=on_progress,
+                                         check=check)
+        assert event.sha256 is not None  # the core checked the server's against its own
+        return TransferResult("-", destination, event.file_size, event.sha256, event.changed,
+                              time.monotonic() - started)
 
     async def _put_shared(self, source: UploadSource, local: str, remote: str, *,
                           mode: int | None = None, preserve: bool = False, force: bool = False,
@@ -309,13 +355,15 @@ class Client(OptionsClient):
     async def _send_put(self, core: ClientCore, source: UploadSource, path: str, *,
                         mode: int | None, mtime_ns: int | None, force: bool,
                         on_progress: ProgressCallback | None, base: str | None = None,
-                        name: str | None = None) -> TransferFinished:
+                        name: str | None = None, check: bool = False) -> TransferFinished:
         """Put an open source as ``path`` (or the entry ``path`` of ``base``; into the
         directory ``path`` as ``name``, when it is one). A source not hashed yet is hashed as
         it is sent, or first when the server asks (a file of that size is there)."""
         digest = source.digest
+        if check and not digest.sha256:
+            digest = await source.hash_now()
         core.start_put(path, file_size=digest.size, sha256=digest.sha256 or None, mode=mode,
-                       mtime_ns=mtime_ns, force=force, base=base, name=name)
+                       mtime_ns=mtime_ns, force=force, base=base, name=name, check=check)
         self._flush(core)
         try:
             event = await self._transfer_event()

@@ -297,19 +297,21 @@ class BlockingClient(OptionsClient):
         return event.result
 
     def put(self, local: str | Path, remote: str, *, mode: int | None = None,
-            preserve: bool = False, force: bool = False,
+            preserve: bool = False, force: bool = False, check: bool = False,
             on_progress: ProgressCallback | None = None) -> TransferResult:
         """Copy local file ``local`` to ``remote`` (absolute; ending in ``/`` or naming a
-        directory: the local name inside it), atomically: see ``rexec.Client.put``."""
+        directory: the local name inside it), atomically: see ``rexec.Client.put`` (and its
+        dry run, ``check``)."""
         core = self._connected()
         started = time.monotonic()
         destination = put_destination(local, remote)
         self._cancel_requested = False  # before the hashing: a cancel meanwhile is kept
-        with LocalSource.open(local, hashed=not core.hashes_uploads) as source:
+        with LocalSource.open(local, hashed=check or not core.hashes_uploads) as source:
             wanted_mode, mtime_ns = put_attributes(source.digest, mode=mode, preserve=preserve)
             event = self._put_source(core, source, destination, mode=wanted_mode,
                                      mtime_ns=mtime_ns, force=force, on_progress=on_progress,
-                                     name=None if remote.endswith("/") else source.path.name)
+                                     name=None if remote.endswith("/") else source.path.name,
+                                     check=check)
         assert event.sha256 is not None  # the core checked the server's against its own
         return TransferResult(str(local), destination, event.file_size, event.sha256,
                               event.changed, time.monotonic() - started)
@@ -317,10 +319,10 @@ class BlockingClient(OptionsClient):
     def _put_source(self, core: ClientCore, source: LocalSource, path: str, *,
                     mode: int | None, mtime_ns: int | None, force: bool,
                     on_progress: ProgressCallback | None, base: str | None = None,
-                    name: str | None = None) -> TransferFinished:
+                    name: str | None = None, check: bool = False) -> TransferFinished:
         digest = source.digest
         core.start_put(path, file_size=digest.size, sha256=digest.sha256 or None, mode=mode,
-                       mtime_ns=mtime_ns, force=force, base=base, name=name)
+                       mtime_ns=mtime_ns, force=force, base=base, name=name, check=check)
         try:
             event = self._drive()
         except TransferFailed as exc:

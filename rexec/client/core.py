@@ -40,6 +40,7 @@ from rexec.wire.auth import (
 )
 from rexec.wire.codec import HeaderTooLarge, encode_prefix
 from rexec.wire.frames import (
+    CHECK_VERSION,
     FILE_VERSION,
     FILE_WINDOW,
     MAX_BODY_SIZE,
@@ -405,6 +406,17 @@ class ClientCore:
                 f" ({self.server_agent or 'an older server'}): upgrade rexec-server",
                 "unsupported_version")
 
+    def _check_check(self, sha256: str | None) -> None:
+        self._check_transfer("put")
+        if sha256 is None:
+            raise ValueError("a put that only checks needs the file's SHA-256")
+        if self.version < CHECK_VERSION:
+            server = f"the server at {self.address}" if self.address else "the server"
+            raise ProtocolError(
+                f"{server} speaks protocol version {self.version}, without puts that only"
+                f" check ({self.server_agent or 'an older server'}): upgrade rexec-server",
+                "unsupported_version")
+
     @property
     def hashes_uploads(self) -> bool:
         """Whether a put may leave its SHA-256 to the end (``sha256=None``: version 4)."""
@@ -412,7 +424,8 @@ class ClientCore:
 
     def start_put(self, path: str, *, file_size: int, sha256: str | None,
                   mode: int | None = None, mtime_ns: int | None = None, force: bool = False,
-                  base: str | None = None, name: str | None = None) -> None:
+                  base: str | None = None, name: str | None = None,
+                  check: bool = False) -> None:
         """Queue a ``put``: ``file_size`` bytes whose SHA-256 is ``sha256`` for remote ``path``.
 
         ``sha256`` None (version 4, ``hashes_uploads``): the core hashes the bytes as they are
@@ -422,8 +435,11 @@ class ClientCore:
         remote directory ``base``. ``name`` (version 4): if ``path`` is a directory, the file
         goes in it under ``name``. The server answers with UploadReady (then
         ``send_file_data``, exactly ``file_size`` bytes in all), TransferFinished (nothing to
-        send), or TransferFailed.
+        send), or TransferFailed. ``check`` (version 5, ``sha256`` given): nothing is sent or
+        written; TransferFinished says whether this put would change anything.
         """
+        if check:
+            self._check_check(sha256)
         if base is not None or sha256 is None:
             self._check_tree("put")
         else:
@@ -432,7 +448,7 @@ class ClientCore:
             name = None  # an earlier server cannot put a file into a directory it names
         try:
             put = Put(path=path, base=base, name=name, file_size=file_size, sha256=sha256,
-                      mode=mode, mtime_ns=mtime_ns, force=force)
+                      mode=mode, mtime_ns=mtime_ns, force=force, check=check or None)
         except ValidationError as exc:
             raise _invalid(exc, {"path": path, "mode": mode}) from None
         self._send(put)

@@ -265,6 +265,13 @@ class FileOp:
         self.path = parent.path
         sha256 = EMPTY_SHA256 if put.sha256 is None and not put.file_size else put.sha256
         try:
+            if put.check:  # a dry run: whether this put would write, nothing written
+                assert sha256 is not None  # the frame's validator requires it
+                same = not put.force and await self._disk(
+                    unchanged, parent, size=put.file_size, sha256_hex=sha256, mode=put.mode,
+                    cache=self.link.file_thread.digests)
+                return self._done("put", changed=not same, size=put.file_size, sha256=sha256,
+                                  check=True)
             if put.force:
                 pass
             elif sha256 is not None:

@@ -31,6 +31,7 @@ from rexec.server.state import ServerState
 from rexec.server.stream import FramedStream, TLSHandshakeFailed
 from rexec.wire.codec import Frame
 from rexec.wire.frames import (
+    CHECK_VERSION,
     FILE_VERSION,
     PROTOCOL_VERSION,
     PTY_VERSION,
@@ -285,6 +286,9 @@ class Session:
                 raise ProtocolError(f"a {header.type} frame with base, name or no sha256 is not"
                                     f" part of protocol version {self.version}",
                                     "unexpected_frame")
+        if self.version < CHECK_VERSION and header.type == "put" and header.check is not None:
+            raise ProtocolError(f"a put frame with check is not part of protocol version"
+                                f" {self.version}", "unexpected_frame")
 
     async def start_command(self, run: Run | Shell) -> None:
         """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""

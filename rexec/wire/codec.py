@@ -62,8 +62,9 @@ class HeaderTooLarge(ValueError):
 
 
 # Fields a later version added to a frame: sent only when set, so that the frame is what an
-# earlier peer knows when they are not (run.pty: version 2; put/get base and name: version 4).
-_LATER_FIELDS: dict[str, tuple[str, ...]] = {"run": ("pty",), "put": ("base", "name"),
+# earlier peer knows when they are not (run.pty: version 2; put/get base and name: version 4;
+# put.check: version 5).
+_LATER_FIELDS: dict[str, tuple[str, ...]] = {"run": ("pty",), "put": ("base", "name", "check"),
                                              "get": ("base",)}
 
 

@@ -10,15 +10,24 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Any, Literal, TypeAlias, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """The newest protocol version this implementation speaks: 2 adds PTY sessions (the ``shell``
 and ``resize`` frames, ``run.pty``) to version 1, 3 file transfer (``put``, ``get`` and
-their replies), and 4 directory transfers (``put_dir``, ``put_link``, ``file_list``,
+their replies), 4 directory transfers (``put_dir``, ``put_link``, ``file_list``,
 ``file_entry``, ``put.base``, ``put.name``, ``get.base``) and uploads hashed as they are sent
-(``put.sha256`` null, ``put_end``)."""
-PROTOCOL_VERSIONS: tuple[int, ...] = (4, 3, 2, 1)
+(``put.sha256`` null, ``put_end``), and 5 puts that only check (``put.check``: would this
+put change anything? nothing is written)."""
+PROTOCOL_VERSIONS: tuple[int, ...] = (5, 4, 3, 2, 1)
 """Every version this implementation speaks, newest first."""
 PTY_VERSION = 2
 """The first version with PTY sessions."""
@@ -26,6 +35,8 @@ FILE_VERSION = 3
 """The first version with file transfer."""
 TREE_VERSION = 4
 """The first version with directory transfers."""
+CHECK_VERSION = 5
+"""The first version with puts that only check (``put.check``)."""
 
 MAX_HEADER_SIZE = 64 * 1024
 """Largest header (JSON bytes) a peer may declare; checked before the header is read."""
@@ -336,6 +347,10 @@ class Put(_Control):
     beneath it without following a link (an entry of a directory transfer); with ``name``, a
     ``path`` that is a directory receives the file as ``path/name``, as cp does; ``sha256`` may
     be null: the client hashes while it sends and gives the digest in ``put_end``.
+
+    Version 5: with ``check`` true (and ``sha256`` given), nothing is sent or written: the
+    server answers whether the put would change anything (``transfer_done.changed``), as a
+    dry run of the same put, refusals included.
     """
 
     type: Literal["put"] = "put"
@@ -347,10 +362,17 @@ class Put(_Control):
     mode: int | None = Field(default=None, ge=0, le=0o7777)
     mtime_ns: int | None = Field(default=None, ge=0, le=MAX_FILE_SIZE)
     force: bool = False
+    check: bool | None = None  # version 5; never sent when null (codec)
 
     _path_text = field_validator("path")(_valid_path)
     _base_text = field_validator("base")(_valid_base)
     _name_text = field_validator("name")(_valid_name)
+
+    @model_validator(mode="after")
+    def _check_has_digest(self) -> Put:
+        if self.check and self.sha256 is None:
+            raise ValueError("a put with check true carries its sha256")
+        return self
 
 
 class PutReady(_Control):

@@ -283,7 +283,7 @@ class SessionMachine(RuleBasedStateMachine):
         self._send(conn, self._correct_auth(conn))
         return conn
 
-    @rule(conn=conns, versions=st.sampled_from([[1], [2, 1], [2], [3], [4], [5], [5, 1]]))
+    @rule(conn=conns, versions=st.sampled_from([[1], [2, 1], [2], [3], [4], [5], [6], [6, 1]]))
     def send_hello(self, conn: Conn, versions: list[int]) -> None:
         self._send(conn, self._hello(conn, versions))
 

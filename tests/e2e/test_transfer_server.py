@@ -447,3 +447,61 @@ def test_put_end_before_the_last_byte_is_a_protocol_error(srv: Any, tmp_path: Pa
         assert isinstance(error, Error) and error.fatal and error.code == "unexpected_frame"
     assert wait_until(lambda: temps(tmp_path) == [], 10)  # removed as the connection ends
     assert not (tmp_path / "early").exists()
+
+
+# -- version 5: a put that only checks ---------------------------------------------------------
+
+
+def tree_state(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every entry's (mode, size, mtime_ns) under ``folder``, the folder's own included."""
+    state = {}
+    for path in [folder, *sorted(folder.rglob("*"))]:
+        st = path.lstat()
+        state[str(path)] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def check_put(r: Raw, path: Path | str, data: bytes, **fields: Any) -> Header:
+    r.send(Put(path=str(path), file_size=len(data), sha256=sha(data), check=True, **fields))
+    return r.recv()[0]
+
+
+def test_a_check_put_says_what_a_put_would_do_and_writes_nothing(srv: Any,
+                                                                   tmp_path: Path) -> None:
+    target = tmp_path / "app.conf"
+    target.write_bytes(b"old\n")
+    target.chmod(0o644)
+    before = tree_state(tmp_path)
+    with raw(srv) as r:
+        same = check_put(r, target, b"old\n")
+        assert isinstance(same, TransferDone) and not same.changed
+        other_mode = check_put(r, target, b"old\n", mode=0o600)
+        assert isinstance(other_mode, TransferDone) and other_mode.changed
+        content = check_put(r, target, b"new\n")
+        assert isinstance(content, TransferDone) and content.changed
+        assert content.sha256 == sha(b"new\n") and content.file_size == 4
+        new_file = check_put(r, tmp_path / "new.conf", b"x" * 5000)
+        assert isinstance(new_file, TransferDone) and new_file.changed
+        forced = check_put(r, target, b"old\n", force=True)
+        assert isinstance(forced, TransferDone) and forced.changed
+        missing = check_put(r, tmp_path / "no-such-dir" / "f", b"x")
+        assert isinstance(missing, Error) and missing.code == "not_found" and not missing.fatal
+        # the connection goes on: a real put after the checks
+        assert isinstance(upload(r, target, b"old\n"), TransferDone)
+    assert tree_state(tmp_path) == before  # not a byte, a mode or an mtime changed
+
+
+def test_a_check_put_meets_the_same_refusals(srv: Any) -> None:
+    root = srv.tmp / "root"
+    before = tree_state(root)
+    with raw(srv, ROBOT_TOKEN, "robot") as r:
+        refused = check_put(r, srv.tmp / "outside" / "x", b"bad\n")
+        assert isinstance(refused, Error) and refused.code == "refused"
+        too_big = check_put(r, root / "big", b"b" * 1001)  # max_file_size = 1000
+        assert isinstance(too_big, Error) and too_big.code == "too_large"
+    assert tree_state(root) == before
+
+
+def test_a_check_put_without_its_digest_is_refused_before_sending() -> None:
+    with pytest.raises(ValueError, match="check true carries its sha256"):
+        Put(path="/tmp/x", file_size=1, sha256=None, check=True)

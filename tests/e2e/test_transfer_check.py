@@ -1,0 +1,89 @@
+"""Dry-run puts (protocol version 5) and puts of bytes in memory, through the real clients.
+
+``check=True`` is what ``rexec deploy --check`` rests on: the answer must be the one the same put
+would give, and nothing at all may change on the server's disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import pytest
+
+import rexec
+from rexec.client import core
+from rexec.client.blocking import BlockingClient
+from rexec.errors import InvalidRequest, ProtocolError
+from tests.helpers import TOKEN, ServerProcess
+
+
+def state(folder: Path) -> dict[str, tuple[int, int, int]]:
+    return {str(p): (p.lstat().st_mode, p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in [folder, *sorted(folder.rglob("*"))]}
+
+
+def test_check_then_put_agree_and_check_changes_nothing(server: ServerProcess,
+                                                         tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    local = tmp_path / "app.conf"
+    local.write_bytes(b"listen 80\n")
+
+    async def go() -> list[bool]:
+        async with rexec.Client(server.address, token=TOKEN) as client:
+            before = state(remote)
+            would = await client.put(local, f"{remote}/app.conf", check=True)
+            assert state(remote) == before
+            done = await client.put(local, f"{remote}/app.conf")
+            again = await client.put(local, f"{remote}/app.conf", check=True)
+            mode = await client.put(local, f"{remote}/app.conf", mode=0o600, check=True)
+            into_dir = await client.put(local, f"{remote}/", check=True)
+            return [would.changed, done.changed, again.changed, mode.changed, into_dir.changed]
+
+    assert asyncio.run(go()) == [True, True, False, True, False]
+    assert (remote / "app.conf").read_bytes() == b"listen 80\n"
+
+
+def test_put_data_writes_bytes_atomically_and_skips_the_same(server: ServerProcess,
+                                                             tmp_path: Path) -> None:
+    target = tmp_path / "motd"
+    data = b"welcome to web01\n"
+
+    async def go() -> list[rexec.TransferResult]:
+        async with rexec.Client(server.address, token=TOKEN) as client:
+            checked = await client.put_data(data, str(target), mode=0o640, check=True)
+            assert not target.exists()
+            first = await client.put_data(data, str(target), mode=0o640)
+            second = await client.put_data(data, str(target), mode=0o640)
+            with pytest.raises(InvalidRequest, match="own name"):
+                await client.put_data(data, f"{tmp_path}/")
+            return [checked, first, second]
+
+    checked, first, second = asyncio.run(go())
+    assert (checked.changed, first.changed, second.changed) == (True, True, False)
+    assert first.sha256 == hashlib.sha256(data).hexdigest() == checked.sha256
+    assert target.read_bytes() == data and target.stat().st_mode & 0o777 == 0o640
+
+
+def test_the_blocking_client_checks_too(server: ServerProcess, tmp_path: Path) -> None:
+    local = tmp_path / "f"
+    local.write_bytes(b"x" * 100_000)
+    with BlockingClient(server.address, token=TOKEN) as client:
+        assert client.put(local, str(tmp_path / "g"), check=True).changed
+        assert not (tmp_path / "g").exists()
+        client.put(local, str(tmp_path / "g"))
+        assert not client.put(local, str(tmp_path / "g"), check=True).changed
+
+
+def test_a_server_of_version_4_cannot_check(server: ServerProcess, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "PROTOCOL_VERSIONS", (4, 3, 2, 1))  # as a version-4 peer speaks
+    local = tmp_path / "f"
+    local.write_bytes(b"x")
+    with BlockingClient(server.address, token=TOKEN) as client:
+        with pytest.raises(ProtocolError, match="without puts that only check"):
+            client.put(local, str(tmp_path / "g"), check=True)
+        assert client.put(local, str(tmp_path / "g")).changed  # the connection goes on
+    assert (tmp_path / "g").read_bytes() == b"x"
