@@ -102,6 +102,10 @@ def show(  # noqa: PLR0917 - typer maps parameters to arguments and options
 
         print(json.dumps({**_run_json(run), "results": [step_json(r) for r in results]}))
         return
+    if not results:
+        sys.stdout.write(_header(run) + ("\nno result matches --host and --step\n"
+                                         if host or step else "\nno results recorded\n"))
+        return
     sys.stdout.write(_header(run) + _table(results) + _failures(results))
 
 
@@ -163,8 +167,6 @@ def _table(results: list[ResultRecord]) -> str:
     """Each result: host, step number and text, status, changed, exit code, seconds, tries."""
     from rexec.cli.output import aligned
 
-    if not results:
-        return "no results recorded\n"
     rows = [("HOST", "#", "STEP", "STATUS", "CHANGED", "EXIT", "SECONDS", "ATTEMPTS")]
     rows += [(r.host, str(r.step_index), _shortened(r.step), r.status,
               "yes" if r.changed else "no", _text(r.exit_code), f"{r.duration:.3f}",

@@ -135,6 +135,9 @@ def test_a_batch_is_recorded_and_rexec_history_shows_it(fleet: Fleet, tmp_path: 
         assert detail + "stdout:\n\ufffd\ufffd\nstderr:\noops\n" in out  # decoded, replaced
     assert out.count("--- down #") == 1  # its one error, said once for its three steps
     assert "error: " in out.split("--- down #", 1)[1]
+    none = run_cli("history", "show", run_id, "--host", "nosuch")
+    assert none.returncode == 0 and none.stdout.decode().endswith(
+        "\nno result matches --host and --step\n")
 
 
 def test_history_files_no_history_and_unknown_runs(fleet: Fleet, tmp_path: Path,
