@@ -267,7 +267,8 @@ class History:
 
     def _on_timer(self) -> None:
         with self._lock:
-            self._timer = None
+            if self._timer is threading.current_thread():  # not a newer timer (this one fired
+                self._timer = None                        # as another call cancelled it)
             try:
                 with _translated(self.path, "write to"):
                     self._write_held()
