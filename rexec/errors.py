@@ -12,7 +12,9 @@
     │   ├── CommandNotStarted       the server refused or could not start the command
     │   └── TransferFailed          the server refused or failed a put or get (``code`` says why)
     ├── LocalFileError              a put's source or a get's destination failed on this side
-    └── CommandFailed               a command ran and did not succeed (only with check=True)
+    ├── CommandFailed               a command ran and did not succeed (only with check=True)
+    └── HistoryError                the run history cannot be opened, read or written (names it)
+        └── RunNotFound             no run of that id in the history
 
 Local failures (ConfigError, ConnectError, ConnectionLost, ProtocolError) are kept apart from what
 the remote side said (RemoteError), so a caller can tell "my network is down" from "the server
@@ -125,6 +127,19 @@ class CommandFailed(RexecError):
     def __init__(self, result: Result) -> None:
         self.result = result
         super().__init__(result.describe_failure())
+
+
+class HistoryError(RexecError):
+    """The run history (``rexec.deploy.history``) cannot be used: not a SQLite database, written
+    by a newer rexec, unreadable, or an SQLite error while reading or writing it."""
+
+
+class RunNotFound(HistoryError):
+    """The history holds no run of ``run_id``."""
+
+    def __init__(self, message: str, run_id: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 @contextlib.contextmanager

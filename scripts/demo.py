@@ -135,6 +135,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rexec-demo-") as home:
         env = {**os.environ, "REXEC_HOME": home}
         env.pop("REXEC_TOKEN", None)
+        env.pop("REXEC_HISTORY", None)  # its batches are recorded in the temporary home
         server = subprocess.Popen(
             [str(BIN / "rexec-server"), "--host", "127.0.0.1", "--port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,

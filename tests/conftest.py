@@ -19,11 +19,13 @@ from tests.helpers import ServerProcess, live_children, start_server, write_toke
 def isolated_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    """Every test gets its own REXEC_HOME and no REXEC_TOKEN/REXEC_CONFIG from outside."""
+    """Every test gets its own REXEC_HOME and no REXEC_TOKEN/REXEC_CONFIG/REXEC_HISTORY from
+    outside (a batch records its run in REXEC_HOME's history, never the user's)."""
     home = tmp_path_factory.mktemp("rexec-home")
     monkeypatch.setenv("REXEC_HOME", str(home))
     monkeypatch.delenv("REXEC_TOKEN", raising=False)
     monkeypatch.delenv("REXEC_CONFIG", raising=False)
+    monkeypatch.delenv("REXEC_HISTORY", raising=False)
     return home
 
 

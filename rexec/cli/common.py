@@ -147,6 +147,15 @@ def config_option(help: str) -> Any:
     return typer.Option("--config", metavar="FILE", help=help)
 
 
+def history_option(help: str) -> Any:
+    """``--history FILE``: the run history (rexec.deploy.history) to write or read."""
+    return typer.Option("--history", metavar="FILE", show_default=False, help=help)
+
+
+NoHistory = Annotated[bool, typer.Option(
+    "--no-history", help="Do not record this run in the history.")]
+
+
 def tls_cert_option(help: str) -> Any:
     """``--tls-cert FILE``: the client's certificate, or the server's."""
     return typer.Option("--tls-cert", metavar="FILE", help=help)

@@ -227,11 +227,13 @@ def with_flags(targets: list[Any], connection: dict[str, Any]) -> list[Any]:
 
 def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | None,
               renderer_options: dict[str, Any], forks: int, timeout: float | None,
-              env: dict[str, str], cwd: str | None, stdin: Any, keep_going: bool = False) -> int:
+              env: dict[str, str], cwd: str | None, stdin: Any, keep_going: bool = False,
+              recorder: Any = None) -> int:
     """Fan ``command`` (or a batch's ``commands``) out; render; return the fleet exit status.
 
     Ctrl-C cancels every remote command at once and the summary is still printed; a second
-    Ctrl-C exits at once, without waiting.
+    Ctrl-C exits at once, without waiting. ``recorder`` (a batch's ``BatchHistory``) records
+    the batch in the history, once the hosts are about to be contacted.
     """
     from rexec.fleet.nodeset import fold
 
@@ -251,13 +253,47 @@ def run_fleet(targets: list[Any], *, commands: list[Any] | None, command: str | 
         if commands is not None:
             return await group.batch(commands, keep_going=keep_going, env=env, cwd=cwd,
                                      timeout=timeout, capture=json_mode,
-                                     on_output=renderer.output, on_done=renderer.done)
+                                     **batch_hooks(renderer, recorder))
         assert command is not None
         return await group.run(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin,
                                capture=json_mode, on_output=renderer.output,
                                on_done=renderer.done)
 
-    return drive(group, renderer, start)
+    if recorder is None:
+        return drive(group, renderer, start)
+    return recorded(recorder, lambda: drive(group, renderer, start))
+
+
+def batch_hooks(renderer: Renderer, recorder: Any) -> dict[str, Any]:
+    """Group.batch's callbacks: the renderer's, and the history recorder's beside them."""
+    if recorder is None:
+        return {"on_output": renderer.output, "on_done": renderer.done}
+
+    def on_output(host: str, stream: str, data: bytes) -> None:
+        renderer.output(host, stream, data)
+        recorder.output(host, stream, data)
+
+    def on_done(outcome: Outcome) -> None:
+        recorder.done(outcome)
+        renderer.done(outcome)
+
+    return {"on_output": on_output, "on_done": on_done, "on_command": recorder.command}
+
+
+def recorded(recorder: Any, run: Callable[[], int]) -> int:
+    """``run()``'s exit status, the run recorded by ``recorder`` from start to end: one that
+    raises is recorded as failed (a bug, a refusal) or interrupted (KeyboardInterrupt)."""
+    recorder.start()
+    try:
+        status = run()
+    except Exception:
+        recorder.finish(None, "failed")
+        raise
+    except BaseException:
+        recorder.finish(None, "interrupted")
+        raise
+    recorder.finish(status)
+    return status
 
 
 def make_group(targets: list[Any], forks: int) -> Any:

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import sys
+from collections.abc import Container, Sequence
 from typing import Any, Protocol
 
 
@@ -324,10 +325,47 @@ def summary_table(outcomes: list[Outcome]) -> str:
                      f"{o.duration:.3f}",
                      "" if r is None else str(r.stdout_bytes),
                      "" if r is None else str(r.stderr_bytes)))
+    return aligned(rows, right=range(2, 6))
+
+
+def aligned(rows: Sequence[Sequence[str]], right: Container[int] = ()) -> str:
+    """``rows`` as columns two spaces apart, those numbered in ``right`` right-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
                                for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
                      .rstrip() for row in rows) + "\n"
+
+
+# --- the run history (rexec history) --------------------------------------------------------
+
+
+def local_time(when: float) -> str:
+    """A unix time as this machine's local time, ``2025-01-31 14:05:09``."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def run_json(run: Any) -> dict[str, Any]:
+    """One run of the history (a RunRecord) as ``rexec history --json`` shows it."""
+    return {"id": run.id, "kind": run.kind, "name": run.name, "targets": run.targets,
+            "status": run.status, "exit_status": run.exit_status, "hosts": run.hosts,
+            "started": run.started, "ended": run.ended, "duration": run.duration,
+            "user": run.user, "hostname": run.hostname, "pid": run.pid,
+            "plan_sha256": run.plan_sha256, "options": run.options}
+
+
+def step_json(result: Any) -> dict[str, Any]:
+    """One host x step result of the history (a ResultRecord), its output tails as text,
+    or base64 when not UTF-8 (as ``rexec run --json``)."""
+    stdout, stdout_encoding = text_or_base64(result.stdout_tail)
+    stderr, stderr_encoding = text_or_base64(result.stderr_tail)
+    return {"host": result.host, "step_index": result.step_index, "step": result.step,
+            "status": result.status, "changed": result.changed,
+            "exit_code": result.exit_code, "duration": result.duration,
+            "attempts": result.attempts, "stdout": stdout, "stdout_encoding": stdout_encoding,
+            "stderr": stderr, "stderr_encoding": stderr_encoding, "error": result.error,
+            "recorded": result.recorded}
 
 
 class Progress:

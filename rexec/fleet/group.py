@@ -65,6 +65,11 @@ OnOutput = Callable[[str, StreamName, bytes], object]
 """``on_output(host, stream, data)``, called for each chunk of output as it arrives."""
 OnDone = Callable[[HostOutcome[Result]], object]
 """``on_done(outcome)``, called once for each host as it finishes (whatever its status)."""
+OnCommand = Callable[[str, int, HostStatus, CommandOutcome], object]
+"""``on_command(host, index, status, outcome)``, called as each command of a batch ends on a
+host: its index in the batch, how it ended ("ok", "failed", "timed_out", "unreachable" or
+"cancelled", as a host's status) and its CommandOutcome. Commands never begun are not
+reported (the host's ``on_done`` follows)."""
 OnTransferDone = Callable[[HostOutcome[TransferResult]], object]
 OnTreeDone = Callable[[HostOutcome[TreeResult]], object]
 """``on_done(outcome)`` of a put or get."""
@@ -94,6 +99,7 @@ class _Job:
     stdin: SharedStdin | None = None
     on_output: OnOutput | None = None
     on_done: OnDone | None = None
+    on_command: OnCommand | None = None
     queue: asyncio.Queue[tuple[str, StreamName, bytes] | None] | None = None
 
 
@@ -187,20 +193,21 @@ class Group:
     async def batch(self, commands: str | Iterable[str | BatchCommand], *,
                     keep_going: bool = False, env: dict[str, str] | None = None,
                     cwd: str | None = None, timeout: float | None = None, capture: bool = True,
-                    on_output: OnOutput | None = None,
-                    on_done: OnDone | None = None) -> GroupResult[Result]:
+                    on_output: OnOutput | None = None, on_done: OnDone | None = None,
+                    on_command: OnCommand | None = None) -> GroupResult[Result]:
         """Run a batch on every host: the commands in order over one connection per host,
         stopping a host at its first failing command unless ``keep_going``.
 
         ``commands`` is a batch file's text, its commands, or parsed BatchCommands;
-        ``timeout`` applies to each command. Each HostOutcome lists its ``commands``.
+        ``timeout`` applies to each command. Each HostOutcome lists its ``commands``;
+        ``on_command`` sees each as it ends (``OnCommand``).
         """
         items = _batch_commands(commands)
         if not items:
             raise InvalidRequest("the batch has no commands (only blank lines and comments)",
                                  "command")
         job = self._job(items, env, cwd, timeout, capture, None)
-        job.on_output, job.on_done = on_output, on_done
+        job.on_output, job.on_done, job.on_command = on_output, on_done, on_command
         job.keep_going, job.batch = keep_going, True
         return await self._run(job)
 
@@ -457,17 +464,19 @@ async def _commands(client: Client, target: Target, job: _Job,  # noqa: PLR0917
         try:
             result = await _one(client, target.name, item.command, job, stdin, captured)
         except _Stopped as stop:
-            done.append(CommandOutcome(item.line, item.command, stop.result, stop.error))
+            _ended(job, target, done, stop.status,
+                   CommandOutcome(item.line, item.command, stop.result, stop.error))
             if stop.fatal:
                 raise
             outcome, status = done[-1], stop.status
         except asyncio.CancelledError:
-            done.append(CommandOutcome(item.line, item.command, captured.partial(item.command)))
+            _ended(job, target, done, "cancelled",
+                   CommandOutcome(item.line, item.command, captured.partial(item.command)))
             raise
         else:
             outcome = CommandOutcome(item.line, item.command, result)
-            done.append(outcome)
             status = status_of(result)
+            _ended(job, target, done, status, outcome)
         if status != "ok" and failure is None:
             failure = status, outcome
             if not job.keep_going:
@@ -477,6 +486,14 @@ async def _commands(client: Client, target: Target, job: _Job,  # noqa: PLR0917
     status, outcome = failure
     return _outcome(target, status, started, result=outcome.result, error=outcome.error,
                     job=job, done=done)
+
+
+def _ended(job: _Job, target: Target, done: list[CommandOutcome], status: HostStatus,
+           outcome: CommandOutcome) -> None:
+    """One command of the batch ended: keep it, and report it to ``on_command``."""
+    done.append(outcome)
+    if job.on_command is not None:
+        job.on_command(target.name, len(done) - 1, status, outcome)
 
 
 async def _one(client: Client, host: str, command: str, job: _Job,  # noqa: PLR0917

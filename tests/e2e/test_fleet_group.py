@@ -16,6 +16,7 @@ import pytest
 import rexec
 from rexec.client.options import ConnectOptions
 from rexec.fleet.group import Group, run_group
+from rexec.fleet.outcome import CommandOutcome
 from rexec.fleet.target import Target
 from tests.helpers import TOKEN, ManyServers, pids_in_group, start_many_servers, wait_until
 
@@ -211,10 +212,38 @@ def test_a_batch_stops_each_host_at_its_first_failure(many: ManyServers,
 
 
 def test_a_batch_command_timeout_is_per_command(many: ManyServers) -> None:
-    result = asyncio.run(Group(targets(many, 2)).batch(["echo a", "sleep 30", "echo c"],
-                                                       timeout=1))
+    ended: list[tuple[str, int, str]] = []
+    result = asyncio.run(Group(targets(many, 2)).batch(
+        ["echo a", "sleep 30", "echo c"], timeout=1,
+        on_command=lambda host, index, status, _: ended.append((host, index, status))))
     assert result.timed_out == ["h01", "h02"]
     assert result.outcomes["h01"].failed_line == 2
+    assert sorted(ended) == [("h01", 0, "ok"), ("h01", 1, "timed_out"),
+                             ("h02", 0, "ok"), ("h02", 1, "timed_out")]
+
+
+def test_on_command_sees_each_command_as_it_ends_before_its_host_ends(
+        many: ManyServers) -> None:
+    seen: list[tuple[str, ...]] = []
+
+    def on_command(host: str, index: int, status: str, outcome: CommandOutcome) -> None:
+        assert outcome.result is not None
+        seen.append((host, str(index), status, outcome.command, outcome.result.stdout.decode()))
+
+    result = asyncio.run(Group(targets(many, 3)).batch(
+        ["echo one", "echo two >&2; echo two", "echo three"], capture=True,
+        on_command=on_command,
+        on_done=lambda outcome: seen.append((outcome.host, "done", outcome.status))))
+    assert result.ok
+    for host in ("h01", "h02", "h03"):
+        assert [item[1:] for item in seen if item[0] == host] == [
+            ("0", "ok", "echo one", "one\n"),
+            ("1", "ok", "echo two >&2; echo two", "two\n"),
+            ("2", "ok", "echo three", "three\n"), ("done", "ok")]
+    seen.clear()  # a host stopped at its failure: the command after it is never reported
+    asyncio.run(Group(targets(many, 1)).batch(["true", "exit 4", "echo never"],
+                                              on_command=on_command))
+    assert [item[1:3] for item in seen] == [("0", "ok"), ("1", "failed")]
 
 
 def test_the_live_stream_yields_each_hosts_output_and_then_the_result(

@@ -22,6 +22,8 @@ def test_the_one_host_run_path_never_imports_asyncio() -> None:
     assert "rexec.client.blocking" in loaded
     assert "asyncio" not in loaded
     assert "ssl" not in loaded  # loaded only by a connection that uses TLS
+    assert "sqlite3" not in loaded  # the run history is batch's and deploy's, not run's
+    assert not {m for m in loaded if m.startswith("rexec.deploy")}
     assert not {m for m in loaded if m.startswith("rexec.server")}
     assert not {m for m in loaded if m.startswith(("ClusterShell", "rexec.fleet.inventory"))}
 

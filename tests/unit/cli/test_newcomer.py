@@ -90,7 +90,8 @@ def test_an_unknown_option_before_the_address_gets_no_dash_dash_hint() -> None:
 
 
 def _helps() -> list[tuple[str, ...]]:
-    return [(), ("run",), ("shell",), ("put",), ("get",), ("batch",), ("hosts",), ("token",),
+    return [(), ("run",), ("shell",), ("put",), ("get",), ("batch",), ("history",),
+            ("history", "show"), ("hosts",), ("token",),
             ("token", "new"),
             ("token", "hash"), ("tls",), ("tls", "init"), ("tls", "fingerprint"),
             ("tls", "forget")]
