@@ -32,9 +32,9 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeAlias, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, get_args
 
 from pydantic import (
     AfterValidator,
@@ -51,6 +51,10 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from rexec.config import did_you_mean
 from rexec.errors import ConfigError
 from rexec.fleet.nodeset import PatternError, split_items
+
+if TYPE_CHECKING:
+    from rexec.deploy.schedule import Schedule
+    from rexec.fleet.inventory import Inventory
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 """A variable's name."""
@@ -442,6 +446,17 @@ class Plan(PlanFile):
         """How messages name a step or a handler: ``deploy.toml: step 'install' (steps[2])``."""
         name = (self.steps if table == "steps" else self.handlers)[index].name
         return _item_where(self.path, table, index, name)
+
+    def schedule(self, inventory: Inventory, *, limit: str | None = None,
+                 tags: Collection[str] = (), skip_tags: Collection[str] = (),
+                 start_at: str | None = None,
+                 extra_vars: Mapping[str, str] | None = None) -> Schedule:
+        """What runs where: the targets (``limit`` intersected), in batches, each host's
+        selected steps rendered (see ``rexec.deploy.schedule.build_schedule``)."""
+        from rexec.deploy.schedule import build_schedule
+
+        return build_schedule(self, inventory, limit=limit, tags=tags, skip_tags=skip_tags,
+                              start_at=start_at, extra_vars=extra_vars)
 
 
 # -- reading and error messages ---------------------------------------------------------------
