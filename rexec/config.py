@@ -14,7 +14,7 @@ show in a repr or a log line.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -122,16 +122,20 @@ def _describe(error: Any, origin: dict[str, str], model: type[BaseModel]) -> str
     elif len(loc) > 1:
         where = f"{where} ({'.'.join(loc[1:])})"
     if error["type"] == "extra_forbidden":
-        import difflib
-
         known = [name for name in model.model_fields if name not in ("token",)]
         if len(loc) > 1:  # a nested table's key (an identity's): its model's fields
             annotation = model.model_fields.get(loc[0])
             known = _nested_fields(annotation.annotation) if annotation else known
-        close = difflib.get_close_matches(loc[-1], known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"{where}: unknown setting {loc[-1]!r}{hint}"
+        return f"{where}: unknown setting {loc[-1]!r}{did_you_mean(loc[-1], known)}"
     return f"{where}: {str(error['msg']).removeprefix('Value error, ')}"
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'NAME'?"`` for the known name closest to a misspelt one, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _nested_fields(annotation: Any) -> list[str]:

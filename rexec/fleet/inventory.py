@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rexec.client.options import ConnectOptions
 from rexec.client.settings import parse_pin
-from rexec.config import read_toml
+from rexec.config import did_you_mean, read_toml
 from rexec.errors import ConfigError
 from rexec.fleet.nodeset import PatternError, expand, split_items
 from rexec.fleet.target import Target
@@ -316,7 +316,7 @@ class Inventory:
             for child, where in group.children:
                 if child not in self.groups:
                     raise InventoryError(f"{where} children: unknown group {child!r}"
-                                         f"{_suggest(child, self.groups)}")
+                                         f"{did_you_mean(child, self.groups)}")
         checked: set[str] = set()
         for name in self.groups:
             self._check_cycle(name, (), checked)
@@ -372,7 +372,7 @@ def _read(path: Path) -> dict[str, Any]:
     for key in data:
         if key not in TABLES:
             raise InventoryError(f"inventory {path}: unknown table {key!r}"
-                                 f"{_suggest(key, TABLES)} (expected: {', '.join(TABLES)})")
+                                 f"{did_you_mean(key, TABLES)} (expected: {', '.join(TABLES)})")
     return data
 
 
@@ -403,15 +403,8 @@ def _validate(model: type[ModelT], table: Mapping[str, Any], where: str) -> Mode
 def _describe(error: Any, model: type[BaseModel], where: str) -> str:
     loc = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
-        return f"{where} {loc}: unknown setting {loc!r}{_suggest(loc, model.model_fields)}"
+        return f"{where} {loc}: unknown setting {loc!r}{did_you_mean(loc, model.model_fields)}"
     return f"{where} {loc}: {str(error['msg']).removeprefix('Value error, ')}"
-
-
-def _suggest(word: str, known: Sequence[str] | Mapping[str, Any]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _key(name: str) -> str:

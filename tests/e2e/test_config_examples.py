@@ -42,10 +42,17 @@ def _load_inventory(path: Path) -> object:
     return Inventory.load([path])
 
 
+def _load_plan(path: Path) -> object:
+    from rexec.deploy.plan import Plan
+
+    return Plan.load(path)
+
+
 EXAMPLE_LOADERS = {
     "server.toml": lambda path: load_settings(ServerSettings, "server", path, environ={}),
     "client.toml": lambda path: load_settings(ClientSettings, "client", path, environ={}),
     "inventory.toml": _load_inventory,
+    "deploy-example.toml": _load_plan,
 }
 """Every example TOML file under config/ and the model that loads it."""
 

@@ -73,6 +73,15 @@ def test_the_fleet_s_sans_io_modules_do_no_io() -> None:
     assert not loaded & {"asyncio", "socket", "select", "selectors", "ssl"}
 
 
+def test_deploy_plans_and_schedules_make_no_connection() -> None:
+    """``--check`` loads and schedules a plan: no event loop, no TLS, no client (pydantic
+    itself loads socket, so import-linter's contract is the check for that)."""
+    loaded = modules_after("import rexec.deploy.plan, rexec.deploy.schedule")
+    assert not loaded & {"asyncio", "ssl"}
+    assert not {m for m in loaded if m.startswith(("rexec.client", "rexec.fleet.inventory",
+                                                   "rexec.server", "rexec.cli"))}
+
+
 def test_import_rexec_and_its_fleet_names_stay_light() -> None:
     """``rexec.Group`` & co. are exported lazily: ``import rexec`` loads no asyncio."""
     loaded = modules_after("import rexec")
