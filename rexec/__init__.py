@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from rexec.client.aio import Client, CommandStream
     from rexec.client.blocking import BlockingClient, run
     from rexec.client.core import Output
+    from rexec.deploy.executor import DeployReport, HostReport, StepResult
+    from rexec.deploy.history import History
+    from rexec.deploy.plan import Plan, PlanError
+    from rexec.deploy.schedule import Schedule
     from rexec.fleet.group import Group, run_group
     from rexec.fleet.inventory import Inventory, InventoryError
     from rexec.fleet.nodeset import PatternError
@@ -54,10 +58,13 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectionLost",
+    "DeployReport",
     "EntryError",
     "Group",
     "GroupResult",
+    "History",
     "HostOutcome",
+    "HostReport",
     "InvalidRequest",
     "Inventory",
     "InventoryError",
@@ -65,10 +72,14 @@ __all__ = [
     "LocalFileError",
     "Output",
     "PatternError",
+    "Plan",
+    "PlanError",
     "ProtocolError",
     "RemoteError",
     "Result",
     "RexecError",
+    "Schedule",
+    "StepResult",
     "Target",
     "TransferFailed",
     "TransferResult",
@@ -92,6 +103,13 @@ _LAZY = {
     "GroupResult": "rexec.fleet.outcome",
     "HostOutcome": "rexec.fleet.outcome",
     "Target": "rexec.fleet.target",
+    "Plan": "rexec.deploy.plan",
+    "PlanError": "rexec.deploy.plan",
+    "Schedule": "rexec.deploy.schedule",
+    "DeployReport": "rexec.deploy.executor",
+    "HostReport": "rexec.deploy.executor",
+    "StepResult": "rexec.deploy.executor",
+    "History": "rexec.deploy.history",
 }
 
 

@@ -33,6 +33,7 @@ COMMANDS: Mapping[str, str] = {
     "put": "rexec.cli.transfer",
     "get": "rexec.cli.transfer",
     "batch": "rexec.cli.batch",
+    "deploy": "rexec.cli.deploy",
     "history": "rexec.cli.history",
     "hosts": "rexec.cli.hosts",
     "token": "rexec.cli.token",

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, get_args
 
@@ -53,6 +53,7 @@ from rexec.errors import ConfigError
 from rexec.fleet.nodeset import PatternError, split_items
 
 if TYPE_CHECKING:
+    from rexec.deploy.executor import DeployReport, StepResult
     from rexec.deploy.schedule import Schedule
     from rexec.fleet.inventory import Inventory
 
@@ -457,6 +458,20 @@ class Plan(PlanFile):
 
         return build_schedule(self, inventory, limit=limit, tags=tags, skip_tags=skip_tags,
                               start_at=start_at, extra_vars=extra_vars)
+
+    async def apply(self, inventory: Inventory | None = None, *, check: bool = False,
+                    diff: bool = False, forks: int | None = None, limit: str | None = None,
+                    tags: Collection[str] = (), skip_tags: Collection[str] = (),
+                    start_at: str | None = None, extra_vars: Mapping[str, str] | None = None,
+                    on_result: Callable[[StepResult], object] | None = None) -> DeployReport:
+        """Schedule the plan (``inventory``: the default one when None) and run it; the
+        per-host, per-step report. ``check``: the dry run that changes nothing; ``on_result``
+        sees each step's result as it comes (see ``rexec.deploy.executor``)."""
+        from rexec.deploy.executor import apply_plan
+
+        return await apply_plan(self, inventory, check=check, diff=diff, forks=forks,
+                                limit=limit, tags=tags, skip_tags=skip_tags, start_at=start_at,
+                                extra_vars=extra_vars, on_result=on_result)
 
 
 # -- reading and error messages ---------------------------------------------------------------

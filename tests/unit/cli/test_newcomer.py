@@ -90,7 +90,7 @@ def test_an_unknown_option_before_the_address_gets_no_dash_dash_hint() -> None:
 
 
 def _helps() -> list[tuple[str, ...]]:
-    return [(), ("run",), ("shell",), ("put",), ("get",), ("batch",), ("history",),
+    return [(), ("run",), ("shell",), ("put",), ("get",), ("batch",), ("deploy",), ("history",),
             ("history", "show"), ("hosts",), ("token",),
             ("token", "new"),
             ("token", "hash"), ("tls",), ("tls", "init"), ("tls", "fingerprint"),
