@@ -143,6 +143,8 @@ class Plan:
     fleet_put_size: int = 100_000_000  # row 10: bytes put to every host
     fleet_put_hosts: int = 20
     fleet_put_rounds: int = 3
+    deploy_hosts: tuple[int, ...] = (100, 500)  # row 11: a 4-step deploy, beside pyinfra
+    deploy_rounds: int = 3
 
 
 FULL = Plan("full", latency_rounds=20, latency_batch=25, fresh_rounds=20, size=GIB,
@@ -154,7 +156,7 @@ QUICK = Plan("quick", latency_rounds=6, latency_batch=15, fresh_rounds=6, size=2
              sshd_idle_connections=200, fanout=(50, 500),
              fanout_rounds=2, clients=20, sequential=20, cps_rounds=3, fleet_rounds=2,
              pty_cat_rounds=2, transfer_size=256 * MIB, transfer_rounds=2,
-             fleet_put_rounds=2)
+             fleet_put_rounds=2, deploy_rounds=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2194,6 +2196,231 @@ def fleet_put_section(row: FleetPutRow, plan: Plan, w: Callable[[str], None]) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# row 11: a deploy, beside pyinfra
+
+DEPLOY_START = "<!-- deploy row: start (bench/suite.py --only deploy rewrites this part) -->"
+DEPLOY_END = "<!-- deploy row: end -->"
+PYINFRA_DEFAULT_HOSTS = 100  # pyinfra at its own default parallelism: this fleet size only
+DEPLOY_CONF = "".join(f"setting_{i} = {i * 7919 % 10007}\n" for i in range(200))  # ~4 KB
+
+
+@dataclass
+class DeployRow:
+    series: list[Series]
+    how: str
+    pyinfra: str
+
+
+def pyinfra_bin() -> Path | None:
+    found = BIN / "pyinfra"
+    return found if found.exists() else None
+
+
+def deploy_files(rig: Rig, fleet: Fleet, n: int, base: Path) -> dict[str, list[str]]:
+    """The rexec plan and inventory and the pyinfra deploy and inventory for n hosts: the same
+    four steps, pyinfra-performance's shape (a file put, a command, a guarded command, a
+    template), every host writing beneath its own folder; the argv of each contender."""
+    d = rig.tmp / f"deploy-{n}"
+    d.mkdir(exist_ok=True)
+    (d / "app.conf").write_text(DEPLOY_CONF)
+    (d / "motd.tmpl").write_text("host ${host}, release ${release}\n")
+    (d / "motd.j2").write_text("host {{ host_name }}, release {{ release }}\n")
+    token = rig.tmp / "home" / "token"
+    (d / "inventory.toml").write_text(
+        f'[defaults]\nport = {fleet.rexec_port}\ntoken_file = "{token}"\nconnect_timeout = 60\n\n'
+        + "".join(f'[hosts.h{i}]\naddress = "{a}"\n' for i, a in enumerate(fleet.addresses[:n], 1)))
+    r = base / "rexec"
+    (d / "plan.toml").write_text(f"""name = "bench deploy"
+targets = "h[1-{n}]"
+forks = {n}
+[vars]
+release = "42"
+
+[[steps]]
+name = "config"
+put = {{ src = "app.conf", dest = "{r}/${{host}}/app.conf", mode = "0644" }}
+
+[[steps]]
+name = "command"
+run = "echo deployed > {r}/${{host}}/stamp"
+
+[[steps]]
+name = "guarded"
+run = "touch {r}/${{host}}/marker"
+creates = "{r}/${{host}}/marker"
+
+[[steps]]
+name = "template"
+template = {{ src = "motd.tmpl", dest = "{r}/${{host}}/motd", mode = "0644" }}
+""")
+    key = rig.tmp / "ssh" / "client_key"
+    (d / "inventory.py").write_text("hosts = [\n" + "".join(
+        f'    ("h{i}", {{"ssh_hostname": "{a}", "ssh_port": {fleet.ssh_port}, "ssh_user": "root",'
+        f' "ssh_key": "{key}", "ssh_known_hosts_file": "{fleet.known_hosts}",'
+        f' "ssh_strict_host_key_checking": "yes", "ssh_allow_agent": False,'
+        f' "ssh_look_for_keys": False}}),\n'
+        for i, a in enumerate(fleet.addresses[:n], 1)) + "]\n")
+    p = base / "pyinfra"
+    (d / "deploy.py").write_text(f"""from pyinfra import host
+from pyinfra.operations import files, server
+
+base = "{p}/" + host.name
+files.put(name="config", src="{d / 'app.conf'}", dest=base + "/app.conf", mode="644")
+server.shell(name="command", commands=["echo deployed > " + base + "/stamp"])
+files.file(name="guarded", path=base + "/marker")  # made when missing, as creates= does
+files.template(name="template", src="{d / 'motd.j2'}", dest=base + "/motd", mode="644",
+               host_name=host.name, release="42")
+""")
+    rexec = [str(BIN / "rexec"), "deploy", str(d / "plan.toml"), "-q", "--inventory",
+             str(d / "inventory.toml")]
+    argvs = {f"rexec deploy, {n} hosts": [*rexec, "--history", str(d / "history.sqlite")],
+             f"rexec deploy --no-history, {n} hosts": [*rexec, "--no-history"]}
+    pyinfra = pyinfra_bin()
+    if pyinfra is not None:
+        py = [str(pyinfra), "-y", "--quiet"]
+        argvs[f"pyinfra --parallel {n}, {n} hosts"] = [
+            *py, "--parallel", str(n), str(d / "inventory.py"), str(d / "deploy.py")]
+        if n == PYINFRA_DEFAULT_HOSTS:
+            argvs[f"pyinfra (its default parallelism), {n} hosts"] = [
+                *py, str(d / "inventory.py"), str(d / "deploy.py")]
+    return argvs
+
+
+def deployed(folder: Path, n: int) -> str | None:
+    """What is wrong with the four files of each of the n hosts' folders, or None."""
+    for i in range(1, n + 1):
+        host = folder / f"h{i}"
+        expected = {"app.conf": DEPLOY_CONF, "stamp": "deployed\n", "marker": "",
+                    "motd": f"host h{i}, release 42\n"}
+        for name, text in expected.items():
+            try:
+                got = (host / name).read_text()
+            except OSError as exc:
+                return f"{host / name}: {exc.strerror}"
+            if got != text:
+                return f"{host / name}: {got[:60]!r}"
+    return None
+
+
+def deploy_row(rig: Rig, plan: Plan, stack: contextlib.ExitStack) -> DeployRow:
+    widest = max(plan.deploy_hosts)
+    say(f"[11] deploy: a 4-step plan on {' and '.join(map(str, plan.deploy_hosts))} hosts, first"
+        " run and second (idempotent) run, one cold client process per run")
+    fleet = Fleet(fleet_addresses(widest))
+    start_fleet_servers(rig, fleet, stack, plan.fleet_servers)
+    start_fleet_sshds(rig, fleet, stack)
+    base = rig.tmp / "deploy-hosts"  # on the disk, as a deploy's files are
+    contenders: list[tuple[Series, Batch]] = []
+    seconds: list[Series] = []
+    for n in plan.deploy_hosts:
+        for name, argv in deploy_files(rig, fleet, n, base).items():
+            tool = "rexec" if name.startswith("rexec") else "pyinfra"
+            folder = base / tool
+            first = Series(f"{name}, first run", short=f"{name.split(',')[0]} {n} 1st")
+            second = Series(f"{name}, second run", short=f"{name.split(',')[0]} {n} 2nd")
+            seconds.append(second)
+
+            def batch(k: int, argv: list[str] = argv, folder: Path = folder,  # noqa: PLR0917
+                      n: int = n, first: Series = first, second: Series = second
+                      ) -> list[float]:
+                times = []
+                for _ in range(k):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    for i in range(1, n + 1):
+                        (folder / f"h{i}").mkdir(parents=True)
+                    settle_fleet(rig, fleet)
+                    elapsed, peak, _ = sampled_process(argv, rig.env)
+                    problem = deployed(folder, n)
+                    if problem:
+                        raise RuntimeError(f"first run: {problem}")
+                    times.append(elapsed)
+                    first.rss_kib.append(peak)
+                    settle_fleet(rig, fleet)
+                    elapsed, peak, _ = sampled_process(argv, rig.env)
+                    problem = deployed(folder, n)
+                    if problem:
+                        raise RuntimeError(f"second run: {problem}")
+                    second.values.append(elapsed)
+                    second.rss_kib.append(peak)
+                return times
+
+            contenders.append((first, batch))
+    # the servers' first connections (imports, allocations) are not counted: one rexec run
+    warm = next(c for c in contenders if c[0].name.startswith(f"rexec deploy, {widest} "))
+    warm[1](1)
+    for s in [*(c[0] for c in contenders), *seconds]:
+        s.values.clear()
+        s.rss_kib.clear()
+    say(f"    {plan.deploy_rounds} rounds")
+    measure_rounds(contenders, plan.deploy_rounds, 1, warmup=0)
+    shutil.rmtree(base, ignore_errors=True)
+    series = [s for pair in zip((c[0] for c in contenders), seconds, strict=True) for s in pair]
+    how = (f"{fleet.how}; sshd: one per {SSHD_LISTEN_MAX} addresses; each host's files in a"
+           " folder of its own on the disk, emptied before each first run")
+    return DeployRow(series, how, package_version("pyinfra"))
+
+
+def package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def deploy_section(row: DeployRow, plan: Plan, w: Callable[[str], None],
+                   target: Callable[..., None], targets: list[tuple[str, str, str]]) -> None:
+    """Table 11 (`--only deploy` rewrites it alone)."""
+    w(DEPLOY_START)
+    w("## 11. A deploy: rexec deploy beside pyinfra")
+    w("")
+    w("pyinfra-performance's shape, four steps on every host: put a file (4 KB), run a"
+      " command, a guarded command (rexec: `creates`; pyinfra: `files.file`, made when"
+      " missing), render a template. The first run starts from empty folders; the second finds"
+      " everything done (the command runs again, as both tools' shell steps do). Each run is"
+      f" a cold client process, timed whole, {plan.deploy_rounds} interleaved rounds: {row.how}."
+      f" pyinfra {row.pyinfra} (paramiko over ssh, host keys checked) with `-y --quiet`;"
+      " rexec with `-q`, its history on (the default) and off. Ansible is not in the row: it"
+      " was not installed for this run.")
+    w("")
+    w("| contender | median s | p95 s | n | client peak RSS MiB | vs rexec deploy |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for s in row.series:
+        hosts = s.name.split(", ")[1]
+        run = s.name.rsplit(", ", 1)[1]
+        base = find(row.series, f"rexec deploy, {hosts}, {run}").median
+        rss = median([float(v) for v in s.rss_kib]) / 1024
+        w(f"| {s.name} | {fnum(s.median, 3)} | {fnum(s.p95, 3)} | {len(s.values)} |"
+          f" {fnum(rss, 1)} | {fx(ratio(s.median, base))} |")
+    w("")
+    for line in errors_note(row.series):
+        w(line)
+    w("")
+    shown = 0
+    for n in plan.deploy_hosts:
+        for run in ("first run", "second run"):
+            mine = find(row.series, f"rexec deploy, {n} hosts, {run}").median
+            theirs = find(row.series, f"pyinfra --parallel {n}, {n} hosts, {run}").median
+            target(f"deploy: >= 10x faster than pyinfra, {n} hosts, {run}", ratio(theirs, mine),
+                   10.0, f"{fx(ratio(theirs, mine))} ({fnum(mine, 3)} s vs {fnum(theirs, 3)} s)",
+                   lower=False)
+            shown += 1
+    for n in plan.deploy_hosts:
+        on = find(row.series, f"rexec deploy, {n} hosts, first run").median
+        off = find(row.series, f"rexec deploy --no-history, {n} hosts, first run").median
+        target(f"deploy: the history costs at most 5% ({n} hosts, first run)", ratio(on, off),
+               1.05, f"{fx(ratio(on, off))} ({fnum(on, 3)} s vs {fnum(off, 3)} s without)")
+        shown += 1
+    w("| target | measured | verdict |")
+    w("| --- | --- | --- |")
+    for name, text, verdict in targets[-shown:]:
+        w(f"| {name} | {text} | {verdict} |")
+    w("")
+    w(DEPLOY_END)
+
+
+# ---------------------------------------------------------------------------------------------
 # the report
 
 
@@ -2212,6 +2439,7 @@ class Results:
     pty: PtyRow | None = None
     transfer: TransferRow | None = None
     fleet_put: FleetPutRow | None = None
+    deploy: DeployRow | None = None
 
 
 def find(series: list[Series], prefix: str) -> Series:
@@ -2730,6 +2958,9 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
     if res.fleet_put:
         fleet_put_section(res.fleet_put, plan, w)
         w("")
+    if res.deploy:
+        deploy_section(res.deploy, plan, w, target, targets)
+        w("")
 
     w("## The issue's targets (ratios from this run)")
     w("")
@@ -2794,7 +3025,8 @@ def main() -> int:  # noqa: PLR0912, PLR0915
     parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
                         help="rows to run, e.g. 1,3; 7 or fleet: the fleet fan-out, 8 or pty:"
                              " the PTY session, 9 or transfer: file transfer, 10 or"
-                             " fleet-put: a fleet put (these alone rewrite only their own"
+                             " fleet-put: a fleet put, 11 or deploy: a deploy beside pyinfra"
+                             " (these alone rewrite only their own"
                              " sections of --output)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="where the table goes ('-' for nowhere)")
@@ -2804,11 +3036,11 @@ def main() -> int:  # noqa: PLR0912, PLR0915
         if args.size <= 0:
             parser.error("--size must be positive")
         plan = dataclasses.replace(plan, size=args.size)
-    names = {"fleet": 7, "pty": 8, "transfer": 9, "fleet-put": 10}
+    names = {"fleet": 7, "pty": 8, "transfer": 9, "fleet-put": 10, "deploy": 11}
     try:
         rows = {names.get(x.strip()) or int(x) for x in args.only.split(",") if x.strip()}
     except ValueError:
-        parser.error(f"--only: row numbers 1-10, fleet, pty, transfer or fleet-put, not"
+        parser.error(f"--only: row numbers 1-11, fleet, pty, transfer, fleet-put or deploy, not"
                      f" {args.only!r}")
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
@@ -2866,6 +3098,8 @@ def main() -> int:  # noqa: PLR0912, PLR0915
             res.transfer = transfer_row(rig, plan)
         if 10 in rows:
             res.fleet_put = fleet_put_row(rig, plan, stack)
+        if 11 in rows:
+            res.deploy = deploy_row(rig, plan, stack)
         info["load"] = (f"{load_start[0]:.2f} before the run, {os.getloadavg()[0]:.2f} at its"
                         " end (1-minute load average of the whole machine, the suite's own"
                         " processes included)")
@@ -2877,7 +3111,8 @@ def main() -> int:  # noqa: PLR0912, PLR0915
     if str(args.output) != "-":
         args.output.parent.mkdir(parents=True, exist_ok=True)
         sections = {7: (FLEET_START, FLEET_END), 8: (PTY_START, PTY_END),
-                    9: (TRANSFER_START, TRANSFER_END), 10: (FLEET_PUT_START, FLEET_PUT_END)}
+                    9: (TRANSFER_START, TRANSFER_END), 10: (FLEET_PUT_START, FLEET_PUT_END),
+                    11: (DEPLOY_START, DEPLOY_END)}
         if rows <= sections.keys() and args.output.exists():  # the other tables stay
             existing = args.output.read_text()
             for row in sorted(rows):

@@ -1,6 +1,6 @@
 """`make demo`: start a server on loopback with a generated token and run a few commands through it;
 then a fleet: one server process serving several loopback addresses, an inventory naming them, a
-fan-out, a host that is down, and a batch.
+fan-out, a host that is down, a batch, and a deploy (check, diff, apply, again, history).
 
 Everything happens in a temporary REXEC_HOME, so the demo touches nothing of yours and leaves no
 process behind.
@@ -21,14 +21,16 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def show(title: str, argv: list[str], env: dict[str, str], stdin: bytes | None = None) -> None:
+def show(title: str, argv: list[str], env: dict[str, str], stdin: bytes | None = None,
+         limit: int = 400) -> None:
     print(f"\n$ {shlex.join(argv)}" + ("   # with stdin" if stdin is not None else ""), flush=True)
     started = time.monotonic()
     result = subprocess.run(argv, input=stdin, capture_output=True, env=env, check=False,
                             stdin=None if stdin is not None else subprocess.DEVNULL)
     elapsed = time.monotonic() - started
     out = result.stdout
-    shown = out if len(out) < 400 else out[:200] + b"...(" + str(len(out)).encode() + b" bytes)"
+    shown = (out if len(out) < limit
+             else out[:limit // 2] + b"...(" + str(len(out)).encode() + b" bytes)")
     sys.stdout.buffer.write(shown)
     for line in result.stderr.splitlines(keepends=True):
         sys.stdout.buffer.write(b"[stderr] " + line)
@@ -123,12 +125,59 @@ hosts = ["web[1-5]"]
              [rexec, "batch", "web[1-4]", str(batch)], env)
         show("-k/--keep-going runs the rest; one host, no prefixes",
              [rexec, "batch", "-k", "web1", str(batch)], env)
+        deploy_demo(home, env)
     finally:
         server.terminate()
         server.wait(10)
         if server.stdout is not None:
             server.stdout.close()
     return 0
+
+
+def deploy_demo(home: Path, env: dict[str, str]) -> None:
+    """A plan on the fleet: --check --diff, the apply, a second apply that changes nothing,
+    and the history of both."""
+    rexec = str(BIN / "rexec")
+    (home / "app.conf").write_text("listen = 8080\nworkers = 4\n")
+    (home / "motd.tmpl").write_text("${host}: release ${release}, deployed by rexec\n")
+    plan = home / "site.toml"
+    plan.write_text(f"""name = "demo site"
+targets = "web[1-4]"
+serial = [1, "50%"]                 # a canary, then two hosts at a time
+
+[vars]
+release = "2026.12"
+root = "{home / 'hosts'}"           # every "host" is this machine: a folder each
+
+[[steps]]
+name = "folder"
+run = "mkdir -p ${{root}}/${{host}}"
+creates = "${{root}}/${{host}}"
+
+[[steps]]
+name = "config"
+put = {{ src = "app.conf", dest = "${{root}}/${{host}}/app.conf", mode = "0644" }}
+notify = ["reload"]
+
+[[steps]]
+name = "motd"
+template = {{ src = "motd.tmpl", dest = "${{root}}/${{host}}/motd" }}
+
+[[handlers]]
+name = "reload"
+run = "echo reloaded > ${{root}}/${{host}}/reloaded"
+
+[health]
+run = "test -s ${{root}}/${{host}}/motd"
+""")
+    print(f"\n--- a deploy ---\n\n$ cat {plan}\n{plan.read_text()}", end="")
+    show("--check --diff: what would change, nothing changed",
+         [rexec, "deploy", str(plan), "--check", "--diff"], env, limit=8000)
+    show("the apply: batch after batch, a recap per host",
+         [rexec, "deploy", str(plan)], env, limit=8000)
+    show("again: nothing to change (every step ok or skipped, no handler)",
+         [rexec, "deploy", str(plan)], env, limit=8000)
+    show("the history of both runs (and the batches before)", [rexec, "history"], env, limit=8000)
 
 
 def main() -> int:

@@ -417,6 +417,11 @@ class Executor:
         except (ConnectionLost, ConnectError) as exc:
             raise _Unreachable(f"connection lost: {exc}") from None
         except (TransferFailed, LocalFileError) as exc:
+            if self.check and isinstance(exc, TransferFailed) and exc.code == "not_found":
+                # its folder is not there (yet): an earlier step that would run may make it
+                return StepResult(host.name, step.name, step.index, step.kind, "would_change",
+                                  duration=time.monotonic() - started,
+                                  message=f"{exc} (unless an earlier step makes its folder)")
             return StepResult(host.name, step.name, step.index, step.kind, "failed",
                               duration=time.monotonic() - started, message=str(exc))
         changed = sent.changed

@@ -623,3 +623,92 @@ run = "echo $$ > {HERE}/pid; sleep 60"
     assert wait_until(gone, 10)  # the remote commands were stopped
     [run] = json_lines(run_cli("history", "--history", str(history), "--json").stdout)
     assert run["status"] == "cancelled" and run["exit_status"] == 130
+
+
+def test_check_of_a_put_into_a_folder_an_earlier_step_makes(fleet: Fleet, clean: None,
+                                                            tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x\n")
+    plan = write_plan(tmp_path, f"""
+name = "folder first"
+targets = "web01"
+
+[[steps]]
+name = "folder"
+run = "mkdir -p etc"  # the server's folder (mkdir -p cannot walk /proc/self/cwd)
+creates = "etc"
+
+[[steps]]
+name = "file"
+put = {{ src = "f", dest = "{HERE}/etc/f" }}
+""")
+    check = fleet.deploy(plan, "--check", "--json")
+    assert check.returncode == 0, check.stderr
+    said = results(check.stdout)
+    assert said[("web01", "file")]["status"] == "would_change"
+    assert "earlier step" in str(said[("web01", "file")]["message"])
+    assert fleet.files()["web01"] == {} and not (fleet.disks["web01"] / "etc").exists()
+    assert fleet.deploy(plan).returncode == 0
+    assert (fleet.disks["web01"] / "etc" / "f").read_text() == "x\n"
+
+
+def test_limit_tags_start_at_and_var_select_what_runs(fleet: Fleet, clean: None,
+                                                      tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, f"""
+name = "selected"
+targets = "@web"
+[vars]
+word = "plan"
+
+[[steps]]
+name = "first"
+run = "echo first >> {HERE}/ran"
+tags = ["a"]
+
+[[steps]]
+name = "second"
+run = "echo second ${{word}} >> {HERE}/ran"
+tags = ["b"]
+
+[[steps]]
+name = "third"
+run = "echo third >> {HERE}/ran"
+tags = ["a", "b"]
+""")
+    done = fleet.deploy(plan, "--limit", "web[02-03],web09", "--tags", "b", "--skip-tags", "a",
+                        "--var", "word=cli")
+    assert done.returncode == 0, done.stderr
+    ran = {h: (fleet.disks[h] / "ran").read_text() for h in WEB
+           if (fleet.disks[h] / "ran").exists()}
+    assert ran == {h: "second cli\n" for h in ("web02", "web03", "web09")}
+    started = fleet.deploy(plan, "--limit", "web01", "--start-at", "second")
+    assert started.returncode == 0, started.stderr
+    assert (fleet.disks["web01"] / "ran").read_text() == "second plan\nthird\n"
+    refused = fleet.deploy(plan, "--limit", "nosuch")
+    assert refused.returncode == 2 and b"nosuch" in refused.stderr
+
+
+def test_the_python_api_applies_a_plan(fleet: Fleet, clean: None, tmp_path: Path) -> None:
+    import asyncio
+
+    import rexec
+    from rexec.fleet.inventory import Inventory
+
+    plan = rexec.Plan.load(write_plan(tmp_path, f"""
+name = "api"
+targets = "web[01-02]"
+
+[[steps]]
+name = "touch"
+run = "touch {HERE}/api"
+creates = "{HERE}/api"
+"""))
+    inventory = Inventory.load([fleet.inventory])
+    assert [h.name for h in plan.schedule(inventory).hosts] == ["web01", "web02"]
+    seen: list[str] = []
+    report = asyncio.run(plan.apply(inventory, on_result=lambda r: seen.append(r.status)))
+    assert isinstance(report, rexec.DeployReport) and report.exit_status == 0
+    assert seen == ["changed", "changed"]
+    assert [r.status for r in report.hosts["web01"].results] == ["changed"]
+    again = asyncio.run(plan.apply(inventory, check=True))
+    assert [r.status for h in again.hosts.values() for r in h.results] == ["skipped", "skipped"]
+    assert (fleet.disks["web01"] / "api").exists() and (fleet.disks["web02"] / "api").exists()
