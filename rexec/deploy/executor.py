@@ -100,7 +100,7 @@ class HostReport:
     host: str
     address: str
     batch: int
-    state: HostState = "ok"
+    state: HostState = "never_reached"  # until its batch is done, or it failed
     results: list[StepResult] = field(default_factory=list)
 
     def count(self, *statuses: StepStatus) -> int:
@@ -203,7 +203,7 @@ class Executor:
         if self._interrupted:
             self.report.interrupted = True
             for host in self.report.hosts.values():
-                if host.state == "never_reached" and host.results:
+                if host.state == "never_reached" and host.results:  # stopped between steps
                     host.state = "cancelled"
         return self.report
 
@@ -229,8 +229,6 @@ class Executor:
         forks = asyncio.Semaphore(self.forks)
         clients: dict[str, Client] = {}
         going = list(hosts)
-        for host in hosts:
-            self.report.hosts[host.name].state = "ok"
         try:
             indexes = sorted({step.index for host in hosts for step in host.steps})
             for index in indexes:  # lock-step: this step everywhere before the next one
@@ -238,7 +236,8 @@ class Executor:
                     going, forks, functools.partial(self._step_at, index=index), clients)
             going = await self._everywhere(going, forks, self._handlers, clients)
             going = await self._everywhere(going, forks, self._health, clients)
-            for host in going:
+            for host in going:  # every part of the batch done
+                self.report.hosts[host.name].state = "ok"
                 self._host_done(host)
         finally:
             await asyncio.gather(*(client.close() for client in clients.values()),
@@ -294,10 +293,8 @@ class Executor:
     def _emit(self, host: HostPlan, result: StepResult) -> None:
         report = self.report.hosts[host.name]
         report.results.append(result)
-        if result.status == "unreachable":
-            report.state = "unreachable"
-        elif result.status == "failed":
-            report.state = "failed"
+        if result.status in ("unreachable", "failed", "cancelled"):
+            report.state = result.status
         if self.on_result is not None:
             self.on_result(result)
 
