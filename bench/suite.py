@@ -2277,7 +2277,7 @@ files.template(name="template", src="{d / 'motd.j2'}", dest=base + "/motd", mode
              f"rexec deploy --no-history, {n} hosts": [*rexec, "--no-history"]}
     pyinfra = pyinfra_bin()
     if pyinfra is not None:
-        py = [str(pyinfra), "-y", "--quiet"]
+        py = [str(pyinfra), "-y"]
         argvs[f"pyinfra --parallel {n}, {n} hosts"] = [
             *py, "--parallel", str(n), str(d / "inventory.py"), str(d / "deploy.py")]
         if n == PYINFRA_DEFAULT_HOSTS:
@@ -2380,7 +2380,8 @@ def deploy_section(row: DeployRow, plan: Plan, w: Callable[[str], None],
       " missing), render a template. The first run starts from empty folders; the second finds"
       " everything done (the command runs again, as both tools' shell steps do). Each run is"
       f" a cold client process, timed whole, {plan.deploy_rounds} interleaved rounds: {row.how}."
-      f" pyinfra {row.pyinfra} (paramiko over ssh, host keys checked) with `-y --quiet`;"
+      f" pyinfra {row.pyinfra} (paramiko over ssh, host keys checked) with `-y` (its output"
+      " to /dev/null);"
       " rexec with `-q`, its history on (the default) and off. Ansible is not in the row: it"
       " was not installed for this run.")
     w("")

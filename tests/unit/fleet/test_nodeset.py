@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rexec.errors import ConfigError
-from rexec.fleet.nodeset import PatternError, expand, fold, is_pattern, split_items
+from rexec.fleet.nodeset import (
+    PatternError,
+    expand,
+    expand_range,
+    fold,
+    is_pattern,
+    split_items,
+)
 
 GROUPS = {
     "web": ["web[01-05]"],
@@ -144,3 +151,12 @@ def test_expand_of_a_range_folds_back_to_an_equal_set(numbers: list[int], width:
     hosts = expand(pattern)
     assert set(expand(fold(hosts))) == set(hosts)
     assert len(hosts) == len(set(hosts))
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCXYZ0123456789._-", min_size=1,
+               max_size=12))
+def test_a_plain_name_expands_to_itself_as_nodeset_would(name: str) -> None:
+    """The fast path for a name without a range gives what ClusterShell's NodeSet gives."""
+    from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet
+
+    assert expand_range(name) == [str(n) for n in NodeSet(name, resolver=RESOLVER_NOGROUP)]
