@@ -1425,6 +1425,7 @@ UseDNS no
 PrintMotd no
 PrintLastLog no
 SetEnv SHLVL=1
+Subsystem sftp {SFTP_SERVER if Path(SFTP_SERVER).exists() else "internal-sftp"}
 """)
         with (d / f"fleet_sshd_{k}.log").open("wb") as log:
             proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)],

@@ -315,21 +315,26 @@ class Client(OptionsClient):
                               event.changed, time.monotonic() - started)
 
     async def put_data(self, data: bytes, remote: str, *, mode: int | None = None,
-                       force: bool = False, check: bool = False,
+                       force: bool = False, check: bool = False, name: str | None = None,
                        on_progress: ProgressCallback | None = None) -> TransferResult:
         """``put`` of bytes in memory (a rendered template, a generated config) to the
         absolute ``remote``, atomically and verified as ``put`` is; the same content and mode
-        there already is not sent again unless ``force``; ``check`` is put's dry run."""
+        there already is not sent again unless ``force``; ``check`` is put's dry run.
+        ``name`` is the file's own name when ``remote`` ends in ``/`` or is a directory (as
+        a put's local file name is)."""
         async with self._lock:
             core = self._connected()
             started = time.monotonic()
             destination = check_remote(remote)
             if destination.endswith("/"):
-                raise InvalidRequest(f"put_data needs the remote file's own name, not the"
-                                     f" directory {remote!r}", "path")
+                if not name:
+                    raise InvalidRequest(f"put_data needs the remote file's own name, not the"
+                                         f" directory {remote!r}", "path")
+                destination += name
             event = await self._send_put(core, _DataUpload(data), destination, mode=mode,
                                          mtime_ns=None, force=force, on_progress=on_progress,
-                                         check=check)
+                                         check=check,
+                                         name=None if remote.endswith("/") else name)
         assert event.sha256 is not None  # the core checked the server's against its own
         return TransferResult("-", destination, event.file_size, event.sha256, event.changed,
                               time.monotonic() - started)

@@ -62,6 +62,8 @@ RETRY_DELAY_CAP = 60.0
 """retry_delay doubles after each failed attempt, up to this."""
 UNTIL_RETRIES = 3
 """A step with ``until`` and no ``retries`` tries this many times more (as Ansible does)."""
+SMALL_FILE = 1024 * 1024
+"""A put's local file up to this size is read once and sent from memory to every host."""
 DIFF_LIMIT = 1024 * 1024
 """Files larger than this (either side) are not diffed."""
 SECRET_NAME = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
@@ -175,7 +177,7 @@ class Executor:
         # a resumed run: the handlers notified on each host before, and the steps it completed
         self._notified: dict[str, set[str]] = {h: set(n) for h, n in (notified or {}).items()}
         self._completed = {h: frozenset(c) for h, c in (completed or {}).items()}
-        self._secrets: dict[str, list[str]] = {}
+        self._files: dict[str, bytes | None] = {}  # the small files puts send, read once
         self._task: asyncio.Task[None] | None = None
         self._interrupted = False
         self.report = DeployReport(
@@ -405,10 +407,12 @@ class Executor:
     async def _put_step(self, host: HostPlan, client: Client, step: ScheduledStep,
                         started: float) -> StepResult:
         assert step.dest is not None and step.src is not None
+        data = step.content if step.content is not None else self._small_file(step.src)
         try:
-            if step.content is not None:
-                sent = await client.put_data(step.content, step.dest, mode=step.mode,
-                                             check=self.check)
+            if data is not None:  # a template, or a small file read once for every host
+                sent = await client.put_data(
+                    data, step.dest, mode=step.mode, check=self.check,
+                    name=Path(step.src).name if step.content is None else None)
             else:
                 sent = await client.put(step.src, step.dest, mode=step.mode, check=self.check)
         except (ConnectionLost, ConnectError) as exc:
@@ -435,6 +439,19 @@ class Executor:
                           changed=changed and not self.check,
                           duration=time.monotonic() - started, message="; ".join(messages),
                           diff=diff)
+
+    def _small_file(self, path: str) -> bytes | None:
+        """A put's local file, read once for all the hosts when it is small (else None: each
+        host's put reads it, in pieces)."""
+        if path not in self._files:
+            try:
+                with open(path, "rb") as file:
+                    data = file.read(SMALL_FILE + 1)
+            except OSError:  # each host's put reads it, and says what is wrong
+                self._files[path] = None
+                return None
+            self._files[path] = data if len(data) <= SMALL_FILE else None
+        return self._files[path]
 
     async def _owner(self, client: Client, path: str, owner: str) -> tuple[bool, str]:
         """Give ``path`` to ``owner`` ("user", "user:group" or ":group") if it is not its

@@ -87,3 +87,16 @@ def test_a_server_of_version_4_cannot_check(server: ServerProcess, tmp_path: Pat
             client.put(local, str(tmp_path / "g"), check=True)
         assert client.put(local, str(tmp_path / "g")).changed  # the connection goes on
     assert (tmp_path / "g").read_bytes() == b"x"
+
+
+def test_put_data_into_a_directory_takes_the_name_given(server: ServerProcess,
+                                                        tmp_path: Path) -> None:
+    async def go() -> list[str]:
+        async with rexec.Client(server.address, token=TOKEN) as client:
+            slash = await client.put_data(b"a", f"{tmp_path}/", name="by-slash")
+            folder = await client.put_data(b"b", str(tmp_path), name="by-dir")
+            return [slash.remote, folder.remote]
+
+    assert asyncio.run(go()) == [f"{tmp_path}/by-slash", str(tmp_path)]
+    assert (tmp_path / "by-slash").read_bytes() == b"a"
+    assert (tmp_path / "by-dir").read_bytes() == b"b"
