@@ -53,6 +53,7 @@ from rexec.errors import (
     CommandFailed,
     InvalidRequest,
     LocalFileError,
+    ProtocolError,
     RexecError,
     TransferFailed,
     map_socket_errors,
@@ -338,6 +339,26 @@ class Client(OptionsClient):
         assert event.sha256 is not None  # the core checked the server's against its own
         return TransferResult("-", destination, event.file_size, event.sha256, event.changed,
                               time.monotonic() - started)
+
+    async def stat(self, path: str) -> TreeEntry | None:
+        """What is at the absolute remote ``path`` (a link followed, as ``test -e`` does,
+        unless the identity has file_roots), or None when nothing is; no process is started
+        (servers of protocol version 5). TransferFailed for a refusal."""
+        async with self._lock:
+            core = self._connected()
+            core.start_stat(check_remote(path))
+            self._flush(core)
+            try:
+                entry = await self._transfer_event()
+            except TransferFailed as exc:
+                if exc.code == "not_found":
+                    return None
+                raise
+            assert isinstance(entry, TreeEntry)
+            if not isinstance(await self._transfer_event(), TransferFinished):
+                raise ProtocolError(f"{path}: the server answered a stat with more than one"
+                                    " entry", "unexpected_frame")
+            return entry
 
     async def _put_shared(self, source: UploadSource, local: str, remote: str, *,
                           mode: int | None = None, preserve: bool = False, force: bool = False,

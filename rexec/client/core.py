@@ -73,6 +73,7 @@ from rexec.wire.frames import (
     Shell,
     Signal,
     SignalName,
+    Stat,
     Stdin,
     StdinEof,
     Terminal,
@@ -152,7 +153,7 @@ class TransferFinished:
 class TreeEntry:
     """One entry of a remote directory being listed (``file_entry``), as the server named it:
     ``path`` is relative to the directory and not yet checked (the caller must, before it
-    touches its disk). ``kind`` is "dir", "file" or "link"."""
+    touches its disk). ``kind`` is "dir", "file" or "link" (or "other", answering a stat)."""
 
     kind: str
     path: str
@@ -170,7 +171,7 @@ Event: TypeAlias = (Authenticated | Output | Finished | UploadReady | DownloadSt
 class _Transfer:
     """The put or get in progress, as the core counts it."""
 
-    kind: Literal["put", "get", "put_dir", "put_link", "file_list"]
+    kind: Literal["put", "get", "put_dir", "put_link", "file_list", "stat"]
     path: str
     size: int = 0  # a put's declared size; a get's, once file_info said it
     sha256: str = ""  # a put's declared digest
@@ -504,6 +505,29 @@ class ClientCore:
         self._send(frame)
         self._transfer = _Transfer("file_list", path)
 
+    def start_stat(self, path: str) -> None:
+        """Queue a ``stat`` (version 5) of the remote ``path``: a TreeEntry for what is there
+        (its ``path`` the last component), then TransferFinished; TransferFailed with code
+        ``not_found`` when nothing is."""
+        self._check_transfer("stat")
+        if self.version < CHECK_VERSION:
+            server = f"the server at {self.address}" if self.address else "the server"
+            raise ProtocolError(
+                f"{server} speaks protocol version {self.version}, without stat"
+                f" ({self.server_agent or 'an older server'}): upgrade rexec-server",
+                "unsupported_version")
+        try:
+            frame = Stat(path=path)
+        except ValidationError as exc:
+            raise _invalid(exc, {"path": path}) from None
+        self._send(frame)
+        self._transfer = _Transfer("stat", path)
+
+    @property
+    def stats(self) -> bool:
+        """Whether the server answers ``stat`` (version 5)."""
+        return self.version >= CHECK_VERSION
+
     @property
     def transferring(self) -> bool:
         """Whether a put or get is under way (asked, and not yet done or failed)."""
@@ -653,8 +677,8 @@ class ClientCore:
         """Check the server's account of the transfer against what this side counted."""
         self._transfer = None
         self.file_credit = 0
-        if transfer.kind in ("put_dir", "put_link", "file_list"):
-            if transfer.kind == "file_list" and done.file_size != transfer.moved:
+        if transfer.kind in ("put_dir", "put_link", "file_list", "stat"):
+            if transfer.kind in ("file_list", "stat") and done.file_size != transfer.moved:
                 raise ProtocolError(
                     f"{transfer.path}: the server reports {done.file_size} bytes of files, its"
                     f" entries add up to {transfer.moved}", "size_mismatch")

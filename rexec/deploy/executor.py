@@ -43,6 +43,7 @@ from rexec.errors import (
     ConnectError,
     ConnectionLost,
     LocalFileError,
+    ProtocolError,
     RexecError,
     TransferFailed,
 )
@@ -353,10 +354,8 @@ class Executor:
     async def _guards(self, client: Client, step: ScheduledStep) -> str | None:
         """Why the step is skipped, or None if it runs."""
         env = CHECK_ENV if self.check else None
-        if step.creates is not None:
-            done = await self._command(client, f"test -e {shlex.quote(step.creates)}", env=env)
-            if done.exit_code == 0:
-                return f"{step.creates} exists (creates)"
+        if step.creates is not None and await self._exists(client, step.creates, env):
+            return f"{step.creates} exists (creates)"
         if step.unless is not None:
             done = await self._command(client, step.unless, env=env)
             if done.exit_code == 0:
@@ -366,6 +365,24 @@ class Executor:
             if done.exit_code != 0:
                 return f"only_if: {_how(done)}"
         return None
+
+    async def _exists(self, client: Client, path: str, env: dict[str, str] | None) -> bool:
+        """Whether ``path`` exists on the host, as ``test -e`` says: a ``stat`` (no process),
+        or, on a server older than protocol version 5, ``test -e`` itself."""
+        if path.startswith("/"):
+            try:
+                return await client.stat(path) is not None
+            except TransferFailed:
+                pass  # refused by file_roots, not a directory on the way...: as test -e says
+            except ProtocolError as exc:
+                if exc.code != "unsupported_version":
+                    raise
+            except (ConnectionLost, ConnectError) as exc:
+                raise _Unreachable(f"connection lost: {exc}") from None
+        # a relative path (from the command's folder), an old server, a stat refused: the
+        # shell's answer
+        done = await self._command(client, f"test -e {shlex.quote(path)}", env=env)
+        return done.exit_code == 0
 
     async def _run_step(self, host: HostPlan, client: Client, step: ScheduledStep,
                         started: float) -> StepResult:

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from rexec.errors import ConnectionLost, ProtocolError
 from rexec.server.fsuser import become
@@ -42,11 +42,13 @@ from rexec.server.transfer import (
     put_link,
     remember_digest,
     same_size,
+    stat_entry,
     unchanged,
 )
 from rexec.wire.frames import (
     FILE_WINDOW,
     MAX_BODY_SIZE,
+    EntryKind,
     Error,
     FileCredit,
     FileData,
@@ -59,6 +61,7 @@ from rexec.wire.frames import (
     PutDir,
     PutLink,
     PutReady,
+    Stat,
     TransferDone,
 )
 
@@ -70,7 +73,7 @@ thread wake-ups and a credit frame, and with half the window the client still ha
 send meanwhile."""
 READ_CHUNK = MAX_BODY_SIZE  # a download's frames: as large as a frame may be
 T = TypeVar("T")
-FileRequest = Put | Get | PutDir | PutLink | FileList
+FileRequest = Put | Get | PutDir | PutLink | FileList | Stat
 """The frames that start a transfer: one file, or one step of a directory transfer."""
 
 
@@ -219,6 +222,8 @@ class FileOp:
                 fields = await self._get(header, roots)
             elif isinstance(header, FileList):
                 fields = await self._list(header, roots)
+            elif isinstance(header, Stat):
+                fields = await self._stat(header, roots)
             else:
                 fields = await self._make(header, roots)
         except TransferError as exc:
@@ -385,6 +390,16 @@ class FileOp:
         finally:
             await asyncio.shield(self._disk(tree.close))
         return self._done("file_list", changed=False, size=total, sha256=None, entries=count)
+
+    async def _stat(self, request: Stat, roots: FileRoots) -> dict[str, Any]:
+        """One file_entry for what is at the path (not_found: nothing is)."""
+        entry = await self._disk(stat_entry, roots, request.path)
+        kind = cast(EntryKind, entry.kind)
+        self.link.send(FileEntry(kind=kind, path=entry.path, mode=entry.mode,
+                                 file_size=entry.size, mtime_ns=entry.mtime_ns,
+                                 target=entry.target or None))
+        return self._done("stat", changed=False, size=entry.size, sha256=None,
+                          kind=entry.kind)
 
     def _done(self, op: str, *, changed: bool, size: int, sha256: str | None,
               **more: Any) -> dict[str, Any]:

@@ -286,9 +286,11 @@ class Session:
                 raise ProtocolError(f"a {header.type} frame with base, name or no sha256 is not"
                                     f" part of protocol version {self.version}",
                                     "unexpected_frame")
-        if self.version < CHECK_VERSION and header.type == "put" and header.check is not None:
-            raise ProtocolError(f"a put frame with check is not part of protocol version"
-                                f" {self.version}", "unexpected_frame")
+        if self.version < CHECK_VERSION and (header.type == "stat" or (
+                header.type == "put" and header.check is not None)):
+            what = "a stat frame" if header.type == "stat" else "a put frame with check"
+            raise ProtocolError(f"{what} is not part of protocol version {self.version}",
+                                "unexpected_frame")
 
     async def start_command(self, run: Run | Shell) -> None:
         """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""

@@ -634,6 +634,21 @@ def unchanged(parent: Parent, *, size: int, sha256_hex: str, mode: int | None = 
         os.close(fd)
 
 
+def stat_entry(roots: FileRoots, path: str) -> TreeEntry:
+    """What is at ``path``, for a ``stat`` (TransferError ``not_found`` when nothing is).
+
+    Unrestricted, a link is followed, as ``test -e`` does (a dangling one is not found); with
+    ``file_roots`` the link itself is reported, never followed out of a root.
+    """
+    with open_parent(roots, path) as parent, _mapped(parent.path, roots.fence):
+        st = os.stat(parent.name, dir_fd=parent.fd, follow_symlinks=roots.paths is None)
+        kind = ("dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode)
+                else "link" if stat.S_ISLNK(st.st_mode) else "other")
+        target = os.readlink(parent.name, dir_fd=parent.fd) if kind == "link" else ""
+    return TreeEntry(kind, parent.name, stat.S_IMODE(st.st_mode),
+                     st.st_size if kind == "file" else 0, max(0, st.st_mtime_ns), target)
+
+
 # -- downloads --------------------------------------------------------------------------------
 
 
@@ -707,7 +722,7 @@ class Download(_Holder):
 class TreeEntry:
     """One entry of a directory being sent: its path relative to the tree and what it is."""
 
-    kind: str  # "dir", "file" or "link"
+    kind: str  # "dir", "file" or "link" ("other", for a stat only)
     path: str
     mode: int  # permission bits (0o777 for a link)
     size: int = 0  # files only

@@ -26,7 +26,7 @@ and ``resize`` frames, ``run.pty``) to version 1, 3 file transfer (``put``, ``ge
 their replies), 4 directory transfers (``put_dir``, ``put_link``, ``file_list``,
 ``file_entry``, ``put.base``, ``put.name``, ``get.base``) and uploads hashed as they are sent
 (``put.sha256`` null, ``put_end``), and 5 puts that only check (``put.check``: would this
-put change anything? nothing is written)."""
+put change anything? nothing is written) and ``stat``."""
 PROTOCOL_VERSIONS: tuple[int, ...] = (5, 4, 3, 2, 1)
 """Every version this implementation speaks, newest first."""
 PTY_VERSION = 2
@@ -36,7 +36,7 @@ FILE_VERSION = 3
 TREE_VERSION = 4
 """The first version with directory transfers."""
 CHECK_VERSION = 5
-"""The first version with puts that only check (``put.check``)."""
+"""The first version with puts that only check (``put.check``) and ``stat``."""
 
 MAX_HEADER_SIZE = 64 * 1024
 """Largest header (JSON bytes) a peer may declare; checked before the header is read."""
@@ -453,13 +453,24 @@ class FileList(_Control):
     _path_text = field_validator("path")(_valid_path)
 
 
-EntryKind: TypeAlias = Literal["dir", "file", "link"]
+class Stat(_Control):
+    """Client -> server (version 5): what is at ``path`` (absolute), as ``test -e`` sees it:
+    one ``file_entry`` (its ``path`` the last component) then ``transfer_done``, or a
+    non-fatal ``not_found`` error. No process is started: a deploy's ``creates`` guard."""
+
+    type: Literal["stat"] = "stat"
+    path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+
+    _path_text = field_validator("path")(_valid_path)
+
+
+EntryKind: TypeAlias = Literal["dir", "file", "link", "other"]
 
 
 class FileEntry(_Control):
     """Server -> client (version 4): one entry of a listed directory, its ``path`` relative to
     it; each directory comes before what it holds. ``file_size`` for files, ``target`` for
-    links."""
+    links. Kind ``other`` (a socket, FIFO or device) only answers a ``stat`` (version 5)."""
 
     type: Literal["file_entry"] = "file_entry"
     kind: EntryKind
@@ -530,6 +541,7 @@ Header: TypeAlias = Annotated[
     | PutDir
     | PutLink
     | FileList
+    | Stat
     | FileEntry
     | Error,
     Field(discriminator="type"),
@@ -540,7 +552,7 @@ MODELS: dict[str, type[_Header]] = {
     for model in (Hello, Challenge, Auth, AuthOk, Run, Shell, Resize, Stdin, StdinEof,
                   StdinCredit, Signal, Cancel, Stdout, Stderr, Exit, Put, PutReady, FileData,
                   FileCredit, Get, FileInfo, TransferDone, PutEnd, PutDir, PutLink, FileList,
-                  FileEntry, Error)
+                  Stat, FileEntry, Error)
 }
 """Each frame type's model, by its ``type`` tag."""
 

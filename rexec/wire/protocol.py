@@ -31,7 +31,7 @@ class State(enum.Enum):
     GETTING = "getting"  # a get was asked: the server answers file_info or error
     DOWNLOADING = "downloading"  # the server sends the file's bytes
     MAKING = "making"  # a put_dir or put_link was asked: the server answers transfer_done or error
-    LISTING = "listing"  # a file_list was asked: the server sends file_entry frames, then done
+    LISTING = "listing"  # a file_list or stat was asked: file_entry frames, then done
     CLOSED = "closed"
 
 
@@ -77,6 +77,7 @@ TRANSITIONS: dict[tuple[State, Role, str], State] = {
     (State.READY, C, "put_link"): State.MAKING,
     (State.MAKING, S, "transfer_done"): State.READY,
     (State.READY, C, "file_list"): State.LISTING,
+    (State.READY, C, "stat"): State.LISTING,  # version 5: one file_entry, then done
     (State.LISTING, S, "file_entry"): State.LISTING,
     (State.LISTING, S, "transfer_done"): State.READY,
     **{(state, C, "cancel"): state for state in _TRANSFERS},

@@ -100,3 +100,71 @@ def test_put_data_into_a_directory_takes_the_name_given(server: ServerProcess,
     assert asyncio.run(go()) == [f"{tmp_path}/by-slash", str(tmp_path)]
     assert (tmp_path / "by-slash").read_bytes() == b"a"
     assert (tmp_path / "by-dir").read_bytes() == b"b"
+
+
+def test_stat_says_what_is_there_without_starting_a_process(server: ServerProcess,
+                                                            tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"12345")
+    (tmp_path / "file").chmod(0o640)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "link").symlink_to("file")
+    (tmp_path / "dangling").symlink_to("nowhere")
+
+    async def go() -> list[object]:
+        async with rexec.Client(server.address, token=TOKEN) as client:
+            found = [await client.stat(f"{tmp_path}/{name}")
+                     for name in ("file", "dir", "link", "dangling", "missing")]
+            with pytest.raises(InvalidRequest):
+                await client.stat("relative")
+            return found
+
+    file, folder, link, dangling, missing = asyncio.run(go())
+    assert file is not None and (file.kind, file.path, file.mode, file.file_size) == (
+        "file", "file", 0o640, 5)
+    assert folder is not None and folder.kind == "dir"
+    assert link is not None and link.kind == "file"  # followed, as test -e does
+    assert dangling is None and missing is None
+
+
+def test_a_policy_identity_stats_within_its_roots_only(tmp_path: Path) -> None:
+    from rexec.errors import TransferFailed
+    from rexec.wire.auth import TokenVerifier
+    from tests.helpers import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to("/etc/hostname")
+    config = tmp_path / "server.toml"
+    robot = "robot-token-with-enough-entropy-0123456789"
+    config.write_text(f"""
+[server.identities.robot]
+token_hash = "{TokenVerifier.from_token(robot).format()}"
+allow = ["true"]
+file_roots = ["{root}"]
+""")
+    srv = start_server(tmp_path, "--config", str(config))
+    try:
+        async def go() -> object:
+            async with rexec.Client(srv.address, token=robot, identity="robot") as client:
+                with pytest.raises(TransferFailed) as refused:
+                    await client.stat("/etc/hostname")
+                assert refused.value.code == "refused"
+                return await client.stat(f"{root}/link")
+
+        link = asyncio.run(go())
+        assert link is not None and link.kind == "link" and link.target == "/etc/hostname"
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
+def test_a_server_of_version_4_is_not_asked_to_stat(server: ServerProcess, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "PROTOCOL_VERSIONS", (4, 3, 2, 1))
+
+    async def go() -> None:
+        async with rexec.Client(server.address, token=TOKEN) as client:
+            with pytest.raises(ProtocolError, match="without stat"):
+                await client.stat(str(tmp_path))
+            assert (await client.run("true")).exit_code == 0
+
+    asyncio.run(go())

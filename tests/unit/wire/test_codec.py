@@ -153,6 +153,7 @@ VALID: list[tuple[str, f.Header, bytes]] = [
     ("put_dir-entry", f.PutDir(path="lib", base="/srv/app"), b""),
     ("put_link", f.PutLink(path="current", base="/srv/app", target="releases/v2"), b""),
     ("file_list", f.FileList(path="/srv/app"), b""),
+    ("stat", f.Stat(path="/srv/app/current"), b""),
     ("file_entry-file", f.FileEntry(kind="file", path="a/b", mode=0o644, file_size=10,
                                          mtime_ns=5),
      b""),
@@ -166,7 +167,7 @@ VALID_IDS = [case[0] for case in VALID]
 def test_valid_table_covers_every_header_type() -> None:
     models = typing.get_args(typing.get_args(f.Header)[0])
     assert {h.type for _, h, _ in VALID} == {m.model_fields["type"].default for m in models}
-    assert len(models) == 28
+    assert len(models) == 29
 
 
 @pytest.mark.parametrize(("name", "header", "body"), VALID, ids=VALID_IDS)

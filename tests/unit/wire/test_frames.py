@@ -49,6 +49,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "put_dir": {"path": "/srv/app"},
     "put_link": {"path": "cur", "base": "/srv/app", "target": "v1"},
     "file_list": {"path": "/srv/app"},
+    "stat": {"path": "/srv/app/current"},
     "file_entry": {"kind": "file", "path": "a", "mode": 0o644},
     "error": {"code": "oops", "message": "m"},
 }

@@ -24,7 +24,7 @@ ALL_INPUTS = list(itertools.product(State, Role, [*EVENTS, "bogus", ""]))
 
 
 def test_events_are_the_frame_types() -> None:
-    assert len(FRAME_TYPES) == 28
+    assert len(FRAME_TYPES) == 29
     assert {event for _, _, event in TRANSITIONS} <= set(EVENTS)
 
 
