@@ -77,14 +77,28 @@ FileRequest = Put | Get | PutDir | PutLink | FileList | Stat
 """The frames that start a transfer: one file, or one step of a directory transfer."""
 
 
-class FileThread:
-    """A connection's thread for its transfers' filesystem calls, started at its first one.
+SHARED_FILE_THREADS = 32
+"""Threads of the pool the connections without ``run_as`` share for their filesystem calls."""
+_shared: ThreadPoolExecutor | None = None
 
-    The transfers of one connection run one after another, so one thread serves them all, in
-    order, and the loop never waits for a thread to start per step (a directory transfer is
-    many small steps). For an identity with ``run_as`` it reads and writes as that user from
-    its first call on (``switched``); the identity cannot change on a connection, so neither
-    does the thread's user. ``close()`` lets it end once its last call returns.
+
+def _shared_pool() -> ThreadPoolExecutor:
+    global _shared  # noqa: PLW0603 - one pool for the process, made at the first transfer
+    if _shared is None:
+        _shared = ThreadPoolExecutor(SHARED_FILE_THREADS, thread_name_prefix="rexec-file")
+    return _shared
+
+
+class FileThread:
+    """Where a connection's transfers make their filesystem calls.
+
+    The transfers of one connection run one after another, each call awaited before the next,
+    so they never overlap. Connections share a pool of threads (a deploy's hundreds of
+    connections each put a small file or two: a thread started for each cost more than the
+    put). An identity with ``run_as`` gets a thread of its own (``dedicate``) that reads and
+    writes as that user from its first call on (``switched``); the identity cannot change on
+    a connection, so neither does the thread's user. ``close()`` lets it end once its last
+    call returns.
     """
 
     def __init__(self) -> None:
@@ -92,14 +106,19 @@ class FileThread:
         self.switched = False
         self.digests = DigestCache()  # what this connection hashed of the files already there
 
-    def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
-        """Run ``call`` on the thread; its result as a future of the running loop."""
+    def dedicate(self) -> None:
+        """From now on, one thread of this connection's own (before ``run_as`` switches it)."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="rexec-file")
-        return asyncio.get_running_loop().run_in_executor(self._pool, call)
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="rexec-file-as")
+
+    def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``call`` on the connection's thread; its result as a future of the running
+        loop."""
+        pool = self._pool if self._pool is not None else _shared_pool()
+        return asyncio.get_running_loop().run_in_executor(pool, call)
 
     def close(self) -> None:
-        """No more calls: the thread ends after the ones queued."""
+        """No more calls: a dedicated thread ends after the ones queued."""
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
@@ -214,6 +233,7 @@ class FileOp:
             thread = self.link.file_thread
             if self.identity.policy.run_as is not None and not thread.switched:
                 # first on the thread, before any file
+                thread.dedicate()
                 await self._disk(become, self.identity.policy.run_as, self.path)
                 thread.switched = True
             if isinstance(header, Put):
