@@ -177,11 +177,11 @@ def _pairs(values: list[str]) -> dict[str, str]:
 
 def _open_history(path: Path | None) -> History | None:
     """The history, or None (with one warning) when it cannot be opened: the deploy goes on."""
-    from rexec.deploy.history import History
+    from rexec.deploy.history import COMMIT_EVERY, History
     from rexec.errors import RexecError
 
     try:
-        return History.open(path, commit_every=0.05)
+        return History.open(path, commit_every=COMMIT_EVERY)
     except (RexecError, OSError) as exc:
         print(f"rexec: warning: this run is not recorded: {exc}", file=sys.stderr, flush=True)
         return None

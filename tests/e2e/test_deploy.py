@@ -712,3 +712,29 @@ creates = "{HERE}/api"
     again = asyncio.run(plan.apply(inventory, check=True))
     assert [r.status for h in again.hosts.values() for r in h.results] == ["skipped", "skipped"]
     assert (fleet.disks["web01"] / "api").exists() and (fleet.disks["web02"] / "api").exists()
+
+
+def test_a_progress_bar_per_batch_on_a_terminal_gone_after(fleet: Fleet, clean: None,
+                                                           tmp_path: Path) -> None:
+    import re
+
+    from tests.e2e.test_fleet_cli import run_on_pty
+
+    plan = write_plan(tmp_path, f"""
+name = "barred"
+targets = "@web"
+serial = [2, 8]
+
+[[steps]]
+name = "slow"
+run = "sleep 0.6; touch {HERE}/done"
+""")
+    code, out, screen = run_on_pty(fleet.argv(plan, "--no-history"))
+    assert code == 0, screen
+    text = screen.decode("utf-8", "replace")
+    assert re.search(r"\d+/2\b", text) and re.search(r"\d+/8\b", text), text  # one per batch
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", text[text.rfind("/8"):])
+    assert "recap:" in plain and "web10" in plain  # the recap follows the last bar
+    assert b"\x1b[" not in out  # the step lines on stdout (a pipe) carry no bar
+    assert sum(line.split()[2] == "changed" for line in out.decode().splitlines()
+               if line.startswith("web")) == HOSTS
