@@ -391,32 +391,27 @@ class ClientCore:
     def _check_transfer(self, what: str) -> None:
         if self.conn.state is not State.READY:
             raise RuntimeError(f"cannot start a {what} in state {self.conn.state.value}")
-        if self.version < FILE_VERSION:
+        self._need(FILE_VERSION, "file transfer")
+
+    def _need(self, version: int, feature: str) -> None:
+        """ProtocolError ``unsupported_version`` when the server's version is below
+        ``version``, the first with ``feature``."""
+        if self.version < version:
             server = f"the server at {self.address}" if self.address else "the server"
             raise ProtocolError(
-                f"{server} speaks protocol version {self.version}, without file transfer"
+                f"{server} speaks protocol version {self.version}, without {feature}"
                 f" ({self.server_agent or 'an older server'}): upgrade rexec-server",
                 "unsupported_version")
 
     def _check_tree(self, what: str) -> None:
         self._check_transfer(what)
-        if self.version < TREE_VERSION:
-            server = f"the server at {self.address}" if self.address else "the server"
-            raise ProtocolError(
-                f"{server} speaks protocol version {self.version}, without directory transfers"
-                f" ({self.server_agent or 'an older server'}): upgrade rexec-server",
-                "unsupported_version")
+        self._need(TREE_VERSION, "directory transfers")
 
     def _check_check(self, sha256: str | None) -> None:
         self._check_transfer("put")
         if sha256 is None:
             raise ValueError("a put that only checks needs the file's SHA-256")
-        if self.version < CHECK_VERSION:
-            server = f"the server at {self.address}" if self.address else "the server"
-            raise ProtocolError(
-                f"{server} speaks protocol version {self.version}, without puts that only"
-                f" check ({self.server_agent or 'an older server'}): upgrade rexec-server",
-                "unsupported_version")
+        self._need(CHECK_VERSION, "puts that only check")
 
     @property
     def hashes_uploads(self) -> bool:
@@ -510,12 +505,7 @@ class ClientCore:
         (its ``path`` the last component), then TransferFinished; TransferFailed with code
         ``not_found`` when nothing is."""
         self._check_transfer("stat")
-        if self.version < CHECK_VERSION:
-            server = f"the server at {self.address}" if self.address else "the server"
-            raise ProtocolError(
-                f"{server} speaks protocol version {self.version}, without stat"
-                f" ({self.server_agent or 'an older server'}): upgrade rexec-server",
-                "unsupported_version")
+        self._need(CHECK_VERSION, "stat")
         try:
             frame = Stat(path=path)
         except ValidationError as exc:

@@ -9,6 +9,7 @@ ran across hosts can be checked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -126,6 +127,18 @@ def results(out: bytes) -> dict[tuple[str, str], dict[str, object]]:
 def summary(out: bytes) -> dict[str, object]:
     [doc] = [doc for doc in json_lines(out) if doc["type"] == "summary"]
     return doc
+
+
+@contextlib.contextmanager
+def deploying(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``rexec deploy`` started in the background; killed at the end if it is still running."""
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def log_lines(path: Path) -> list[list[str]]:
@@ -565,9 +578,7 @@ run = "touch {HERE}/quick"
 name = "slow"
 run = "sleep 30"
 """)
-    proc = subprocess.Popen(fleet.argv(plan, "--history", str(history)), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with deploying(fleet.argv(plan, "--history", str(history))) as proc:
         assert wait_until(lambda: all((fleet.disks[h] / "quick").exists()
                                       for h in ("web01", "web02")), 20)
         time.sleep(0.3)  # past the history's 50 ms hold
@@ -579,10 +590,6 @@ run = "sleep 30"
         assert wait_until(lambda: recorded() == 2, 10)
         proc.kill()
         proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     listed = run_cli("history", "--history", str(history), "--json")
     [run] = json_lines(listed.stdout)
     assert run["status"] == "interrupted"
@@ -601,18 +608,12 @@ targets = "web[01-04]"
 name = "long"
 run = "echo $$ > {HERE}/pid; sleep 60"
 """)
-    proc = subprocess.Popen(fleet.argv(plan, "--history", str(history), "--json"), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with deploying(fleet.argv(plan, "--history", str(history), "--json")) as proc:
         assert wait_until(lambda: all((fleet.disks[h] / "pid").exists() and
                                       (fleet.disks[h] / "pid").read_text().strip()
                                       for h in WEB[:4]), 20)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, err
     assert summary(out)["interrupted"] is True
     pids = [int((fleet.disks[h] / "pid").read_text()) for h in WEB[:4]]
