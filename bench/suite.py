@@ -2202,6 +2202,7 @@ def fleet_put_section(row: FleetPutRow, plan: Plan, w: Callable[[str], None]) ->
 DEPLOY_START = "<!-- deploy row: start (bench/suite.py --only deploy rewrites this part) -->"
 DEPLOY_END = "<!-- deploy row: end -->"
 PYINFRA_DEFAULT_HOSTS = 100  # pyinfra at its own default parallelism: this fleet size only
+ANSIBLE_HOSTS = 100  # Ansible up to this fleet size (at 500 one run takes minutes)
 DEPLOY_CONF = "".join(f"setting_{i} = {i * 7919 % 10007}\n" for i in range(200))  # ~4 KB
 
 
@@ -2210,11 +2211,61 @@ class DeployRow:
     series: list[Series]
     how: str
     pyinfra: str
+    ansible: str
 
 
 def pyinfra_bin() -> Path | None:
     found = BIN / "pyinfra"
     return found if found.exists() else None
+
+
+def ansible_bin() -> Path | None:
+    """ansible-playbook: the venv's (the bench extra installs ansible-core), or on PATH."""
+    found = BIN / "ansible-playbook"
+    if found.exists():
+        return found
+    other = shutil.which("ansible-playbook")
+    return Path(other) if other else None
+
+
+def ansible_files(d: Path, fleet: Fleet, n: int, base: Path, key: Path) -> list[str]:
+    """The same four steps as an Ansible playbook (command's own ``creates`` for the guarded
+    step), forks n, facts not gathered (no step needs them); the argv."""
+    a = base / "ansible"
+    (d / "ansible-inventory.ini").write_text("[fleet]\n" + "".join(
+        f"h{i} ansible_host={addr} ansible_port={fleet.ssh_port}\n"
+        for i, addr in enumerate(fleet.addresses[:n], 1)) + f"""
+[fleet:vars]
+ansible_user=root
+ansible_ssh_private_key_file={key}
+ansible_ssh_common_args='-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes'
+ansible_python_interpreter=/usr/bin/python3
+""")
+    (d / "playbook.yml").write_text(f"""- hosts: fleet
+  gather_facts: false
+  tasks:
+    - name: config
+      ansible.builtin.copy:
+        src: "{d / 'app.conf'}"
+        dest: "{a}/{{{{ inventory_hostname }}}}/app.conf"
+        mode: "0644"
+    - name: command
+      ansible.builtin.shell: "echo deployed > {a}/{{{{ inventory_hostname }}}}/stamp"
+    - name: guarded
+      ansible.builtin.command:
+        cmd: "touch {a}/{{{{ inventory_hostname }}}}/marker"
+        creates: "{a}/{{{{ inventory_hostname }}}}/marker"
+    - name: template
+      ansible.builtin.template:
+        src: "{d / 'motd.j2'}"
+        dest: "{a}/{{{{ inventory_hostname }}}}/motd"
+        mode: "0644"
+      vars: {{host_name: "{{{{ inventory_hostname }}}}", release: "42"}}
+""")
+    found = ansible_bin()
+    assert found is not None
+    return [str(found), "-f", str(n), "-i", str(d / "ansible-inventory.ini"),
+            str(d / "playbook.yml")]
 
 
 def deploy_files(rig: Rig, fleet: Fleet, n: int, base: Path) -> dict[str, list[str]]:
@@ -2284,6 +2335,8 @@ files.template(name="template", src="{d / 'motd.j2'}", dest=base + "/motd", mode
         if n == PYINFRA_DEFAULT_HOSTS:
             argvs[f"pyinfra (its default parallelism), {n} hosts"] = [
                 *py, str(d / "inventory.py"), str(d / "deploy.py")]
+    if ansible_bin() is not None and n <= ANSIBLE_HOSTS:
+        argvs[f"Ansible, forks {n}, {n} hosts"] = ansible_files(d, fleet, n, base, key)
     return argvs
 
 
@@ -2315,7 +2368,7 @@ def deploy_row(rig: Rig, plan: Plan, stack: contextlib.ExitStack) -> DeployRow:
     seconds: list[Series] = []
     for n in plan.deploy_hosts:
         for name, argv in deploy_files(rig, fleet, n, base).items():
-            tool = "rexec" if name.startswith("rexec") else "pyinfra"
+            tool = name.split()[0].lower()  # rexec, pyinfra, ansible
             folder = base / tool
             first = Series(f"{name}, first run", short=f"{name.split(',')[0]} {n} 1st")
             second = Series(f"{name}, second run", short=f"{name.split(',')[0]} {n} 2nd")
@@ -2359,7 +2412,12 @@ def deploy_row(rig: Rig, plan: Plan, stack: contextlib.ExitStack) -> DeployRow:
     series += [history_cost(rig, n) for n in plan.deploy_hosts]
     how = (f"{fleet.how}; sshd: one per {SSHD_LISTEN_MAX} addresses; each host's files in a"
            " folder of its own on the disk, emptied before each first run")
-    return DeployRow(series, how, package_version("pyinfra"))
+    ansible = (f"Ansible (ansible-core {package_version('ansible-core')}) with forks set to the"
+               f" host count, its defaults otherwise (ssh with ControlPersist; facts not"
+               f" gathered, as no step needs them), up to {ANSIBLE_HOSTS} hosts: one run of"
+               " 500 takes minutes." if ansible_bin() is not None
+               else "Ansible is not in the row: ansible-playbook was not installed.")
+    return DeployRow(series, how, package_version("pyinfra"), ansible)
 
 
 def history_cost(rig: Rig, n: int, rounds: int = 5) -> Series:
@@ -2409,8 +2467,8 @@ def deploy_section(row: DeployRow, plan: Plan, w: Callable[[str], None],
       f" a cold client process, timed whole, {plan.deploy_rounds} interleaved rounds: {row.how}."
       f" pyinfra {row.pyinfra} (paramiko over ssh, host keys checked) with `-y` (its output"
       " to /dev/null);"
-      " rexec with `-q`, its history on (the default) and off. Ansible is not in the row: it"
-      " was not installed for this run.")
+      " rexec with `-q`, its history on (the default) and off."
+      f" {row.ansible}")
     w("")
     w("| contender | median s | p95 s | n | client peak RSS MiB | vs rexec deploy |")
     w("| --- | ---: | ---: | ---: | ---: | ---: |")

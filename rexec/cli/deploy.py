@@ -120,6 +120,12 @@ def deploy_command(  # noqa: PLR0917 - typer maps parameters to arguments and op
         fail(f"--forks must be at least 1, not {forks}", EXIT_USAGE)
     if force and resume is None:
         fail("--force goes with --resume RUN_ID", EXIT_USAGE)
+    chosen = [flag for flag, given in (("--limit", limit), ("--tags", tags),
+                                       ("--skip-tags", skip_tags), ("--start-at", start_at),
+                                       ("--var", var)) if given]
+    if resume is not None and chosen:
+        fail(f"--resume {resume} runs with the options run {resume} had: leave out"
+             f" {', '.join(chosen)}", EXIT_USAGE)
     connection = connection_keywords(
         token_file=token_file, config=config, connect_timeout=connect_timeout,
         keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
@@ -144,8 +150,10 @@ def deploy_command(  # noqa: PLR0917 - typer maps parameters to arguments and op
         schedule = _with_flags(schedule, with_flags, connection)
     except ConfigError as exc:
         fail(exc, EXIT_USAGE)
-    if not schedule.hosts:
-        fail(f"run {resume} left nothing to do: every host completed every step", EXIT_USAGE)
+    if not schedule.hosts:  # only a resume can leave none: a plan that targets none is refused
+        print(f"rexec: run {resume} left nothing to do: every host completed every step",
+              file=sys.stderr, flush=True)
+        raise typer.Exit(0)
     view = _View(json_output=json_output, quiet=quiet, check=check)
     view.label_width = max(len(name) for name in [
         *(step.name for step in plan.steps), *(handler.name for handler in plan.handlers),

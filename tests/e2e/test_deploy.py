@@ -558,6 +558,11 @@ run = "test ${{host}} != web03 -o -e {gate} && echo two ${{host}} >> {log}"
     # web01-02 were done; web03 failed at two (one done); web04 did both; 05-06 never reached
     assert sorted(lines) == sorted(["two web03", "one web05", "two web05", "one web06",
                                     "two web06"])
+    runs = json_lines(run_cli("history", "--history", str(history), "--json").stdout)
+    finished = fleet.deploy(plan, "--resume", str(runs[0]["id"]), history=history)
+    assert finished.returncode == 0 and b"left nothing to do" in finished.stderr
+    mixed = fleet.deploy(plan, "--resume", str(run["id"]), "--limit", "web01", history=history)
+    assert mixed.returncode == 2 and b"leave out --limit" in mixed.stderr
     plan.write_text(plan.read_text() + "\n# changed\n")
     refused = fleet.deploy(plan, "--resume", str(run["id"]), history=history)
     assert refused.returncode == 2 and b"changed since run" in refused.stderr
