@@ -49,6 +49,7 @@ from tests.helpers import ServerProcess, live_children, live_processes, start_se
 
 MAX_CONNECTIONS = 4
 SETTLE_TIMEOUT = 5.0
+KILL_GRACE = 1.0  # the server's: the SIGKILL due after a SIGTERM, well within SETTLE_TIMEOUT
 HANDSHAKE_ERRORS = frozenset({"bad_length", "bad_header", "unexpected_frame",
                               "unsupported_version", "auth_failed", "handshake_timeout"})
 TAG_VARIABLE = "REXEC_STATEFUL_TAG"
@@ -380,11 +381,14 @@ def machine_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 
     Failed authentications are not penalised: the machine fails many on purpose, and the
     penalty would make every later handshake from this host wait (tests/e2e/test_limits.py and
-    test_hostile.py cover it).
+    test_hostile.py cover it). ``kill_grace`` is well under SETTLE_TIMEOUT: a command stopped
+    by a broken connection is sent SIGTERM, and its exited leader is kept unreaped (its pidfd
+    open) until the SIGKILL due after that grace, so that no other group can take its ID;
+    with the default grace of 5 s the settling raced it.
     """
     tmp = tmp_path_factory.mktemp("stateful-server")
     config = tmp / "server.toml"
-    config.write_text("[server]\nauth_penalty_max = 0\n")
+    config.write_text(f"[server]\nauth_penalty_max = 0\nkill_grace = {KILL_GRACE}\n")
     srv = start_server(tmp, "--config", str(config), env={"REXEC_HOME": str(tmp)})
     yield srv
     assert srv.stop() == 0, srv.log()
