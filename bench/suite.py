@@ -2368,7 +2368,7 @@ def deploy_row(rig: Rig, plan: Plan, stack: contextlib.ExitStack) -> DeployRow:
     seconds: list[Series] = []
     for n in plan.deploy_hosts:
         for name, argv in deploy_files(rig, fleet, n, base).items():
-            tool = name.split()[0].lower()  # rexec, pyinfra, ansible
+            tool = name.split()[0].rstrip(",").lower()  # rexec, pyinfra, ansible
             folder = base / tool
             first = Series(f"{name}, first run", short=f"{name.split(',')[0]} {n} 1st")
             second = Series(f"{name}, second run", short=f"{name.split(',')[0]} {n} 2nd")
@@ -2473,7 +2473,8 @@ def deploy_section(row: DeployRow, plan: Plan, w: Callable[[str], None],
     w("| contender | median s | p95 s | n | client peak RSS MiB | vs rexec deploy |")
     w("| --- | ---: | ---: | ---: | ---: | ---: |")
     for s in row.series:
-        hosts = s.name.split(", ")[1].split(" (")[0]
+        hosts = next(part for part in s.name.split(", ") if part.endswith("hosts")
+                     or " hosts (" in part).split(" (")[0]
         run = s.name.rsplit(", ", 1)[1]
         base = find(row.series, f"rexec deploy, {hosts}, {run}").median
         if s.name.startswith("recording"):
