@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -38,9 +38,9 @@ from rexec.cli.run import InventoryFiles
 
 if TYPE_CHECKING:
     from rexec.cli.output import Progress
-    from rexec.deploy.executor import DeployReport, HostReport, StepResult
+    from rexec.deploy.executor import DeployReport, HostReport, Leftover, StepResult
     from rexec.deploy.history import History
-    from rexec.deploy.schedule import HostPlan, Schedule
+    from rexec.deploy.schedule import Schedule
 
 DEPLOY_HELP = """Apply the deployment plan PLAN (TOML) to its targets: batches of hosts
 (serial), each step on every host of a batch before the next, guards, retries, handlers, a
@@ -195,49 +195,11 @@ def _open_history(path: Path | None) -> History | None:
         return None
 
 
-@dataclass
-class _Left:
-    """What an earlier run (and the runs it resumed) left: per host, the steps completed, the
-    handlers their changes notified, whether the host's part ended well (health included)."""
-
-    options: dict[str, Any]
-    completed: dict[str, set[int]] = field(default_factory=dict)
-    notified: dict[str, set[str]] = field(default_factory=dict)
-    troubled: set[str] = field(default_factory=set)  # a failed, unreachable or cancelled step
-    healthy: set[str] = field(default_factory=set)
-
-    def take(self, host: str, rows: list[Any], plan: Any) -> None:
-        """A run's last result for each step of ``host`` (a later run's over an earlier's)."""
-        steps = len(plan.steps)
-        health = steps + len(plan.handlers)
-        notify = {step.name: step.notify for step in plan.steps}
-        done = self.completed.setdefault(host, set())
-        self.troubled.discard(host)
-        for row in rows:
-            if row.status in ("failed", "unreachable", "cancelled"):
-                self.troubled.add(host)
-            elif row.step_index < steps and row.status in ("ok", "changed", "skipped"):
-                done.add(row.step_index)
-                if row.changed:
-                    self.notified.setdefault(host, set()).update(notify.get(row.step, []))
-            elif row.step_index < health and row.status == "changed":
-                self.notified.get(host, set()).discard(row.step)  # the handler ran
-            elif row.step_index == health and row.status == "ok":
-                self.healthy.add(host)
-
-    def finished(self, host: HostPlan) -> bool:
-        """Whether ``host`` needs nothing more: every step it has completed, nothing failed,
-        its health check (if any) passed."""
-        done = self.completed.get(host.name)
-        return (done is not None and host.name not in self.troubled
-                and {step.index for step in host.steps} <= done
-                and (host.health is None or host.name in self.healthy))
-
-
 def _resumed(history: History | None, history_file: Path | None, run_id: int, plan: Any, *,
-             force: bool) -> _Left:
+             force: bool) -> Leftover:
     """What run ``run_id`` left (ConfigError when it cannot be resumed). A run that resumed
     another carries that one's completed steps: a resume of a resume finishes the first."""
+    from rexec.deploy.executor import Leftover
     from rexec.deploy.history import History
     from rexec.errors import ConfigError, RexecError
 
@@ -260,7 +222,7 @@ def _resumed(history: History | None, history_file: Path | None, run_id: int, pl
             f"--resume {run_id}: {plan.path} changed since run {run_id} (sha256"
             f" {(record.plan_sha256 or '?')[:12]} then, {plan.sha256[:12]} now); --force to"
             " resume it anyway")
-    left = _Left({key: record.options.get(key) for key in
+    left = Leftover({key: record.options.get(key) for key in
                   ("limit", "tags", "skip_tags", "start_at", "vars")})
     left.options["tags"] = left.options["tags"] or []
     left.options["skip_tags"] = left.options["skip_tags"] or []
@@ -271,7 +233,7 @@ def _resumed(history: History | None, history_file: Path | None, run_id: int, pl
     return left
 
 
-def _only(schedule: Schedule, left: _Left) -> Schedule:
+def _only(schedule: Schedule, left: Leftover) -> Schedule:
     """The schedule without the hosts that ``left`` says are finished."""
     batches = [replace(batch, hosts=[h for h in batch.hosts if not left.finished(h)])
                for batch in schedule.batches]

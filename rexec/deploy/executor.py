@@ -30,10 +30,10 @@ import re
 import shlex
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from rexec.client.aio import Client
 from rexec.deploy.plan import Plan
@@ -123,7 +123,6 @@ class DeployReport:
     check: bool = False
     stopped: bool = False  # the failure budget stopped it before every batch ran
     interrupted: bool = False  # cancelled (Ctrl-C)
-    batches_run: int = 0
 
     def having(self, *states: HostState) -> list[str]:
         return [name for name, host in self.hosts.items() if host.state in states]
@@ -153,6 +152,46 @@ class DeployReport:
 OnResult = Callable[[StepResult], object]
 OnBatch = Callable[[int, list[str]], object]
 OnHostDone = Callable[[HostReport], object]
+
+
+@dataclass
+class Leftover:
+    """What an earlier run (and the runs it resumed) left, for ``--resume``: per host, the
+    steps completed, the handlers their changes notified, whether the host's part ended well
+    (health included). ``take`` reads a run's history records, oldest run first."""
+
+    options: dict[str, Any]
+    completed: dict[str, set[int]] = field(default_factory=dict)
+    notified: dict[str, set[str]] = field(default_factory=dict)
+    troubled: set[str] = field(default_factory=set)  # a failed, unreachable or cancelled step
+    healthy: set[str] = field(default_factory=set)
+
+    def take(self, host: str, rows: Sequence[Any], plan: Plan) -> None:
+        """A run's last result for each step of ``host`` (a later run's over an earlier's)."""
+        steps = len(plan.steps)
+        health = steps + len(plan.handlers)
+        notify = {step.name: step.notify for step in plan.steps}
+        done = self.completed.setdefault(host, set())
+        self.troubled.discard(host)
+        for row in rows:
+            if row.status in ("failed", "unreachable", "cancelled"):
+                self.troubled.add(host)
+            elif row.step_index < steps and row.status in ("ok", "changed", "skipped"):
+                done.add(row.step_index)
+                if row.changed:
+                    self.notified.setdefault(host, set()).update(notify.get(row.step, []))
+            elif row.step_index < health and row.status == "changed":
+                self.notified.get(host, set()).discard(row.step)  # the handler ran
+            elif row.step_index == health and row.status == "ok":
+                self.healthy.add(host)
+
+    def finished(self, host: HostPlan) -> bool:
+        """Whether ``host`` needs nothing more: every step it has completed, nothing failed,
+        its health check (if any) passed."""
+        done = self.completed.get(host.name)
+        return (done is not None and host.name not in self.troubled
+                and {step.index for step in host.steps} <= done
+                and (host.health is None or host.name in self.healthy))
 
 
 class _HostFailed(Exception):
@@ -219,7 +258,6 @@ class Executor:
             if self.on_batch is not None:
                 self.on_batch(batch.number, [host.name for host in batch.hosts])
             await self._batch(batch.hosts)
-            self.report.batches_run += 1
             failed = len(self.report.having("failed", "unreachable"))
             batch_failed = all(self.report.hosts[h.name].state in ("failed", "unreachable")
                                for h in batch.hosts)

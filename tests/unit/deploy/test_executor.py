@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from rexec.cli.deploy import _Left
-from rexec.deploy.executor import DeployReport, HostReport, StepResult, _binary, _how
+from rexec.deploy.executor import (
+    DeployReport,
+    HostReport,
+    Leftover,
+    StepResult,
+    _binary,
+    _how,
+)
 from rexec.deploy.plan import Plan
 from rexec.result import Result
 
@@ -87,7 +93,7 @@ run = "true"
 run = "true"
 """)
     plan = Plan.load(tmp_path / "plan.toml")
-    left = _Left({})
+    left = Leftover({})
     left.take("h1", [Row(0, "a", "changed", True), Row(1, "b", "failed")], plan)
     left.take("h2", [Row(0, "a", "changed", True), Row(1, "b", "ok"),
                      Row(2, "restart", "changed"), Row(3, "health", "ok")], plan)
