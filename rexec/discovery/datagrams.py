@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rexec.wire.auth import TokenVerifier, client_proof, derive_keys
 
-DISCOVERY_VERSION = 1
+DISCOVERY_VERSION: Literal[1] = 1
 """The version of the probe and reply objects (``v``), apart from the TCP protocol's."""
 MAX_DATAGRAM = 1400
 """The largest probe a responder looks at: a larger datagram is dropped (``oversize``)."""
