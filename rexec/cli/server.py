@@ -77,6 +77,13 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
         typer.Option("--dangerously-allow-plaintext",
                      help="Listen off loopback WITHOUT TLS. Only on a network you fully trust."),
     ] = False,
+    discovery: Annotated[
+        bool | None,
+        typer.Option("--discovery/--no-discovery",
+                     help="Answer UDP probes (rexec ping, rexec discover) on the same port"
+                          " number, on every address; --no-discovery binds no UDP socket."
+                          "  [default: on]"),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True,
                            help="Show the version.")
@@ -93,6 +100,7 @@ def serve(  # noqa: PLR0917 - typer maps parameters to options
         config, host=host or None, port=port, token_file=token_file, log_level=log_level,
         tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls=tls,
         audit_log=audit_log, dangerously_allow_plaintext=dangerously_allow_plaintext or None,
+        discovery=discovery,
     )
     try:
         settings, token = source.load()

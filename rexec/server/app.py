@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import ipaddress
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rexec.config import load_settings, resolve_token
 from rexec.errors import ConfigError
@@ -23,6 +27,14 @@ from rexec.server.settings import ServerSettings
 from rexec.tls import server_context
 from rexec.tokens import default_token_path, generate_token, write_token_file
 from rexec.wire.address import format_address
+
+if TYPE_CHECKING:
+    from rexec.discovery.responder import RateLimits, Responder
+    from rexec.wire.auth import TokenVerifier
+
+UDP_BIND_ATTEMPTS = 20
+"""With port 0, how many times the listener is bound again when the UDP port of the TCP port's
+number is taken (by someone else's UDP socket), before giving up."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,53 @@ def _plaintext_refused(addresses: list[tuple[str, int]], settings: ServerSetting
     return False
 
 
+def discovery_limits(settings: ServerSettings) -> RateLimits:
+    """The responder's token buckets, from the settings."""
+    from rexec.discovery.responder import RateLimits
+
+    return RateLimits(per_source_rate=settings.discovery_rate,
+                      per_source_burst=settings.discovery_burst,
+                      global_rate=settings.discovery_global_rate,
+                      global_burst=settings.discovery_global_burst)
+
+
+async def answer_probes(
+    server: Server, settings: ServerSettings, tls: bool, addresses: list[tuple[str, int]],
+) -> tuple[Responder, list[tuple[str, int]]]:
+    """A UDP responder on each address the listener bound, on the same port numbers; and the
+    addresses, new ones if port 0 had to be bound again (OSError when a port is taken)."""
+    from rexec._version import __version__
+    from rexec.discovery.responder import Responder, Status
+    from rexec.wire.frames import PROTOCOL_VERSION
+
+    started = time.monotonic()
+    name = settings.name or socket.gethostname()
+
+    def status() -> Status:
+        return Status(name=name, version=__version__, uptime=time.monotonic() - started,
+                      running=server.running_commands, load=os.getloadavg())
+
+    def keys(identity: str) -> tuple[bytes, TokenVerifier | None]:
+        return server.state.identities.discovery_key(identity)  # as the last reload left them
+
+    responder = Responder(status=status, keys=keys, protocol=PROTOCOL_VERSION, tls=tls,
+                          limits=discovery_limits(settings))
+    for attempt in range(UDP_BIND_ATTEMPTS):
+        try:
+            for host, port in addresses:
+                await responder.listen(host, port)
+        except OSError as exc:
+            responder.close()
+            if exc.errno != errno.EADDRINUSE or settings.port != 0 \
+                    or attempt == UDP_BIND_ATTEMPTS - 1:
+                raise OSError(exc.errno, f"{exc.strerror} (UDP, for discovery; discovery ="
+                                         " false turns it off)") from None
+            addresses = await server.rebind()  # another free TCP port, maybe free in UDP too
+        else:
+            break
+    return responder, addresses
+
+
 def run_server(
     settings: ServerSettings, token: str | None, tls: ssl.SSLContext | None = None,
     source: ConfigSource | None = None,
@@ -155,6 +214,56 @@ def tls_setup(settings: ServerSettings) -> ssl.SSLContext | None:
     return server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
+async def _listen(server: Server, settings: ServerSettings,
+                  tls: bool) -> tuple[list[tuple[str, int]], Responder | None]:
+    """Bind the TCP listener, and the UDP responder unless discovery is off."""
+    addresses = await server.start()
+    if not settings.discovery:
+        return addresses, None
+    responder, addresses = await answer_probes(server, settings, tls, addresses)
+    log_event(logging.INFO, "discovery", udp=[format_address(h, p) for h, p in addresses])
+    return addresses, responder
+
+
+@dataclass(eq=False)
+class _Running:
+    """What the signal handlers change: the configuration (SIGHUP), the stop (SIGTERM/INT)."""
+
+    server: Server
+    config: Configuration
+    source: ConfigSource | None
+    responder: Responder | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_hangup(self) -> None:  # on the event loop, as the others: between two callbacks
+        if self.stop.is_set():
+            log_event(logging.WARNING, "reload_failed", reason="the server is shutting down")
+        elif self.source is None:
+            log_event(logging.WARNING, "reload_failed", reason="started without a settings"
+                      " source: nothing to reload from")
+        else:
+            self.config = reload(self.server, self.config, self.source.load, tls_setup)
+            if self.responder is not None:
+                self.responder.limits = discovery_limits(self.config.settings)
+
+    def on_signal(self) -> None:  # runs on the event loop, not in a signal handler
+        if not self.stop.is_set():
+            self.stop.set()
+        elif not self.hurry.is_set():
+            log_event(logging.INFO, "shutdown_hurried", running=self.server.running_commands)
+            self.hurry.set()
+
+
+def _stop_answering(responder: Responder | None, *, quiet: bool = False) -> None:
+    """Close the UDP sockets; log what they answered and dropped (``discovery_stopped``)."""
+    if responder is None:
+        return
+    responder.close()
+    if not quiet:
+        log_event(logging.INFO, "discovery_stopped", **responder.counters)
+
+
 async def _serve(
     settings: ServerSettings, token: str | None, tls: ssl.SSLContext | None,
     source: ConfigSource | None,
@@ -179,23 +288,13 @@ async def _serve(
                     drain_grace=settings.drain_grace, keepalive=settings.keepalive,
                     tls=tls, limits=config.limits, audit=config.audit,
                     child_env=config.child_env, umask=settings.umask)
-    stop, hurry = asyncio.Event(), asyncio.Event()
-
-    def on_hangup() -> None:  # on the event loop, as the others: between two callbacks
-        nonlocal config
-        if stop.is_set():
-            log_event(logging.WARNING, "reload_failed", reason="the server is shutting down")
-        elif source is None:
-            log_event(logging.WARNING, "reload_failed", reason="started without a settings"
-                      " source: nothing to reload from")
-        else:
-            config = reload(server, config, source.load, tls_setup)
-
+    running = _Running(server, config, source)
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, on_hangup)  # before the first "listening on"
+    loop.add_signal_handler(signal.SIGHUP, running.on_hangup)  # before the first "listening on"
     try:
-        addresses = await server.start()
+        addresses, running.responder = await _listen(server, settings, tls is not None)
     except OSError as exc:
+        await server.close()
         if guardian is not None:
             guardian.close()
         config.audit.close()
@@ -203,27 +302,22 @@ async def _serve(
         print(f"rexec-server: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if _plaintext_refused(addresses, settings, tls):
+        _stop_answering(running.responder, quiet=True)
         await server.close()
         if guardian is not None:
             guardian.close()
         return 2
-    def on_signal() -> None:  # runs on the event loop, not in a signal handler
-        if not stop.is_set():
-            stop.set()
-        elif not hurry.is_set():
-            log_event(logging.INFO, "shutdown_hurried", running=server.running_commands)
-            hurry.set()
-
     # Before "listening on": a supervisor that stops the server as soon as it says it listens
     # gets the graceful shutdown, not the default action of SIGTERM (exit -15).
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal)
+        loop.add_signal_handler(signum, running.on_signal)
     for host, port in addresses:
         print(f"listening on {format_address(host, port)}", flush=True)
-    await stop.wait()
-    grace = config.settings.shutdown_grace  # as the last reload left it
+    await running.stop.wait()
+    _stop_answering(running.responder)
+    grace = running.config.settings.shutdown_grace  # as the last reload left it
     log_event(logging.INFO, "shutdown", running=server.running_commands, grace=grace)
-    await server.shutdown(grace, hurry)
+    await server.shutdown(grace, running.hurry)
     if guardian is not None:
         guardian.close()
     log_event(logging.INFO, "stopped")

@@ -45,3 +45,9 @@ AUTH_PENALTY_MAX = 3.0
 KILLED_SLACK = 5.0
 """Seconds past the kill grace the server still waits for a stopped command (its pipes, its
 leader's reaping) before it gives up on it and logs ``command_stuck``."""
+
+# UDP discovery (rexec.discovery.responder): token buckets per source and for all of them
+DISCOVERY_RATE = 50.0
+DISCOVERY_BURST = 100
+DISCOVERY_GLOBAL_RATE = 2000.0
+DISCOVERY_GLOBAL_BURST = 4000

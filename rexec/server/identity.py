@@ -205,6 +205,14 @@ class Identities:
             return "token", identity.verifier.salt
         return "token", decoy_salt(self._decoy_secret(), name or "")
 
+    def discovery_key(self, name: str) -> tuple[bytes, TokenVerifier | None]:
+        """An identity's salt and verifier for a discovery probe: a decoy salt and None for a
+        name that does not exist or has no token, so a reply reveals nothing about names."""
+        identity = self.by_name.get(name)
+        if identity is not None and identity.verifier is not None:
+            return identity.verifier.salt, identity.verifier
+        return decoy_salt(self._decoy_secret(), name), None
+
     def _decoy_secret(self) -> bytes:
         keys = sorted(i.verifier.stored_key + i.verifier.server_key
                       for i in self.by_name.values() if i.verifier is not None)

@@ -73,6 +73,14 @@ class Server:
         )
         return self.addresses
 
+    async def rebind(self) -> list[tuple[str, int]]:
+        """Close the listening sockets and bind again (with port 0: other ports), before any
+        connection has been served; return the new addresses."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        return await self.start()
+
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """Where the server listens, in the order the hosts were given (asyncio binds them

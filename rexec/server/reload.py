@@ -25,11 +25,12 @@ from rexec.server.limits import ServerLimits
 from rexec.server.listener import Server
 from rexec.server.settings import ServerSettings
 
-RESTART_NEEDED = ("host", "port", "dangerously_allow_plaintext", "kill_grace")
+RESTART_NEEDED = ("host", "port", "dangerously_allow_plaintext", "kill_grace", "discovery")
 """Settings a running server keeps until it is restarted: what it listens on (every host of a
-list: one added or removed needs a restart, a new order does not), and the kill
-grace its guardian was started with. Turning TLS on or off needs a restart too (the plaintext
-check is made when the server binds); new TLS files for a server already serving TLS do not."""
+list: one added or removed needs a restart, a new order does not), whether it answers UDP
+probes, and the kill grace its guardian was started with. Turning TLS on or off needs a
+restart too (the plaintext check is made when the server binds); new TLS files for a server
+already serving TLS do not. The discovery rate limits take effect on a reload."""
 TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
 
 Loader = Callable[[], tuple[ServerSettings, str | None]]

@@ -282,6 +282,24 @@ class ServerSettings(_Settings):
     )
     umask: Umask = Field(defaults.UMASK,
                          description="every command's umask (an identity may override)")
+    name: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="the name authenticated discovery replies give (default: the host name)")
+    discovery: bool = Field(
+        True, description="answer UDP probes (rexec ping, rexec discover) on the TCP port's"
+                          " number, on every address listened on; false binds no UDP socket")
+    discovery_rate: float = Field(
+        defaults.DISCOVERY_RATE, gt=0, le=1_000_000,
+        description="probes answered per second from one source (IPv4 address, IPv6 /64)")
+    discovery_burst: int = Field(
+        defaults.DISCOVERY_BURST, ge=1, le=1_000_000,
+        description="probes one source may send at once before its rate applies")
+    discovery_global_rate: float = Field(
+        defaults.DISCOVERY_GLOBAL_RATE, gt=0, le=10_000_000,
+        description="probes answered per second from all sources together")
+    discovery_global_burst: int = Field(
+        defaults.DISCOVERY_GLOBAL_BURST, ge=1, le=10_000_000,
+        description="probes all sources together may send at once")
 
     @field_validator("env")
     @classmethod
