@@ -164,7 +164,15 @@ def _ping(targets: list[PingTarget], count: int | None, interval: float, timeout
             finally:
                 loop.remove_signal_handler(signal.SIGINT)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except ExceptionGroup as group:  # a callback's exit (stdout closed) from inside the loop
+        found: BaseException | None = group.subgroup(typer.Exit)
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        if found is None:
+            raise
+        raise found from None
 
 
 def ping_status(results: list[HostResult]) -> int:
