@@ -363,24 +363,28 @@ def drive(group: Any, renderer: Renderer, start: Callable[[], Awaitable[Any]],
 
 
 def classify(target: str, inventory_files: list[Path] | None, config: Path | None,
-             connection: dict[str, Any] | None = None) -> tuple[str, Any]:
+             connection: dict[str, Any] | None = None, *,
+             token_required: bool = True) -> tuple[str, Any]:
     """What TARGET is: ("address", None) for one address as before, ("host", Target) for one
     inventory host (single-host mode), ("fleet", [Target, ...]) for a pattern (fleet mode,
     even when it matches one host). PatternError/InventoryError (exit 2) before anything runs.
-    ``connection``: the command line's connection flags, over every host's settings.
+    ``connection``: the command line's connection flags, over every host's settings;
+    ``token_required`` false: hosts without a token resolve too (ping, discover).
     """
     from rexec.fleet.nodeset import is_pattern
 
     if is_pattern(target):
         from rexec.fleet.inventory import Inventory
 
-        inventory = Inventory.load(inventory_files, config=config, overrides=connection)
+        inventory = Inventory.load(inventory_files, config=config, overrides=connection,
+                                   token_required=token_required)
         return "fleet", inventory.resolve(target)
     if ":" in target or (not inventory_files and not _default_inventory_exists()):
         return "address", None
     from rexec.fleet.inventory import Inventory
 
-    inventory = Inventory.load(inventory_files, config=config, overrides=connection)
+    inventory = Inventory.load(inventory_files, config=config, overrides=connection,
+                               token_required=token_required)
     if target in inventory:
         return "host", inventory.target(target)
     return "address", None

@@ -36,6 +36,8 @@ COMMANDS: Mapping[str, str] = {
     "deploy": "rexec.cli.deploy",
     "history": "rexec.cli.history",
     "hosts": "rexec.cli.hosts",
+    "ping": "rexec.cli.discovery",
+    "discover": "rexec.cli.discovery",
     "token": "rexec.cli.token",
     "tls": "rexec.cli.tls",
 }

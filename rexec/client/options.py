@@ -58,16 +58,18 @@ class ConnectOptions:
         tls_pin: str | None = None,
         tls_tofu: bool | None = None,
         identity: str | None = None,
+        token_required: bool = True,
     ) -> ConnectOptions:
         """Resolve the keywords (None: not given) over the environment and the config file.
 
-        ConfigError for a bad address (checked first), a bad config or no token anywhere.
+        ConfigError for a bad address (checked first), a bad config or no token anywhere
+        (unless ``token_required`` is false: then ``token`` may be None).
         """
         host, port = parse_address(address)
         settings, resolved_token, token_source = client_settings(
             token=token, token_file=token_file, config=config, connect_timeout=connect_timeout,
             keepalive=keepalive, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_pin=tls_pin,
-            tls_tofu=tls_tofu, identity=identity,
+            tls_tofu=tls_tofu, identity=identity, token_required=token_required,
         )
         return cls(
             address=address, host=host, port=port, token=resolved_token,

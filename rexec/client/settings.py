@@ -88,6 +88,7 @@ def client_settings(
     tls_pin: str | None = None,
     tls_tofu: bool | None = None,
     identity: str | None = None,
+    token_required: bool = True,
 ) -> tuple[ClientSettings, str | None, str]:
     """The client's merged settings, its token, and where the token came from, said without
     its value (for -v and an authentication failure): "REXEC_TOKEN", "--token-file FILE", the
@@ -95,7 +96,8 @@ def client_settings(
     be found.
 
     The arguments are the command line's (or the API caller's): they override the config file.
-    The token may be None only when a client certificate is configured (certificate identities).
+    The token may be None only when a client certificate is configured (certificate identities),
+    or when ``token_required`` is false (ping and discover, which work without one).
     """
     trusts = [flag for flag, value in (("tls_ca", tls_ca), ("tls_pin", tls_pin),
                                        ("tls_tofu", tls_tofu)) if value]
@@ -127,8 +129,9 @@ def client_settings(
     else:  # the default file is the last place: looked up only when needed
         resolved = resolve_token(settings, fallback=default_token_path())
         source = (str(default_token_path()) if resolved is not None
-                  else "no token: the client certificate alone")
-    if resolved is None and settings.tls_cert is None:
+                  else "no token: the client certificate alone" if settings.tls_cert is not None
+                  else "no token")
+    if resolved is None and settings.tls_cert is None and token_required:
         raise ConfigError(
             "no token: set REXEC_TOKEN, pass --token-file FILE, put token_file in the client"
             f" config, or copy the server's token to {default_token_path()}"

@@ -129,12 +129,13 @@ class Inventory:
     """Hosts and groups from inventory files; patterns resolve to Targets."""
 
     def __init__(self, *, config: Path | None = None,
-                 overrides: Mapping[str, Any] | None = None) -> None:
+                 overrides: Mapping[str, Any] | None = None, token_required: bool = True) -> None:
         self.paths: list[Path] = []
         self.defaults = HostSettings()
         self.hosts: dict[str, Host] = {}
         self.groups: dict[str, HostGroup] = {}
         self.config = config  # the client config ConnectOptions.resolve reads (None: default)
+        self.token_required = token_required  # false: a host may resolve without a token (ping)
         # settings given on the command line: over every host's, as ssh's options override
         # ~/.ssh/config (a way of trusting the server replaces the host's way)
         given = {key: value for key, value in (overrides or {}).items()
@@ -146,15 +147,17 @@ class Inventory:
 
     @classmethod
     def load(cls, paths: Sequence[Path] | None = None, *, config: Path | None = None,
-             overrides: Mapping[str, Any] | None = None) -> Inventory:
+             overrides: Mapping[str, Any] | None = None,
+             token_required: bool = True) -> Inventory:
         """Load the files given (later ones extend earlier ones), else the default inventory.
 
         ``overrides``: connection settings (ConnectOptions.resolve's keywords, None: not given)
         that replace every host's, as command-line flags do. InventoryError naming the file,
         table and field of anything wrong; an empty inventory when no file is given and none
-        exists where the defaults say.
+        exists where the defaults say. ``token_required`` false: hosts without a token resolve
+        (their ``options.token`` None), for the commands that work without one.
         """
-        inventory = cls(config=config, overrides=overrides)
+        inventory = cls(config=config, overrides=overrides, token_required=token_required)
         for path in paths or default_inventory_paths():
             inventory._add_file(Path(path))
         inventory._link()
@@ -243,7 +246,8 @@ class Inventory:
                 identity=settings.identity, tls_ca=settings.tls_ca,
                 tls_cert=settings.tls_cert, tls_key=settings.tls_key,
                 tls_pin=settings.tls_pin, tls_tofu=settings.tls_tofu,
-                connect_timeout=settings.connect_timeout, keepalive=settings.keepalive)
+                connect_timeout=settings.connect_timeout, keepalive=settings.keepalive,
+                token_required=self.token_required)
             if settings.token_file is not None:
                 base = dataclasses.replace(base, token_source=f"token_file {settings.token_file}")
             self._resolved[key] = base

@@ -91,7 +91,7 @@ def test_an_unknown_option_before_the_address_gets_no_dash_dash_hint() -> None:
 
 def _helps() -> list[tuple[str, ...]]:
     return [(), ("run",), ("shell",), ("put",), ("get",), ("batch",), ("deploy",), ("history",),
-            ("history", "show"), ("hosts",), ("token",),
+            ("history", "show"), ("hosts",), ("ping",), ("discover",), ("token",),
             ("token", "new"),
             ("token", "hash"), ("tls",), ("tls", "init"), ("tls", "fingerprint"),
             ("tls", "forget")]
