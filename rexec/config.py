@@ -62,6 +62,13 @@ def read_toml(path: Path, what: str = "config file",
 def read_toml_table(path: Path, table: str) -> dict[str, Any]:
     """Return one table of a TOML config file, resolving relative paths against its folder."""
     data = read_toml(path)
+    loose = sorted(key for key, value in data.items()
+                   if not isinstance(value, dict) and key not in KNOWN_TABLES)
+    if loose:
+        raise ConfigError(
+            f"config file {path}: {', '.join(loose)} outside any table: settings go under"
+            f" [{table}] (tables: {', '.join(KNOWN_TABLES)})"
+        )
     unknown = sorted(set(data) - set(KNOWN_TABLES))
     if unknown:
         raise ConfigError(

@@ -37,6 +37,11 @@ def _hmac(key: bytes, message: bytes) -> bytes:
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
+def _xor(a: bytes, b: bytes) -> bytes:
+    """Two 32-byte strings XORed (as integers: a generator over bytes is 10x slower)."""
+    return (int.from_bytes(a) ^ int.from_bytes(b)).to_bytes(32)
+
+
 def derive_keys(token: str, salt: bytes) -> tuple[bytes, bytes]:
     """(ClientKey, ServerKey) for a token and a salt."""
     salted = _hmac(token.encode(), b"rexec salted token:" + salt)
@@ -84,9 +89,11 @@ class TokenVerifier:
             proof = bytes.fromhex(proof_hex)
         except ValueError:
             return False
+        if len(proof) != 32:
+            return False
         signature = _hmac(self.stored_key, message)
-        client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=False))
-        return len(proof) == 32 and hmac.compare_digest(
+        client_key = _xor(proof, signature)
+        return hmac.compare_digest(
             hashlib.sha256(client_key).digest(), self.stored_key
         )
 
@@ -105,7 +112,7 @@ def client_proof(token: str, salt: bytes, message: bytes) -> str:
     """The proof a client sends in ``auth``: ClientKey XOR HMAC(StoredKey, message)."""
     client_key, _ = derive_keys(token, salt)
     signature = _hmac(hashlib.sha256(client_key).digest(), message)
-    return bytes(a ^ b for a, b in zip(client_key, signature, strict=True)).hex()
+    return _xor(client_key, signature).hex()
 
 
 def expected_server_proof(token: str, salt: bytes, message: bytes) -> str:

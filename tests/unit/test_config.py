@@ -97,6 +97,16 @@ def test_unknown_table_names_the_file_and_table(tmp_path: Path) -> None:
     assert "expected: server, client" in message
 
 
+def test_a_setting_outside_any_table_is_told_to_go_under_the_table(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.toml", 'name = "web01"\n[server]\nport = 1\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(ClientSettings, "server", config, environ={})
+    message = str(info.value)
+    assert str(config) in message
+    assert "name outside any table" in message
+    assert "under [server]" in message
+
+
 def test_unknown_field_names_the_file_table_and_field(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.toml", '[server]\nprot = 1\n')
     with pytest.raises(ConfigError) as info:
