@@ -25,6 +25,7 @@ from tests.e2e.test_fleet_netns import _can_use_netns, _free_subnet, _ip
 from tests.helpers import ROOT, stop_process, write_token
 
 ANSWERING = 3  # hosts 1..3 answer; host 4 runs with --no-discovery
+EVERY_ADDRESS = "0.0.0.0"  # noqa: S104 - inside a namespace of its own: broadcasts need it
 
 
 @dataclass
@@ -71,7 +72,7 @@ def broadcast_domain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Domai
             log = (folder / f"{ns}.log").open("wb")
             server = subprocess.Popen(
                 ["ip", "netns", "exec", ns, sys.executable, str(ROOT / "server.py"),
-                 "--config", str(config), "--host", "0.0.0.0", "--port", str(port),
+                 "--config", str(config), "--host", EVERY_ADDRESS, "--port", str(port),
                  "--token-file", str(token_file), "--dangerously-allow-plaintext", *flags],
                 stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
             log.close()
