@@ -54,6 +54,12 @@ Then, interleaving the contenders (A B C A B C ..., the order rotated each round
      `rexec put PATTERN` (forks 20 and 5, and an unchanged re-put) beside 20 rexec.Client.put
      under asyncio.gather (bench/fleet_client.py rexec-put); wall time, the client's peak RSS
      and how many bytes it read.
+ 11. a deploy (`--only deploy`, or `make bench-deploy`; not in the default run): a 4-step
+     plan on 100 and 500 hosts beside pyinfra and Ansible;
+ 12. UDP ping (`--only ping`, or `make bench-ping`, about a minute alone): `rexec ping -c 3`
+     of 256 loopback hosts (with and without a token) beside Debian's `fping -c 3 -q`
+     (installed with apt-get when missing), the server's CPU per 10,000 probes
+     (bench/ping_load.py), and another source's round trips during a bounded flood.
 Medians and p95 (nearest rank) over every sample; ratios are taken between medians of the
 same run. Every loop has a fixed count and every wait a deadline. Not part of the test suite.
 """
@@ -145,6 +151,8 @@ class Plan:
     fleet_put_rounds: int = 3
     deploy_hosts: tuple[int, ...] = (100, 500)  # row 11: a 4-step deploy, beside pyinfra
     deploy_rounds: int = 3
+    ping_hosts: int = 256  # row 12: rexec ping beside fping
+    ping_rounds: int = 5
 
 
 FULL = Plan("full", latency_rounds=20, latency_batch=25, fresh_rounds=20, size=GIB,
@@ -156,7 +164,7 @@ QUICK = Plan("quick", latency_rounds=6, latency_batch=15, fresh_rounds=6, size=2
              sshd_idle_connections=200, fanout=(50, 500),
              fanout_rounds=2, clients=20, sequential=20, cps_rounds=3, fleet_rounds=2,
              pty_cat_rounds=2, transfer_size=256 * MIB, transfer_rounds=2,
-             fleet_put_rounds=2, deploy_rounds=1)
+             fleet_put_rounds=2, deploy_rounds=1, ping_rounds=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,14 +417,14 @@ class Rig:
         return rexec.Client(self.plain_addr, token=self.token, connect_timeout=60)
 
 
-def start_rexec_server(rig: Rig, name: str, extra: list[str]) -> tuple[subprocess.Popen[bytes],
-                                                                       str]:
+def start_rexec_server(rig: Rig, name: str, extra: list[str], config: Path | None = None
+                       ) -> tuple[subprocess.Popen[bytes], str]:
     out = rig.tmp / f"{name}.out"
     with out.open("wb") as stdout, (rig.tmp / f"{name}.log").open("wb") as stderr:
         proc = subprocess.Popen(
             [str(BIN / "rexec-server"), "--host", "127.0.0.1", "--port", "0",
              "--token-file", str(rig.tmp / "home" / "token"),
-             "--config", str(rig.tmp / "server.toml"), *extra],
+             "--config", str(config or rig.tmp / "server.toml"), *extra],
             stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=rig.env)
     address = ""
 
@@ -1352,7 +1360,7 @@ class Fleet:
 
 
 def start_fleet_servers(rig: Rig, fleet: Fleet, stack: contextlib.ExitStack,
-                        processes: int) -> None:
+                        processes: int, config: Path | None = None) -> None:
     """rexec on every fleet address: ``processes`` servers, address i served by server
     i % processes. Each is `rexec-server --host A --host B ...` where rexec-server takes
     several --host; otherwise bench/fleet_server.py, which serves many addresses with rexec's
@@ -1361,19 +1369,19 @@ def start_fleet_servers(rig: Rig, fleet: Fleet, stack: contextlib.ExitStack,
     how = ""
     for k in range(processes):
         mine = fleet.addresses[k::processes]
-        proc, how = start_fleet_server(rig, k, mine, fleet.rexec_port)
+        proc, how = start_fleet_server(rig, k, mine, fleet.rexec_port, config)
         stack.callback(stop_process, proc, f"fleet rexec server {k}")
         fleet.servers.append(proc)
     fleet.how = (f"{processes} rexec server processes ({how}), one port,"
                  f" {len(fleet.addresses)} addresses")
 
 
-def start_fleet_server(rig: Rig, k: int, addresses: list[str], port: int
-                       ) -> tuple[subprocess.Popen[bytes], str]:
+def start_fleet_server(rig: Rig, k: int, addresses: list[str], port: int,
+                       config: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """One fleet server listening on ``addresses``: rexec-server itself when it takes several
     --host (it prints a "listening on" line for each), else bench/fleet_server.py."""
     common = ["--port", str(port), "--token-file", str(rig.tmp / "home" / "token"),
-              "--config", str(rig.tmp / "server.toml")]
+              "--config", str(config or rig.tmp / "server.toml")]
     ways = [("`rexec-server --host A --host B ...`",
              [str(BIN / "rexec-server"), *common,
               *(arg for a in addresses for arg in ("--host", a))], len(addresses)),
@@ -2517,6 +2525,260 @@ def deploy_section(row: DeployRow, plan: Plan, w: Callable[[str], None],
 
 
 # ---------------------------------------------------------------------------------------------
+# row 12: UDP ping and discovery
+
+
+PING_LOAD = Path(__file__).resolve().parent / "ping_load.py"
+PING_START = "<!-- ping row: start (bench/suite.py --only ping rewrites this part) -->"
+PING_END = "<!-- ping row: end -->"
+PING_CPU_PROBES = 10_000
+FLOOD_RATE = 40_000.0  # datagrams a second from the flooding source (what one Python sender
+FLOOD_SECONDS = 3.0  # reaches here); bounded: FLOOD_RATE x FLOOD_SECONDS datagrams in all
+FLOOD_SOURCE, PROBER_SOURCE = "127.0.0.5", "127.0.0.6"
+RTT_PROBES, RTT_INTERVAL = 60, 0.04  # 25/s: within the prober's own limit (50/s)
+
+
+@dataclass
+class PingRow:
+    series: list[Series]  # the 256-host pings, wall seconds
+    cpu: list[Series]  # server CPU seconds per 10,000 probes
+    quiet_rtt: list[float]  # seconds: a prober's round trips with no flood
+    flood_rtt: list[float]  # the same prober, during the flood
+    quiet_lost: int
+    flood_lost: int
+    flood: dict[str, Any]
+    flood_cpu: float  # the server's CPU seconds during the flood
+    kernel_drops: int  # UDP datagrams the kernel dropped meanwhile (receive buffers full)
+    how: str
+    fping: str
+
+
+def udp_rcvbuf_errors() -> int:
+    """The kernel's count of UDP datagrams dropped for a full receive buffer (all sockets)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+             if line.startswith("Udp:")]
+    return int(lines[1][lines[0].index("RcvbufErrors")])
+
+
+def ping_load(*args: str) -> dict[str, Any]:
+    _, _, out = timed_process([sys.executable, str(PING_LOAD), *args], os.environ.copy(),
+                              timeout=120, capture=True)
+    result: dict[str, Any] = json.loads(out.decode())
+    return result
+
+
+def ping_inventory(rig: Rig, fleet: Fleet, n: int, token: bool) -> Path:
+    path = rig.tmp / f"ping-inventory-{'token' if token else 'none'}.toml"
+    head = f'[defaults]\ntoken_file = "{rig.tmp / "home" / "token"}"\n\n' if token else ""
+    path.write_text(head + "".join(
+        f'[hosts.h{i}]\naddress = "{a}"\nport = {fleet.rexec_port}\n\n'
+        for i, a in enumerate(fleet.addresses[:n], 1)))
+    return path
+
+
+def fping_version() -> str:
+    if shutil.which("fping") is None:
+        return "not installed"
+    done = run_quiet(["fping", "-v"])
+    return (done.stdout + done.stderr).strip().split("\n")[0]
+
+
+def ensure_fping() -> None:
+    """Debian's fping, installed with apt-get when missing (as sshd is)."""
+    if shutil.which("fping") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        say("  installing Debian's fping (apt-get)")
+        for step in (["install"], ["update"], ["install"]):  # the lists may be stale
+            run_quiet(["apt-get", *step, *(["-y", "-q", "fping"] if step[0] == "install"
+                                          else [])], timeout=300)
+            if step[0] == "install" and shutil.which("fping"):
+                break
+
+
+def ping_checked(rig: Rig, argv: list[str], env: dict[str, str], n: int) -> None:
+    """One run of each contender, every host's 3 replies counted (not timed)."""
+    if argv[0] == "fping":
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        ok = done.stderr.count("xmt/rcv/%loss = 3/3/0%")
+    else:
+        done = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60,
+                              env=env, check=False)
+        ok = sum(1 for line in done.stdout.splitlines()
+                 if json.loads(line).get("received") == 3)
+    if ok != n:
+        raise RuntimeError(f"{argv[0]} {argv[1]}: {ok} of {n} hosts had 3 replies of 3:"
+                           f" {(done.stderr or done.stdout)[-300:]}")
+
+
+def ping_row(rig: Rig, plan: Plan, stack: contextlib.ExitStack) -> PingRow:  # noqa: PLR0915
+    n = plan.ping_hosts
+    say(f"[12] ping: {n} loopback hosts x 3 probes, one cold client process per run, beside"
+        " fping -c 3; the server's CPU per 10,000 probes; reply times under a flood")
+    ensure_fping()
+    fleet = Fleet(fleet_addresses(n))
+    per_process = math.ceil(n / plan.fleet_servers)
+    # A real host sees 3 probes from a client; one of these processes serves n / 2 hosts, all
+    # probed from 127.0.0.1: its per-source limit is what that many hosts would allow.
+    base = (rig.tmp / "server.toml").read_text()
+    fleet_config = rig.tmp / "ping-fleet.toml"
+    fleet_config.write_text(base + f"discovery_rate = {50.0 * per_process}\n"
+                                   f"discovery_burst = {100 * per_process}\n")
+    start_fleet_servers(rig, fleet, stack, plan.fleet_servers, fleet_config)
+    empty_home = rig.tmp / "ping-home-none"
+    empty_home.mkdir(exist_ok=True)
+    no_token_env = {**rig.env, "REXEC_HOME": str(empty_home)}
+    pattern = f"h[1-{n}]"
+    rexec_ping = [str(BIN / "rexec"), "ping", "-q", "-c", "3", pattern, "--inventory"]
+    addresses = fleet.addresses[:n]
+    runs = [
+        ("rexec ping -c 3 (authenticated: the inventory's token)", "rexec auth",
+         [*rexec_ping, str(ping_inventory(rig, fleet, n, True))], rig.env),
+        ("rexec ping -c 3 (no token)", "rexec anon",
+         [*rexec_ping, str(ping_inventory(rig, fleet, n, False))], no_token_env),
+    ]
+    if shutil.which("fping"):
+        runs += [("fping -c 3 -q (its defaults: -i 10 ms between any two probes, -p 1000 ms)",
+                  "fping", ["fping", "-c", "3", "-q", *addresses], rig.env),
+                 ("fping -c 3 -q -i 1 (1 ms between probes: rexec's rate, 1,000/s)",
+                  "fping -i1", ["fping", "-c", "3", "-q", "-i", "1", *addresses], rig.env)]
+    contenders: list[tuple[Series, Batch]] = []
+    for name, short, argv, env in runs:
+        series = Series(f"{name}, {n} hosts", short=short)
+        try:
+            ping_checked(rig, argv, env, n)
+        except Exception as exc:
+            series.fail(f"check: {exc}")
+
+        def batch(k: int, argv: list[str] = argv, env: dict[str, str] = env) -> list[float]:
+            return [timed_process(argv, env)[0] for _ in range(k)]
+
+        contenders.append((series, batch))
+    measure_rounds(contenders, plan.ping_rounds, 1)
+    for proc in fleet.servers:
+        stop_process(proc, "fleet rexec server")
+
+    # server CPU per 10,000 probes, every one answered (limits out of the way)...
+    fast = rig.tmp / "ping-fast.toml"
+    fast.write_text(base + "discovery_rate = 1000000.0\ndiscovery_burst = 1000000\n"
+                           "discovery_global_rate = 1000000.0\n"
+                           "discovery_global_burst = 1000000\n")
+    server, address = start_rexec_server(rig, "ping-fast", [], fast)
+    stack.callback(stop_process, server, "rexec server (ping, no limits)")
+    cpu = [Series("answered, unauthenticated probes"), Series("answered, authenticated probes")]
+    token = ["--token-file", str(rig.tmp / "home" / "token")]
+    ping_load("answer", address, "1000")  # warm-up
+    for _ in range(plan.ping_rounds):
+        for series, extra in ((cpu[0], []), (cpu[1], token)):
+            before = proc_cpu(server.pid)
+            got = ping_load("answer", address, str(PING_CPU_PROBES), *extra)
+            if got["received"] != PING_CPU_PROBES:
+                series.fail(f"{got['received']} of {PING_CPU_PROBES} answered")
+                continue
+            series.values.append(proc_cpu(server.pid) - before)
+    stop_process(server, "rexec server (ping, no limits)")
+
+    # ...and with the default limits: a flood from one source, another source's round trips
+    server, address = start_rexec_server(rig, "ping-default", [])
+    stack.callback(stop_process, server, "rexec server (ping, default limits)")
+    ping_load("rtt", address, "--count", "20", "--interval", "0.01")  # warm-up
+    quiet = ping_load("rtt", address, "--count", str(RTT_PROBES), "--interval",
+                      str(RTT_INTERVAL), "--source", PROBER_SOURCE)
+    before, drops = proc_cpu(server.pid), udp_rcvbuf_errors()
+    flooding = subprocess.Popen(
+        [sys.executable, str(PING_LOAD), "flood", address, "--source", FLOOD_SOURCE,
+         "--rate", str(FLOOD_RATE), "--seconds", str(FLOOD_SECONDS)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        loud = ping_load("rtt", address, "--count", str(RTT_PROBES), "--interval",
+                         str(RTT_INTERVAL), "--source", PROBER_SOURCE)
+        out, err = flooding.communicate(timeout=FLOOD_SECONDS + 30)
+    finally:
+        stop_process(flooding, "flood", signal.SIGKILL)
+    flood_cpu, kernel_drops = proc_cpu(server.pid) - before, udp_rcvbuf_errors() - drops
+    if flooding.returncode != 0:
+        raise RuntimeError(f"the flood failed: {err.decode(errors='replace')[-300:]}")
+    flood = json.loads(out.decode())
+    stop_process(server, "rexec server (ping, default limits)")
+    how = (f"{plan.fleet_servers} rexec server processes of {per_process} addresses each, one"
+           " port, their per-source discovery limit raised to that of as many hosts (50 x"
+           f" {per_process} probes/s, burst 100 x {per_process}): a real host sees 3 probes"
+           " from a client, these see all their addresses' probes from 127.0.0.1")
+    return PingRow([s for s, _ in contenders], cpu, quiet["rtts"], loud["rtts"],
+                   quiet["lost"], loud["lost"], flood, flood_cpu, kernel_drops, how,
+                   fping_version())
+
+
+def ping_section(row: PingRow, plan: Plan, w: Callable[[str], None],
+                 target: Callable[..., None], targets: list[tuple[str, str, str]]) -> None:
+    """Table 12 (`--only ping` rewrites it alone)."""
+    n = plan.ping_hosts
+    w(PING_START)
+    w("## 12. UDP ping: rexec ping beside fping")
+    w("")
+    w(f"Every host of {n} (loopback addresses 127.0.1.1 up) probed 3 times, 1 s apart, by one"
+      f" cold client process, timed whole, {plan.ping_rounds} interleaved rounds after a"
+      f" warm-up: {row.how}. Every contender was first run once with every host's 3 replies"
+      f" counted. fping ({row.fping}) sends ICMP echo, which the kernel answers; rexec's"
+      " probes are answered by rexec-server, in Python.")
+    w("")
+    w("| contender | median s | p95 s | n | vs rexec ping (authenticated) |")
+    w("| --- | ---: | ---: | ---: | ---: |")
+    base = row.series[0].median
+    for s in row.series:
+        w(f"| {s.name} | {fnum(s.median, 3)} | {fnum(s.p95, 3)} | {len(s.values)} |"
+          f" {fx(ratio(s.median, base))} |")
+    w("")
+    for line in errors_note([*row.series, *row.cpu]):
+        w(line)
+    w("")
+    w(f"The server's CPU (user + system, its /proc counters) per {PING_CPU_PROBES:,} probes"
+      " of 512 bytes from bench/ping_load.py, at most 32 unanswered at once, every one"
+      f" answered (limits raised out of the way), {plan.ping_rounds} rounds:")
+    w("")
+    w("| probes | median CPU s | p95 CPU s | per probe µs |")
+    w("| --- | ---: | ---: | ---: |")
+    for s in row.cpu:
+        w(f"| {s.name} | {fnum(s.median, 3)} | {fnum(s.p95, 3)} |"
+          f" {fnum(s.median / PING_CPU_PROBES * 1e6, 0)} |")
+    w("")
+    sent, answered = row.flood["sent"], row.flood["answered"]
+    rate = sent / row.flood["seconds"] if row.flood["seconds"] else math.nan
+    w(f"Under a flood, default limits (per source 50/s, burst 100; all sources 2,000/s, burst"
+      f" 4,000): {FLOOD_SOURCE} sent {sent:,} probes in {row.flood['seconds']:.1f} s"
+      f" ({rate:,.0f}/s) and got {answered:,} replies; the server spent"
+      f" {row.flood_cpu:.2f} s of CPU meanwhile ({fnum(row.flood_cpu / sent * 1e6, 1)} µs"
+      f" a datagram); the kernel dropped {row.kernel_drops:,} datagrams for a full receive"
+      f" buffer (every UDP socket of the machine counted). Meanwhile {PROBER_SOURCE} sent"
+      f" {RTT_PROBES} probes"
+      f" {RTT_INTERVAL * 1000:.0f} ms apart, as it had before the flood:")
+    w("")
+    w("| the other source's probes | answered | median RTT ms | p95 RTT ms | max RTT ms |")
+    w("| --- | ---: | ---: | ---: | ---: |")
+    for label, rtts, lost in (("no flood", row.quiet_rtt, row.quiet_lost),
+                              ("during the flood", row.flood_rtt, row.flood_lost)):
+        w(f"| {label} | {len(rtts)} of {len(rtts) + lost} |"
+          f" {fnum(median(rtts) * 1e3, 3)} | {fnum(percentile(rtts, 95) * 1e3, 3)} |"
+          f" {fnum(max(rtts, default=math.nan) * 1e3, 3)} |")
+    w("")
+    mine = row.series[0].median
+    fping = find(row.series, "fping -c 3 -q (its defaults").median
+    fping1 = find(row.series, "fping -c 3 -q -i 1").median
+    target(f"ping: {n} hosts x 3 probes under 3 s", mine, 3.0,
+           f"{fnum(mine, 3)} s (fping at its defaults {fnum(fping, 3)} s, with -i 1"
+           f" {fnum(fping1, 3)} s)")
+    allowed = 100 + 50 * (row.flood["seconds"] + 1)
+    target("ping: a flood from one source leaves another answered", float(row.flood_lost), 0.0,
+           f"{len(row.flood_rtt)} of {RTT_PROBES} answered during the flood; the flood got"
+           f" {answered:,} replies of {sent:,} (its bucket allows {allowed:,.0f})")
+    w("| target | measured | verdict |")
+    w("| --- | --- | --- |")
+    for name, text, verdict in targets[-2:]:
+        w(f"| {name} | {text} | {verdict} |")
+    w("")
+    w(PING_END)
+
+
+# ---------------------------------------------------------------------------------------------
 # the report
 
 
@@ -2536,6 +2798,7 @@ class Results:
     transfer: TransferRow | None = None
     fleet_put: FleetPutRow | None = None
     deploy: DeployRow | None = None
+    ping: PingRow | None = None
 
 
 def find(series: list[Series], prefix: str) -> Series:
@@ -3057,6 +3320,9 @@ def report(res: Results, rig: Rig,  # noqa: PLR0912, PLR0915 (one page, top to b
     if res.deploy:
         deploy_section(res.deploy, plan, w, target, targets)
         w("")
+    if res.ping:
+        ping_section(res.ping, plan, w, target, targets)
+        w("")
 
     w("## The issue's targets (ratios from this run)")
     w("")
@@ -3118,10 +3384,11 @@ def main() -> int:  # noqa: PLR0912, PLR0915
                         help="a short run (2-3 minutes): fewer rounds, smaller streams")
     parser.add_argument("--size", type=int, default=None,
                         help="bytes streamed in row 3 (default 1 GiB, 256 MiB with --quick)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,12",
                         help="rows to run, e.g. 1,3; 7 or fleet: the fleet fan-out, 8 or pty:"
                              " the PTY session, 9 or transfer: file transfer, 10 or"
-                             " fleet-put: a fleet put, 11 or deploy: a deploy beside pyinfra"
+                             " fleet-put: a fleet put, 11 or deploy: a deploy beside pyinfra,"
+                             " 12 or ping: rexec ping beside fping"
                              " (these alone rewrite only their own"
                              " sections of --output)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md",
@@ -3132,11 +3399,12 @@ def main() -> int:  # noqa: PLR0912, PLR0915
         if args.size <= 0:
             parser.error("--size must be positive")
         plan = dataclasses.replace(plan, size=args.size)
-    names = {"fleet": 7, "pty": 8, "transfer": 9, "fleet-put": 10, "deploy": 11}
+    names = {"fleet": 7, "pty": 8, "transfer": 9, "fleet-put": 10, "deploy": 11, "ping": 12}
     try:
         rows = {names.get(x.strip()) or int(x) for x in args.only.split(",") if x.strip()}
     except ValueError:
-        parser.error(f"--only: row numbers 1-11, fleet, pty, transfer, fleet-put or deploy, not"
+        parser.error(f"--only: row numbers 1-12, fleet, pty, transfer, fleet-put, deploy or ping,"
+                     " not"
                      f" {args.only!r}")
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
@@ -3196,6 +3464,8 @@ def main() -> int:  # noqa: PLR0912, PLR0915
             res.fleet_put = fleet_put_row(rig, plan, stack)
         if 11 in rows:
             res.deploy = deploy_row(rig, plan, stack)
+        if 12 in rows:
+            res.ping = ping_row(rig, plan, stack)
         info["load"] = (f"{load_start[0]:.2f} before the run, {os.getloadavg()[0]:.2f} at its"
                         " end (1-minute load average of the whole machine, the suite's own"
                         " processes included)")
@@ -3208,7 +3478,7 @@ def main() -> int:  # noqa: PLR0912, PLR0915
         args.output.parent.mkdir(parents=True, exist_ok=True)
         sections = {7: (FLEET_START, FLEET_END), 8: (PTY_START, PTY_END),
                     9: (TRANSFER_START, TRANSFER_END), 10: (FLEET_PUT_START, FLEET_PUT_END),
-                    11: (DEPLOY_START, DEPLOY_END)}
+                    11: (DEPLOY_START, DEPLOY_END), 12: (PING_START, PING_END)}
         if rows <= sections.keys() and args.output.exists():  # the other tables stay
             existing = args.output.read_text()
             for row in sorted(rows):
