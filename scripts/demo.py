@@ -73,7 +73,7 @@ def free_port(hosts: list[str]) -> int:
 
 def fleet_demo(home: Path, env: dict[str, str]) -> int:
     """One rexec-server serving four loopback addresses, an inventory of five hosts (one of
-    them down), a fan-out gathered with -b, and a batch."""
+    them down), a fan-out gathered with -b, a batch, a ping and a discover."""
     port = free_port([*FLEET, DOWN])
     hosts = [arg for host in FLEET for arg in ("--host", host)]
     print(f"\n--- a fleet: one server process on {len(FLEET)} addresses, port {port} ---")
@@ -125,6 +125,13 @@ hosts = ["web[1-5]"]
              [rexec, "batch", "web[1-4]", str(batch)], env)
         show("-k/--keep-going runs the rest; one host, no prefixes",
              [rexec, "batch", "-k", "web1", str(batch)], env)
+        show("rexec ping: UDP probes, answered by the server on its TCP port's number",
+             [rexec, "ping", "-c", "3", "-i", "0.2", "web1"], env)
+        show("a pattern: one summary line a host, as fping -c; web5 is down (exit 1)",
+             [rexec, "ping", "-c", "2", "-i", "0.2", "@web"], env)
+        show("rexec discover: every server answering in a network (with the token, their"
+             " names)", [rexec, "discover", "127.0.0.0/29", "--port", str(port),
+                         "--timeout", "1"], env)
         deploy_demo(home, env)
     finally:
         server.terminate()

@@ -332,9 +332,12 @@ class Pinger:
         if plan.on_resolved is not None:
             plan.on_resolved(result)
         if peer.credentials.identity is not None:  # the salt, in an uncounted warm-up probe
+            # One try, a third of the timeout: a host that is down costs that, not a whole
+            # timeout more; if it is lost, the counted probes name the identity until a reply
+            # gives the salt (their replies say auth=no until then).
             with contextlib.suppress(OSError):
                 answer = await self._exchange(peer, plan.timeout / 3,
-                                              time.monotonic() + plan.timeout)
+                                              time.monotonic() + plan.timeout / 3)
                 if answer is not None:
                     peer.credentials.judge(answer.probe, answer.reply)
         start = time.monotonic()
