@@ -75,12 +75,32 @@ def _stdin_fd() -> int | None:
     return None if os.isatty(0) else 0
 
 
+STDOUT_PIPE_SIZE = 1 << 20
+"""Bytes asked of the kernel for a stdout that is a pipe (Linux's default is 64 KiB): a
+256 KiB body then goes in one write, not four with the reader woken between them."""
+
+
+def _grow_pipe(fd: int) -> None:
+    """Grow ``fd``'s pipe to STDOUT_PIPE_SIZE when it is one (best effort: an unprivileged
+    user past fs.pipe-max-size or its pipe quota keeps the pipe as it is)."""
+    import fcntl
+    import stat
+
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and \
+                fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < STDOUT_PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STDOUT_PIPE_SIZE)
+    except OSError:
+        pass
+
+
 class _Outputs:
     """Writes remote output to local stdout/stderr; a closed stdout cancels the command."""
 
     def __init__(self, cancel: Any) -> None:
         self.cancel = cancel
         self.broken_pipe = False
+        _grow_pipe(1)
 
     def stdout(self, data: bytes | memoryview) -> None:
         if self.broken_pipe:
