@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_fleet_netns import _can_use_netns, _free_subnet, _ip
 from tests.helpers import ROOT, stop_process, write_token
+from tests.netns import free_subnet, ip, netns_unavailable
 
 ANSWERING = 3  # hosts 1..3 answer; host 4 runs with --no-discovery
 EVERY_ADDRESS = "0.0.0.0"  # noqa: S104 - inside a namespace of its own: broadcasts need it
@@ -38,34 +38,34 @@ class Domain:
 
 @pytest.fixture(scope="module")
 def broadcast_domain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Domain]:
-    why = _can_use_netns()
+    why = netns_unavailable()
     if why is not None:
         pytest.skip(why)
     folder = tmp_path_factory.mktemp("netns-broadcast")
     token_file = write_token(folder / "token")
-    x, tag = _free_subnet(), os.getpid() % 100000
+    x, tag = free_subnet(), os.getpid() % 100000
     port = 20000 + os.getpid() % 20000  # each namespace is a fresh stack: the port is free
     bridge = f"rxb{tag}"
     namespaces: list[str] = []
     links: list[str] = []
     servers: list[subprocess.Popen[bytes]] = []
     try:
-        _ip("link", "add", bridge, "type", "bridge")
-        _ip("addr", "add", f"10.{x}.0.1/24", "brd", f"10.{x}.0.255", "dev", bridge)
-        _ip("link", "set", bridge, "up")
+        ip("link", "add", bridge, "type", "bridge")
+        ip("addr", "add", f"10.{x}.0.1/24", "brd", f"10.{x}.0.255", "dev", bridge)
+        ip("link", "set", bridge, "up")
         for k in range(1, ANSWERING + 2):
             ns, link, peer = f"rexec-b{tag}-{k}", f"rx{tag}b{k}", f"rx{tag}p{k}"
             namespaces.append(ns)
-            _ip("netns", "add", ns)
-            _ip("link", "add", link, "type", "veth", "peer", "name", peer)
+            ip("netns", "add", ns)
+            ip("link", "add", link, "type", "veth", "peer", "name", peer)
             links.append(link)
-            _ip("link", "set", link, "master", bridge)
-            _ip("link", "set", link, "up")
-            _ip("link", "set", peer, "netns", ns)
-            _ip("-n", ns, "addr", "add", f"10.{x}.0.{k + 1}/24", "brd", f"10.{x}.0.255",
+            ip("link", "set", link, "master", bridge)
+            ip("link", "set", link, "up")
+            ip("link", "set", peer, "netns", ns)
+            ip("-n", ns, "addr", "add", f"10.{x}.0.{k + 1}/24", "brd", f"10.{x}.0.255",
                 "dev", peer)
-            _ip("-n", ns, "link", "set", peer, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "link", "set", peer, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
             config = folder / f"server{k}.toml"
             config.write_text(f'[server]\nname = "node{k}"\n')
             flags = ["--no-discovery"] if k > ANSWERING else []
@@ -87,10 +87,10 @@ def broadcast_domain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Domai
         for server in servers:
             stop_process(server, 10)
         for link in links:
-            _ip("link", "del", link, check=False)
+            ip("link", "del", link, check=False)
         for ns in namespaces:
-            _ip("netns", "del", ns, check=False)
-        _ip("link", "del", bridge, check=False)
+            ip("netns", "del", ns, check=False)
+        ip("link", "del", bridge, check=False)
 
 
 def _discover(domain: Domain, *flags: str) -> subprocess.CompletedProcess[bytes]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,37 +22,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, stop_process, write_token
+from tests.netns import free_subnet, ip, netns_unavailable
 
 COUNT = 3
 KEEPALIVE = 2  # seconds: a dead host is given up after about 2 + 3 * 1 s
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20,
-                          check=check)
-
-
-def _can_use_netns() -> str | None:
-    """Why these tests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (ip netns)"
-    if shutil.which("ip") is None:
-        return "needs iproute2's ip"
-    probe = f"rexec-probe-{os.getpid()}"
-    if _ip("netns", "add", probe, check=False).returncode != 0:
-        return "ip netns add is not permitted here"
-    _ip("netns", "del", probe, check=False)
-    return None
-
-
-def _free_subnet() -> int:
-    """A second octet X such that no address of this machine is in 10.X.0.0/16."""
-    used = _ip("-4", "-o", "addr").stdout + _ip("-4", "route").stdout
-    for x in [*range(200 + os.getpid() % 40, 240), *range(200, 240)]:
-        if f" 10.{x}." not in used and f"\n10.{x}." not in used and not used.startswith(
-                f"10.{x}."):
-            return x
-    pytest.skip("no free 10.X.0.0/16 for the namespaces")
 
 
 @dataclass
@@ -68,14 +40,14 @@ class NsHost:
 
 @pytest.fixture(scope="module")
 def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[NsHost], Path]]:
-    why = _can_use_netns()
+    why = netns_unavailable()
     if why is not None:
         pytest.skip(why)
     import trustme
 
     folder = tmp_path_factory.mktemp("netns")
     token_file = write_token(folder / "token")
-    x, tag = _free_subnet(), os.getpid() % 100000
+    x, tag = free_subnet(), os.getpid() % 100000
     # off loopback, the server wants TLS: one certificate for the three addresses
     ca = trustme.CA()
     cert = ca.issue_cert(*(f"10.{x}.{k}.2" for k in range(1, COUNT + 1)))
@@ -91,14 +63,14 @@ def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list
             ns, link, peer = f"rexec-{tag}-{k}", f"rx{tag}h{k}", f"rx{tag}n{k}"
             namespaces.append(ns)
             near, far = f"10.{x}.{k}.1", f"10.{x}.{k}.2"
-            _ip("netns", "add", ns)
-            _ip("link", "add", link, "type", "veth", "peer", "name", peer)
-            _ip("link", "set", peer, "netns", ns)
-            _ip("addr", "add", f"{near}/30", "dev", link)
-            _ip("link", "set", link, "up")
-            _ip("-n", ns, "addr", "add", f"{far}/30", "dev", peer)
-            _ip("-n", ns, "link", "set", peer, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
+            ip("netns", "add", ns)
+            ip("link", "add", link, "type", "veth", "peer", "name", peer)
+            ip("link", "set", peer, "netns", ns)
+            ip("addr", "add", f"{near}/30", "dev", link)
+            ip("link", "set", link, "up")
+            ip("-n", ns, "addr", "add", f"{far}/30", "dev", peer)
+            ip("-n", ns, "link", "set", peer, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
             log = (folder / f"{ns}.log").open("wb")
             server = subprocess.Popen(
                 ["ip", "netns", "exec", ns, sys.executable, str(ROOT / "server.py"),
@@ -125,8 +97,8 @@ def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list
         for host in hosts:
             stop_process(host.server, 10)
         for k, ns in enumerate(namespaces, 1):
-            _ip("link", "del", f"rx{tag}h{k}", check=False)
-            _ip("netns", "del", ns, check=False)
+            ip("link", "del", f"rx{tag}h{k}", check=False)
+            ip("netns", "del", ns, check=False)
 
 
 def _rexec(inventory: Path, *args: str) -> list[str]:
@@ -151,7 +123,7 @@ def test_a_host_whose_link_is_cut_mid_run_is_unreachable_with_its_output_kept(
             started.add(line.split(":")[0])
         assert started == {"ns1", "ns2", "ns3"}
         cut = time.monotonic()
-        _ip("link", "del", hosts[2].link)
+        ip("link", "del", hosts[2].link)
         out, err = proc.communicate(timeout=30)
         took = time.monotonic() - cut
     finally:
@@ -172,8 +144,8 @@ def test_a_host_whose_link_is_cut_mid_run_is_unreachable_with_its_output_kept(
 def test_a_host_whose_link_is_gone_before_the_run_is_unreachable_at_once(
         netns_hosts: tuple[list[NsHost], Path]) -> None:
     hosts, inventory = netns_hosts
-    if _ip("link", "show", hosts[2].link, check=False).returncode == 0:
-        _ip("link", "del", hosts[2].link)  # when run alone
+    if ip("link", "show", hosts[2].link, check=False).returncode == 0:
+        ip("link", "del", hosts[2].link)  # when run alone
     started = time.monotonic()
     done = subprocess.run(_rexec(inventory, "-n", "--json", "ns[1-3]", "--", "echo $((6*7))"),
                           capture_output=True, timeout=30, cwd=ROOT, check=False)
