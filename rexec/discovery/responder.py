@@ -49,9 +49,9 @@ MAX_NONCES = 100_000
 answers new authenticated probes as unauthenticated ones until it drains (``nonces_full``)."""
 LOG_INTERVAL = 10.0
 READ_BATCH = 64
+"""Datagrams read at most per wake-up of the event loop (then the other work gets its turn)."""
 SOCKET_BUFFER = 4 << 20
 """Bytes of datagrams the kernel may hold for a responder's socket (about 3,000 probes)."""
-"""Datagrams read at most per wake-up of the event loop (then the other work gets its turn)."""
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ class Responder:
         _grow_receive_buffer(sock)
         # The socket is read by hand, not through an asyncio transport: up to READ_BATCH
         # datagrams a wake-up, into one buffer, so a flood costs a recvfrom each, not an
-        # event-loop turn each (2.5x the datagrams a second before the kernel drops them).
+        # event-loop turn each (in make bench-ping, 14 us of CPU a dropped datagram, not 74).
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable, sock, port)
         self._sockets.append(sock)
