@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -456,3 +457,21 @@ def start_many_servers(count: int, first: int = 2, token: str = TOKEN,
         reap(proc)
         raise RuntimeError(f"the servers did not start: {addresses}")
     return ManyServers(proc, addresses)
+
+
+def port_free_on(addresses: list[str]) -> int:
+    """A port free for TCP and for UDP (a server answers probes on its TCP port's number) on
+    every one of ``addresses``."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((addresses[0], 0))
+            port: int = probe.getsockname()[1]
+        try:
+            for host in addresses:
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    with socket.socket(socket.AF_INET, kind) as sock:
+                        sock.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port free on every loopback address")

@@ -18,7 +18,6 @@ import pty
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from tests.helpers import (
     ROOT,
     ServerProcess,
     pids_in_group,
+    port_free_on,
     reap,
     run_cli,
     start_server,
@@ -65,26 +65,10 @@ class Fleet:
                 str(self.inventory), *rest]
 
 
-def free_port() -> int:
-    """A port free on every address of the fleet (and on DOWN)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((ADDRESSES[0], 0))
-            port = probe.getsockname()[1]
-        try:
-            for host in [*ADDRESSES[1:], DOWN]:
-                with socket.socket() as sock:
-                    sock.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no port free on every loopback address")
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     folder = tmp_path_factory.mktemp("fleet")
-    port = free_port()
+    port = port_free_on([*ADDRESSES, DOWN])
     servers: list[ServerProcess] = []
     try:
         for n, (start, end) in enumerate(itertools.pairwise(SPLITS)):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rexec._version import __version__
-from tests.helpers import ServerProcess, run_cli, start_server, write_token
+from tests.helpers import ServerProcess, port_free_on, run_cli, start_server, write_token
 
 UP = [f"127.0.0.{120 + i}" for i in range(19)]
 DOWN = "127.0.0.139"
@@ -38,27 +37,10 @@ class Servers:
         return run_cli(command, "--inventory", str(self.inventory), *args, timeout=60)
 
 
-def free_port() -> int:
-    """A port free for TCP and UDP on every address used here."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((UP[0], 0))
-            port = probe.getsockname()[1]
-        try:
-            for host, kind in itertools.product([*UP, DOWN],
-                                                (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
-                with socket.socket(socket.AF_INET, kind) as sock:
-                    sock.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no port free on every loopback address")
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     folder = tmp_path_factory.mktemp("ping")
-    port = free_port()
+    port = port_free_on([*UP, DOWN])
     processes: list[ServerProcess] = []
     try:
         for n, (start, end) in enumerate(itertools.pairwise(SPLITS)):
