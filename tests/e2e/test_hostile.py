@@ -447,8 +447,9 @@ def test_recorded_session_replayed_is_refused(hostile_server, tmp_path, pace):
 
 
 def test_wrong_tokens_in_a_row_are_refused_then_the_right_one_works(tmp_path):
-    # The penalty capped at 1 s (3 s by default) keeps 25 attempts in a row under half a minute.
-    srv = start_server(tmp_path, "--config", str(server_config(tmp_path, "auth_penalty_max = 1")))
+    # The penalty capped at 0.2 s (3 s by default) keeps 25 attempts in a row to a few seconds.
+    srv = start_server(tmp_path, "--config",
+                       str(server_config(tmp_path, "auth_penalty_max = 0.2")))
     try:
         with hostile(srv, tmp_path) as case:
             for attempt in range(25):
