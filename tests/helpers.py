@@ -284,6 +284,9 @@ class ScriptedChild:
     def stdin_open(self) -> bool:
         return self._stdin_open
 
+    def pipe_output(self, stream_no: int) -> None:
+        return None  # scripted output is read and sent, never spliced
+
     async def read_into(self, stream_no: int, buffer: bytearray,
                         quiet_after_exit: float | None = None) -> int:
         while True:

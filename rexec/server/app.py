@@ -286,6 +286,7 @@ async def _serve(
                     runner=Runner(settings.kill_grace, guardian),
                     handshake_timeout=settings.handshake_timeout,
                     drain_grace=settings.drain_grace, keepalive=settings.keepalive,
+                    splice=settings.splice,
                     tls=tls, limits=config.limits, audit=config.audit,
                     child_env=config.child_env, umask=settings.umask)
     running = _Running(server, config, source)

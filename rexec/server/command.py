@@ -22,7 +22,7 @@ from typing import Any, Protocol, cast
 
 from rexec.errors import ConnectionLost, ProtocolError
 from rexec.server.admission import Plan
-from rexec.server.exec.child import Child, ExitStatus
+from rexec.server.exec.child import Child, ExitStatus, PipeOutput
 from rexec.server.exec.runner import describe_spawn_error
 from rexec.server.identity import Identity
 from rexec.server.state import ServerState
@@ -40,6 +40,8 @@ from rexec.wire.frames import (
 )
 
 CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
+SPLICE_BODY = 1024 * 1024
+"""The most one spliced data frame carries (the bytes waiting in the pipe, up to this)."""
 
 
 @dataclass
@@ -151,11 +153,21 @@ class Link(Protocol):
 
     lost: bool  # the client is gone, or the connection closed by a fatal error
 
+    @property
+    def splices(self) -> bool:
+        """Whether output pipes may be spliced into the connection (plaintext, Linux)."""
+
     def send(self, header: Header, body: bytes | memoryview = b"") -> None:
         """Queue a frame (ConnectionLost or ProtocolError once the connection is closing)."""
 
     async def drain(self) -> None:
         """Wait until the queued frames are written (backpressure)."""
+
+    def can_splice(self) -> bool:
+        """Whether a frame's body may be spliced from a pipe now (nothing queued ahead)."""
+
+    async def send_spliced(self, header: Header, pipe: int, size: int) -> None:
+        """Send a frame whose body is the next ``size`` bytes waiting in ``pipe``."""
 
     def may_send_credit(self) -> bool:
         """Whether a stdin credit may be sent now."""
@@ -298,6 +310,61 @@ class RunningCommand:
 
         Past the command's output budget the rest is read and dropped, and the group stopped.
         """
+        pipe = self.child.pipe_output(stream_no) if self.link.splices else None
+        if pipe is not None:
+            return await self._splice(stream_no, pipe)
+        return await self._copy(stream_no)
+
+    async def _splice(self, stream_no: int, pipe: PipeOutput) -> int:
+        """``_pump`` for a pipe over plaintext: each frame announces the bytes waiting in the
+        pipe, and its body goes from the pipe to the socket in the kernel (``os.splice``).
+
+        When the connection has frames queued ahead (the client reads slower than the
+        command writes), the waiting bytes are read and sent as ``_copy`` sends them; so
+        are bytes past the budget read and dropped, and bytes for a client that is gone.
+        """
+        child, command, link = self.child, self.command, self.link
+        kind = Stdout if stream_no == 1 else Stderr
+        buffer: bytearray | None = None
+        view = memoryview(b"")
+        sent = 0
+        try:
+            while (waiting := await pipe.ready(self.state.drain_grace)) > 0:
+                if not link.lost and link.can_splice():
+                    size = min(waiting, SPLICE_BODY)
+                    allowed = command.spend(size)
+                    if allowed < size and child.exceeded is None:
+                        child.exceed("max_output")
+                    if allowed:  # (the rest of ``size``, if any, is dropped below next time)
+                        sent += allowed
+                        try:
+                            await link.send_spliced(kind(size=allowed), pipe.fd, allowed)
+                        except (ConnectionLost, ProtocolError):
+                            link.connection_lost()  # the body's rest is drained below
+                        continue
+                if buffer is None:
+                    buffer = self.state.take_buffer()
+                    view = memoryview(buffer)
+                count = pipe.take(view)
+                allowed = command.spend(count)
+                if allowed < count and child.exceeded is None:
+                    child.exceed("max_output")
+                if link.lost or not allowed:
+                    continue  # keep draining so the child is never stuck on a full pipe
+                sent += allowed
+                try:
+                    link.send(kind(size=allowed), view[:allowed])
+                    await link.drain()
+                except (ConnectionLost, ProtocolError):
+                    link.connection_lost()
+        finally:
+            view.release()
+            if buffer is not None:
+                self.state.give_buffer(buffer)
+        return sent
+
+    async def _copy(self, stream_no: int) -> int:
+        """``_pump`` through a buffer: each chunk read from the child is sent from it."""
         child, command, link = self.child, self.command, self.link
         kind = Stdout if stream_no == 1 else Stderr
         buffer = self.state.take_buffer()

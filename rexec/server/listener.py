@@ -48,6 +48,7 @@ class Server:
         handshake_timeout: float = defaults.HANDSHAKE_TIMEOUT,
         drain_grace: float = defaults.DRAIN_GRACE,
         keepalive: float = KEEPALIVE,
+        splice: bool = True,
         tls: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
         audit: AuditLog | None = None,
@@ -62,6 +63,7 @@ class Server:
         self.host = host
         self.port = port
         self.keepalive = keepalive
+        self.splice = splice  # command output spliced from pipes into plaintext sockets
         self.sessions: set[Session] = set()
         self._server: asyncio.Server | None = None
 
@@ -167,7 +169,8 @@ class Server:
                 waiter.cancel()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stream = FramedStream(reader, writer, Role.SERVER, self.keepalive, handshake=True)
+        stream = FramedStream(reader, writer, Role.SERVER, self.keepalive, handshake=True,
+                              splice=self.splice)
         refusal = self.state.gate.admit(stream.peer_host)
         if refusal is not None:
             await self._refuse(stream, refusal)

@@ -75,6 +75,7 @@ class Configuration:
         state.handshake_timeout = self.settings.handshake_timeout
         state.drain_grace = self.settings.drain_grace
         server.keepalive = self.settings.keepalive
+        server.splice = self.settings.splice
         logging.getLogger().setLevel(self.settings.log_level.upper())  # as basicConfig did
 
 

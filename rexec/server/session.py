@@ -441,6 +441,19 @@ class Session:
         """Wait until the queued frames are written."""
         await self.stream.drain()
 
+    @property
+    def splices(self) -> bool:
+        """Whether output pipes may be spliced into this connection (plaintext, Linux)."""
+        return self.stream.splices
+
+    def can_splice(self) -> bool:
+        """Whether a frame's body may be spliced from a pipe now."""
+        return self.stream.can_splice()
+
+    async def send_spliced(self, header: Header, pipe: int, size: int) -> None:
+        """Send a frame whose body is the next ``size`` bytes waiting in ``pipe``."""
+        await self.stream.send_spliced(header, pipe, size)
+
     def may_send_credit(self) -> bool:
         """Whether a stdin credit may be sent (a command is still running on the connection)."""
         return self.stream.conn.state is State.RUNNING

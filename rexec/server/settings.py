@@ -247,6 +247,10 @@ class ServerSettings(_Settings):
         KEEPALIVE, ge=0, le=7200,
         description="seconds before TCP keepalive probes; a vanished client is found in ~2x",
     )
+    splice: bool = Field(
+        True, description="plaintext: move command output from its pipes into the socket in"
+                          " the kernel (os.splice, Linux); false: read and send it",
+    )
     drain_grace: float = Field(
         defaults.DRAIN_GRACE, ge=0, le=60,
         description="after the shell exits, seconds of quiet before its pipes are let go",

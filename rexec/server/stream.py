@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import ssl
 from typing import Any, cast
 
@@ -46,6 +48,9 @@ TLS_RECEIVE = 256 * 1024
 SMALL_RECEIVE = 16 * 1024
 """What a connection's first read after authentication asks for (see ``Receiver``)."""
 """The most TLS bytes one receive takes from the socket, after authentication."""
+SPLICE = hasattr(os, "splice")
+"""Whether this platform moves bytes between descriptors in the kernel (Linux's splice)."""
+SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 TLS_REQUIRED = (
     "this server requires TLS: connect with --tls-ca CAFILE (or tls_ca in the client config)"
 )
@@ -75,7 +80,7 @@ class FramedStream:
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: Role,
-        keepalive: float = KEEPALIVE, *, handshake: bool = False,
+        keepalive: float = KEEPALIVE, *, handshake: bool = False, splice: bool = True,
     ) -> None:
         # handshake: the peer is not authenticated yet, so it is read sparingly until
         # authenticated() (see the module's docstring)
@@ -107,6 +112,13 @@ class FramedStream:
         self._limit: int | None = None  # the StreamReader's own limit, while lowered
         self._paused = False  # the transport paused, read only while a frame is awaited
         self._receiver: Receiver | None = None  # after authentication: reads into the decoder
+        # send_spliced(): a body going from a pipe to the socket, and the frames held meanwhile
+        self._splice = splice and SPLICE
+        self._splicing: asyncio.Future[None] | None = None
+        self._held: list[bytes] = []
+        self._socket_waiter: asyncio.Future[None] | None = None
+        self._out: socket.socket | None = None  # the socket's own descriptor for splicing
+        self._over = False  # the connection ended (the transport's socket is closed)
         if handshake:
             self._start_sparing_reads()
 
@@ -357,12 +369,16 @@ class FramedStream:
         A small body is joined to the header (one send, one TLS record, one wake-up of the
         peer); a large one is written on its own rather than copied. Either way the transport
         sends at once or copies what it cannot send, so the caller may reuse ``body``'s buffer
-        right after.
+        right after. While a spliced body is going out (``send_spliced``) the frame is held,
+        and sent right after it.
         """
         prefix = self.conn.send_prefix(header, len(body))
         if 0 < len(body) <= JOIN_LIMIT:
             prefix += body
             body = b""
+        if self._splicing is not None:
+            self._held.append(bytes(prefix) + bytes(body))
+            return
         if self._tls is not None:
             self._tls.write(prefix)
             if body:
@@ -374,9 +390,114 @@ class FramedStream:
             self.writer.write(body)
 
     async def drain(self) -> None:
-        """Wait until the send buffer is below its high-water mark."""
+        """Wait until the send buffer is below its high-water mark (and a spliced body, with
+        the frames held behind it, is out)."""
+        while self._splicing is not None:
+            await asyncio.shield(self._splicing)
         with map_socket_errors("connection broken while sending", self.received):
             await self.writer.drain()
+
+    @property
+    def splices(self) -> bool:
+        """Whether bodies may be spliced from pipes into this connection at all (plaintext on
+        Linux, read through a ``Receiver``): ``can_splice`` says whether one may be now."""
+        return self._splice and self._tls is None and self._receiver is not None
+
+    def can_splice(self) -> bool:
+        """Whether a body may go from a pipe to the socket now (``send_spliced``): plaintext,
+        read through a ``Receiver``, nothing queued in the transport ahead of it, and no other
+        body on its way."""
+        return (self.splices and self._splicing is None and not self.writer.is_closing()
+                and self.writer.transport.get_write_buffer_size() == 0)
+
+    async def send_spliced(self, header: Header, pipe: int, size: int) -> None:
+        """Send one frame whose body is the next ``size`` bytes waiting in the pipe ``pipe``,
+        moved into the socket by the kernel (``os.splice``) rather than read and written.
+
+        Call it only right after ``can_splice()`` said yes, with ``size`` bytes known to wait
+        in the pipe and nobody else reading it. The header and body bypass the transport,
+        whose buffer is empty; every other frame sent meanwhile is held (``send``) and written
+        after the body, so no frame lands inside another. ConnectionLost if the connection
+        breaks or ends first: the bytes of the body not yet moved are still in the pipe then.
+        """
+        loop = asyncio.get_running_loop()
+        prefix = memoryview(self.conn.send_prefix(header, size))
+        self._splicing = loop.create_future()
+        out = self._out_socket()
+        fd = out.fileno()
+        left = size
+        try:
+            with map_socket_errors("connection broken while sending", self.received):
+                while prefix:
+                    try:  # MSG_MORE: the header leaves in one segment with the body's start
+                        prefix = prefix[out.send(prefix, socket.MSG_MORE):]
+                    except BlockingIOError:
+                        await self._socket_writable(loop, fd)
+                while left:
+                    try:
+                        moved = os.splice(pipe, fd, left, flags=SPLICE_FLAGS)
+                    except BlockingIOError:
+                        await self._socket_writable(loop, fd)
+                        continue
+                    if not moved:
+                        raise ConnectionLost(f"the command's pipe ended {left} bytes before"
+                                             " the frame it had announced", self.received)
+                    left -= moved
+        finally:
+            done, self._splicing = self._splicing, None
+            held, self._held = self._held, []
+            if prefix or left:  # cut off mid-frame (broken, or cancelled): nothing can follow
+                self.writer.transport.abort()
+            elif not self.writer.is_closing():
+                for data in held:
+                    self.writer.write(data)
+            if self._over:
+                self._close_out()
+            done.set_result(None)
+
+    def _out_socket(self) -> socket.socket:
+        """A descriptor of the connection's socket of its own, kept until the connection ends:
+        the event loop will not watch the transport's, and the transport closes that one
+        whenever the connection ends. (Held past the end, it would keep the connection open.)
+        """
+        if self._out is None:
+            sock = self.writer.get_extra_info("socket")
+            self._out = socket.socket(fileno=os.dup(sock.fileno()))
+            self._out.setblocking(False)
+        return self._out
+
+    def _close_out(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    async def _socket_writable(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        """Wait until the socket has room for more; ConnectionLost if the connection ends."""
+        if self.writer.is_closing():
+            raise ConnectionLost("the connection was closed while sending", self.received)
+        self._socket_waiter = waiter = loop.create_future()
+
+        def writable() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        loop.add_writer(fd, writable)
+        try:
+            await waiter
+        finally:
+            loop.remove_writer(fd)
+            self._socket_waiter = None
+
+    def _ended(self) -> None:
+        """The connection ended: a body waiting for room in the socket stops waiting, and the
+        socket's own descriptor is closed (at once, or when that body gives up)."""
+        self._over = True
+        if self._splicing is None:
+            self._close_out()
+        waiter = self._socket_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(
+                ConnectionLost("the connection was closed while sending", self.received))
 
     @property
     def peer_subject_text(self) -> str | None:
@@ -392,7 +513,14 @@ class FramedStream:
         """Close the connection, giving queued bytes ``flush_timeout`` seconds to leave.
 
         A peer that stops reading would otherwise keep a graceful close waiting forever.
+        A spliced body on its way is given the same time to finish first.
         """
+        if self._splicing is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(flush_timeout):
+                    await asyncio.shield(self._splicing)
+            if self._splicing is not None:
+                self.writer.transport.abort()  # _ended() stops it
         if self._tls is not None and not self.writer.is_closing():
             with contextlib.suppress(ssl.SSLError):
                 self._tls.unwrap()  # close_notify; the peer's reply is not awaited
@@ -509,6 +637,7 @@ class Receiver(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection ended: the reader, the writer's drain() and wait_closed() are told."""
         self._previous.connection_lost(exc)
+        self._stream._ended()
         self._eof = True
         if exc is not None:
             self._error = exc

@@ -362,3 +362,40 @@ def test_sigterm_right_after_listening_on_is_a_graceful_stop(tmp_path):
         srv = start_server(tmp_path / str(attempt))
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(timeout=30) == 0, srv.log()
+
+
+@pytest.mark.parametrize("splice", ["true", "false"], ids=["spliced", "read"])
+def test_a_client_killed_mid_body_ends_its_command_and_the_server_serves_on(tmp_path, splice):
+    """The client dies while the server is sending it an endless stream, in the middle of a
+    body (1 MiB bodies go out back to back): spliced from the pipe or read and sent, the
+    command's group is killed, every descriptor of the connection is closed, and the next
+    client is served."""
+    srv = _server(tmp_path, f"splice = {splice}", "kill_grace = 1")  # reaped after the grace
+    pid = srv.proc.pid
+    try:
+        assert rexec.run(srv.address, "true", token=srv.token).ok  # warm up lazy state
+        baseline = _fd_count(pid)
+        for round_no in range(3):
+            pidfile = tmp_path / f"pid{round_no}"
+            client = _client(srv, f"echo $$ > {pidfile}.t; mv {pidfile}.t {pidfile};"
+                                  " exec cat /dev/zero", tmp_path)
+            assert client.stdout is not None
+            command = _wait_for_file(pidfile)
+            received = 0
+            while received < (round_no + 1) * 3_000_000:  # some way into the stream
+                received += len(client.stdout.read1(1 << 20))
+            client.kill()
+            client.wait()
+            client.stdout.close()
+            assert client.stderr is not None
+            client.stderr.close()
+            assert wait_until(lambda command=command: not pids_in_group(command), timeout=10)
+        assert wait_until(lambda: _fd_count(pid) <= baseline, timeout=10), \
+            (baseline, _fd_count(pid))
+        assert wait_until(lambda: not _zombie_children(pid), timeout=10)
+        result = rexec.run(srv.address, "head -c 5000000 /dev/zero; echo done >&2",
+                           token=srv.token)
+        assert (len(result.stdout), result.stderr) == (5_000_000, b"done\n")
+        assert "Traceback" not in srv.log()
+    finally:
+        assert srv.stop() == 0

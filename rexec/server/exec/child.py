@@ -13,7 +13,10 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import subprocess
+import sys
+import termios
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +63,7 @@ class Child(Protocol):
     async def read_into(
         self, stream_no: int, buffer: bytearray, quiet_after_exit: float | None = None
     ) -> int: ...
+    def pipe_output(self, stream_no: int) -> PipeOutput | None: ...
     async def write_stdin(self, data: bytes | memoryview) -> bool: ...
     def write_now(self, data: bytes | memoryview) -> int: ...
     def close_stdin(self) -> None: ...
@@ -307,22 +311,38 @@ class ChildProcess:
             try:
                 count = os.readv(fd, [buffer])
             except BlockingIOError:
-                if quiet_after_exit is not None and self._exited.done():
-                    try:
-                        async with asyncio.timeout(quiet_after_exit):
-                            await _wait_ready(self._loop.add_reader, self._loop.remove_reader, fd)
-                    except TimeoutError:
-                        return -1
-                else:
-                    await _wait_ready(self._loop.add_reader, self._loop.remove_reader, fd,
-                                      also=self._exited if quiet_after_exit is not None else None)
+                if not await self._readable(fd, quiet_after_exit):
+                    return -1
                 continue
             if not count:
                 self._close(stream_no)
-            elif count >= FULL_DEFAULT_PIPE and stream_no not in self._grown:
-                self._grown.add(stream_no)
-                _grow_pipe(fd)
+            else:
+                self._grow_if_full(stream_no, fd, count)
             return count
+
+    async def _readable(self, fd: int, quiet_after_exit: float | None) -> bool:
+        """Wait until ``fd`` is readable; False if it stayed quiet ``quiet_after_exit`` seconds
+        after the leader's exit (see ``read_into``)."""
+        if quiet_after_exit is not None and self._exited.done():
+            try:
+                async with asyncio.timeout(quiet_after_exit):
+                    await _wait_ready(self._loop.add_reader, self._loop.remove_reader, fd)
+            except TimeoutError:
+                return False
+        else:
+            await _wait_ready(self._loop.add_reader, self._loop.remove_reader, fd,
+                              also=self._exited if quiet_after_exit is not None else None)
+        return True
+
+    def _grow_if_full(self, stream_no: int, fd: int, count: int) -> None:
+        if count >= FULL_DEFAULT_PIPE and stream_no not in self._grown:
+            self._grown.add(stream_no)
+            _grow_pipe(fd)
+
+    def pipe_output(self, stream_no: int) -> PipeOutput | None:
+        """Stdout (1) or stderr (2) as a pipe whose bytes may be moved without reading them
+        (None once it is closed)."""
+        return PipeOutput(self, stream_no) if self._fds.get(stream_no) is not None else None
 
     async def write_stdin(self, data: bytes | memoryview) -> bool:
         """Write all of ``data`` to the child's stdin; False if the child closed its end."""
@@ -426,3 +446,64 @@ class ChildProcess:
         self._closed = True
         self.group.close()
         self._reap_when_done()
+
+
+def _waiting(fd: int) -> int:
+    """How many bytes wait in the pipe ``fd`` (FIONREAD)."""
+    count = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return int.from_bytes(count, sys.byteorder)
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether every writer of the pipe ``fd`` has closed it (POLLHUP)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(mask & select.POLLHUP for _, mask in poller.poll(0))
+
+
+class PipeOutput:
+    """One of a ``ChildProcess``'s output pipes, for a pump that moves its bytes on without
+    reading them (``os.splice`` into the socket, rexec.server.stream).
+
+    ``ready()`` tells how many bytes wait in the pipe: they stay there until moved, since only
+    the pump reads the pipe, so a frame's header can declare exactly that many before its body
+    is spliced. ``fd`` is the pipe's descriptor; ``take`` reads waiting bytes, for when they
+    cannot be moved (the socket has frames queued ahead of them, or the bytes are dropped).
+    """
+
+    def __init__(self, child: ChildProcess, stream_no: int) -> None:
+        self._child = child
+        self.stream_no = stream_no
+
+    @property
+    def fd(self) -> int:
+        """The pipe's descriptor (ValueError once it is closed)."""
+        fd = self._child._fds.get(self.stream_no)
+        if fd is None:
+            raise ValueError(f"stream {self.stream_no} of the child is closed")
+        return fd
+
+    async def ready(self, quiet_after_exit: float | None = None) -> int:
+        """Wait for bytes in the pipe and return how many wait; 0 at end of file (the pipe is
+        closed then), -1 as ``ChildProcess.read_into``'s quiet pipe after the leader's exit."""
+        child, stream_no = self._child, self.stream_no
+        while (fd := child._fds.get(stream_no)) is not None:
+            if count := _waiting(fd):
+                child._grow_if_full(stream_no, fd, count)
+                return count
+            if _hung_up(fd):  # no writer is left: what it wrote last is counted again first
+                if count := _waiting(fd):
+                    return count
+                child._close(stream_no)
+                return 0
+            if not await child._readable(fd, quiet_after_exit):
+                return -1
+        return 0
+
+    def take(self, view: memoryview) -> int:
+        """Read up to ``len(view)`` of the waiting bytes into ``view``; how many were read."""
+        try:
+            return os.readv(self.fd, [view])
+        except BlockingIOError:
+            return 0

@@ -109,6 +109,10 @@ class PtyChild(ChildProcess):
                 os.set_blocking(fd, False)
                 os.set_inheritable(fd, False)
 
+    def pipe_output(self, stream_no: int) -> None:
+        """None: a terminal's master is no pipe, so its output is read and sent (no splice)."""
+        return None
+
     async def read_into(
         self, stream_no: int, buffer: bytearray, quiet_after_exit: float | None = None
     ) -> int:

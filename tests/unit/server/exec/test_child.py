@@ -189,3 +189,47 @@ def test_live_groups_are_those_with_a_process_that_is_not_a_zombie() -> None:
         running.kill()
         running.wait()
         ended.wait()
+
+
+def test_a_pipe_output_counts_what_waits_even_after_its_writer_closed() -> None:
+    """ready() says how many bytes wait; bytes left by a writer that has closed are counted
+    (not taken for the end of file), and the end of file comes once they are taken."""
+
+    async def main() -> tuple[int, bytes, int, int, object]:
+        child = _start("printf abcdefgh; printf xyz >&2")
+        async with asyncio.timeout(STEP):
+            await child.wait()  # exited: its pipes hung up, their bytes still in them
+        out = child.pipe_output(1)
+        assert out is not None
+        waiting = await out.ready()
+        buffer = bytearray(3)
+        taken = out.take(memoryview(buffer))
+        rest = await out.ready()
+        out.take(memoryview(bytearray(16)))
+        end = await out.ready()
+        closed = child.pipe_output(1)  # None once its end of file was seen
+        err = child.pipe_output(2)
+        assert err is not None and await err.ready() == 3
+        await _end(child)
+        return waiting, bytes(buffer[:taken]), rest, end, closed
+
+    assert asyncio.run(main()) == (8, b"abc", 5, 0, None)
+
+
+def test_a_quiet_pipe_after_the_leader_exited_is_let_go() -> None:
+    """As read_into: a background process holding the pipe open, quiet for the grace."""
+
+    async def main() -> int:
+        child = _start("sleep 5 & exit 0")
+        async with asyncio.timeout(STEP):
+            await child.wait()
+        out = child.pipe_output(1)
+        assert out is not None
+        async with asyncio.timeout(STEP):
+            count = await out.ready(quiet_after_exit=0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        await _end(child)
+        return count
+
+    assert asyncio.run(main()) == -1

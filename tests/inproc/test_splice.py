@@ -1,0 +1,184 @@
+"""Command output spliced from the child's pipes into the socket, beside the same output read
+and sent (``splice = false``): a real Server in the test's event loop, real children, a real
+rexec.Client, and ``os.splice`` counted (wrapped, never replaced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+import rexec
+from rexec.server.audit import AuditLog
+from rexec.server.exec.child import PipeOutput
+from rexec.server.identity import Identities, Identity, Policy
+from rexec.server.listener import Server
+from rexec.wire.auth import TokenVerifier
+from tests.helpers import TOKEN
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="os.splice is Linux's")
+
+# A child writing chunks of seeded random sizes and bytes, each to stdout or stderr by a coin
+# toss: so frames of both streams interleave, of every size from 1 byte to past a frame's cap.
+WRITER = """
+import os, random, sys
+rng = random.Random(int(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    fd = 1 if rng.random() < 0.8 else 2
+    view = memoryview(rng.randbytes(rng.choice([1, 7, 4096, 65536, 300_000, 1_500_000])))
+    while view:
+        view = view[os.write(fd, view):]
+"""
+
+
+def expected(seed: int, chunks: int) -> tuple[bytes, bytes]:
+    """What WRITER writes to stdout and stderr (the same generator, run here)."""
+    rng = random.Random(seed)
+    out, err = bytearray(), bytearray()
+    for _ in range(chunks):
+        target = out if rng.random() < 0.8 else err
+        target += rng.randbytes(rng.choice([1, 7, 4096, 65536, 300_000, 1_500_000]))
+    return bytes(out), bytes(err)
+
+
+def writer_command(seed: int, chunks: int) -> str:
+    return f"{sys.executable} -c '{WRITER}' {seed} {chunks}"
+
+
+@dataclass
+class Counts:
+    """What the wrapped os.splice and PipeOutput.take saw."""
+
+    spliced: int = 0  # bytes os.splice moved
+    full: int = 0  # times it found the socket full (the body waited for room)
+    taken: int = 0  # bytes read from a pipe by a pump that could not splice them then
+    calls: list[int] = field(default_factory=list)
+
+
+@pytest.fixture
+def counts(monkeypatch: pytest.MonkeyPatch) -> Counts:
+    seen = Counts()
+    real_splice, real_take = os.splice, PipeOutput.take
+
+    def splice(src: int, dst: int, count: int, *args: object, **kwargs: object) -> int:
+        try:
+            moved = real_splice(src, dst, count, *args, **kwargs)  # type: ignore[arg-type]
+        except BlockingIOError:
+            seen.full += 1
+            raise
+        seen.spliced += moved
+        seen.calls.append(moved)
+        return moved
+
+    def take(self: PipeOutput, view: memoryview) -> int:
+        count = real_take(self, view)
+        seen.taken += count
+        return count
+
+    monkeypatch.setattr(os, "splice", splice)
+    monkeypatch.setattr(PipeOutput, "take", take)
+    return seen
+
+
+@contextlib.asynccontextmanager
+async def serving(*, splice: bool) -> AsyncIterator[str]:
+    identities = Identities({"default": Identity("default", TokenVerifier.from_token(TOKEN),
+                                                 policy=Policy())})
+    log = AuditLog(None)
+    log.open()
+    server = Server(identities, port=0, audit=log, splice=splice)
+    host, port = (await server.start())[0]
+    try:
+        yield f"{host}:{port}"
+    finally:
+        await server.close()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["spliced", "read"])
+def test_interleaved_streams_arrive_byte_exact_spliced_or_read(splice: bool,
+                                                                counts: Counts) -> None:
+    out, err = expected(seed=17, chunks=60)
+
+    async def main() -> rexec.Result:
+        async with serving(splice=splice) as address, \
+                rexec.Client(address, token=TOKEN) as client:
+            return await client.run(writer_command(17, 60))
+
+    result = asyncio.run(main())
+    assert result.exit_code == 0, result.stderr[-500:]
+    assert (len(result.stdout), len(result.stderr)) == (len(out), len(err))
+    assert digest(result.stdout) == digest(out)
+    assert digest(result.stderr) == digest(err)
+    assert (result.stdout_bytes, result.stderr_bytes) == (len(out), len(err))
+    if splice:
+        # Most of it moved in the kernel; a frame never carries more than the protocol's 1 MiB.
+        assert counts.spliced > (len(out) + len(err)) // 2, counts
+        assert max(counts.calls) <= 1024 * 1024
+    else:
+        assert counts.spliced == 0
+        assert counts.taken == 0  # the copying pump reads through read_into, not take()
+
+
+def test_a_slow_reader_gets_every_byte_while_bodies_wait_for_room(counts: Counts) -> None:
+    """The client stops reading for a while: the socket fills, a spliced body waits for room
+    with the other stream's frames held behind it (read, not spliced, meanwhile), and nothing
+    is lost or interleaved mid-frame when the client reads again."""
+    out, err = expected(seed=5, chunks=90)
+    got: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    async def main() -> rexec.Result:
+        async with serving(splice=True) as address, \
+                rexec.Client(address, token=TOKEN) as client:
+            stream = client.stream(writer_command(5, 90))
+            paused = False
+            async for chunk in stream:
+                got[chunk.stream] += chunk.data
+                if not paused:
+                    paused = True
+                    await asyncio.sleep(0.5)  # the kernel's buffers fill meanwhile
+            assert stream.result is not None
+            return stream.result
+
+    result = asyncio.run(main())
+    assert result.exit_code == 0
+    assert digest(bytes(got["stdout"])) == digest(out)
+    assert digest(bytes(got["stderr"])) == digest(err)
+    assert counts.full > 0, "the socket never filled: the wait for room was not exercised"
+    assert counts.spliced + counts.taken == len(out) + len(err)
+    assert counts.taken > 0, "no frame was sent the other way while a body was on its way"
+
+
+def test_the_output_budget_is_exact_when_spliced(counts: Counts) -> None:
+    from rexec.server.limits import ServerLimits
+
+    identities = Identities({"default": Identity("default", TokenVerifier.from_token(TOKEN),
+                                                 policy=Policy())})
+
+    async def main() -> rexec.Result:
+        log = AuditLog(None)
+        log.open()
+        server = Server(identities, port=0, audit=log, limits=ServerLimits(max_output=3_000_001))
+        host, port = (await server.start())[0]
+        try:
+            async with rexec.Client(f"{host}:{port}", token=TOKEN) as client:
+                return await client.run("head -c 50000000 /dev/zero")
+        finally:
+            await server.close()
+
+    result = asyncio.run(main())
+    assert result.exceeded == "max_output"
+    assert len(result.stdout) == result.stdout_bytes == 3_000_001
+    assert counts.spliced > 0
+
