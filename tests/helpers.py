@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -478,3 +479,31 @@ def port_free_on(addresses: list[str]) -> int:
             continue
         return port
     raise RuntimeError("no port free on every loopback address")
+
+
+# A child writing chunks of seeded random sizes and bytes, each to stdout or stderr by a coin
+# toss: so frames of both streams interleave, of every size from 1 byte to past a frame's cap.
+WRITER = """
+import os, random, sys
+rng = random.Random(int(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    fd = 1 if rng.random() < 0.8 else 2
+    view = memoryview(rng.randbytes(rng.choice([1, 7, 4096, 65536, 300_000, 1_500_000])))
+    while view:
+        view = view[os.write(fd, view):]
+"""
+
+
+def interleaved_output(seed: int, chunks: int) -> tuple[bytes, bytes]:
+    """What WRITER writes to stdout and stderr (the same generator, run here)."""
+    rng = random.Random(seed)
+    out, err = bytearray(), bytearray()
+    for _ in range(chunks):
+        target = out if rng.random() < 0.8 else err
+        target += rng.randbytes(rng.choice([1, 7, 4096, 65536, 300_000, 1_500_000]))
+    return bytes(out), bytes(err)
+
+
+def interleaved_writer(seed: int, chunks: int) -> str:
+    """The command line of a child running WRITER."""
+    return f"{sys.executable} -c '{WRITER}' {seed} {chunks}"

@@ -355,7 +355,7 @@ def execute(
                 result = client.run(
                     command, env=env, cwd=cwd, timeout=timeout, stdin=stdin_fd,
                     capture=json_output,
-                    on_stdout=None if json_output else outputs.stdout,
+                    on_stdout=None if json_output else 1,  # large bodies spliced there
                     on_stderr=None if json_output else outputs.stderr,
                 )
             finally:
@@ -368,7 +368,7 @@ def execute(
     except RexecError as exc:
         status = EXIT_INTERRUPTED if interrupts else status_for(exc)
         _failed(command, json_output, describe_error(exc, options), exc, status)
-    status = (EXIT_INTERRUPTED if interrupts else EXIT_BROKEN_PIPE if outputs.broken_pipe
+    status = (EXIT_INTERRUPTED if interrupts else EXIT_BROKEN_PIPE if client.broken_pipe
               else result.exit_status)
     if json_output:
         from rexec.cli.output import result_json

@@ -8,6 +8,7 @@ small, so neither side can deadlock on a full buffer and memory stays constant.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import select
@@ -62,6 +63,10 @@ from rexec.sockets import READ_SIZE, tune
 from rexec.wire.frames import Terminal
 
 SEND_HIGH_WATER = 1024 * 1024  # stop reading local stdin while this much waits to be sent
+PASS_AT = 64 * 1024
+"""An output body with this much still to come goes from the socket to a descriptor given as
+``on_stdout``/``on_stderr`` in the kernel (``os.splice``), where that descriptor allows it."""
+SPLICE = hasattr(os, "splice")
 _IN, _OUT = select.POLLIN | select.POLLHUP | select.POLLERR, select.POLLOUT
 
 OutputCallback = Callable[[bytes | memoryview], object]
@@ -85,6 +90,8 @@ class BlockingClient(OptionsClient):
         self._ssl: ModuleType | None = None  # the ssl module, once the connection uses TLS
         self.server_agent = ""
         self.timings: dict[str, float] = {}  # seconds: connect, tls, login (after connect())
+        self.broken_pipe = False  # an output descriptor's reader went away (see run())
+        self._passing: _FdSink | None = None  # where a passed output body is being moved
 
     def __enter__(self) -> BlockingClient:
         try:
@@ -275,12 +282,17 @@ class BlockingClient(OptionsClient):
         stdin: BlockingStdin | None = None,
         check: bool = False,
         capture: bool = True,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
+        on_stdout: OutputCallback | int | None = None,
+        on_stderr: OutputCallback | int | None = None,
     ) -> Result:
         """Run ``command`` remotely and return its Result (see ``rexec.Client.run``).
 
         ``stdin`` may be bytes, text, a file descriptor or a binary file; it is streamed.
+        ``on_stdout`` and ``on_stderr`` may be file descriptors rather than callbacks: the
+        output is written there, and without ``capture`` a large body goes from the socket
+        to a pipe, a regular file or /dev/null in the kernel (``os.splice``, plaintext). When
+        such a descriptor's reader goes away (EPIPE), that stream's output is dropped, the
+        command is cancelled and ``broken_pipe`` is set.
         """
         core = self._core
         if core is None:
@@ -288,9 +300,18 @@ class BlockingClient(OptionsClient):
         core.start(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin is not None,
                    capture=capture)
         self._cancel_requested = False
-        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        self.broken_pipe = False
+        callbacks: dict[str, OutputCallback | None] = {
+            name: _FdSink(given, self) if isinstance(given, int) else given
+            for name, given in (("stdout", on_stdout), ("stderr", on_stderr))}
         source = _StdinSource(stdin) if stdin is not None else None
-        event = self._drive(source=source, callbacks=callbacks)
+        try:
+            event = self._drive(source=source, callbacks=callbacks)
+        finally:
+            self._passing = None  # (mid-body only if the connection broke)
+            for sink in callbacks.values():
+                if isinstance(sink, _FdSink):
+                    sink.close()
         assert isinstance(event, Finished)
         if check and not event.result.ok:
             raise CommandFailed(event.result)
@@ -476,6 +497,8 @@ class BlockingClient(OptionsClient):
             event = self._dispatch(core, sock, callbacks or {})
             if event is not None:
                 return event
+            if callbacks and self._ssl is None and self._passing is None:
+                self._begin_pass(core, callbacks)
             if self._window is not None:
                 core.resize(*self._window)
                 self._window = None
@@ -549,6 +572,39 @@ class BlockingClient(OptionsClient):
                 self._out += core.data_to_send()
                 self._flush_now(sock, core)
 
+    def _begin_pass(self, core: ClientCore, callbacks: dict[str, OutputCallback | None]
+                    ) -> None:
+        """When an output body with PASS_AT or more still to come is going to a descriptor
+        that can take it from the socket, write what came of it and move the rest there."""
+        if (passable := core.passable_output()) is None or passable[1] < PASS_AT:
+            return
+        sink = callbacks.get(passable[0])
+        if isinstance(sink, _FdSink) and sink.splices:
+            sink(core.pass_output())
+            self._passing = sink
+
+    def _receive_passed(self, sock: socket.socket, core: ClientCore) -> None:
+        """Move what has come of a passed body from the socket to its descriptor."""
+        sink, left = self._passing, core.passing
+        assert sink is not None and left is not None
+        try:
+            moved = sink.splice_from(sock, left)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if isinstance(exc, ConnectionError) and not isinstance(exc, BrokenPipeError):
+                core.receive_eof()  # reset by the server: the core says what was lost
+                self._passing = None
+                return
+            raise
+        if not moved:
+            self._passing = None
+            core.receive_eof()
+            return
+        core.output_passed(moved)
+        if not core.passing:
+            self._passing = None
+
     def _receive(self, sock: socket.socket, core: ClientCore) -> None:
         """Receive what is ready, up to READ_SIZE, straight into the decoder's buffer.
 
@@ -556,6 +612,9 @@ class BlockingClient(OptionsClient):
         record (16 KiB at most), so it reads on until TLS would block: a stream decoded one
         record per pass of the poll loop cost more CPU than the decryption itself.
         """
+        if self._passing is not None:
+            self._receive_passed(sock, core)
+            return
         buffer = core.get_buffer()
         limit = min(len(buffer), READ_SIZE)
         total = 0
@@ -728,6 +787,91 @@ class _KeyboardSource(_StdinSource):
             else:
                 raise SessionEnded("the session was ended with the escape sequence"
                                    f" {self._char}.")
+
+
+class _FdSink:
+    """A descriptor given as ``on_stdout``/``on_stderr``: written to, or spliced into.
+
+    A pipe takes a body straight from the socket; a regular file or /dev/null through a pipe
+    of the sink's own (socket to pipe, pipe to file: the pages are moved, not copied). A
+    terminal, a socket, a non-blocking pipe or a file opened for appending is written to.
+    """
+
+    def __init__(self, fd: int, client: BlockingClient) -> None:
+        self.fd = fd
+        self._client = client
+        self._pipe: tuple[int, int] | None = None
+        self.broken = False
+        self.direct = self.through_pipe = False
+        if SPLICE:
+            try:
+                info, flags = os.fstat(fd), fcntl_flags(fd)
+            except OSError:
+                return
+            ordinary = not flags & (os.O_NONBLOCK | os.O_APPEND)
+            self.direct = stat.S_ISFIFO(info.st_mode) and ordinary
+            self.through_pipe = ordinary and (stat.S_ISREG(info.st_mode) or _is_null(info))
+
+    @property
+    def splices(self) -> bool:
+        """Whether bodies may be moved here from the socket (not after EPIPE: dropped then)."""
+        return (self.direct or self.through_pipe) and not self.broken
+
+    def __call__(self, data: bytes | memoryview) -> None:
+        if self.broken:
+            return
+        try:
+            _write_all(self.fd, data)
+        except BrokenPipeError:
+            self._broke()
+
+    def _broke(self) -> None:
+        self.broken = True
+        self._client.broken_pipe = True
+        self._client.request_cancel()
+
+    def splice_from(self, sock: socket.socket, count: int) -> int:
+        """Move up to ``count`` bytes that have arrived on ``sock`` here; how many that was
+        (0: the server closed the connection; BlockingIOError: nothing has arrived)."""
+        if self.broken:  # the reader is gone: the body is received and dropped
+            return len(sock.recv(min(count, READ_SIZE)))
+        if self.direct:
+            try:  # blocks while the pipe is full, as a write would
+                return os.splice(sock.fileno(), self.fd, count, flags=os.SPLICE_F_MOVE)
+            except BrokenPipeError:
+                self._broke()
+                return len(sock.recv(min(count, READ_SIZE)))
+        if self._pipe is None:
+            self._pipe = os.pipe2(os.O_CLOEXEC)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._pipe[1], fcntl.F_SETPIPE_SZ, 1024 * 1024)
+        read_end, write_end = self._pipe
+        moved = os.splice(sock.fileno(), write_end, count,
+                          flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+        left = moved
+        while left:
+            left -= os.splice(read_end, self.fd, left, flags=os.SPLICE_F_MOVE)
+        return moved
+
+    def close(self) -> None:
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+
+
+def fcntl_flags(fd: int) -> int:
+    """The descriptor's file status flags (O_NONBLOCK, O_APPEND...)."""
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+def _is_null(info: os.stat_result) -> bool:
+    """Whether ``info`` is /dev/null's (a character device that discards what it is given)."""
+    try:
+        null = os.stat(os.devnull)
+    except OSError:
+        return False
+    return stat.S_ISCHR(info.st_mode) and info.st_rdev == null.st_rdev
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

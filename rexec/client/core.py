@@ -583,6 +583,31 @@ class ClientCore:
         self._eof = True
         self.conn.receive_eof()
 
+    def passable_output(self) -> tuple[StreamName, int] | None:
+        """The output frame being received, when the rest of its body may be moved straight
+        to where it goes (``pass_output``): its stream, and how many bytes are still to come.
+        Never while output is captured."""
+        got = None if self._capture else self.conn.passable()
+        if got is None or got[0].type not in ("stdout", "stderr"):
+            return None
+        name: StreamName = got[0].type
+        return name, got[1]
+
+    def pass_output(self) -> memoryview:
+        """Begin passing that body: the part received so far (to be written at once); report
+        the rest as it is moved with ``output_passed``. Its bytes are counted when it ends."""
+        return self.conn.pass_body()
+
+    @property
+    def passing(self) -> int | None:
+        """Bytes of a passed output body still to be moved (None: none is being passed)."""
+        return self.conn.passing
+
+    def output_passed(self, nbytes: int) -> None:
+        """Record ``nbytes`` more of the passed body moved (received, and already written)."""
+        self.received += nbytes
+        self.conn.passed(nbytes)
+
     @property
     def running(self) -> bool:
         """Whether a command is running."""
@@ -606,6 +631,11 @@ class ClientCore:
                 if self._eof:
                     raise ConnectionLost(self._lost_message(), self.received)
                 return None
+            if frame.passed:  # an output body the reader moved itself: counted, not handed on
+                header = frame.header
+                assert header.type in ("stdout", "stderr")
+                self._counts[header.type] += frame.passed
+                continue
             event = self._handle(frame.header, frame.body)
             if event is not None:
                 return event

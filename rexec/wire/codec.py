@@ -44,12 +44,14 @@ class Frame:
     (``feed``/``get_buffer``): use it at once, or copy it with ``bytes(frame.body)``. A
     ``detached`` body is the exception: it was received into a buffer of its own, which the
     decoder never touches again, so it may be kept as it is (see ``FrameDecoder``'s
-    ``detach_at``).
+    ``detach_at``). A frame whose body the reader moved elsewhere itself
+    (``FrameDecoder.pass_body``) comes out with an empty body and ``passed`` its size.
     """
 
     header: Header
     body: memoryview = _EMPTY
     detached: bool = False
+    passed: int = 0
 
 
 class HeaderTooLarge(ValueError):
@@ -176,6 +178,11 @@ class FrameDecoder:
     exactly the rest of that body, and the frame comes out ``detached``, for a caller that keeps
     large bodies (an upload's queue) without copying them. A reader that receives into
     ``get_buffer()`` writes each body once, straight from the socket.
+
+    A reader may also move a body past the decoder (``os.splice`` from the socket to where the
+    bytes go): once a frame's header is in, ``passable()`` says how much of its body is still to
+    come, ``pass_body()`` hands over the part already received, and ``passed(n)`` counts the
+    bytes moved; the frame then comes out with ``passed`` set and no body.
     """
 
     def __init__(
@@ -200,6 +207,7 @@ class FrameDecoder:
         self._end = 0  # end of the bytes received
         self._header: Header | None = None  # header of the frame whose body we are waiting for
         self._header_len: int | None = None
+        self._passing: int | None = None  # bytes of a passed body still to move past us
         self._eof = False
         self._broken: ProtocolError | None = None
 
@@ -225,9 +233,40 @@ class FrameDecoder:
         all of its body yet (False: ``next_frame()`` may have a frame to give)."""
         if self._header is None:
             return False
+        if self._passing is not None:
+            return self._passing > 0
         if self._body is not None:
             return self._body_filled < len(self._body)
         return self._end - self._start < self._header.size
+
+    def passable(self) -> tuple[Header, int] | None:
+        """The frame being received, when its header is in and part of its body is still to
+        come (and not into a buffer of its own): its header and how many bytes are missing."""
+        if self._header is None or self._body is not None or self._passing is not None:
+            return None
+        missing = self._header.size - (self._end - self._start)
+        return (self._header, missing) if missing > 0 else None
+
+    def pass_body(self) -> memoryview:
+        """Take the part of the ``passable()`` frame's body received so far (valid until the
+        decoder is next fed); the caller moves the rest past the decoder (``passed``)."""
+        if self.passable() is None:
+            raise RuntimeError("no frame's body can be passed now")
+        assert self._header is not None
+        have = self._end - self._start
+        self._passing = self._header.size - have
+        return self._take(have)
+
+    @property
+    def passing(self) -> int | None:
+        """Bytes of a passed body still to be moved (None: no body is being passed)."""
+        return self._passing
+
+    def passed(self, nbytes: int) -> None:
+        """Record that ``nbytes`` more of the passed body were moved past the decoder."""
+        if self._passing is None or not 0 <= nbytes <= self._passing:
+            raise RuntimeError(f"{nbytes} bytes passed, {self._passing} expected")
+        self._passing -= nbytes
 
     def _reserve(self, n: int) -> None:
         """Make room for ``n`` more bytes after the data: compact in place, or grow."""
@@ -259,6 +298,8 @@ class FrameDecoder:
         are useful), but exactly the rest of a detached body being received, and PEEK_SIZE
         bytes right after one. A reader that asks for little while little comes keeps an
         idle or chatty connection's buffer small."""
+        if self._passing:
+            raise RuntimeError("the next bytes on the wire are a passed body's")
         if self._body is not None:
             return self._body[self._body_filled :]
         self._reserve(size)
@@ -276,6 +317,8 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes received from the peer (copied into the receive buffer)."""
+        if self._passing:
+            raise RuntimeError("the decoder was fed while a passed body is on the wire")
         if self._body is not None:  # the rest of a detached body first (nothing is behind it)
             if self._eof:
                 raise RuntimeError("the decoder was fed after feed_eof()")
@@ -342,6 +385,8 @@ class FrameDecoder:
             self._header = header
             if self._detach_at is not None and header.size >= self._detach_at:
                 self._detach(header.size)
+        if self._passing is not None:
+            return self._passed_frame(self._header)
         if self._body is not None:
             return self._detached_frame(self._header)
         size = self._header.size
@@ -350,6 +395,13 @@ class FrameDecoder:
         frame = Frame(self._header, self._take(size))
         self._header = None
         return frame
+
+    def _passed_frame(self, header: Header) -> Frame | None:
+        """The frame whose body was passed, once all of it has been moved."""
+        if self._passing:
+            return None
+        self._header, self._passing = None, None
+        return Frame(header, passed=header.size)
 
     def _detach(self, size: int) -> None:
         """Receive the body of ``size`` bytes into a buffer of its own, starting with what of it

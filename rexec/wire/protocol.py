@@ -167,6 +167,24 @@ class Connection:
         """Record that the peer closed its side."""
         self._decoder.feed_eof()
 
+    def passable(self) -> tuple[Header, int] | None:
+        """The frame being received and the bytes of its body still to come, if it may be
+        passed (``FrameDecoder.passable``)."""
+        return self._decoder.passable()
+
+    def pass_body(self) -> memoryview:
+        """The part of that body received so far; the rest is moved past the decoder."""
+        return self._decoder.pass_body()
+
+    @property
+    def passing(self) -> int | None:
+        """Bytes of a passed body still to be moved (None: no body is being passed)."""
+        return self._decoder.passing
+
+    def passed(self, nbytes: int) -> None:
+        """Record ``nbytes`` more of the passed body moved past the decoder."""
+        self._decoder.passed(nbytes)
+
     @property
     def buffered(self) -> int:
         """Bytes received that do not yet make a whole frame."""

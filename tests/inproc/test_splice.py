@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import random
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -23,35 +21,10 @@ from rexec.server.identity import Identities, Identity, Policy
 from rexec.server.listener import Server
 from rexec.wire.auth import TokenVerifier
 from tests.helpers import TOKEN
+from tests.helpers import interleaved_output as expected
+from tests.helpers import interleaved_writer as writer_command
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="os.splice is Linux's")
-
-# A child writing chunks of seeded random sizes and bytes, each to stdout or stderr by a coin
-# toss: so frames of both streams interleave, of every size from 1 byte to past a frame's cap.
-WRITER = """
-import os, random, sys
-rng = random.Random(int(sys.argv[1]))
-for _ in range(int(sys.argv[2])):
-    fd = 1 if rng.random() < 0.8 else 2
-    view = memoryview(rng.randbytes(rng.choice([1, 7, 4096, 65536, 300_000, 1_500_000])))
-    while view:
-        view = view[os.write(fd, view):]
-"""
-
-
-def expected(seed: int, chunks: int) -> tuple[bytes, bytes]:
-    """What WRITER writes to stdout and stderr (the same generator, run here)."""
-    rng = random.Random(seed)
-    out, err = bytearray(), bytearray()
-    for _ in range(chunks):
-        target = out if rng.random() < 0.8 else err
-        target += rng.randbytes(rng.choice([1, 7, 4096, 65536, 300_000, 1_500_000]))
-    return bytes(out), bytes(err)
-
-
-def writer_command(seed: int, chunks: int) -> str:
-    return f"{sys.executable} -c '{WRITER}' {seed} {chunks}"
-
 
 @dataclass
 class Counts:

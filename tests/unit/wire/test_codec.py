@@ -683,3 +683,111 @@ def test_a_header_over_the_cap_is_never_encoded() -> None:
     with pytest.raises(HeaderTooLarge) as too_large:
         encode_prefix(over)
     assert too_large.value.size > f.MAX_HEADER_SIZE and isinstance(too_large.value, ValueError)
+
+
+# --- bodies passed past the decoder (a reader splicing them from the socket elsewhere) ----------
+
+PASSING = [(f.Stdout(size=len(b)), b) for b in (b"a" * 5000, b"", b"xyz", MANY * 20, b"q" * 70000)]
+PASSING_WIRE = b"".join(wire(h, b) for h, b in PASSING)
+
+
+def receive_passing(data: bytes, reads: list[int], pass_at: int) -> list[tuple[str, bytes]]:
+    """Receive ``data`` in reads of the given sizes (cycled), as a splicing reader does: once
+    a frame's header is in with at least ``pass_at`` of its body still to come, it takes what
+    came of the body and moves the rest itself (here: copies it from ``data``).
+
+    Returns each frame's header type with its body as the reader saw it: decoded, or the
+    passed part plus the moved bytes."""
+    decoder = FrameDecoder()
+    got: list[tuple[str, bytes]] = []
+    pos, k = 0, 0
+    passed = bytearray()
+    while pos < len(data):
+        size = reads[k % len(reads)]
+        k += 1
+        if decoder.passing:
+            n = min(size, decoder.passing, len(data) - pos)
+            passed += data[pos:pos + n]
+            decoder.passed(n)
+            pos += n
+        else:
+            buf = decoder.get_buffer()
+            n = min(len(buf), size, len(data) - pos)
+            buf[:n] = data[pos:pos + n]
+            decoder.buffer_updated(n)
+            pos += n
+        while (frame := decoder.next_frame()) is not None:
+            if frame.passed:
+                assert not frame.body and frame.passed == frame.header.size == len(passed)
+                got.append((frame.header.type, bytes(passed)))
+                passed.clear()
+            else:
+                got.append((frame.header.type, bytes(frame.body)))
+        if decoder.passing is None and (p := decoder.passable()) is not None \
+                and p[1] >= pass_at:
+            assert decoder.incomplete
+            passed += decoder.pass_body()
+            assert decoder.passing == p[1]
+    decoder.feed_eof()
+    assert decoder.next_frame() is None and decoder.buffered == 0
+    return got
+
+
+@given(reads=st.lists(st.integers(1, 100_000), min_size=1, max_size=8),
+       pass_at=st.sampled_from([1, 100, 4096, 65536]))
+@settings(max_examples=150, deadline=None)
+def test_passed_bodies_arrive_whole_however_the_stream_is_cut(reads: list[int],
+                                                              pass_at: int) -> None:
+    stream = PASSING_WIRE * 2
+    assert receive_passing(stream, reads, pass_at) == [("stdout", b) for _, b in PASSING] * 2
+
+
+def test_a_passed_body_takes_what_came_and_the_rest_is_counted() -> None:
+    decoder = FrameDecoder()
+    body = bytes(range(256)) * 100
+    data = wire(f.Stderr(size=len(body)), body) + wire(f.StdinCredit(amount=5))
+    decoder.feed(data[:4 + len(data) // 3])
+    assert decoder.next_frame() is None
+    header, missing = decoder.passable() or (None, 0)
+    assert isinstance(header, f.Stderr)
+    head = bytes(decoder.pass_body())
+    assert len(head) + missing == len(body) and body.startswith(head)
+    assert decoder.passable() is None  # one pass at a time
+    with pytest.raises(RuntimeError):
+        decoder.get_buffer()  # the next bytes on the wire are the body's, not the decoder's
+    with pytest.raises(RuntimeError):
+        decoder.feed(b"x")
+    with pytest.raises(RuntimeError):
+        decoder.passed(missing + 1)
+    decoder.passed(missing - 1)
+    assert decoder.next_frame() is None and decoder.incomplete
+    decoder.passed(1)
+    frame = decoder.next_frame()
+    assert frame is not None and frame.passed == len(body) and not frame.body
+    decoder.feed(data[-len(wire(f.StdinCredit(amount=5))):])
+    credit = decoder.next_frame()
+    assert credit is not None and credit.header == f.StdinCredit(amount=5)
+
+
+def test_the_peer_closing_in_a_passed_body_is_truncated() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(wire(f.Stdout(size=10_000), b"z" * 10_000)[:500])
+    assert decoder.next_frame() is None  # (the header is decoded here)
+    decoder.pass_body()
+    decoder.passed(100)
+    decoder.feed_eof()
+    with pytest.raises(ProtocolError) as caught:
+        decoder.next_frame()
+    assert caught.value.code == "truncated"
+
+
+def test_a_whole_body_or_a_detached_one_is_not_passable() -> None:
+    decoder = FrameDecoder(detach_at=1000)
+    decoder.feed(wire(f.Stdout(size=2000), b"d" * 2000)[:100])
+    assert decoder.next_frame() is None
+    assert decoder.passable() is None  # it is being received into a buffer of its own
+    with pytest.raises(RuntimeError):
+        decoder.pass_body()
+    whole = FrameDecoder()
+    whole.feed(wire(f.Stdout(size=3), b"abc"))
+    assert whole.passable() is None
