@@ -42,6 +42,9 @@ from rexec.wire.frames import (
 CREDIT_BATCH = 256 * 1024  # credit stdin back in batches, not per frame
 SPLICE_BODY = 1024 * 1024
 """The most one spliced data frame carries (the bytes waiting in the pipe, up to this)."""
+SPLICE_AT = 64 * 1024
+"""Less than this waiting is read and sent with its header in one write (``JOIN_LIMIT``):
+cheaper than a header, a splice and, the first time, a descriptor of the socket's own."""
 
 
 @dataclass
@@ -319,9 +322,10 @@ class RunningCommand:
         """``_pump`` for a pipe over plaintext: each frame announces the bytes waiting in the
         pipe, and its body goes from the pipe to the socket in the kernel (``os.splice``).
 
-        When the connection has frames queued ahead (the client reads slower than the
-        command writes), the waiting bytes are read and sent as ``_copy`` sends them; so
-        are bytes past the budget read and dropped, and bytes for a client that is gone.
+        Less than SPLICE_AT waiting, or frames queued ahead on the connection (the client
+        reads slower than the command writes): the waiting bytes are read and sent as
+        ``_copy`` sends them; so are bytes past the budget read and dropped, and bytes for a
+        client that is gone.
         """
         child, command, link = self.child, self.command, self.link
         kind = Stdout if stream_no == 1 else Stderr
@@ -330,7 +334,7 @@ class RunningCommand:
         sent = 0
         try:
             while (waiting := await pipe.ready(self.state.drain_grace)) > 0:
-                if not link.lost and link.can_splice():
+                if waiting >= SPLICE_AT and not link.lost and link.can_splice():
                     size = min(waiting, SPLICE_BODY)
                     allowed = command.spend(size)
                     if allowed < size and child.exceeded is None:

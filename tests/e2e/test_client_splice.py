@@ -122,8 +122,9 @@ def test_devnull_takes_the_bodies_without_a_copy(server: ServerProcess,
     finally:
         os.close(null)
     assert result.exit_code == 0 and result.stdout_bytes == size
-    # each byte spliced twice: socket to the client's pipe, pipe to /dev/null
-    assert sum(spliced) > size
+    # A passed byte is spliced twice (socket to the client's pipe, pipe to /dev/null); what
+    # came with a body's header, or a body that came whole, was received as usual.
+    assert sum(spliced) // 2 > size // 4, "most bodies were received, not passed"
 
 
 def test_a_pipe_whose_reader_left_cancels_the_command(server: ServerProcess) -> None:

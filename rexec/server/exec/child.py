@@ -488,17 +488,21 @@ class PipeOutput:
         """Wait for bytes in the pipe and return how many wait; 0 at end of file (the pipe is
         closed then), -1 as ``ChildProcess.read_into``'s quiet pipe after the leader's exit."""
         child, stream_no = self._child, self.stream_no
+        woken = False
         while (fd := child._fds.get(stream_no)) is not None:
             if count := _waiting(fd):
                 child._grow_if_full(stream_no, fd, count)
                 return count
-            if _hung_up(fd):  # no writer is left: what it wrote last is counted again first
+            # Readable and empty: every writer has closed it (a hung-up pipe is readable), or
+            # a spurious wake-up. What a last writer wrote is counted again first.
+            if woken and _hung_up(fd):
                 if count := _waiting(fd):
                     return count
                 child._close(stream_no)
                 return 0
             if not await child._readable(fd, quiet_after_exit):
                 return -1
+            woken = True
         return 0
 
     def take(self, view: memoryview) -> int:
