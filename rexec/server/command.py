@@ -327,7 +327,7 @@ class RunningCommand:
         ``_copy`` sends them; so are bytes past the budget read and dropped, and bytes for a
         client that is gone.
         """
-        child, command, link = self.child, self.command, self.link
+        link = self.link
         kind = Stdout if stream_no == 1 else Stderr
         buffer: bytearray | None = None
         view = memoryview(b"")
@@ -335,11 +335,8 @@ class RunningCommand:
         try:
             while (waiting := await pipe.ready(self.state.drain_grace)) > 0:
                 if waiting >= SPLICE_AT and not link.lost and link.can_splice():
-                    size = min(waiting, SPLICE_BODY)
-                    allowed = command.spend(size)
-                    if allowed < size and child.exceeded is None:
-                        child.exceed("max_output")
-                    if allowed:  # (the rest of ``size``, if any, is dropped below next time)
+                    allowed = self._allow(min(waiting, SPLICE_BODY))
+                    if allowed:  # (the rest, if any, is read and dropped below next time)
                         sent += allowed
                         try:
                             await link.send_spliced(kind(size=allowed), pipe.fd, allowed)
@@ -349,18 +346,7 @@ class RunningCommand:
                 if buffer is None:
                     buffer = self.state.take_buffer()
                     view = memoryview(buffer)
-                count = pipe.take(view)
-                allowed = command.spend(count)
-                if allowed < count and child.exceeded is None:
-                    child.exceed("max_output")
-                if link.lost or not allowed:
-                    continue  # keep draining so the child is never stuck on a full pipe
-                sent += allowed
-                try:
-                    link.send(kind(size=allowed), view[:allowed])
-                    await link.drain()
-                except (ConnectionLost, ProtocolError):
-                    link.connection_lost()
+                sent += await self._forward(kind, view, pipe.take(view))
         finally:
             view.release()
             if buffer is not None:
@@ -369,7 +355,7 @@ class RunningCommand:
 
     async def _copy(self, stream_no: int) -> int:
         """``_pump`` through a buffer: each chunk read from the child is sent from it."""
-        child, command, link = self.child, self.command, self.link
+        child = self.child
         kind = Stdout if stream_no == 1 else Stderr
         buffer = self.state.take_buffer()
         view = memoryview(buffer)
@@ -377,18 +363,33 @@ class RunningCommand:
         try:
             while (count := await child.read_into(stream_no, buffer,
                                                   self.state.drain_grace)) > 0:
-                allowed = command.spend(count)
-                if allowed < count and child.exceeded is None:
-                    child.exceed("max_output")
-                if link.lost or not allowed:
-                    continue  # keep draining so the child is never stuck on a full pipe
-                sent += allowed
-                try:
-                    link.send(kind(size=allowed), view[:allowed])
-                    await link.drain()
-                except (ConnectionLost, ProtocolError):  # gone, or closed by a fatal error
-                    link.connection_lost()
+                sent += await self._forward(kind, view, count)
         finally:
             view.release()
             self.state.give_buffer(buffer)
         return sent
+
+    def _allow(self, count: int) -> int:
+        """How many of ``count`` new output bytes the budget allows; past it, the group is
+        stopped (``max_output``)."""
+        allowed = self.command.spend(count)
+        if allowed < count and self.child.exceeded is None:
+            self.child.exceed("max_output")
+        return allowed
+
+    async def _forward(self, kind: type[Stdout | Stderr], view: memoryview, count: int) -> int:
+        """Send the ``count`` bytes read into ``view`` within the budget; the bytes sent.
+
+        Nothing is sent to a client that is gone, or past the budget: the bytes are dropped,
+        and the pump reads on, so that the child is never stuck on a full pipe.
+        """
+        allowed = self._allow(count)
+        link = self.link
+        if link.lost or not allowed:
+            return 0
+        try:
+            link.send(kind(size=allowed), view[:allowed])
+            await link.drain()
+        except (ConnectionLost, ProtocolError):  # gone, or closed by a fatal error
+            link.connection_lost()
+        return allowed
