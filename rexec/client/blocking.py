@@ -805,7 +805,7 @@ class _FdSink:
         self.direct = self.through_pipe = False
         if SPLICE:
             try:
-                info, flags = os.fstat(fd), fcntl_flags(fd)
+                info, flags = os.fstat(fd), fcntl.fcntl(fd, fcntl.F_GETFL)
             except OSError:
                 return
             ordinary = not flags & (os.O_NONBLOCK | os.O_APPEND)
@@ -858,11 +858,6 @@ class _FdSink:
             for fd in self._pipe:
                 os.close(fd)
             self._pipe = None
-
-
-def fcntl_flags(fd: int) -> int:
-    """The descriptor's file status flags (O_NONBLOCK, O_APPEND...)."""
-    return fcntl.fcntl(fd, fcntl.F_GETFL)
 
 
 def _is_null(info: os.stat_result) -> bool:

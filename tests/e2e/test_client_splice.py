@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import rexec
-from tests.helpers import ServerProcess, start_server
+from tests.helpers import ROOT, ServerProcess, start_server
 from tests.helpers import interleaved_output as expected
 from tests.helpers import interleaved_writer as writer_command
 
@@ -142,10 +143,6 @@ def test_a_pipe_whose_reader_left_cancels_the_command(server: ServerProcess) -> 
 def test_the_cli_splices_into_a_pipe_and_a_file(server: ServerProcess, tmp_path: Path) -> None:
     """`rexec run` hands its stdout to the client as a descriptor: byte-exact into a pipe and
     a file, and a pipe closed early exits 141 as a shell's pipeline expects."""
-    import subprocess
-
-    from tests.helpers import ROOT
-
     token = tmp_path / "token"
     token.write_text(server.token)
     token.chmod(0o600)
