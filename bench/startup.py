@@ -152,6 +152,7 @@ def stages(args: list[str]) -> None:
         return execute(*a, **kw)
 
     rexec.cli.run.execute = stamped_execute  # run_command looks it up when called
+    rexec.cli.main.without_pydantic_plugins()  # as rexec.cli.main.main does
     try:
         rexec.cli.main.build_app(["run", *args])(args=["run", *args], prog_name="rexec")
     except SystemExit as exc:
@@ -204,6 +205,7 @@ def registry_probe(mode: str, dummies: str, args: list[str]) -> None:
         os._exit(0)
 
     rexec.cli.run.execute = parsed
+    rexec.cli.main.without_pydantic_plugins()
     argv = ["run", *args] if mode == "lazy" else []
     rexec.cli.main.build_app(argv, commands)(args=["run", *args], prog_name="rexec")
 

@@ -18,9 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from rexec.client import tree as tree_plans
 from rexec.client.connect import describe_connect_error, no_handshake_error, tls_failure
 from rexec.client.core import (
     CANCEL_WAIT,
@@ -38,18 +37,6 @@ from rexec.client.core import (
 )
 from rexec.client.escape import EscapeFilter, escape_help
 from rexec.client.options import ConnectOptions, OptionsClient
-from rexec.client.transfer import (
-    CHUNK,
-    AtomicWriter,
-    LocalSource,
-    LocalTree,
-    ProgressCallback,
-    get_destination,
-    get_tree_destination,
-    put_attributes,
-    put_destination,
-    put_tree_destination,
-)
 from rexec.errors import (
     CommandFailed,
     ConnectError,
@@ -61,6 +48,11 @@ from rexec.errors import (
 from rexec.result import Result, TransferResult, TreeResult
 from rexec.sockets import READ_SIZE, tune
 from rexec.wire.frames import Terminal
+
+if TYPE_CHECKING:  # the transfer modules are imported by the methods that use them:
+    # `rexec run` never loads them (about 14 ms of its start-up)
+    from rexec.client import tree as tree_plans
+    from rexec.client.transfer import LocalSource, ProgressCallback
 
 SEND_HIGH_WATER = 1024 * 1024  # stop reading local stdin while this much waits to be sent
 PASS_AT = 64 * 1024
@@ -323,12 +315,15 @@ class BlockingClient(OptionsClient):
         """Copy local file ``local`` to ``remote`` (absolute; ending in ``/`` or naming a
         directory: the local name inside it), atomically: see ``rexec.Client.put`` (and its
         dry run, ``check``)."""
+        from rexec.client import transfer as files
+
         core = self._connected()
         started = time.monotonic()
-        destination = put_destination(local, remote)
+        destination = files.put_destination(local, remote)
         self._cancel_requested = False  # before the hashing: a cancel meanwhile is kept
-        with LocalSource.open(local, hashed=check or not core.hashes_uploads) as source:
-            wanted_mode, mtime_ns = put_attributes(source.digest, mode=mode, preserve=preserve)
+        with files.LocalSource.open(local, hashed=check or not core.hashes_uploads) as source:
+            wanted_mode, mtime_ns = files.put_attributes(source.digest, mode=mode,
+                                                         preserve=preserve)
             event = self._put_source(core, source, destination, mode=wanted_mode,
                                      mtime_ns=mtime_ns, force=force, on_progress=on_progress,
                                      name=None if remote.endswith("/") else source.path.name,
@@ -367,9 +362,11 @@ class BlockingClient(OptionsClient):
             on_progress: ProgressCallback | None = None) -> TransferResult:
         """Copy remote file ``remote`` to ``local`` (an existing directory: the remote name
         inside it), atomically: see ``rexec.Client.get``."""
+        from rexec.client import transfer as files
+
         core = self._connected()
         started = time.monotonic()
-        destination = get_destination(remote, local)
+        destination = files.get_destination(remote, local)
         self._cancel_requested = False
         done = self._get_file(core, remote, destination, preserve=preserve,
                               on_progress=on_progress)
@@ -380,6 +377,8 @@ class BlockingClient(OptionsClient):
     def _get_file(self, core: ClientCore, remote: str, destination: Path, *, preserve: bool,
                   on_progress: ProgressCallback | None,
                   base: str | None = None) -> TransferFinished:
+        from rexec.client.transfer import AtomicWriter
+
         core.start_get(remote, base=base)
         info = self._drive()
         assert isinstance(info, DownloadStarted)
@@ -408,10 +407,13 @@ class BlockingClient(OptionsClient):
                  force: bool = False, on_progress: ProgressCallback | None = None) -> TreeResult:
         """Copy the local directory ``local`` to the remote directory ``remote``: see
         ``rexec.Client.put_tree``."""
+        from rexec.client import transfer as files
+        from rexec.client import tree as tree_plans
+
         core = self._connected()
-        root = put_tree_destination(local, remote)
+        root = files.put_tree_destination(local, remote)
         self._cancel_requested = False
-        tree = LocalTree.read(local)
+        tree = files.LocalTree.read(local)
         plan = tree_plans.put_tree(tree, root, preserve=preserve, force=force)
         return self._carry_out(core, plan, tree.size, on_progress)
 
@@ -419,14 +421,19 @@ class BlockingClient(OptionsClient):
                  on_progress: ProgressCallback | None = None) -> TreeResult:
         """Copy the remote directory ``remote`` to the local directory ``local``: see
         ``rexec.Client.get_tree``."""
+        from rexec.client import transfer as files
+        from rexec.client import tree as tree_plans
+
         core = self._connected()
-        destination = get_tree_destination(remote, local)
+        destination = files.get_tree_destination(remote, local)
         self._cancel_requested = False
         plan = tree_plans.get_tree(remote, destination, preserve=preserve)
         return self._carry_out(core, plan, None, on_progress)
 
     def _carry_out(self, core: ClientCore, plan: tree_plans.Plan, total: int | None,
                    on_progress: ProgressCallback | None) -> TreeResult:
+        from rexec.client import tree as tree_plans
+
         runner = tree_plans.Runner(plan, total, on_progress)
         step: tree_plans.Step | None = runner.first()
         while step is not None:
@@ -443,6 +450,9 @@ class BlockingClient(OptionsClient):
 
     def _step(self, core: ClientCore, step: tree_plans.Step,
               progress: ProgressCallback) -> tree_plans.Outcome:
+        from rexec.client import tree as tree_plans
+        from rexec.client.transfer import LocalSource
+
         if isinstance(step, tree_plans.SendFile):
             with LocalSource.open(step.local, follow=False,
                                   hashed=not core.hashes_uploads) as source:
@@ -733,7 +743,10 @@ class _UploadSource(_StdinSource):
     """A put's bytes: a local file, read within the server's file credit, never polled."""
 
     def __init__(self, source: LocalSource, on_progress: ProgressCallback | None) -> None:
+        from rexec.client.transfer import CHUNK
+
         super().__init__(b"")
+        self._chunk = CHUNK
         self.ready_without_poll = True
         self._source = source
         self._on_progress = on_progress
@@ -744,7 +757,7 @@ class _UploadSource(_StdinSource):
     def pump(self, core: ClientCore) -> None:
         if not self.can_send(core):
             return
-        core.send_file_data(self._source.read(min(core.file_credit, CHUNK)))
+        core.send_file_data(self._source.read(min(core.file_credit, self._chunk)))
         if self._on_progress is not None:
             size = self._source.digest.size
             self._on_progress(size - self._source.remaining, size)

@@ -136,3 +136,46 @@ def test_nothing_inside_rexec_imports_the_package_face() -> None:
             if "rexec" in names:
                 offenders.append(f"{path.relative_to(package.parent)}:{node.lineno}")
     assert not offenders
+
+
+def test_the_one_host_run_path_loads_no_file_transfer_code() -> None:
+    """``rexec run`` imports the blocking client, whose put and get import the transfer
+    modules when called (about 14 ms of start-up otherwise)."""
+    loaded = modules_after("import rexec.cli.main, rexec.cli.run\n"
+                           "from rexec.client.blocking import BlockingClient")
+    assert not loaded & {"rexec.client.transfer", "rexec.client.tree", "rexec.writeback"}
+    loaded = modules_after("from rexec.client.blocking import BlockingClient\n"
+                           "BlockingClient.put  # the methods are there; only calling loads")
+    assert "rexec.client.transfer" not in loaded
+
+
+PLUGIN_PROBE = (
+    "import rexec.cli.main\n"
+    "print(rexec.cli.main.without_pydantic_plugins(), file=sys.stderr)\n"
+    "from rexec.wire.codec import decode_header, encode\n"
+    "from rexec.wire.frames import Hello\n"
+    "hello = Hello(agent='t', versions=[5], nonce='ab' * 32)\n"
+    "assert decode_header(encode(hello)[4:]) == hello\n"
+    "try:\n"
+    "    decode_header(b'{\"type\": \"hello\", \"size\": -1}')\n"
+    "except Exception as exc:\n"
+    "    assert 'size' in str(exc), exc\n"
+    "else:\n"
+    "    raise AssertionError('a negative size was accepted')\n"
+)
+
+
+def test_the_console_script_validates_frames_without_looking_for_pydantic_plugins() -> None:
+    """pydantic's plugin lookup imports importlib.metadata and reads every installed
+    distribution (14-22 ms): the CLI runs without it, its frames validated all the same."""
+    loaded = modules_after(PLUGIN_PROBE)
+    assert "rexec.wire.frames" in loaded
+    assert "importlib.metadata" not in loaded
+
+
+def test_rexec_pydantic_plugins_1_lets_pydantic_look_for_its_plugins(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REXEC_PYDANTIC_PLUGINS", "1")
+    loaded = modules_after(PLUGIN_PROBE)
+    assert "importlib.metadata" in loaded
+    assert "pydantic.plugin._loader" in loaded
