@@ -29,12 +29,15 @@ from typing import IO, Any
 from rexec.errors import ConfigError
 
 log = logging.getLogger("rexec.server")
+# One encoder for every line and record: json.dumps(..., default=str) would make a new one
+# (and its C encoder) per call. ensure_ascii, as json.dumps does by default.
+_JSON = json.JSONEncoder(default=str, ensure_ascii=True)
 
 
 def log_event(level: int, event: str, **fields: Any) -> None:
     """Write one structured (JSON) log line."""
     if log.isEnabledFor(level):
-        log.log(level, json.dumps({"event": event, **fields}, default=str))
+        log.log(level, _JSON.encode({"event": event, **fields}))
 
 
 class AuditLog:
@@ -70,7 +73,7 @@ class AuditLog:
         if self.path is None:
             return True
         record = {"time": _utc_now(), "event": event, **fields}
-        line = json.dumps(record, default=str, ensure_ascii=True) + "\n"
+        line = _JSON.encode(record) + "\n"
         try:
             if self._file is None:
                 self._file = self._open()

@@ -178,8 +178,11 @@ class Link(Protocol):
     def connection_lost(self) -> None:
         """The client is gone: send nothing more, stop the command."""
 
-    def report(self, command: Command, decision: str, **fields: Any) -> None:
-        """The command's log line and audit record."""
+    def audit_command(self, command: Command, decision: str, **fields: Any) -> None:
+        """The command's audit record (the decision, or how it ended)."""
+
+    def log_command(self, command: Command, decision: str, **fields: Any) -> None:
+        """The command's log line."""
 
 
 async def spawn(state: ServerState, plan: Plan) -> Child | str:
@@ -287,12 +290,23 @@ class RunningCommand:
             stdout_bytes=out,
             stderr_bytes=err,
         )
-        link.report(command, "run", exit_code=status.exit_code, signal=status.signal,
-                    timed_out=child.timed_out, exceeded=child.exceeded, stdout_bytes=out,
-                    stderr_bytes=err, duration=exit_frame.duration, delivered=not link.lost)
+        ended = {"exit_code": status.exit_code, "signal": status.signal,
+                 "timed_out": child.timed_out, "exceeded": child.exceeded, "stdout_bytes": out,
+                 "stderr_bytes": err, "duration": exit_frame.duration,
+                 "delivered": not link.lost}
+        # The audit record is written before the client learns of the exit; the log line
+        # after it is sent, so that the client does not wait on it (50-90 us of each command).
+        link.audit_command(command, "run", **ended)
+        sent = False
         if not link.lost:
             try:
                 link.send(exit_frame)
+                sent = True
+            except ConnectionLost:
+                link.lost = True
+        link.log_command(command, "run", **ended)
+        if sent:
+            try:
                 await link.drain()
             except ConnectionLost:
                 link.lost = True

@@ -471,11 +471,20 @@ class Session:
 
     def report(self, command: Command, decision: str, **fields: Any) -> None:
         """The command's log line, and its audit record (the decision or how it ended)."""
-        common = {**self._audit_fields(command), "decision": decision}
-        log_event(logging.INFO, "command", **common, **fields)
+        self.log_command(command, decision, **fields)
+        self.audit_command(command, decision, **fields)
+
+    def log_command(self, command: Command, decision: str, **fields: Any) -> None:
+        """The command's log line."""
+        log_event(logging.INFO, "command", **self._audit_fields(command), decision=decision,
+                  **fields)
+
+    def audit_command(self, command: Command, decision: str, **fields: Any) -> None:
+        """The command's audit record (the decision or how it ended)."""
         if decision != "run":
             fields = {**fields, "env": audit_env(command.run.env)}
-        self.state.audit.record("command", **common, **fields)
+        self.state.audit.record("command", **self._audit_fields(command), decision=decision,
+                                **fields)
 
     def connection_lost(self) -> None:
         """The client is gone: stop sending and terminate any running command's group."""
