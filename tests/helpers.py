@@ -386,6 +386,11 @@ class ScriptedRunner:
 
         return self.start_shell(shlex.join(argv), env, cwd, stdin, confine)
 
+    def on_loop(self, confine: object) -> bool:
+        """Never: every command goes through ``spawn``/``spawn_shell``, which a subclass may
+        slow down (``SlowSpawns``)."""
+        return False
+
     async def spawn_shell(self, command: str, env: object, cwd: str | None = None,
                           stdin: bool = False, confine: object = None) -> ScriptedChild:
         return self.start_shell(command, env, cwd, stdin, confine)

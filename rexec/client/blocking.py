@@ -522,6 +522,9 @@ class BlockingClient(OptionsClient):
                 cancel_sent = True
                 deadline = time.monotonic() + CANCEL_WAIT
             self._queue(core, source)
+            # Sent now: a poll() for POLLOUT first cost each request (a run frame, say) a
+            # system call and a pass of this loop before its first byte left.
+            self._flush_now(sock, core)
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if wait == 0.0:
                 if cancel_sent:

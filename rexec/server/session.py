@@ -22,7 +22,14 @@ from rexec.errors import ConnectionLost, ProtocolError
 from rexec.server import defaults
 from rexec.server.admission import Plan, admit, admit_shell
 from rexec.server.audit import log_event
-from rexec.server.command import Command, RunningCommand, free_slot, hold_slot, spawn
+from rexec.server.command import (
+    Command,
+    RunningCommand,
+    free_slot,
+    hold_slot,
+    spawn,
+    start_now,
+)
 from rexec.server.exec.env import audit_env
 from rexec.server.file_ops import FileOp, FileRequest, FileThread
 from rexec.server.handshake import Accepted, HandshakeRefusal, ServerHandshake
@@ -352,16 +359,18 @@ class Session:
         then supervised, so it is stopped, reaped and audited like any other, and the cancel
         goes on from there."""
         hold_slot(self.state, command)
-        self.spawning = True
-        starting = asyncio.ensure_future(spawn(self.state, plan))
         cancelled = False
         try:
-            while not starting.done():
-                try:
-                    await asyncio.shield(starting)
-                except asyncio.CancelledError:
-                    cancelled = True
-            child = starting.result()
+            child = start_now(self.state, plan)  # on the loop, when that holds nothing up
+            if child is None:
+                self.spawning = True
+                starting = asyncio.ensure_future(spawn(self.state, plan))
+                while not starting.done():
+                    try:
+                        await asyncio.shield(starting)
+                    except asyncio.CancelledError:
+                        cancelled = True
+                child = starting.result()
         except BaseException:
             free_slot(self.state, command)
             raise

@@ -467,6 +467,9 @@ def test_a_crashed_session_is_audited_and_the_server_goes_on(tmp_path):
     from rexec.server.listener import Server
 
     class Broken(Runner):
+        def start_shell(self, *args: object, **kwargs: object):  # type: ignore[override]
+            raise RuntimeError("a bug")  # a command alone starts on the loop: start_shell
+
         async def spawn_shell(self, *args: object, **kwargs: object):  # type: ignore[override]
             raise RuntimeError("a bug")
 

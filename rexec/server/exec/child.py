@@ -168,6 +168,7 @@ class ChildProcess:
                 os.set_blocking(fd, False)
                 self._fds[stream_no] = fd
         self._exited: asyncio.Future[ExitStatus] = self._loop.create_future()
+        self._waiters: list[asyncio.Future[ExitStatus]] = []  # wait()'s callers, told at once
         self._watch_exit()
 
     def _watch_exit(self) -> None:
@@ -245,7 +246,12 @@ class ChildProcess:
 
     def _set_exited(self, returncode: int) -> None:
         if not self._exited.done():
-            self._exited.set_result(ExitStatus.from_returncode(returncode))
+            status = ExitStatus.from_returncode(returncode)
+            self._exited.set_result(status)
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(status)
+            self._waiters.clear()
         self._reap_when_done()
 
     def _pinned(self) -> bool:
@@ -389,8 +395,21 @@ class ChildProcess:
                 pipe.close()
 
     async def wait(self) -> ExitStatus:
-        """Wait for the child (the group's leader) to exit."""
-        return await asyncio.shield(self._exited)
+        """Wait for the child (the group's leader) to exit.
+
+        Each caller waits on a future of its own, resolved with ``_exited``: cancelling one
+        leaves the others and ``_exited`` be, as ``asyncio.shield(self._exited)`` would, and
+        the caller wakes one pass of the event loop sooner than through shield's chain.
+        """
+        if self._exited.done():
+            return self._exited.result()
+        waiter: asyncio.Future[ExitStatus] = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     @property
     def exited(self) -> bool:

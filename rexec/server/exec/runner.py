@@ -146,6 +146,11 @@ class Runner:
         """No child of this Runner lives or is starting: a spawn now holds nothing up."""
         return self._live == 0
 
+    def on_loop(self, confine: Confinement) -> bool:
+        """Whether ``spawn`` and ``spawn_shell`` would start a child so confined on the event
+        loop: alone, or with something to run between fork and exec."""
+        return self.alone or _child_setup(confine) is not None
+
     def start_shell(
         self,
         command: str,
@@ -209,7 +214,7 @@ class Runner:
         confine: Confinement = Confinement(),
     ) -> ChildProcess:
         """``start_shell`` without holding up the event loop (see the module's docstring)."""
-        if self.alone or _child_setup(confine) is not None:  # fork + preexec_fn: on the loop
+        if self.on_loop(confine):  # alone, or fork + preexec_fn: on the loop
             return self.start_shell(command, env, cwd, stdin, confine)
         return self._adopt(await self._on_spawner(functools.partial(
             _popen_shell, command, env, cwd, stdin, umask=confine.umask, setup=None)))
@@ -225,7 +230,7 @@ class Runner:
         executable: str | None = None,
     ) -> ChildProcess:
         """``start`` without holding up the event loop (see the module's docstring)."""
-        if self.alone or _child_setup(confine) is not None:
+        if self.on_loop(confine):
             return self.start(argv, env, cwd, stdin, confine, executable=executable)
         return self._adopt(await self._on_spawner(functools.partial(
             _popen, argv, env, cwd, stdin, umask=confine.umask, setup=None,
