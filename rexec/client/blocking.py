@@ -531,6 +531,8 @@ class BlockingClient(OptionsClient):
                     raise ConnectionLost(
                         "the server did not end the command after it was cancelled", core.received)
                 return None
+            if self._more_input_ready(core, source):
+                wait = 0.0  # input in hand is pumped on the next pass: poll, never block
             self._poll(poller, sock, core, source, wait)
 
     def _dispatch(
@@ -554,10 +556,15 @@ class BlockingClient(OptionsClient):
     def _queue(self, core: ClientCore, source: _StdinSource | None) -> None:
         """Collect what the core wants sent, plus stdin that needs no polling, if there is room."""
         self._out += core.data_to_send()
-        if (source is not None and source.ready_without_poll and source.can_send(core)
-                and len(self._out) < SEND_HIGH_WATER):
+        if self._more_input_ready(core, source):
+            assert source is not None
             source.pump(core)
             self._out += core.data_to_send()
+
+    def _more_input_ready(self, core: ClientCore, source: _StdinSource | None) -> bool:
+        """Whether stdin in hand (or a file) can be pumped now: the credit and room allow."""
+        return (source is not None and source.ready_without_poll and source.can_send(core)
+                and len(self._out) < SEND_HIGH_WATER)
 
     def _poll(self, poller: select.poll, sock: socket.socket, core: ClientCore,
               source: _StdinSource | None, wait: float | None) -> None:
