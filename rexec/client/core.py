@@ -537,6 +537,30 @@ class ClientCore:
     def send_file_data(self, data: bytes | memoryview) -> None:
         """Queue bytes of the put's file, at most ``file_credit`` and ``upload_remaining``."""
         view = memoryview(data)
+        self._take_file_data(view)
+        for start in range(0, len(view), MAX_BODY_SIZE):
+            piece = view[start : start + MAX_BODY_SIZE]
+            self._send(FileData(size=len(piece)), piece)
+        self._end_upload_if_done()
+
+    def send_file_prefix(self, data: bytes | memoryview) -> None:
+        """Like ``send_file_data`` for one frame's worth (at most MAX_BODY_SIZE), but only the
+        frame's header is queued: the caller writes ``data`` itself, right after the bytes of
+        ``data_to_send()`` and before anything queued later, then calls ``file_data_sent()``.
+        A put's body goes from the caller's buffer to the socket without being copied here."""
+        view = memoryview(data)
+        if len(view) > MAX_BODY_SIZE:
+            raise ValueError(f"{len(view)} bytes are more than one frame's body"
+                             f" ({MAX_BODY_SIZE})")
+        self._take_file_data(view)
+        self._outgoing += self.conn.send_prefix(FileData(size=len(view)), len(view))
+
+    def file_data_sent(self) -> None:
+        """The body announced by ``send_file_prefix`` is written: what follows it may go."""
+        self._end_upload_if_done()
+
+    def _take_file_data(self, view: memoryview) -> None:
+        """Check ``view`` against the credit and the declared size, count and hash it."""
         if not self.uploading:
             raise RuntimeError(f"cannot send file data in state {self.conn.state.value}")
         if len(view) > self.file_credit:
@@ -551,9 +575,10 @@ class ClientCore:
         transfer.moved += len(view)
         if not transfer.sha256:  # announced without a digest: hashed as it goes
             transfer.digest.update(view)
-        for start in range(0, len(view), MAX_BODY_SIZE):
-            piece = view[start : start + MAX_BODY_SIZE]
-            self._send(FileData(size=len(piece)), piece)
+
+    def _end_upload_if_done(self) -> None:
+        transfer = self._transfer
+        assert transfer is not None
         if not transfer.sha256 and transfer.moved == transfer.size:
             self._send(PutEnd(sha256=transfer.digest.hexdigest()))
 

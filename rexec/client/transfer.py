@@ -160,6 +160,21 @@ class LocalSource:
         self._left -= len(data)
         return data
 
+    def read_into(self, buffer: bytearray | memoryview) -> memoryview:
+        """``read``, into ``buffer`` (reused: no new object per chunk); the bytes read."""
+        size = min(len(buffer), self._left, CHUNK)
+        if size <= 0:
+            return memoryview(buffer)[:0]
+        view = memoryview(buffer)[:size]
+        try:
+            count = os.readv(self._fd, [view])
+        except OSError as exc:
+            raise local_error(exc, self.path) from None
+        if not count:
+            raise self._shrank(self._left)
+        self._left -= count
+        return view[:count]
+
     def read_at(self, offset: int, size: int) -> bytes:
         """Exactly ``size`` bytes at ``offset`` (pread: the position ``read`` uses is left as
         it is), for a fleet put that reads the file once per pass; LocalFileError if the file

@@ -311,12 +311,22 @@ def test_a_source_failing_midway_cancels_and_the_connection_goes_on(
             raise LocalFileError("f: the file shrank", "changed_while_reading", str(src))
         return real_read(self, size)
 
-    monkeypatch.setattr(transfer.LocalSource, "read", failing_read)
+    real_read_into = transfer.LocalSource.read_into
+
+    def failing_read_into(self: transfer.LocalSource, buffer: memoryview) -> memoryview:
+        calls.append(len(buffer))
+        if len(calls) == 2:
+            raise LocalFileError("f: the file shrank", "changed_while_reading", str(src))
+        return real_read_into(self, buffer)
+
+    # the blocking client reads into a buffer of its own (read_into), the async one reads
+    monkeypatch.setattr(transfer.LocalSource, "read_into", failing_read_into)
     with BlockingClient(address, token=TOKEN) as client:
         with pytest.raises(LocalFileError, match="shrank"):
             client.put(src, "/srv/f")
-        monkeypatch.setattr(transfer.LocalSource, "read", real_read)
+        monkeypatch.setattr(transfer.LocalSource, "read_into", real_read_into)
         assert client.put(src, "/srv/f").changed  # the same connection, ready again
+    calls.clear()
 
     async def main() -> None:
         monkeypatch.setattr(transfer.LocalSource, "read", failing_read)
