@@ -88,7 +88,8 @@ def deploy_command(  # noqa: PLR0917 - typer maps parameters to arguments and op
         "--json", help="JSON Lines: one object per host and step, then a summary object.")
     ] = False,
     quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="Only failed steps and the recap.")] = False,
+        "--quiet", "-q",
+        help="Only failed steps and the recap (its ok hosts on one line).")] = False,
     resume: Annotated[int | None, typer.Option(
         "--resume", metavar="RUN_ID", help="Finish what run RUN_ID of this plan left undone.")
     ] = None,
@@ -396,11 +397,17 @@ class _View:
         width = max((len(name) for name in report.hosts), default=0)
         lines = ["", "recap" + (" (check: nothing was changed)" if report.check else "")
                  + (f", run {run_id}" if run_id is not None else "") + ":"]
+        quiet_ok: list[str] = []  # -q: the hosts that ended ok, one folded line for them all
         for name, host in report.hosts.items():
-            if host.state == "never_reached" or (self.quiet and host.state == "ok"):
+            if host.state == "never_reached":
+                continue
+            if self.quiet and host.state == "ok":
+                quiet_ok.append(name)
                 continue
             counts = "  ".join(f"{key}={value}" for key, value in _counts(host).items())
             lines.append(f"  {name:<{width}}  {host.state:<11}  {counts}")
+        if quiet_ok:
+            lines.append(f"  ok: {fold(quiet_ok)} ({len(quiet_ok)})")
         if never:
             why = ("the failure budget stopped the rollout" if report.stopped
                    else "interrupted" if report.interrupted else "not reached")

@@ -364,6 +364,28 @@ run = "test ${{host}} != web03 && touch {HERE}/done"
     assert "never reached (the failure budget stopped the rollout): web[05-10] (6)" in text
 
 
+def test_quiet_shows_failed_steps_and_folds_the_ok_hosts(fleet: Fleet, clean: None,
+                                                        tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, f"""
+name = "quiet"
+targets = "@web"
+
+[[steps]]
+name = "stamp"
+run = "touch {HERE}/stamp && test ${{host}} != web04"
+""")
+    done = fleet.deploy(plan, "-q")
+    assert done.returncode == 1, done.stderr
+    # the failing step's line (on stdout), and no line for the steps that went well
+    assert [line.split()[:3] for line in done.stdout.decode().splitlines()] == [
+        ["web04", "stamp", "failed"]], done.stdout
+    lines = done.stderr.decode().splitlines()  # the recap
+    recap = lines[lines.index("recap:") + 1:]
+    assert [line.split()[:2] for line in recap if "failed" in line] == [["web04", "failed"]]
+    assert "  ok: web[01-03,05-10] (9)" in recap
+    assert all((fleet.disks[h] / "stamp").exists() for h in WEB)
+
+
 def test_an_unreachable_host_counts_against_the_budget(fleet: Fleet, clean: None,
                                                        tmp_path: Path) -> None:
     plan = write_plan(tmp_path, f"""
