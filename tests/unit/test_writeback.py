@@ -34,3 +34,23 @@ def test_the_real_call_accepts_a_real_file(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == b"x" * 4096
+
+
+def test_loading_the_call_starts_no_child_process(monkeypatch: Any) -> None:
+    """libc's sync_file_range comes from the process's own symbols; ctypes.util.find_library
+    would run `ldconfig -p` in a child on every get, put and deploy."""
+    import subprocess
+    import sys
+
+    spawned: list[object] = []
+    real = subprocess.Popen.__init__
+
+    def spy(self: subprocess.Popen[bytes], *args: Any, **kwargs: Any) -> None:
+        spawned.append(args[0] if args else kwargs.get("args"))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", spy)
+    call = writeback._load()
+    if sys.platform.startswith("linux"):
+        assert call is not None
+    assert spawned == []
