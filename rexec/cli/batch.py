@@ -27,7 +27,7 @@ from rexec.cli.common import (
     fail,
     history_option,
 )
-from rexec.cli.run import Forks, Gather, InventoryFiles, OutDir, Summary, _render_options
+from rexec.cli.run import Forks, Gather, InventoryFiles, OutDir, Summary, render_options
 
 BATCH_HELP = """Run the commands of FILE in order on TARGET, one host or many, over one
 connection per host; a host stops at its first failing command unless -k.
@@ -119,7 +119,7 @@ def batch_command(  # noqa: PLR0917 - typer maps parameters to arguments and opt
     except ConfigError as exc:
         fail(exc, EXIT_USAGE)
     # one host: its lines raw, and only a failure summarised (a fleet's summary says more)
-    options = _render_options(json_output, gather, out_dir, summary, quiet or kind != "fleet")
+    options = render_options(json_output, gather, out_dir, summary, quiet or kind != "fleet")
     options["prefix"] = kind == "fleet" or prefix
     recorder = None if no_history else BatchHistory.open(
         history_file, commands, name=file, targets=target,

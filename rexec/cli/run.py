@@ -50,7 +50,7 @@ InventoryFiles = Annotated[list[Path] | None, typer.Option(
     help="Inventory file (TOML); repeat it to extend one with the next.")]
 
 
-def _parse_env(pairs: list[str]) -> dict[str, str]:
+def parse_env(pairs: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -94,7 +94,7 @@ def _grow_pipe(fd: int) -> None:
         pass
 
 
-class _Outputs:
+class Outputs:
     """Writes remote output to local stdout/stderr; a closed stdout cancels the command."""
 
     def __init__(self, cancel: Any) -> None:
@@ -210,7 +210,7 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
     line = " ".join(command)
     notes = Notes(verbose, quiet)
     try:
-        check_request(line, env=_parse_env(env or []), cwd=cwd, timeout=timeout)
+        check_request(line, env=parse_env(env or []), cwd=cwd, timeout=timeout)
     except InvalidRequest as exc:
         option = {"env": "--env", "cwd": "--cwd", "timeout": "--timeout"}.get(exc.field,
                                                                               "COMMAND")
@@ -228,10 +228,10 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
             fail("--json and -t: a terminal's output is not a document; choose one", EXIT_USAGE)
         raise typer.Exit(run_on_pty(
             address, line, target=one_target(address, inventory, config, line, connection),
-            connection=connection, env=_parse_env(env or []), cwd=cwd, timeout=timeout,
+            connection=connection, env=parse_env(env or []), cwd=cwd, timeout=timeout,
             escape=escape_option(escape), notes=notes))
-    kind, found = _classify(address, inventory, config, line, json_output,
-                            connection=connection)
+    kind, found = classify_target(address, inventory, config, line, json_output,
+                                  connection=connection)
     if kind == "fleet":
         from rexec.cli.fleet import run_fleet, stdin_source, with_flags
 
@@ -240,20 +240,20 @@ def run_command(  # noqa: PLR0917 - typer maps parameters to arguments and optio
         except ConfigError as exc:
             _failed(line, False, str(exc), exc, EXIT_USAGE)
         raise typer.Exit(run_fleet(
-            targets, commands=None, command=line, forks=_forks(forks), timeout=timeout,
-            env=_parse_env(env or []), cwd=cwd, stdin=stdin_source(no_stdin),
-            renderer_options=_render_options(json_output, gather, out_dir, summary, quiet)))
+            targets, commands=None, command=line, forks=check_forks(forks), timeout=timeout,
+            env=parse_env(env or []), cwd=cwd, stdin=stdin_source(no_stdin),
+            renderer_options=render_options(json_output, gather, out_dir, summary, quiet)))
     code = execute(
-        address, line, timeout=timeout, env=_parse_env(env or []), cwd=cwd,
+        address, line, timeout=timeout, env=parse_env(env or []), cwd=cwd,
         json_output=json_output, stdin_fd=None if no_stdin else _stdin_fd(), notes=notes,
         connection=connection, target=found,
     )
     raise typer.Exit(code)
 
 
-def _classify(target: str, inventory: list[Path] | None, config: Path | None, line: str,
-              json_output: bool, *, connection: dict[str, Any] | None = None
-              ) -> tuple[str, Any]:
+def classify_target(target: str, inventory: list[Path] | None, config: Path | None,
+                    line: str, json_output: bool, *,
+                    connection: dict[str, Any] | None = None) -> tuple[str, Any]:
     """("address", None), ("host", Target) or ("fleet", [Target...]); exit 2 on a bad pattern
     or inventory."""
     if ":" in target and not any(char in target for char in "[@,!&"):
@@ -266,14 +266,14 @@ def _classify(target: str, inventory: list[Path] | None, config: Path | None, li
         _failed(line, json_output, str(exc), exc, EXIT_USAGE)
 
 
-def _forks(forks: int) -> int:
+def check_forks(forks: int) -> int:
     if forks < 1:
         fail(f"--forks: must be at least 1, not {forks}", EXIT_USAGE)
     return forks
 
 
-def _render_options(json_output: bool, gather: bool, out_dir: Path | None, summary: bool,
-                    quiet: bool) -> dict[str, Any]:
+def render_options(json_output: bool, gather: bool, out_dir: Path | None, summary: bool,
+                   quiet: bool) -> dict[str, Any]:
     """The fleet renderer's mode from the flags (they exclude each other: exit 2)."""
     chosen = [name for name, on in (("--json", json_output), ("--gather", gather),
                                     ("--out-dir", out_dir is not None)) if on]
@@ -340,7 +340,7 @@ def execute(
                      f"{', identity ' + options.identity if options.identity else ''}")
         with BlockingClient.from_options(options) as client:
             _connected(client, notes)
-            outputs = _Outputs(client.request_cancel)
+            outputs = Outputs(client.request_cancel)
 
             def on_sigint(signum: int, frame: FrameType | None) -> None:
                 nonlocal interrupts

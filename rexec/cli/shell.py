@@ -36,7 +36,7 @@ from rexec.cli.common import (
     fail,
     status_for,
 )
-from rexec.cli.run import InventoryFiles, Notes, _classify, _Outputs, _parse_env
+from rexec.cli.run import InventoryFiles, Notes, Outputs, classify_target, parse_env
 
 SHELL_HELP = f"""Open an interactive shell on TARGET, as ssh does (or run COMMAND on a PTY).
 
@@ -103,11 +103,11 @@ def shell_command(  # noqa: PLR0917 - typer maps parameters to arguments and opt
     line = " ".join(command) if command else None
     target = one_target(address, inventory, config, line or "shell", connection)
     if line is None and not os.isatty(0):
-        code = run_script(address, target=target, connection=connection, env=_parse_env(env or []),
+        code = run_script(address, target=target, connection=connection, env=parse_env(env or []),
                           cwd=cwd, timeout=timeout, notes=notes)
     else:
         code = run_on_pty(address, line, target=target, connection=connection,
-                          env=_parse_env(env or []), cwd=cwd, timeout=timeout, escape=escape_char,
+                          env=parse_env(env or []), cwd=cwd, timeout=timeout, escape=escape_char,
                           notes=notes)
     raise typer.Exit(code)
 
@@ -125,7 +125,7 @@ def escape_option(value: str) -> bytes | None:
 def one_target(address: str, inventory: list[Path] | None, config: Path | None,
                line: str, connection: dict[str, Any]) -> Any:
     """The one host TARGET names (None for an address): exit 2 when a pattern names more."""
-    kind, found = _classify(address, inventory, config, line, False, connection=connection)
+    kind, found = classify_target(address, inventory, config, line, False, connection=connection)
     if kind != "fleet":
         return found
     if len(found) != 1:
@@ -217,7 +217,7 @@ def run_script(address: str, *, target: Any, connection: dict[str, Any], env: di
         options = _options(address, target, connection)
         notes.detail(f"token from {options.token_source}")
         with BlockingClient.from_options(options) as client:
-            outputs = _Outputs(client.request_cancel)
+            outputs = Outputs(client.request_cancel)
             result = client.shell_script(stdin=0, env=env, cwd=cwd, timeout=timeout,
                                          capture=False, on_stdout=outputs.stdout,
                                          on_stderr=outputs.stderr)

@@ -39,7 +39,7 @@ from rexec.cli.common import (
     fail,
     status_for,
 )
-from rexec.cli.run import Forks, InventoryFiles, Notes, _classify, describe_error
+from rexec.cli.run import Forks, InventoryFiles, Notes, classify_target, describe_error
 
 EXITS = """Exit status:
 
@@ -283,8 +283,8 @@ class _Job:
     def run(self, inventory: list[Path] | None, config: Path | None,
             connection: dict[str, Any], transfer: Any) -> int:
         """Connect, do ``transfer(client, on_progress)``, report; the exit status."""
-        _, found = _classify(self.target, inventory, config, self.kind, False,
-                             connection=connection)
+        _, found = classify_target(self.target, inventory, config, self.kind, False,
+                                   connection=connection)
         import gc
 
         from rexec.cli.shell import _options
@@ -395,7 +395,7 @@ class _Progress:
         rate = (done - base) / max(now - started, 1e-6)
         eta = (total - done) / rate if rate else 0.0
         percent = done * 100 // total if total else 100
-        line = (f"{_size(done)} / {_size(total)}  {percent:3d}%  {_size(rate)}/s"
+        line = (f"{human_size(done)} / {human_size(total)}  {percent:3d}%  {human_size(rate)}/s"
                 f"  ETA {int(eta) // 60}:{int(eta) % 60:02d}")
         sys.stderr.write(f"\r{line}\x1b[K")
         sys.stderr.flush()
@@ -408,7 +408,7 @@ class _Progress:
             self._dirty = False
 
 
-def _size(count: float) -> str:
+def human_size(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from rexec.cli.common import EXIT_USAGE, fail
-from rexec.cli.run import Notes, _classify, _forks
-from rexec.cli.transfer import _size
+from rexec.cli.run import Notes, check_forks, classify_target
+from rexec.cli.transfer import human_size
 
 Operation = Callable[[Any, Any, Callable[[Any], None]], Awaitable[Any]]
 """``operation(group, on_progress, on_done)``: the Group's put or get, started."""
@@ -143,8 +143,8 @@ def _fleet(kind: str, target: str, operation: Operation,
         check_timeout(timeout)
     except InvalidRequest as exc:
         fail(f"--timeout: {exc}", EXIT_USAGE)
-    forks = _forks(forks)
-    _, found = _classify(target, inventory, config, kind, False, connection=connection)
+    forks = check_forks(forks)
+    _, found = classify_target(target, inventory, config, kind, False, connection=connection)
     try:
         targets = with_flags(found, connection)
     except ConfigError as exc:
@@ -203,4 +203,5 @@ class _Moved:
             return
         self._drawn = now
         rate = self.done / max(now - self._first, 1e-6)
-        self._progress.moved(f"{_size(self.done)} / {_size(self.total)}  {_size(rate)}/s")
+        self._progress.moved(
+            f"{human_size(self.done)} / {human_size(self.total)}  {human_size(rate)}/s")

@@ -32,7 +32,7 @@ def test_a_host_port_target_loads_nothing_of_the_fleet() -> None:
     """``rexec run HOST:PORT`` is told from a pattern without importing the fleet's modules
     (they cost the one-host start-up about 6 ms)."""
     loaded = modules_after("import rexec.cli.run\n"
-                           "assert rexec.cli.run._classify('web1:7878', None, None, 'true',"
+                           "assert rexec.cli.run.classify_target('web1:7878', None, None, 'true',"
                            " False) == ('address', None)")
     assert not {m for m in loaded if m.startswith(("rexec.fleet", "rexec.cli.fleet"))}
 
