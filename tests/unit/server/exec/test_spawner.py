@@ -33,6 +33,20 @@ print(json.dumps({"pid": os.getpid(), "sid": os.getsid(0), "pgrp": os.getpgrp(),
 """
 
 
+@pytest.fixture
+def threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each child is started on, in order (``_popen`` spied on)."""
+    names: list[str] = []
+    real = runner_module._popen
+
+    def recording(*args: object, **kwargs: object) -> object:
+        names.append(threading.current_thread().name)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner_module, "_popen", recording)
+    return names
+
+
 async def _output(child: ChildProcess) -> bytes:
     """Everything the child writes on stdout, once it has exited; the child closed and reaped."""
     buffer, out = bytearray(65536), bytearray()
@@ -106,15 +120,7 @@ def test_a_spawned_child_keeps_every_guarantee(tmp_path: Path, shell: bool, alon
     assert report["fds"] == [0, 1, 2, 3]  # 3: listdir's own descriptor of /proc/self/fd
 
 
-def test_the_fork_happens_off_the_event_loop_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    threads: list[str] = []
-    real = runner_module._popen
-
-    def recording(*args: object, **kwargs: object) -> object:
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(runner_module, "_popen", recording)
+def test_the_fork_happens_off_the_event_loop_thread(threads: list[str]) -> None:
 
     async def main() -> bytes:
         runner = Runner()
@@ -131,15 +137,7 @@ def test_the_fork_happens_off_the_event_loop_thread(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_command_alone_is_spawned_on_the_loop_and_the_next_one_meanwhile_on_a_thread(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    threads: list[str] = []
-    real = runner_module._popen
-
-    def recording(*args: object, **kwargs: object) -> object:
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(runner_module, "_popen", recording)
+        threads: list[str]) -> None:
 
     async def main() -> list[bytes]:
         runner = Runner()
@@ -160,19 +158,10 @@ def test_a_command_alone_is_spawned_on_the_loop_and_the_next_one_meanwhile_on_a_
     assert threads[1].startswith("rexec-spawn")
 
 
-def test_a_confined_child_is_started_on_the_loop_as_before(monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+def test_a_confined_child_is_started_on_the_loop_as_before(threads: list[str]) -> None:
     """rlimits need preexec_fn (fork, not vfork): that path stays on the event loop thread."""
     import resource
 
-    threads: list[str] = []
-    real = runner_module._popen
-
-    def recording(*args: object, **kwargs: object) -> object:
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(runner_module, "_popen", recording)
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = min(soft, 512)
 
