@@ -174,6 +174,7 @@ class FileOp:
         self._cancelled = False
         self._end_digest: str | None = None  # put_end's, for a put without sha256
         self._head_start: Callable[[], None] | None = None  # to hash after digest_required
+        self._would_change = False  # what a put's check found (_prepare_put)
         self.task: asyncio.Task[None] = asyncio.create_task(self._run())
 
     # what the client's frames ask of it
@@ -286,46 +287,57 @@ class FileOp:
 
     async def _put(self, put: Put, roots: FileRoots) -> dict[str, Any]:
         self._check_size(put.file_size)
-        parent = await self._disk(open_target, roots, put.path, base=put.base, name=put.name)
-        self.path = parent.path
         sha256 = EMPTY_SHA256 if put.sha256 is None and not put.file_size else put.sha256
+        # one call on the thread decides (and closes the folder when nothing is to be written)
+        upload = await self._disk(self._prepare_put, put, roots, sha256)
+        if upload is None:  # a dry run, or the file is there already
+            return self._done("put", changed=self._would_change, size=put.file_size,
+                              sha256=sha256, **({"check": True} if put.check else {}))
         try:
-            if put.check:  # a dry run: whether this put would write, nothing written
-                assert sha256 is not None  # the frame's validator requires it
-                same = not put.force and await self._disk(
-                    unchanged, parent, size=put.file_size, sha256_hex=sha256, mode=put.mode,
-                    cache=self.link.file_thread.digests)
-                return self._done("put", changed=not same, size=put.file_size, sha256=sha256,
-                                  check=True)
-            if put.force:
-                pass
-            elif sha256 is not None:
-                if await self._disk(unchanged, parent, size=put.file_size, sha256_hex=sha256,
-                                    mode=put.mode, cache=self.link.file_thread.digests):
-                    return self._done("put", changed=False, size=put.file_size, sha256=sha256)
-            elif await self._disk(same_size, parent, size=put.file_size, mode=put.mode):
-                self._head_start = functools.partial(  # after the answer: see _run
-                    remember_digest, roots, put.path, base=put.base, name=put.name,
-                    cache=self.link.file_thread.digests)
-                raise TransferError("digest_required", f"{self.path}: a file of the same size"
-                                    " is there: send its SHA-256 first, to tell whether it is"
-                                    " the same", self.path)
-            upload = await self._disk(Upload, parent, size=put.file_size, mode=put.mode,
-                                      mtime_ns=put.mtime_ns,
-                                      max_size=self.identity.policy.max_file_size)
-            try:
-                if put.file_size:
-                    await self._receive(put, upload)
+            if put.file_size:
+                await self._receive(put, upload, sha256)
+            if not upload.committed:
                 if sha256 is None:
                     sha256 = await self._digest_at_end()
                 self._check_cancelled()
                 await self._disk(upload.commit, sha256)
-            except BaseException:
-                await asyncio.shield(self._disk(upload.abort))
-                raise
-        finally:
-            await asyncio.shield(self._disk(parent.close))
+        except BaseException:
+            await asyncio.shield(self._disk(upload.abort))
+            raise
         return self._done("put", changed=True, size=put.file_size, sha256=sha256)
+
+    def _prepare_put(self, put: Put, roots: FileRoots, sha256: str | None) -> Upload | None:
+        """On the thread: open the put's folder and tell whether it writes; the Upload that
+        writes (it owns the folder from then on), or None (the folder closed again) when
+        nothing is to be written: a dry run (``_would_change`` says what it found) or the
+        same file already there. Each step here was a call of its own, and each call on the
+        thread costs the loop two wake-ups, more than a small put's own work."""
+        parent = open_target(roots, put.path, base=put.base, name=put.name)
+        self.path = parent.path
+        try:
+            digests = self.link.file_thread.digests
+            if put.check or (not put.force and sha256 is not None):
+                assert sha256 is not None  # a check's frame validator requires it
+                same = not put.force and unchanged(
+                    parent, size=put.file_size, sha256_hex=sha256, mode=put.mode,
+                    cache=digests)
+                if put.check or same:
+                    self._would_change = not same
+                    parent.close()
+                    return None
+            elif sha256 is None and not put.force and same_size(
+                    parent, size=put.file_size, mode=put.mode):
+                self._head_start = functools.partial(  # after the answer: see _run
+                    remember_digest, roots, put.path, base=put.base, name=put.name,
+                    cache=digests)
+                raise TransferError("digest_required", f"{self.path}: a file of the same size"
+                                    " is there: send its SHA-256 first, to tell whether it is"
+                                    " the same", self.path)
+            return Upload(parent, size=put.file_size, mode=put.mode, mtime_ns=put.mtime_ns,
+                          max_size=self.identity.policy.max_file_size, owns_parent=True)
+        except BaseException:
+            parent.close()
+            raise
 
     async def _digest_at_end(self) -> str:
         """The client's put_end digest, once it comes."""
@@ -335,8 +347,9 @@ class FileOp:
             await self._wake.wait()
         return self._end_digest
 
-    async def _receive(self, put: Put, upload: Upload) -> None:
-        """Write the upload's bytes as they come, crediting them back, until all are in."""
+    async def _receive(self, put: Put, upload: Upload, sha256: str | None) -> None:
+        """Write the upload's bytes as they come, crediting them back, until all are in; the
+        last batch is committed by the same call on the thread when the digest is known."""
         self.link.send(PutReady())
         received = credit = 0
         while received < put.file_size:
@@ -345,8 +358,12 @@ class FileOp:
                 self._wake.clear()
                 await self._wake.wait()
             chunks = self._take_batch()
-            await self._disk(_write_all, upload, chunks)  # size_mismatch past file_size
             size = sum(len(chunk) for chunk in chunks)
+            if received + size == put.file_size and sha256 is not None:
+                self._check_cancelled()
+                await self._disk(_write_all, upload, chunks, commit=sha256)
+            else:
+                await self._disk(_write_all, upload, chunks)  # size_mismatch past file_size
             received += size
             credit += size
             if credit >= CREDIT_BATCH and received < put.file_size:
@@ -436,10 +453,14 @@ class FileOp:
 LIST_BATCH = 256  # entries of a listing read from the disk at a time
 
 
-def _write_all(upload: Upload, chunks: list[bytes | memoryview]) -> None:
-    """Write the chunks in order (on the transfer's thread)."""
+def _write_all(upload: Upload, chunks: list[bytes | memoryview], *,
+               commit: str | None = None) -> None:
+    """Write the chunks in order (on the transfer's thread), then, given the SHA-256 of the
+    whole upload, commit it."""
     for chunk in chunks:
         upload.write(chunk)
+    if commit is not None:
+        upload.commit(commit)
 
 
 def _next_batch(entries: Iterator[T]) -> list[T]:

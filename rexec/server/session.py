@@ -421,13 +421,16 @@ class Session:
 
     def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> bool:
         """A put or get's log line and audit record (``result``: started, ok, or the error's
-        code); False if the audit log could not be written."""
+        code; a start is logged at debug level only); False if the audit log could not be
+        written."""
         assert self.identity is not None
         record = {"peer": self.peer, "identity": self.identity.name, "op": op, "path": path,
                   "result": result, **fields}
         if self.identity.policy.run_as is not None:  # the user it read and wrote as
             record["run_as"] = self.identity.policy.run_as
-        log_event(logging.INFO, "transfer", **record)
+        # The log has one line per transfer, at its end, as per command; its start is a
+        # debug line (the audit log records both: a transfer is audited before it acts).
+        log_event(logging.DEBUG if result == "started" else logging.INFO, "transfer", **record)
         return self.state.audit.record("transfer", **record)
 
     def _released(self) -> None:

@@ -404,12 +404,15 @@ class Upload:
     ``size`` is what the client announced (None: unknown, only ``max_size`` bounds it);
     ``mode`` and ``mtime_ns`` are applied on commit when given. Any failure in write() or
     commit(), and leaving the ``with`` block without a commit, abort: the temporary file is
-    removed and the destination is untouched.
+    removed and the destination is untouched. With ``owns_parent`` the upload closes
+    ``parent`` once it is committed or aborted (otherwise the caller does).
     """
 
     def __init__(self, parent: Parent, *, size: int | None = None, mode: int | None = None,
-                 mtime_ns: int | None = None, max_size: int | None = None) -> None:
+                 mtime_ns: int | None = None, max_size: int | None = None,
+                 owns_parent: bool = False) -> None:
         self.parent = parent
+        self._owns_parent = owns_parent
         self.path = parent.path
         _check_mode(mode, self.path)
         if size is not None and size < 0:
@@ -510,8 +513,12 @@ class Upload:
             self.abort()
             raise
         # The rename is done: an fsync failure now cannot be undone, only reported.
-        with _mapped(self.path):
-            os.fsync(self.parent.fd)
+        try:
+            with _mapped(self.path):
+                os.fsync(self.parent.fd)
+        finally:
+            if self._owns_parent:
+                self.parent.close()
 
     def abort(self) -> None:
         """Remove the temporary file (idempotent; a no-op after a successful commit)."""
@@ -523,6 +530,8 @@ class Upload:
             with contextlib.suppress(OSError):
                 os.unlink(self.temp, dir_fd=self.parent.fd)
             self.temp = ""
+        if self._owns_parent:
+            self.parent.close()
 
     def __enter__(self) -> Upload:
         return self

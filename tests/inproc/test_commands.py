@@ -303,3 +303,25 @@ def test_a_server_closed_while_a_child_starts_stops_and_audits_it(tmp_path: Path
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     commands = [r.get("decision") for r in records if r.get("event") == "command"]
     assert commands == ["started", "run"]
+
+
+def test_a_transfer_has_one_info_log_line_and_both_audit_records(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # As a command has one log line at its end, so has a transfer; its start is at debug
+    # level, while the audit log keeps both records (a transfer is audited before it acts).
+    audit = tmp_path / "audit.jsonl"
+    target = tmp_path / "app.conf"
+
+    async def main() -> None:
+        async with serving(lambda cmd, stdin: ScriptedChild([], []), audit=audit) as (
+                _, _r, address), rexec.Client(address, token=TOKEN) as client:
+            await client.put_data(b"listen 8080\n", str(target))
+
+    with caplog.at_level("DEBUG", logger="rexec.server"):
+        asyncio.run(main())
+    lines = [(r.levelname, json.loads(r.getMessage())) for r in caplog.records
+             if r.name == "rexec.server" and '"transfer"' in r.getMessage()]
+    assert [(level, line["result"]) for level, line in lines] == [
+        ("DEBUG", "started"), ("INFO", "ok")]
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [r["result"] for r in records if r["event"] == "transfer"] == ["started", "ok"]

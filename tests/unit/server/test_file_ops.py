@@ -124,3 +124,54 @@ def test_who_may_transfer_and_where() -> None:
     unconfined = roots_for(identity(run_as="nobody"))
     assert isinstance(unconfined, TransferError) and unconfined.code == "refused"
     assert "run_as) and no file_roots" in str(unconfined)
+
+
+class CountingThread(FileThread):
+    """A FileThread that counts the calls made on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def submit(self, call: Any) -> Any:
+        self.calls += 1
+        return super().submit(call)
+
+
+def open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+@pytest.mark.parametrize("kind", ["new", "unchanged", "check", "changed"])
+def test_a_small_put_takes_two_calls_on_the_thread_at_most(tmp_path: Path, kind: str) -> None:
+    # Each call on the transfer's thread costs the loop two wake-ups, more than a small put's
+    # own work: a new file is opened, checked and created in one call and written and
+    # committed in another; a file already there is answered after one; and no descriptor
+    # (the folder's) is left open in any case.
+    data = b"listen 8080\n"
+    target = tmp_path / "app.conf"
+    if kind != "new":
+        target.write_bytes(data if kind != "changed" else b"listen 80\n")
+        target.chmod(0o644)
+
+    async def main() -> None:
+        link = Link()
+        link.file_thread = thread = CountingThread()
+        before = open_fds()
+        op = FileOp(link, identity(), Put(path=str(target), file_size=len(data), mode=0o644,
+                                          sha256=hashlib.sha256(data).hexdigest(),
+                                          check=kind == "check"))
+        if kind in ("new", "changed"):
+            op.data(memoryview(data))
+        async with asyncio.timeout(10):
+            await op.task
+        done = link.sent[-1]
+        assert isinstance(done, TransferDone), link.sent
+        assert done.changed == (kind in ("new", "changed"))
+        assert thread.calls == (2 if kind in ("new", "changed") else 1)
+        assert open_fds() == before
+        assert link.reports[-1] == ("put", str(target), "ok")
+
+    asyncio.run(main())
+    assert target.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.conf"]  # no temporary file
