@@ -6,11 +6,16 @@ disk speed after the last byte came in. ``Writeback`` asks the kernel every few 
 writing what has been written so far (sync_file_range(2) with SYNC_FILE_RANGE_WRITE, which does
 not wait), so the disk works while the network does and the fsync finds little left. Where
 there is no sync_file_range (not Linux) it does nothing: the fsync still makes the file durable.
+
+``FileWriter`` is what writes a transfer's file: a large one around the page cache
+(O_DIRECT), a small one, or one on a file system that refuses O_DIRECT, with ``Writeback``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import mmap
 import os
 from collections.abc import Callable
 
@@ -52,3 +57,138 @@ class Writeback:
             _sync_file_range(self._fd, self._flushed, self._written - self._flushed,
                              _SYNC_FILE_RANGE_WRITE)
             self._flushed = self._written
+
+
+DIRECT_MIN = 16 * 1024 * 1024
+"""Files at least this large are written with O_DIRECT (``FileWriter``)."""
+DIRECT_CHUNK = 4 * 1024 * 1024
+"""Bytes staged and written at a time with O_DIRECT (a multiple of DIRECT_ALIGN)."""
+DIRECT_ALIGN = 4096
+"""What O_DIRECT asks of the buffer's address, the file offset and the length (the largest
+logical block size of common disks)."""
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for ``fd``; False where the file system refuses it."""
+    if not _O_DIRECT:
+        return False
+    import fcntl
+
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
+    except OSError:
+        return False
+    return True
+
+
+class FileWriter:
+    """Writes one new file front to back, and has it on the disk by its fsync.
+
+    A file of DIRECT_MIN bytes or more is written with O_DIRECT: its bytes are staged in an
+    aligned buffer of DIRECT_CHUNK and go from there to the disk, not through the page cache.
+    On the 2-core development VM, writing 1 GiB and fsyncing it took 0.43-0.45 s and 0.07 s of
+    CPU that way, and 0.54-3.3 s and 0.24-2.7 s of CPU through the page cache (the kernel copies
+    every byte into pages it may first have to fault in, then writes them back); the file's
+    bytes are then not left in the page cache either, where they would push out what other
+    programs use. The tail that is not a whole block is written without O_DIRECT, at
+    ``finish``. A file system that refuses O_DIRECT (at the start or at a write) gets the
+    bytes through the page cache instead, with early writeback (``Writeback``); so does a
+    smaller file. Raises OSError as os.write does; call ``finish`` before the fsync, and
+    ``close`` in any case.
+    """
+
+    __slots__ = ("_fd", "_fill", "_stage", "_view", "_writeback")
+
+    def __init__(self, fd: int, size: int | None) -> None:
+        self._fd = fd
+        self._writeback = Writeback(fd)
+        self._stage: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        self._fill = 0
+        if size is not None and size >= DIRECT_MIN and _set_direct(fd, True):
+            self._stage = mmap.mmap(-1, DIRECT_CHUNK)  # page-aligned
+            self._view = memoryview(self._stage)
+
+    @property
+    def direct(self) -> bool:
+        """Whether the bytes still go around the page cache."""
+        return self._view is not None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``."""
+        view = memoryview(data).cast("B")
+        if self._view is None:
+            self._write_all(view)
+            return
+        while view:
+            if self._view is None:  # O_DIRECT was refused on the way: the page cache
+                self._write_all(view)
+                return
+            count = min(len(view), DIRECT_CHUNK - self._fill)
+            self._view[self._fill:self._fill + count] = view[:count]
+            self._fill += count
+            view = view[count:]
+            if self._fill == DIRECT_CHUNK:
+                self._flush_stage(DIRECT_CHUNK)
+
+    def finish(self) -> None:
+        """Write what is staged (before the file's fsync)."""
+        if self._view is None:
+            return
+        whole = self._fill - self._fill % DIRECT_ALIGN
+        if whole:
+            self._flush_stage(whole)
+        if self._fill and self._view is not None:  # the tail: through the page cache
+            _set_direct(self._fd, False)
+            tail = bytes(self._view[:self._fill])
+            self._release()
+            self._write_all(memoryview(tail))
+
+    def close(self) -> None:
+        """Let the staging buffer go (the descriptor stays the caller's)."""
+        self._release()
+
+    def _flush_stage(self, count: int) -> None:
+        """Write the first ``count`` staged bytes (a multiple of DIRECT_ALIGN), keep the rest."""
+        assert self._view is not None
+        done = 0
+        refused = False
+        try:
+            while done < count:
+                done += os.write(self._fd, self._view[done:count])
+                if done % DIRECT_ALIGN:  # a short write (a full disk, say): not aligned now
+                    refused = True
+                    break
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            refused = True
+        if refused:  # (past the except block: its traceback no longer holds a staged slice)
+            # refused (an odd file system), or a short write left the offset unaligned: the
+            # rest of the file goes through the page cache
+            _set_direct(self._fd, False)
+            rest = bytes(self._view[done:self._fill])
+            self._release()
+            self._write_all(memoryview(rest))
+            return
+        left = self._fill - count
+        if left:
+            self._view[:left] = self._view[count:self._fill]
+        self._fill = left
+
+    def _write_all(self, view: memoryview) -> None:
+        total = len(view)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self._writeback.wrote(total)
+
+    def _release(self) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
+        self._fill = 0

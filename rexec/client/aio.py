@@ -434,7 +434,7 @@ class Client(OptionsClient):
         info = await self._transfer_event()
         assert isinstance(info, DownloadStarted)
         try:
-            writer = AtomicWriter.create(destination, info.mode)
+            writer = AtomicWriter.create(destination, info.mode, info.file_size)
         except LocalFileError:
             await self._abandon(core)
             raise

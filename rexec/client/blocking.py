@@ -391,7 +391,7 @@ class BlockingClient(OptionsClient):
         info = self._drive()
         assert isinstance(info, DownloadStarted)
         try:
-            writer = AtomicWriter.create(destination, info.mode)
+            writer = AtomicWriter.create(destination, info.mode, info.file_size)
         except LocalFileError:
             self._abandon(core)
             raise

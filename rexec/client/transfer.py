@@ -35,7 +35,7 @@ from rexec.errors import InvalidRequest, LocalFileError
 from rexec.result import EntryError
 from rexec.wire import paths
 from rexec.wire.frames import MAX_BODY_SIZE
-from rexec.writeback import Writeback
+from rexec.writeback import FileWriter
 
 CHUNK = MAX_BODY_SIZE
 """The most of a local file read or hashed at once: one file_data frame."""
@@ -247,19 +247,22 @@ def _digest(fd: int, path: Path) -> Digest:
 class AtomicWriter:
     """A get's destination: a temporary file beside it until ``commit`` renames it over."""
 
-    def __init__(self, dest: Path, temp: Path, fd: int, keep_mode: int | None) -> None:
+    def __init__(self, dest: Path, temp: Path, fd: int, keep_mode: int | None,
+                 size: int | None = None) -> None:
         self.dest = dest
         self.temp = temp
         self.written = 0
         self._fd = fd
-        self._writeback = Writeback(fd)  # the commit's fsync then finds little left
+        self._writer = FileWriter(fd, size)  # a large file around the page cache
         self._keep_mode = keep_mode  # an existing destination's permission bits
         self._finished = False
 
     @classmethod
-    def create(cls, dest: str | Path, mode: int = 0o644) -> AtomicWriter:
+    def create(cls, dest: str | Path, mode: int = 0o644, size: int | None = None
+               ) -> AtomicWriter:
         """A temporary file in ``dest``'s directory, created with ``mode`` less the umask
-        (the bits a new destination ends with unless ``commit`` is told otherwise)."""
+        (the bits a new destination ends with unless ``commit`` is told otherwise); ``size``,
+        the bytes it will get, if known."""
         dest = Path(dest)
         keep_mode = None
         try:
@@ -282,24 +285,23 @@ class AtomicWriter:
                 continue
             except OSError as exc:
                 raise local_error(exc, dest) from None
-            return cls(dest, temp, fd, keep_mode)
+            return cls(dest, temp, fd, keep_mode, size)
         raise LocalFileError(f"{dest}: no free temporary name beside it", "exists", str(dest))
 
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data`` to the temporary file."""
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view):]
+            self._writer.write(data)
         except OSError as exc:
             raise local_error(exc, self.dest) from None
         self.written += len(data)
-        self._writeback.wrote(len(data))
 
     def commit(self, *, mode: int | None = None, mtime_ns: int | None = None) -> None:
         """Make the temporary file the destination: fsync, ``mode`` (else an existing
         destination's, else as created), ``mtime_ns``, rename, fsync the directory."""
         try:
+            self._writer.finish()
+            self._writer.close()
             final = mode if mode is not None else self._keep_mode
             if final is not None:
                 os.fchmod(self._fd, final)
@@ -321,6 +323,7 @@ class AtomicWriter:
     def abort(self) -> None:
         """Remove the temporary file; the destination stays as it was (no-op after commit)."""
         if self._fd >= 0:
+            self._writer.close()
             os.close(self._fd)
             self._fd = -1
         if not self._finished:

@@ -54,7 +54,7 @@ from types import TracebackType
 from typing import Self
 
 from rexec.wire import paths
-from rexec.writeback import Writeback
+from rexec.writeback import FileWriter
 
 # openat2(2): the syscall number is 437 on every architecture of the unified table (x86_64, arm64,
 # riscv...); struct open_how and the RESOLVE_* bits are from <linux/openat2.h>.
@@ -430,7 +430,7 @@ class Upload:
         self.mode = mode if mode is not None else (
             stat.S_IMODE(existing.st_mode) if existing else DEFAULT_MODE)
         self.temp, self._fd = self._create_temp()
-        self._writeback = Writeback(self._fd)
+        self._writer = FileWriter(self._fd, size)  # large files around the page cache
         if existing is not None:  # keep the owner of what is replaced, where we may (root)
             try:
                 os.fchown(self._fd, existing.st_uid, existing.st_gid)
@@ -474,13 +474,11 @@ class Upload:
             if self.size is not None and total > self.size:
                 raise TransferError("size_mismatch", f"{self.path}: more than the "
                                     f"{self.size} bytes announced", self.path)
-            whole = view = memoryview(data).cast("B")
+            whole = memoryview(data).cast("B")
             with _mapped(self.path):
-                while view:  # os.write may take less than it is given
-                    view = view[os.write(self._fd, view):]
+                self._writer.write(whole)
             self._hash.update(whole)
             self.written = total
-            self._writeback.wrote(len(whole))  # the commit's fsync then finds little left
         except BaseException:
             self.abort()
             raise
@@ -500,6 +498,8 @@ class Upload:
                 raise TransferError("checksum_mismatch", f"{self.path}: SHA-256 of the data "
                                     "received does not match the sender's", self.path)
             with _mapped(self.path):
+                self._writer.finish()
+                self._writer.close()
                 os.fchmod(self._fd, self.mode)  # after fchown, which clears set-id bits
                 if self.mtime_ns is not None:
                     os.utime(self._fd, ns=(time.time_ns(), self.mtime_ns))
@@ -523,6 +523,7 @@ class Upload:
     def abort(self) -> None:
         """Remove the temporary file (idempotent; a no-op after a successful commit)."""
         if self._fd >= 0:
+            self._writer.close()
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
