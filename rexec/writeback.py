@@ -13,6 +13,7 @@ there is no sync_file_range (not Linux) it does nothing: the fsync still makes t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -185,10 +186,14 @@ class FileWriter:
         self._writeback.wrote(total)
 
     def _release(self) -> None:
+        # A traceback being handled may still hold a slice of the stage (a write that raised):
+        # then the buffer goes when that slice does, not now.
         if self._view is not None:
-            self._view.release()
+            with contextlib.suppress(BufferError):
+                self._view.release()
             self._view = None
         if self._stage is not None:
-            self._stage.close()
+            with contextlib.suppress(BufferError):
+                self._stage.close()
             self._stage = None
         self._fill = 0

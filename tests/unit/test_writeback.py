@@ -152,3 +152,15 @@ def test_a_direct_write_error_other_than_einval_is_raised(
     with pytest.raises(OSError) as caught:
         _written(tmp_path / "f", [b"x" * 50_000], 50_000)
     assert caught.value.errno == errno.ENOSPC
+    # and the writer lets its buffer go while that error is being handled (an upload aborts
+    # there), though the error's traceback still holds a slice of it
+    fd = os.open(tmp_path / "g", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        w = writeback.FileWriter(fd, 50_000)
+        try:
+            w.write(b"x" * 50_000)
+        except OSError:
+            w.close()
+        assert not w.direct
+    finally:
+        os.close(fd)
