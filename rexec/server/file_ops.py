@@ -174,7 +174,6 @@ class FileOp:
         self._cancelled = False
         self._end_digest: str | None = None  # put_end's, for a put without sha256
         self._head_start: Callable[[], None] | None = None  # to hash after digest_required
-        self._would_change = False  # what a put's check found (_prepare_put)
         self.task: asyncio.Task[None] = asyncio.create_task(self._run())
 
     # what the client's frames ask of it
@@ -289,9 +288,9 @@ class FileOp:
         self._check_size(put.file_size)
         sha256 = EMPTY_SHA256 if put.sha256 is None and not put.file_size else put.sha256
         # one call on the thread decides (and closes the folder when nothing is to be written)
-        upload = await self._disk(self._prepare_put, put, roots, sha256)
+        upload, changed = await self._disk(self._prepare_put, put, roots, sha256)
         if upload is None:  # a dry run, or the file is there already
-            return self._done("put", changed=self._would_change, size=put.file_size,
+            return self._done("put", changed=changed, size=put.file_size,
                               sha256=sha256, **({"check": True} if put.check else {}))
         try:
             if put.file_size:
@@ -306,12 +305,13 @@ class FileOp:
             raise
         return self._done("put", changed=True, size=put.file_size, sha256=sha256)
 
-    def _prepare_put(self, put: Put, roots: FileRoots, sha256: str | None) -> Upload | None:
-        """On the thread: open the put's folder and tell whether it writes; the Upload that
-        writes (it owns the folder from then on), or None (the folder closed again) when
-        nothing is to be written: a dry run (``_would_change`` says what it found) or the
-        same file already there. Each step here was a call of its own, and each call on the
-        thread costs the loop two wake-ups, more than a small put's own work."""
+    def _prepare_put(self, put: Put, roots: FileRoots, sha256: str | None
+                     ) -> tuple[Upload | None, bool]:
+        """On the thread: open the put's folder and tell whether it writes: (the Upload that
+        writes, which owns the folder from then on, True), or (None, whether the put would
+        change the file) with the folder closed again when nothing is to be written: a dry
+        run, or the same file already there. Each step here was a call of its own, and each
+        call on the thread costs the loop two wake-ups, more than a small put's own work."""
         parent = open_target(roots, put.path, base=put.base, name=put.name)
         self.path = parent.path
         try:
@@ -322,9 +322,8 @@ class FileOp:
                     parent, size=put.file_size, sha256_hex=sha256, mode=put.mode,
                     cache=digests)
                 if put.check or same:
-                    self._would_change = not same
                     parent.close()
-                    return None
+                    return None, not same
             elif sha256 is None and not put.force and same_size(
                     parent, size=put.file_size, mode=put.mode):
                 self._head_start = functools.partial(  # after the answer: see _run
@@ -334,7 +333,7 @@ class FileOp:
                                     " is there: send its SHA-256 first, to tell whether it is"
                                     " the same", self.path)
             return Upload(parent, size=put.file_size, mode=put.mode, mtime_ns=put.mtime_ns,
-                          max_size=self.identity.policy.max_file_size, owns_parent=True)
+                          max_size=self.identity.policy.max_file_size, owns_parent=True), True
         except BaseException:
             parent.close()
             raise
