@@ -62,8 +62,10 @@ class Writeback:
 
 DIRECT_MIN = 16 * 1024 * 1024
 """Files at least this large are written with O_DIRECT (``FileWriter``)."""
-DIRECT_CHUNK = 4 * 1024 * 1024
-"""Bytes staged and written at a time with O_DIRECT (a multiple of DIRECT_ALIGN)."""
+DIRECT_CHUNK = 1024 * 1024
+"""Bytes staged and written at a time with O_DIRECT (a multiple of DIRECT_ALIGN). Writes of
+1 MiB wrote 1 GiB in 0.43-0.45 s here, and the server holds one such buffer per large upload,
+beside the upload's window."""
 DIRECT_ALIGN = 4096
 """What O_DIRECT asks of the buffer's address, the file offset and the length (the largest
 logical block size of common disks)."""
