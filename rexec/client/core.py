@@ -624,6 +624,11 @@ class ClientCore:
         return self.conn.pass_body()
 
     @property
+    def missing(self) -> int:
+        """Bytes the frame being received still lacks (0: none is half received)."""
+        return self.conn.missing
+
+    @property
     def passing(self) -> int | None:
         """Bytes of a passed output body still to be moved (None: none is being passed)."""
         return self.conn.passing

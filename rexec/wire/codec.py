@@ -228,6 +228,18 @@ class FrameDecoder:
         return self._end - self._start + self._body_filled
 
     @property
+    def missing(self) -> int:
+        """Bytes the frame being received still lacks (0: no header is in, or all of it is):
+        a reader that wants the next header with little of its body reads that plus a peek."""
+        if self._header is None:
+            return 0
+        if self._passing is not None:
+            return self._passing
+        if self._body is not None:
+            return len(self._body) - self._body_filled
+        return max(self._header.size - (self._end - self._start), 0)
+
+    @property
     def incomplete(self) -> bool:
         """Whether the frame being received certainly lacks bytes: its header is in, and not
         all of its body yet (False: ``next_frame()`` may have a frame to give)."""

@@ -191,6 +191,11 @@ class Connection:
         return self._decoder.buffered
 
     @property
+    def missing(self) -> int:
+        """Bytes the frame being received still lacks (``FrameDecoder.missing``)."""
+        return self._decoder.missing
+
+    @property
     def incomplete(self) -> bool:
         """Whether the frame being received certainly needs more bytes (``FrameDecoder``)."""
         return self._decoder.incomplete

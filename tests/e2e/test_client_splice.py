@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 import rexec
+from rexec.client.blocking import PASS_AT
+from rexec.wire.codec import PEEK_SIZE, Frame, FrameDecoder
 from tests.helpers import ROOT, ServerProcess, start_server
 from tests.helpers import interleaved_output as expected
 from tests.helpers import interleaved_writer as writer_command
@@ -113,8 +115,18 @@ def test_output_to_a_descriptor_arrives_byte_exact(server: ServerProcess, tmp_pa
         assert not spliced
 
 
-def test_devnull_takes_the_bodies_without_a_copy(server: ServerProcess,
-                                                 spliced: list[int]) -> None:
+def test_devnull_takes_the_bodies_without_a_copy(server: ServerProcess, spliced: list[int],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    bodies: list[tuple[int, bool]] = []  # each stdout frame's body size, and whether passed
+    next_frame = FrameDecoder.next_frame
+
+    def watched(decoder: FrameDecoder) -> Frame | None:
+        frame = next_frame(decoder)
+        if frame is not None and frame.header.type == "stdout":
+            bodies.append((frame.header.size, bool(frame.passed)))
+        return frame
+
+    monkeypatch.setattr(FrameDecoder, "next_frame", watched)
     size = 64 * 1024 * 1024
     null = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -123,9 +135,16 @@ def test_devnull_takes_the_bodies_without_a_copy(server: ServerProcess,
     finally:
         os.close(null)
     assert result.exit_code == 0 and result.stdout_bytes == size
-    # A passed byte is spliced twice (socket to the client's pipe, pipe to /dev/null); what
-    # came with a body's header, or a body that came whole, was received as usual.
-    assert sum(spliced) // 2 > size // 4, "most bodies were received, not passed"
+    assert sum(n for n, _ in bodies) == size
+    # The client reads up to a header and a peek of its body, never further: however fast it
+    # is beside the server, every body with PASS_AT or more behind that peek stays on the wire
+    # and is passed. (The server's bodies are what waited in the pipe: their sizes vary.)
+    large = [passed for n, passed in bodies if n >= PASS_AT + PEEK_SIZE]
+    assert large and all(large), f"{large.count(False)} of {len(large)} large bodies received"
+    # A passed byte is spliced twice (socket to the client's pipe, pipe to /dev/null); only
+    # what came with its header was received.
+    passed = [n for n, was in bodies if was]
+    assert sum(passed) - PEEK_SIZE * len(passed) <= sum(spliced) // 2 <= sum(passed)
 
 
 def test_a_pipe_whose_reader_left_cancels_the_command(server: ServerProcess) -> None:

@@ -791,3 +791,27 @@ def test_a_whole_body_or_a_detached_one_is_not_passable() -> None:
     whole = FrameDecoder()
     whole.feed(wire(f.Stdout(size=3), b"abc"))
     assert whole.passable() is None
+
+
+def test_missing_counts_what_the_frame_being_received_still_lacks() -> None:
+    body = b"m" * 10_000
+    data = wire(f.Stdout(size=len(body)), body)
+    header_end = len(data) - len(body)
+    decoder = FrameDecoder()
+    assert decoder.missing == 0  # no header yet
+    decoder.feed(data[:3])
+    assert decoder.next_frame() is None and decoder.missing == 0  # a part of the prefix
+    decoder.feed(data[3 : header_end + 100])
+    assert decoder.next_frame() is None and decoder.missing == len(body) - 100
+    decoder.pass_body()
+    assert decoder.missing == len(body) - 100  # the passed rest is still to come
+    decoder.passed(len(body) - 150)
+    assert decoder.missing == 50
+    decoder.passed(50)
+    frame = decoder.next_frame()
+    assert frame is not None and frame.passed == len(body) and decoder.missing == 0
+    detaching = FrameDecoder(detach_at=1000)
+    detaching.feed(data[: header_end + 10])
+    assert detaching.next_frame() is None and detaching.missing == len(body) - 10
+    detaching.feed(body[10:])
+    assert detaching.missing == 0
