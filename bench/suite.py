@@ -151,6 +151,7 @@ class Plan:
     fleet_put_rounds: int = 3
     deploy_hosts: tuple[int, ...] = (100, 500)  # row 11: a 4-step deploy, beside pyinfra
     deploy_rounds: int = 3
+    deploy_ansible: bool = True  # row 11 with Ansible beside (--no-ansible: minutes shorter)
     ping_hosts: int = 256  # row 12: rexec ping beside fping
     ping_rounds: int = 5
 
@@ -2281,7 +2282,8 @@ ansible_python_interpreter=/usr/bin/python3
             str(d / "playbook.yml")]
 
 
-def deploy_files(rig: Rig, fleet: Fleet, n: int, base: Path) -> dict[str, list[str]]:
+def deploy_files(rig: Rig, fleet: Fleet, n: int, base: Path,
+                 ansible: bool = True) -> dict[str, list[str]]:
     """The rexec plan and inventory and the pyinfra deploy and inventory for n hosts: the same
     four steps, pyinfra-performance's shape (a file put, a command, a guarded command, a
     template), every host writing beneath its own folder; the argv of each contender."""
@@ -2348,7 +2350,7 @@ files.template(name="template", src="{d / 'motd.j2'}", dest=base + "/motd", mode
         if n == PYINFRA_DEFAULT_HOSTS:
             argvs[f"pyinfra (its default parallelism), {n} hosts"] = [
                 *py, str(d / "inventory.py"), str(d / "deploy.py")]
-    if ansible_bin() is not None and n <= ANSIBLE_HOSTS:
+    if ansible and ansible_bin() is not None and n <= ANSIBLE_HOSTS:
         argvs[f"Ansible, forks {n}, {n} hosts"] = ansible_files(d, fleet, n, base, key)
     return argvs
 
@@ -2380,7 +2382,7 @@ def deploy_row(rig: Rig, plan: Plan, stack: contextlib.ExitStack) -> DeployRow:
     contenders: list[tuple[Series, Batch]] = []
     seconds: list[Series] = []
     for n in plan.deploy_hosts:
-        for name, argv in deploy_files(rig, fleet, n, base).items():
+        for name, argv in deploy_files(rig, fleet, n, base, plan.deploy_ansible).items():
             tool = name.split()[0].rstrip(",").lower()  # rexec, pyinfra, ansible
             folder = base / tool
             first = Series(f"{name}, first run", short=f"{name.split(',')[0]} {n} 1st")
@@ -2428,7 +2430,8 @@ def deploy_row(rig: Rig, plan: Plan, stack: contextlib.ExitStack) -> DeployRow:
     ansible = (f"Ansible (ansible-core {package_version('ansible-core')}) with forks set to the"
                f" host count, its defaults otherwise (ssh with ControlPersist; facts not"
                f" gathered, as no step needs them), up to {ANSIBLE_HOSTS} hosts: one run of"
-               " 500 takes minutes." if ansible_bin() is not None
+               " 500 takes minutes." if ansible_bin() is not None and plan.deploy_ansible
+               else "Ansible is not in the row: --no-ansible." if ansible_bin() is not None
                else "Ansible is not in the row: ansible-playbook was not installed.")
     return DeployRow(series, how, package_version("pyinfra"), ansible)
 
@@ -3411,6 +3414,10 @@ def main() -> int:  # noqa: PLR0912, PLR0915
                              " 12 or ping: rexec ping beside fping"
                              " (these alone rewrite only their own"
                              " sections of --output)")
+    parser.add_argument("--deploy-hosts", default=None,
+                        help="row 11's fleet sizes, e.g. 100 (default 100,500)")
+    parser.add_argument("--no-ansible", action="store_true",
+                        help="row 11 without Ansible (each of its runs takes about 2 minutes)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="where the table goes ('-' for nowhere)")
     args = parser.parse_args()
@@ -3419,6 +3426,17 @@ def main() -> int:  # noqa: PLR0912, PLR0915
         if args.size <= 0:
             parser.error("--size must be positive")
         plan = dataclasses.replace(plan, size=args.size)
+    if args.deploy_hosts is not None:
+        try:
+            hosts = tuple(int(x) for x in args.deploy_hosts.split(",") if x.strip())
+        except ValueError:
+            hosts = ()
+        if not hosts or min(hosts) <= 0:
+            parser.error(f"--deploy-hosts: positive host counts, e.g. 100,500,"
+                         f" not {args.deploy_hosts!r}")
+        plan = dataclasses.replace(plan, deploy_hosts=hosts)
+    if args.no_ansible:
+        plan = dataclasses.replace(plan, deploy_ansible=False)
     names = {"fleet": 7, "pty": 8, "transfer": 9, "fleet-put": 10, "deploy": 11, "ping": 12}
     try:
         rows = {names.get(x.strip()) or int(x) for x in args.only.split(",") if x.strip()}
