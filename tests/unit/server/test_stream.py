@@ -205,3 +205,68 @@ def test_after_authentication_frames_split_anywhere_arrive_whole(use_tls: bool,
     # holding a frame, it read at most the rest of one read: the pour waited in the kernel
     assert seen["held"] <= 2 * RECEIVE_SIZE, seen["held"]
     assert seen["poured"] is True
+
+
+async def requests_then_an_early_one(tls: ssl.SSLContext | None,
+                                     client_tls: ssl.SSLContext | None) -> dict[str, Any]:
+    """Request-sized frames one at a time, apart; then, while the server holds the last (its
+    body a view into the decoder's buffer), the client sends the next ones early."""
+    seen: dict[str, Any] = {}
+    done = asyncio.Event()
+    small = file_data([300, 5, 2000], 5)
+    early = file_data([700, 40_000, 90_000, 3], 6)  # more than one STASH read in all
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            stream = FramedStream(reader, writer, Role.SERVER, handshake=True)
+            await authenticate(stream, tls)
+            reading = []
+            for _ in small[:-1]:
+                await stream.receive()
+                reading.append(writer.transport.is_reading())  # type: ignore[attr-defined]
+            held = await stream.receive()  # not detached: a view of the decoder's buffer
+            await asyncio.sleep(0.5)  # the early frames come meanwhile
+            seen["paused"] = not writer.transport.is_reading()  # type: ignore[attr-defined]
+            seen["held"] = bytes(held.body)  # intact: nothing was received over it
+            seen["reading"] = reading
+            seen["early"] = [bytes((await stream.receive()).body) for _ in early]
+            await stream.close()
+        finally:
+            done.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, limit=STREAM_LIMIT)
+    port = server.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_tls, server_hostname="127.0.0.1" if client_tls else None)
+    try:
+        writer.write(handshake_bytes())
+        for body in small:
+            await asyncio.sleep(0.1)  # one at a time: each read ends with its frame
+            writer.write(encode(FileData(size=len(body)), body))
+            await writer.drain()
+        await asyncio.sleep(0.1)  # the server holds the last one by now
+        for body in early:
+            writer.write(encode(FileData(size=len(body)), body))
+            await writer.drain()
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
+    seen["small"], seen["expected"] = small, early
+    return seen
+
+
+@pytest.mark.parametrize("use_tls", [False, True], ids=["plaintext", "tls"])
+def test_bytes_that_come_while_a_frame_is_held_are_kept_aside(use_tls: bool,
+                                                              tmp_path: Path) -> None:
+    tls = client_tls = None
+    if use_tls:
+        ca, cert, key = write_server_pki(tmp_path)
+        tls, client_tls = server_context(cert, key), client_context(ca)
+    seen = asyncio.run(requests_then_an_early_one(tls, client_tls))
+    # a read that ended a small frame left the socket registered: no epoll_ctl to pause it
+    assert seen["reading"] == [True, True]
+    assert seen["paused"] is True  # bytes came while no one waited: kept aside, then paused
+    assert seen["held"] == seen["small"][-1]
+    assert seen["early"] == seen["expected"]
