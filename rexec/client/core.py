@@ -43,6 +43,8 @@ from rexec.wire.frames import (
     CHECK_VERSION,
     FILE_VERSION,
     FILE_WINDOW,
+    INLINE_PUT_MAX,
+    INLINE_VERSION,
     MAX_BODY_SIZE,
     MAX_COMMAND_LENGTH,
     MAX_ENV_ENTRIES,
@@ -179,6 +181,7 @@ class _Transfer:
     digest: Any = field(default_factory=hashlib.sha256)  # a get's bytes, as they arrive
     started: bool = False  # put_ready or file_info arrived
     cancelled: bool = False  # a cancel was sent
+    inline: bool = False  # a put whose file went in its frame's body (version 6)
 
 
 def _joined(path: str, base: str | None) -> str:
@@ -421,7 +424,7 @@ class ClientCore:
     def start_put(self, path: str, *, file_size: int, sha256: str | None,
                   mode: int | None = None, mtime_ns: int | None = None, force: bool = False,
                   base: str | None = None, name: str | None = None,
-                  check: bool = False) -> None:
+                  check: bool = False, data: bytes | memoryview | None = None) -> bool:
         """Queue a ``put``: ``file_size`` bytes whose SHA-256 is ``sha256`` for remote ``path``.
 
         ``sha256`` None (version 4, ``hashes_uploads``): the core hashes the bytes as they are
@@ -433,6 +436,11 @@ class ClientCore:
         ``send_file_data``, exactly ``file_size`` bytes in all), TransferFinished (nothing to
         send), or TransferFailed. ``check`` (version 5, ``sha256`` given): nothing is sent or
         written; TransferFinished says whether this put would change anything.
+
+        ``data``, the file's bytes in hand: where the server takes them with the put (version
+        6, ``inline_puts``; ``sha256`` given, no ``check``, INLINE_PUT_MAX bytes at most) they
+        go in its body, and the answer is TransferFinished or TransferFailed, never
+        UploadReady. Returns whether they went.
         """
         if check:
             self._check_check(sha256)
@@ -442,14 +450,29 @@ class ClientCore:
             self._check_transfer("put")
         if self.version < TREE_VERSION:
             name = None  # an earlier server cannot put a file into a directory it names
+        inline = (data is not None and self.inline_puts and 0 < file_size <= INLINE_PUT_MAX
+                  and len(data) == file_size and sha256 is not None and not check)
         try:
             put = Put(path=path, base=base, name=name, file_size=file_size, sha256=sha256,
-                      mode=mode, mtime_ns=mtime_ns, force=force, check=check or None)
+                      mode=mode, mtime_ns=mtime_ns, force=force, check=check or None,
+                      size=file_size if inline else 0)
         except ValidationError as exc:
             raise _invalid(exc, {"path": path, "mode": mode}) from None
-        self._send(put)
-        self._transfer = _Transfer("put", _joined(path, base), file_size, sha256 or "")
+        if inline:
+            assert data is not None
+            self._send(put, data)
+        else:
+            self._send(put)
+        self._transfer = _Transfer("put", _joined(path, base), file_size, sha256 or "",
+                                   moved=file_size if inline else 0, started=inline,
+                                   inline=inline)
         self.file_credit = 0
+        return inline
+
+    @property
+    def inline_puts(self) -> bool:
+        """Whether a small file's bytes may go with its put (version 6)."""
+        return self.version >= INLINE_VERSION
 
     def start_get(self, path: str, *, base: str | None = None) -> None:
         """Queue a ``get`` of remote ``path`` (an entry of the directory ``base``, when given):
@@ -695,6 +718,9 @@ class ClientCore:
                          body: memoryview) -> Event | None:
         """The frames of a put or get (the state table already let only these through)."""
         if header.type == "put_ready":
+            if transfer.inline:
+                raise ProtocolError(f"the server asked for the bytes of {transfer.path}, which"
+                                    " came with its put", "unexpected_frame")
             transfer.started = True
             self.file_credit = FILE_WINDOW
             return UploadReady()

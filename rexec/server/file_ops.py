@@ -161,10 +161,13 @@ class FileOp:
     """One put, get, put_dir, put_link or file_list, from its first frame to its
     transfer_done or error frame."""
 
-    def __init__(self, link: FileLink, identity: Identity, header: FileRequest) -> None:
+    def __init__(self, link: FileLink, identity: Identity, header: FileRequest,
+                 body: memoryview | bytes = b"") -> None:
         self.link = link
         self.identity = identity
         self.header = header
+        # a version-6 put's file, copied: the decoder's buffer goes on to the next frames
+        self._inline = bytes(body)
         self.path = entry_path(header.path, getattr(header, "base", None))  # for messages
         self.started = time.monotonic()
         self._queue: deque[bytes | memoryview] = deque()
@@ -287,6 +290,10 @@ class FileOp:
     async def _put(self, put: Put, roots: FileRoots) -> dict[str, Any]:
         self._check_size(put.file_size)
         sha256 = EMPTY_SHA256 if put.sha256 is None and not put.file_size else put.sha256
+        if put.size:  # the file came with the put: one call on the thread does it all
+            assert sha256 is not None  # the frame's validator requires it
+            changed = await self._disk(self._put_inline, put, roots, sha256)
+            return self._done("put", changed=changed, size=put.file_size, sha256=sha256)
         # one call on the thread decides (and closes the folder when nothing is to be written)
         upload, changed = await self._disk(self._prepare_put, put, roots, sha256)
         if upload is None:  # a dry run, or the file is there already
@@ -304,6 +311,21 @@ class FileOp:
             await asyncio.shield(self._disk(upload.abort))
             raise
         return self._done("put", changed=True, size=put.file_size, sha256=sha256)
+
+    def _put_inline(self, put: Put, roots: FileRoots, sha256: str) -> bool:
+        """On the thread: a put that carried its file (version 6), decided, written and
+        committed in one call; whether it changed the file. A mismatch (size, SHA-256) or any
+        failure leaves the destination as it was."""
+        upload, changed = self._prepare_put(put, roots, sha256)
+        if upload is None:
+            return changed
+        try:
+            upload.write(self._inline)
+            upload.commit(sha256)
+        except BaseException:
+            upload.abort()
+            raise
+        return True
 
     def _prepare_put(self, put: Put, roots: FileRoots, sha256: str | None
                      ) -> tuple[Upload | None, bool]:

@@ -40,6 +40,7 @@ from rexec.wire.codec import Frame
 from rexec.wire.frames import (
     CHECK_VERSION,
     FILE_VERSION,
+    INLINE_VERSION,
     PROTOCOL_VERSION,
     PTY_VERSION,
     TREE_VERSION,
@@ -248,7 +249,7 @@ class Session:
         if header.type in ("run", "shell"):
             await self.start_command(header)
         elif isinstance(header, FileRequest):
-            self.start_transfer(header)
+            self.start_transfer(header, frame.body)
         elif self.transfer is not None and header.type == "file_data":
             self.transfer.data(frame.body, detached=frame.detached)
         elif self.transfer is not None and header.type == "put_end":
@@ -298,6 +299,9 @@ class Session:
             what = "a stat frame" if header.type == "stat" else "a put frame with check"
             raise ProtocolError(f"{what} is not part of protocol version {self.version}",
                                 "unexpected_frame")
+        if self.version < INLINE_VERSION and header.type == "put" and header.size:
+            raise ProtocolError(f"a put frame that carries its file is not part of protocol"
+                                f" version {self.version}", "unexpected_frame")
 
     async def start_command(self, run: Run | Shell) -> None:
         """Admit the command (limits, policy, plan), audit its start, spawn it, supervise it."""
@@ -395,11 +399,11 @@ class Session:
         if self.state.shutting_down:
             self.end_for_shutdown()  # the command it was waiting for is done
 
-    def start_transfer(self, header: FileRequest) -> None:
+    def start_transfer(self, header: FileRequest, body: memoryview | bytes = b"") -> None:
         """Start a put, get or directory step (the state table allows one only when nothing
-        runs)."""
+        runs); ``body``: the file a version-6 ``put`` carries."""
         assert self.identity is not None
-        self.transfer = FileOp(self, self.identity, header)
+        self.transfer = FileOp(self, self.identity, header, body)
         self.command_task = asyncio.create_task(self._supervise_transfer(self.transfer))
 
     async def _supervise_transfer(self, op: FileOp) -> None:

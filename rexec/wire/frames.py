@@ -22,14 +22,15 @@ from pydantic import (
     model_validator,
 )
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 """The newest protocol version this implementation speaks: 2 adds PTY sessions (the ``shell``
 and ``resize`` frames, ``run.pty``) to version 1, 3 file transfer (``put``, ``get`` and
 their replies), 4 directory transfers (``put_dir``, ``put_link``, ``file_list``,
 ``file_entry``, ``put.base``, ``put.name``, ``get.base``) and uploads hashed as they are sent
-(``put.sha256`` null, ``put_end``), and 5 puts that only check (``put.check``: would this
-put change anything? nothing is written) and ``stat``."""
-PROTOCOL_VERSIONS: tuple[int, ...] = (5, 4, 3, 2, 1)
+(``put.sha256`` null, ``put_end``), 5 puts that only check (``put.check``: would this
+put change anything? nothing is written) and ``stat``, and 6 small files carried whole in
+their ``put`` frame's body (one round trip, no ``put_ready``)."""
+PROTOCOL_VERSIONS: tuple[int, ...] = (6, 5, 4, 3, 2, 1)
 """Every version this implementation speaks, newest first."""
 PTY_VERSION = 2
 """The first version with PTY sessions."""
@@ -39,6 +40,11 @@ TREE_VERSION = 4
 """The first version with directory transfers."""
 CHECK_VERSION = 5
 """The first version with puts that only check (``put.check``) and ``stat``."""
+INLINE_VERSION = 6
+"""The first version whose ``put`` may carry a small file whole as its body."""
+INLINE_PUT_MAX = 64 * 1024
+"""The largest file a ``put`` carries in its body (version 6); a larger one is sent after
+``put_ready`` in ``file_data`` frames."""
 
 MAX_HEADER_SIZE = 64 * 1024
 """Largest header (JSON bytes) a peer may declare; checked before the header is read."""
@@ -353,9 +359,14 @@ class Put(_Control):
     Version 5: with ``check`` true (and ``sha256`` given), nothing is sent or written: the
     server answers whether the put would change anything (``transfer_done.changed``), as a
     dry run of the same put, refusals included.
+
+    Version 6: a body (``size`` > 0, at most INLINE_PUT_MAX) is the whole file: ``size`` equals
+    ``file_size``, ``sha256`` is given, ``check`` is not true. The server answers at once, with
+    no ``put_ready``: ``transfer_done`` (written, or the same file there already) or an error.
     """
 
     type: Literal["put"] = "put"
+    size: int = Field(default=0, ge=0, le=INLINE_PUT_MAX)
     path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
     base: Base = None  # version 4; never sent when null (codec)
     name: str | None = Field(default=None, min_length=1, max_length=255)  # version 4
@@ -374,6 +385,12 @@ class Put(_Control):
     def _check_has_digest(self) -> "Put":
         if self.check and self.sha256 is None:
             raise ValueError("a put with check true carries its sha256")
+        if self.size:
+            if self.size != self.file_size:
+                raise ValueError(f"a put's body is the whole file: size {self.size} is not"
+                                 f" file_size {self.file_size}")
+            if self.sha256 is None or self.check:
+                raise ValueError("a put that carries its file has its sha256, and no check")
         return self
 
 

@@ -65,7 +65,7 @@ class FakeServer:
                   salt: str | None = SALT.hex()) -> None:
         [(hello, _)] = self.receive()
         assert isinstance(hello, f.Hello)
-        assert hello.versions == list(f.PROTOCOL_VERSIONS) == [5, 4, 3, 2, 1]
+        assert hello.versions == list(f.PROTOCOL_VERSIONS) == [6, 5, 4, 3, 2, 1]
         self.hello = hello
         self.version = version
         self.send(f.Challenge(version=version, nonce=SERVER_NONCE, agent="fake-server/9",
@@ -286,11 +286,11 @@ def test_core_is_closed_after_a_wrong_server_proof() -> None:
 def test_unsupported_version_in_challenge() -> None:
     core = ClientCore(TOKEN)
     server = FakeServer(core)
-    server.challenge(version=6)
+    server.challenge(version=7)
     with pytest.raises(ProtocolError) as info:
         core.next_event()
     assert info.value.code == "unsupported_version"
-    assert "version 6" in str(info.value)
+    assert "version 7" in str(info.value)
 
 
 def test_a_token_challenge_without_a_salt_is_a_protocol_error() -> None:

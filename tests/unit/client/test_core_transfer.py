@@ -116,6 +116,38 @@ def test_no_more_than_the_credit_and_the_window_refills_with_file_credit() -> No
     assert core.upload_remaining == 0
 
 
+def test_a_small_file_in_hand_goes_with_its_put_and_is_answered_at_once() -> None:
+    core, server = handshake()
+    small = DATA[:3000]
+    sha = hashlib.sha256(small).hexdigest()
+    assert core.inline_puts  # version 6
+    assert core.start_put("/srv/f", file_size=len(small), sha256=sha, data=small)
+    [(frame, body)] = server.receive()
+    assert isinstance(frame, f.Put) and frame.size == len(small) and bytes(body) == small
+    assert core.transferring and not core.uploading
+    server.send(done(size=len(small), sha=sha))
+    assert events(core) == [TransferFinished(True, len(small), sha, 0.25)]
+    assert core.ready
+    # too large, not hashed, or a check: the bytes wait for put_ready, as in version 3
+    big = b"b" * (f.INLINE_PUT_MAX + 1)
+    assert not core.start_put("/srv/g", file_size=len(big), data=big,
+                              sha256=hashlib.sha256(big).hexdigest())
+    [(frame, body)] = server.receive()
+    assert frame.size == 0 and not body
+    server.send(f.PutReady())
+    assert events(core) == [UploadReady()]
+
+
+def test_put_ready_after_a_put_that_carried_its_file_is_a_protocol_error() -> None:
+    core, server = handshake()
+    small = b"tiny"
+    core.start_put("/srv/f", file_size=4, sha256=hashlib.sha256(small).hexdigest(), data=small)
+    server.receive()
+    server.send(f.PutReady())
+    with pytest.raises(ProtocolError, match="came with its put"):
+        events(core)
+
+
 def test_no_more_than_the_declared_size_and_nothing_before_put_ready() -> None:
     core, server = handshake()
     put(core, server, data=b"abc")

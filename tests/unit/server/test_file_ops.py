@@ -142,6 +142,59 @@ def open_fds() -> int:
     return len(list(Path("/proc/self/fd").iterdir()))
 
 
+@pytest.mark.parametrize("kind", ["new", "unchanged", "changed", "forced", "corrupt", "too large",
+                                  "refused", "no folder"])
+def test_a_put_that_carries_its_file_takes_one_call_and_no_put_ready(tmp_path: Path,
+                                                                     kind: str) -> None:
+    # Version 6: the file comes in the put's body; the server answers transfer_done (or an
+    # error) after one call on the thread, never put_ready; a failure leaves the old file.
+    data = b"listen 8080\n"
+    old = b"listen 80\n"
+    target = tmp_path / ("missing" if kind == "no folder" else "") / "app.conf"
+    if kind in ("unchanged", "forced"):
+        target.write_bytes(data)
+    elif kind != "no folder":
+        target.write_bytes(old)
+    if target.exists():
+        target.chmod(0o644)
+    sent = b"listen 8081\n" if kind == "corrupt" else data  # not what the digest says
+    policy: dict[str, Any] = {"max_file_size": 5} if kind == "too large" else {}
+    if kind == "refused":
+        policy["put"] = False
+
+    async def main() -> None:
+        link = Link()
+        link.file_thread = thread = CountingThread()
+        before = open_fds()
+        op = FileOp(link, identity(**policy),
+                    Put(path=str(target), file_size=len(data), mode=0o644, size=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(), force=kind == "forced"),
+                    memoryview(sent))
+        async with asyncio.timeout(10):
+            await op.task
+        assert not any(isinstance(h, PutReady) for h in link.sent), link.sent
+        done = link.sent[-1]
+        if kind in ("new", "unchanged", "changed", "forced"):
+            assert isinstance(done, TransferDone), link.sent
+            assert done.changed == (kind != "unchanged")
+            assert thread.calls == 1
+            assert link.reports[-1] == ("put", str(target), "ok")
+        else:
+            assert isinstance(done, Error) and not done.fatal
+            assert done.code == {"corrupt": "checksum_mismatch", "too large": "too_large",
+                                 "refused": "refused", "no folder": "not_found"}[kind]
+            assert thread.calls <= 1
+        assert open_fds() == before
+
+    asyncio.run(main())
+    if kind == "no folder":
+        assert not target.parent.exists()
+        return
+    assert target.read_bytes() == (data if kind in ("new", "unchanged", "changed", "forced")
+                                   else old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.conf"]  # no temporary file
+
+
 @pytest.mark.parametrize("kind", ["new", "unchanged", "check", "changed"])
 def test_a_small_put_takes_two_calls_on_the_thread_at_most(tmp_path: Path, kind: str) -> None:
     # Each call on the transfer's thread costs the loop two wake-ups, more than a small put's

@@ -151,7 +151,7 @@ def test_an_unsupported_version_is_refused_before_any_challenge() -> None:
     refusal = shake.receive_hello(hello)
     assert refusal == HandshakeRefusal(
         "unsupported_version",
-        "this server speaks protocol versions 1, 2, 3, 4, 5; the client offered [99]")
+        "this server speaks protocol versions 1, 2, 3, 4, 5, 6; the client offered [99]")
     assert shake.claimed_identity is None
 
 
@@ -175,7 +175,7 @@ def test_auth_before_hello_is_a_bug_in_the_caller() -> None:
 def test_the_client_refuses_a_challenge_in_a_version_it_does_not_speak() -> None:
     pair = Pair(ClientCore(TOKEN))
     pair.receive()
-    pair.send(f.Challenge(version=6, nonce="cd" * 32, agent="x", method="token",
+    pair.send(f.Challenge(version=7, nonce="cd" * 32, agent="x", method="token",
                           salt="00" * 16))
     with pytest.raises(ProtocolError):
         pair.core.next_event()
