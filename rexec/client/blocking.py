@@ -15,6 +15,7 @@ import os
 import select
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ from rexec.errors import (
     ConnectError,
     ConnectionLost,
     LocalFileError,
+    ProtocolError,
     RexecError,
     TransferFailed,
 )
@@ -53,10 +55,16 @@ from rexec.wire.frames import INLINE_PUT_MAX, Terminal
 
 if TYPE_CHECKING:  # the transfer modules are imported by the methods that use them:
     # `rexec run` never loads them (about 14 ms of its start-up)
+    import queue
+
     from rexec.client import tree as tree_plans
-    from rexec.client.transfer import LocalSource, ProgressCallback
+    from rexec.client.transfer import AtomicWriter, LocalSource, ProgressCallback
 
 SEND_HIGH_WATER = 1024 * 1024  # stop reading local stdin while this much waits to be sent
+PIPELINE_AT = 4 * 1024 * 1024
+"""A get of this many bytes or more is hashed and written on a thread of its own."""
+PIPELINE_DEPTH = 4
+"""The most received chunks (1 MiB each, at most) queued for that thread."""
 PASS_AT = 32 * 1024
 """An output body with this much still to come goes from the socket to a descriptor given as
 ``on_stdout``/``on_stderr`` in the kernel (``os.splice``), where that descriptor allows it. Under a
@@ -412,17 +420,44 @@ class BlockingClient(OptionsClient):
             self._abandon(core)
             raise
         with writer:
-            def write(data: bytes | memoryview) -> None:
-                writer.write(data)
-                if on_progress is not None:
-                    on_progress(writer.written, info.file_size)
+            if info.file_size >= PIPELINE_AT:
+                # a large file is hashed and written on a thread of its own while this one
+                # receives (and decrypts) the next bytes: one after the other, they took turns
+                core.hash_download_elsewhere()
+                pipeline = _WritePipeline(writer)
+                moved = 0
+
+                def write(data: bytes | memoryview) -> None:
+                    nonlocal moved
+                    pipeline.put(data)
+                    moved += len(data)
+                    if on_progress is not None:
+                        on_progress(moved, info.file_size)
+            else:
+                pipeline = None
+
+                def write(data: bytes | memoryview) -> None:
+                    writer.write(data)
+                    if on_progress is not None:
+                        on_progress(writer.written, info.file_size)
 
             try:
-                done = self._drive(callbacks={"file": write})
-            except LocalFileError:
-                self._abandon(core)
-                raise
+                try:
+                    done = self._drive(callbacks={"file": write})
+                except LocalFileError:
+                    self._abandon(core)
+                    raise
+                # a failed last write is raised here: the download is over, the connection
+                # ready, the file not kept
+                digest = pipeline.finish() if pipeline is not None else None
+            finally:
+                if pipeline is not None:
+                    pipeline.close()
             assert isinstance(done, TransferFinished)
+            if digest is not None and digest != done.sha256:
+                raise ProtocolError(
+                    f"{remote}: the SHA-256 of the bytes differs from the server's ({digest}"
+                    f" here, {done.sha256} there)", "checksum_mismatch")
             writer.commit(mode=info.mode if preserve else None,
                           mtime_ns=info.mtime_ns if preserve else None)
         return done
@@ -947,6 +982,53 @@ class _FdSink:
             for fd in self._pipe:
                 os.close(fd)
             self._pipe = None
+
+
+class _WritePipeline:
+    """A download's bytes hashed and written on a thread of its own (``put`` from the receiving
+    thread, copied, PIPELINE_DEPTH chunks queued at most), so that receiving and decrypting
+    go on meanwhile: hashlib and the writes let go of the GIL. A failure there is raised by the
+    next ``put`` or by ``finish``."""
+
+    def __init__(self, writer: AtomicWriter) -> None:
+        import queue  # a large get's only: off `rexec run`'s start-up
+
+        self._writer = writer
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(PIPELINE_DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rexec-get-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._digest.update(chunk)
+                    self._writer.write(chunk)
+                except BaseException as exc:  # raised on the receiving thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:  # and again at every call: nothing more is written
+            raise self._error
+
+    def put(self, data: bytes | memoryview) -> None:
+        """Queue a copy of ``data`` (the decoder's buffer is reused); raise what failed."""
+        self._raise()
+        self._queue.put(bytes(data))
+
+    def finish(self) -> str:
+        """Wait until everything queued is written; the SHA-256 (hex) of it all."""
+        self.close()
+        self._raise()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        """Let the thread end once what is queued is done (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 def _read_all(source: LocalSource, size: int) -> bytes:

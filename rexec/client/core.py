@@ -179,6 +179,7 @@ class _Transfer:
     sha256: str = ""  # a put's declared digest
     moved: int = 0  # bytes sent (put) or received (get)
     digest: Any = field(default_factory=hashlib.sha256)  # a get's bytes, as they arrive
+    # (None: the caller hashes them, ``hash_download_elsewhere``)
     started: bool = False  # put_ready or file_info arrived
     cancelled: bool = False  # a cancel was sent
     inline: bool = False  # a put whose file went in its frame's body (version 6)
@@ -488,6 +489,15 @@ class ClientCore:
         self._send(get)
         self._transfer = _Transfer("get", _joined(path, base))
 
+    def hash_download_elsewhere(self) -> None:
+        """The get under way (its DownloadStarted in, no FileChunk yet) is hashed by the caller,
+        on another thread, say: the core counts the bytes but leaves the SHA-256 to it, and the
+        caller must compare its digest with TransferFinished.sha256 before it keeps the file."""
+        transfer = self._transfer
+        if transfer is None or transfer.kind != "get" or not transfer.started or transfer.moved:
+            raise RuntimeError("hash_download_elsewhere() belongs right after DownloadStarted")
+        transfer.digest = None
+
     def start_put_dir(self, path: str, *, base: str | None = None, mode: int | None = None,
                       mtime_ns: int | None = None) -> None:
         """Queue a ``put_dir`` (version 4): make the remote directory ``path`` (with its
@@ -734,7 +744,8 @@ class ClientCore:
                 raise ProtocolError(
                     f"the server sent more than the {transfer.size} bytes it announced for"
                     f" {transfer.path}", "size_mismatch")
-            transfer.digest.update(body)
+            if transfer.digest is not None:
+                transfer.digest.update(body)
             return FileChunk(body)
         elif header.type == "transfer_done":
             return self._transfer_done(transfer, header)
@@ -768,7 +779,10 @@ class ClientCore:
                     f"the server reported the put of {transfer.path} done after {transfer.moved}"
                     f" of its {transfer.size} bytes", "size_mismatch")
         else:
-            expected_size, expected_sha = transfer.moved, transfer.digest.hexdigest()
+            expected_size = transfer.moved
+            # hashed by the caller, who compares its digest with the one returned
+            expected_sha = (transfer.digest.hexdigest() if transfer.digest is not None
+                            else done.sha256)
             if transfer.moved != transfer.size:
                 raise ProtocolError(
                     f"{transfer.path}: {transfer.moved} bytes arrived, but the server announced"

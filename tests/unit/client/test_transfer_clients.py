@@ -268,11 +268,12 @@ def test_refusals_name_the_code_and_the_path(peer: tuple[Peer, str], tmp_path: P
 
 
 @DRIVERS
+@pytest.mark.parametrize("size", [100_000, 5 * 1024 * 1024], ids=["small", "pipelined"])
 def test_a_corrupted_get_leaves_the_destination_untouched(peer: tuple[Peer, str],
                                                           tmp_path: Path, put: Any,
-                                                          get: Any) -> None:
+                                                          get: Any, size: int) -> None:
     scripted, address = peer
-    scripted.files["/srv/f"] = Stored(os.urandom(100_000))
+    scripted.files["/srv/f"] = Stored(os.urandom(size))
     scripted.corrupt_get = True
     dest = tmp_path / "dest"
     dest.write_bytes(b"mine")
@@ -363,3 +364,33 @@ def test_a_cancel_requested_while_the_source_is_hashed_is_kept(peer: tuple[Peer,
                 client.put(src, "/srv/f")
         assert info.value.code == "cancelled"
         assert client.put(src, "/srv/f").changed  # the connection goes on
+
+
+def test_a_pipelined_get_whose_writes_fail_leaves_nothing_and_the_connection_goes_on(
+        peer: tuple[Peer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A large get is hashed and written on a thread of its own: its failure (a full disk,
+    # say) reaches the receiving thread, the download is abandoned, the connection kept.
+    from rexec.client import transfer
+
+    scripted, address = peer
+    data = os.urandom(6 * f.MAX_BODY_SIZE)
+    scripted.files["/srv/big"] = Stored(data)
+    scripted.files["/srv/small"] = Stored(b"still here")
+    real, calls = transfer.AtomicWriter.write, []
+
+    def write(self: transfer.AtomicWriter, chunk: bytes | memoryview) -> None:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 3:
+            raise LocalFileError("no space left on device", "no_space")
+        real(self, chunk)
+
+    monkeypatch.setattr(transfer.AtomicWriter, "write", write)
+    with BlockingClient(address, token=TOKEN) as client:
+        with pytest.raises(LocalFileError, match="no space") as info:
+            client.get("/srv/big", tmp_path / "big")
+        assert info.value.code == "no_space"
+        assert set(calls) == {"rexec-get-writer"}  # written off the receiving thread
+        monkeypatch.setattr(transfer.AtomicWriter, "write", real)
+        client.get("/srv/small", tmp_path / "small")
+    assert not (tmp_path / "big").exists() and leftovers(tmp_path) == []
+    assert (tmp_path / "small").read_bytes() == b"still here"
