@@ -280,6 +280,26 @@ def test_get_receives_info_chunks_and_a_checked_done() -> None:
     assert core.ready and not core.transferring
 
 
+def test_a_get_hashed_elsewhere_is_counted_and_its_digest_left_to_the_caller() -> None:
+    core, server = handshake()
+    get(core, server)
+    with pytest.raises(RuntimeError, match="right after DownloadStarted"):
+        core.hash_download_elsewhere()  # before file_info: too early
+    server.send(f.FileInfo(file_size=len(DATA), mode=0o600, mtime_ns=99))
+    server.send(f.FileData(size=5000), DATA[:5000])
+    assert isinstance(core.next_event(), DownloadStarted)
+    core.hash_download_elsewhere()
+    assert isinstance(core.next_event(), FileChunk)
+    with pytest.raises(RuntimeError, match="right after DownloadStarted"):
+        core.hash_download_elsewhere()  # bytes came already: too late
+    server.send(f.FileData(size=len(DATA) - 5000), DATA[5000:])
+    wrong = "0" * 64  # the core does not judge it: the caller compares its own digest
+    server.send(done(sha=wrong))
+    got = events(core)
+    assert got[-1] == TransferFinished(True, len(DATA), wrong, 0.25)
+    assert core.ready
+
+
 def test_get_of_an_empty_file() -> None:
     core, server = handshake()
     get(core, server)
