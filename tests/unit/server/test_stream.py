@@ -11,9 +11,11 @@ arrive whole, detached bodies stay intact while kept, and a server holding a fra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,31 @@ async def authenticate(stream: FramedStream, tls: ssl.SSLContext | None) -> None
     stream.authenticated()
 
 
+def contexts(use_tls: bool, tmp_path: Path) -> tuple[ssl.SSLContext | None,
+                                                     ssl.SSLContext | None]:
+    """The server's and the client's TLS contexts, or (None, None) for plaintext."""
+    if not use_tls:
+        return None, None
+    ca, cert, key = write_server_pki(tmp_path)
+    return server_context(cert, key), client_context(ca)
+
+
+@contextlib.asynccontextmanager
+async def connected(serve: Any, client_tls: ssl.SSLContext | None
+                    ) -> AsyncIterator[asyncio.StreamWriter]:
+    """A loopback server running ``serve`` and a client connection to it (its writer)."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, limit=STREAM_LIMIT)
+    port = server.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_tls, server_hostname="127.0.0.1" if client_tls else None)
+    try:
+        yield writer
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def received_after_authentication(tls: ssl.SSLContext | None,
                                         client_tls: ssl.SSLContext | None) -> dict[str, Any]:
     """Trickle frames to an authenticated FramedStream in pieces of every size from 1 byte to
@@ -162,11 +189,7 @@ async def received_after_authentication(tls: ssl.SSLContext | None,
         finally:
             done.set()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, limit=STREAM_LIMIT)
-    port = server.sockets[0].getsockname()[1]
-    _, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=client_tls, server_hostname="127.0.0.1" if client_tls else None)
-    try:
+    async with connected(serve, client_tls) as writer:
         writer.write(handshake_bytes())
         rng, pos = random.Random(3), 0
         while pos < len(wire):
@@ -183,10 +206,6 @@ async def received_after_authentication(tls: ssl.SSLContext | None,
         else:
             writer.close()  # TLS's close_notify: the end of the stream there
         await asyncio.wait_for(done.wait(), 60)
-    finally:
-        writer.close()
-        server.close()
-        await server.wait_closed()
     seen["expected"] = bodies
     return seen
 
@@ -194,11 +213,7 @@ async def received_after_authentication(tls: ssl.SSLContext | None,
 @pytest.mark.parametrize("use_tls", [False, True], ids=["plaintext", "tls"])
 def test_after_authentication_frames_split_anywhere_arrive_whole(use_tls: bool,
                                                                  tmp_path: Path) -> None:
-    tls = client_tls = None
-    if use_tls:
-        ca, cert, key = write_server_pki(tmp_path)
-        tls, client_tls = server_context(cert, key), client_context(ca)
-    seen = asyncio.run(received_after_authentication(tls, client_tls))
+    seen = asyncio.run(received_after_authentication(*contexts(use_tls, tmp_path)))
     assert seen["receiver"] == "Receiver"  # the StreamReader stepped aside
     assert seen["bodies"] == seen["expected"]  # detached ones intact though kept uncopied
     assert seen["detached"] == [True, False, True, False, True, False, True]
@@ -234,11 +249,7 @@ async def requests_then_an_early_one(tls: ssl.SSLContext | None,
         finally:
             done.set()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, limit=STREAM_LIMIT)
-    port = server.sockets[0].getsockname()[1]
-    _, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=client_tls, server_hostname="127.0.0.1" if client_tls else None)
-    try:
+    async with connected(serve, client_tls) as writer:
         writer.write(handshake_bytes())
         for body in small:
             await asyncio.sleep(0.1)  # one at a time: each read ends with its frame
@@ -249,10 +260,6 @@ async def requests_then_an_early_one(tls: ssl.SSLContext | None,
             writer.write(encode(FileData(size=len(body)), body))
             await writer.drain()
         await asyncio.wait_for(done.wait(), 30)
-    finally:
-        writer.close()
-        server.close()
-        await server.wait_closed()
     seen["small"], seen["expected"] = small, early
     return seen
 
@@ -260,11 +267,7 @@ async def requests_then_an_early_one(tls: ssl.SSLContext | None,
 @pytest.mark.parametrize("use_tls", [False, True], ids=["plaintext", "tls"])
 def test_bytes_that_come_while_a_frame_is_held_are_kept_aside(use_tls: bool,
                                                               tmp_path: Path) -> None:
-    tls = client_tls = None
-    if use_tls:
-        ca, cert, key = write_server_pki(tmp_path)
-        tls, client_tls = server_context(cert, key), client_context(ca)
-    seen = asyncio.run(requests_then_an_early_one(tls, client_tls))
+    seen = asyncio.run(requests_then_an_early_one(*contexts(use_tls, tmp_path)))
     # a read that ended a small frame left the socket registered: no epoll_ctl to pause it
     assert seen["reading"] == [True, True]
     assert seen["paused"] is True  # bytes came while no one waited: kept aside, then paused
