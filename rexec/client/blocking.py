@@ -36,6 +36,7 @@ from rexec.client.core import (
     TransferFinished,
     TreeEntry,
     UploadReady,
+    checksum_mismatch,
 )
 from rexec.client.escape import EscapeFilter, escape_help
 from rexec.client.options import ConnectOptions, OptionsClient
@@ -44,7 +45,6 @@ from rexec.errors import (
     ConnectError,
     ConnectionLost,
     LocalFileError,
-    ProtocolError,
     RexecError,
     TransferFailed,
 )
@@ -360,7 +360,7 @@ class BlockingClient(OptionsClient):
         digest = source.digest
         if not check and core.inline_puts and 0 < digest.size <= INLINE_PUT_MAX:
             # a small file goes whole with its put: one round trip, answered TransferFinished
-            data = _read_all(source, digest.size)
+            data = source.read_rest()
             core.start_put(path, file_size=len(data), mode=mode, mtime_ns=mtime_ns, force=force,
                            sha256=digest.sha256 or hashlib.sha256(data).hexdigest(),
                            base=base, name=name, data=data)
@@ -455,9 +455,7 @@ class BlockingClient(OptionsClient):
                     pipeline.close()
             assert isinstance(done, TransferFinished)
             if digest is not None and digest != done.sha256:
-                raise ProtocolError(
-                    f"{remote}: the SHA-256 of the bytes differs from the server's ({digest}"
-                    f" here, {done.sha256} there)", "checksum_mismatch")
+                raise checksum_mismatch(remote, digest, done.sha256)
             writer.commit(mode=info.mode if preserve else None,
                           mtime_ns=info.mtime_ns if preserve else None)
         return done
@@ -1029,20 +1027,6 @@ class _WritePipeline:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-
-
-def _read_all(source: LocalSource, size: int) -> bytes:
-    """All ``size`` bytes of a small file, in one piece (LocalFileError if it fails)."""
-    pieces = []
-    left = size
-    while left:
-        piece = source.read(left)
-        if not piece:
-            raise LocalFileError(f"{source.path}: the file ended {left} bytes before its"
-                                 f" {size}", "changed_while_reading", str(source.path))
-        pieces.append(piece)
-        left -= len(piece)
-    return b"".join(pieces)
 
 
 def _is_null(info: os.stat_result) -> bool:

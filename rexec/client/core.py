@@ -185,6 +185,12 @@ class _Transfer:
     inline: bool = False  # a put whose file went in its frame's body (version 6)
 
 
+def checksum_mismatch(path: str, here: str, there: str | None) -> ProtocolError:
+    """The error for a transfer whose SHA-256 on this side is not the server's."""
+    return ProtocolError(f"{path}: the SHA-256 of the bytes differs from the server's ({here}"
+                         f" here, {there} there)", "checksum_mismatch")
+
+
 def _joined(path: str, base: str | None) -> str:
     return path if base is None else f"{base.rstrip('/')}/{path}"
 
@@ -792,9 +798,7 @@ class ClientCore:
                 f"{transfer.path}: the server reports {done.file_size} bytes, this side counted"
                 f" {expected_size}", "size_mismatch")
         if done.sha256 != expected_sha:
-            raise ProtocolError(
-                f"{transfer.path}: the SHA-256 of the bytes differs from the server's"
-                f" ({expected_sha} here, {done.sha256} there)", "checksum_mismatch")
+            raise checksum_mismatch(transfer.path, expected_sha, done.sha256)
         return TransferFinished(done.changed, done.file_size, done.sha256, done.duration)
 
     def _verify_server(self, mac: str | None, identity: str) -> Authenticated:

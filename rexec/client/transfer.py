@@ -160,6 +160,14 @@ class LocalSource:
         self._left -= len(data)
         return data
 
+    def read_rest(self) -> bytes:
+        """What is still to be read, in one piece (a small file's, for a put that carries
+        it); LocalFileError if the file ended early."""
+        pieces = []
+        while self._left > 0:
+            pieces.append(self.read(self._left))  # never empty while _left: it raises then
+        return b"".join(pieces)
+
     def read_into(self, buffer: bytearray | memoryview) -> memoryview:
         """``read``, into ``buffer`` (reused: no new object per chunk); the bytes read."""
         size = min(len(buffer), self._left, CHUNK)

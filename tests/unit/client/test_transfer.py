@@ -69,6 +69,20 @@ def test_a_source_that_shrank_is_an_error(tmp_path: Path) -> None:
     assert info.value.code == "changed_while_reading"
 
 
+def test_read_rest_is_the_whole_small_file_or_an_error_if_it_shrank(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    data = os.urandom(3000)
+    path.write_bytes(data)
+    with LocalSource.open(path, hashed=False) as source:
+        assert source.read_rest() == data and source.remaining == 0
+        assert source.read_rest() == b""
+    with LocalSource.open(path, hashed=False) as source:
+        os.truncate(path, 1000)
+        with pytest.raises(LocalFileError, match="shrank") as info:
+            source.read_rest()
+    assert info.value.code == "changed_while_reading"
+
+
 @pytest.mark.parametrize(("make", "code"), [
     (lambda p: None, "not_found"),
     (lambda p: p.mkdir(), "is_a_directory"),
