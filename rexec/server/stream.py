@@ -549,10 +549,10 @@ class Receiver(asyncio.BufferedProtocol):
     A read that ended a frame without filling its buffer (a request, the usual case) leaves the
     socket registered for reading: the reader's next ``receive_more()`` mostly follows before
     anything else comes, and then costs no epoll_ctl to resume and none to pause (two a frame:
-    a stat on one connection cost the server 523-597 us with them, 447-547 without). Should bytes come before it, they are received aside
-    (``STASH`` at most; TLS keeps them encrypted) and reading pauses; ``receive_more()`` hands
-    them to the decoder first. A read that filled its buffer (a stream, an upload's bodies)
-    pauses at once, as before.
+    a stat on one connection cost the server 523-597 us with them, 447-547 without). Should
+    bytes come before it, they are received aside (``STASH`` at most; TLS keeps them
+    encrypted) and reading pauses; ``receive_more()`` hands them to the decoder first. A read
+    that filled its buffer (a stream, an upload's bodies) pauses at once, as before.
 
     Writing, ``drain()`` and ``wait_closed()`` go on through the StreamReaderProtocol it
     replaced (``previous``), which it tells of flow control and of the connection's end.
