@@ -62,9 +62,9 @@ if TYPE_CHECKING:  # the transfer modules are imported by the methods that use t
 
 SEND_HIGH_WATER = 1024 * 1024  # stop reading local stdin while this much waits to be sent
 PIPELINE_AT = 4 * 1024 * 1024
-"""A get of this many bytes or more is hashed and written on a thread of its own."""
+"""A get of this many bytes or more is hashed on a thread of its own and written on another."""
 PIPELINE_DEPTH = 4
-"""The most received chunks (1 MiB each, at most) queued for that thread."""
+"""The most received chunks (1 MiB each, at most) queued for each of those threads."""
 PASS_AT = 32 * 1024
 """An output body with this much still to come goes from the socket to a descriptor given as
 ``on_stdout``/``on_stderr`` in the kernel (``os.splice``), where that descriptor allows it. Under a
@@ -983,26 +983,36 @@ class _FdSink:
 
 
 class _WritePipeline:
-    """A download's bytes hashed and written on a thread of its own (``put`` from the receiving
-    thread, copied, PIPELINE_DEPTH chunks queued at most), so that receiving and decrypting
-    go on meanwhile: hashlib and the writes let go of the GIL. A failure there is raised by the
-    next ``put`` or by ``finish``."""
+    """A download's bytes hashed on one thread and written on another (``put`` from the
+    receiving thread, copied; PIPELINE_DEPTH chunks queued for each thread at most), so that
+    receiving and decrypting, hashing and writing all go on at once: hashlib and the writes
+    let go of the GIL, and the hash and an O_DIRECT write of the same bytes take about as long
+    as each other. A failure of a write is raised by the next ``put`` or by ``finish``."""
 
     def __init__(self, writer: AtomicWriter) -> None:
         import queue  # a large get's only: off `rexec run`'s start-up
 
         self._writer = writer
         self._digest = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(PIPELINE_DEPTH)
+        self._hashes: queue.Queue[bytes | None] = queue.Queue(PIPELINE_DEPTH)
+        self._writes: queue.Queue[bytes | None] = queue.Queue(PIPELINE_DEPTH)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="rexec-get-writer", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._hash, name="rexec-get-hasher", daemon=True),
+            threading.Thread(target=self._write, name="rexec-get-writer", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
+    def _hash(self) -> None:
+        while (chunk := self._hashes.get()) is not None:
+            self._digest.update(chunk)
+            self._writes.put(chunk)
+        self._writes.put(None)
+
+    def _write(self) -> None:
+        while (chunk := self._writes.get()) is not None:
             if self._error is None:
                 try:
-                    self._digest.update(chunk)
                     self._writer.write(chunk)
                 except BaseException as exc:  # raised on the receiving thread
                     self._error = exc
@@ -1014,19 +1024,20 @@ class _WritePipeline:
     def put(self, data: bytes | memoryview) -> None:
         """Queue a copy of ``data`` (the decoder's buffer is reused); raise what failed."""
         self._raise()
-        self._queue.put(bytes(data))
+        self._hashes.put(bytes(data))
 
     def finish(self) -> str:
-        """Wait until everything queued is written; the SHA-256 (hex) of it all."""
+        """Wait until everything queued is hashed and written; the SHA-256 (hex) of it all."""
         self.close()
         self._raise()
         return self._digest.hexdigest()
 
     def close(self) -> None:
-        """Let the thread end once what is queued is done (idempotent)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        """Let the threads end once what is queued is done (idempotent)."""
+        if self._threads[0].is_alive():
+            self._hashes.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 def _is_null(info: os.stat_result) -> bool:

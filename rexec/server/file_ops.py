@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import itertools
 import time
 from collections import deque
@@ -68,6 +69,10 @@ from rexec.wire.frames import (
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CREDIT_BATCH = 1024 * 1024  # credit an upload back in batches, not per frame
 WRITE_BATCH = FILE_WINDOW // 2
+HASH_APART_AT = 4 * 1024 * 1024
+"""An upload of at least this many bytes is hashed on another thread while it is written: the
+hash (SHA-256) and the O_DIRECT writes each take about as long as the other, and both let go
+of the GIL. A smaller one is hashed where it is written, in the same call."""
 """The most queued bytes of an upload one call on its thread writes: each call costs two
 thread wake-ups and a credit frame, and with half the window the client still has the rest to
 send meanwhile."""
@@ -177,6 +182,7 @@ class FileOp:
         self._cancelled = False
         self._end_digest: str | None = None  # put_end's, for a put without sha256
         self._head_start: Callable[[], None] | None = None  # to hash after digest_required
+        self._hasher: hashlib._Hash | None = None  # a large upload's, hashed beside its writes
         self.task: asyncio.Task[None] = asyncio.create_task(self._run())
 
     # what the client's frames ask of it
@@ -306,7 +312,7 @@ class FileOp:
                 if sha256 is None:
                     sha256 = await self._digest_at_end()
                 self._check_cancelled()
-                await self._disk(upload.commit, sha256)
+                await self._disk(upload.commit, sha256, self._received_sha256())
         except BaseException:
             await asyncio.shield(self._disk(upload.abort))
             raise
@@ -355,7 +361,8 @@ class FileOp:
                                     " is there: send its SHA-256 first, to tell whether it is"
                                     " the same", self.path)
             return Upload(parent, size=put.file_size, mode=put.mode, mtime_ns=put.mtime_ns,
-                          max_size=self.identity.policy.max_file_size, owns_parent=True), True
+                          max_size=self.identity.policy.max_file_size, owns_parent=True,
+                          hashed_apart=put.file_size >= HASH_APART_AT), True
         except BaseException:
             parent.close()
             raise
@@ -372,6 +379,8 @@ class FileOp:
         """Write the upload's bytes as they come, crediting them back, until all are in; the
         last batch is committed by the same call on the thread when the digest is known."""
         self.link.send(PutReady())
+        if upload.hashed_apart:
+            self._hasher = hashlib.sha256()
         received = credit = 0
         while received < put.file_size:
             while not self._queue:
@@ -380,7 +389,17 @@ class FileOp:
                 await self._wake.wait()
             chunks = self._take_batch()
             size = sum(len(chunk) for chunk in chunks)
-            if received + size == put.file_size and sha256 is not None:
+            if self._hasher is not None:  # hashed on a thread of the pool while written
+                hashed = asyncio.get_running_loop().run_in_executor(
+                    _shared_pool(), _hash_all, self._hasher, chunks)
+                try:
+                    await self._disk(_write_all, upload, chunks)  # size_mismatch past file_size
+                finally:
+                    await hashed  # never left updating a digest that is read next
+                if received + size == put.file_size and sha256 is not None:
+                    self._check_cancelled()
+                    await self._disk(upload.commit, sha256, self._received_sha256())
+            elif received + size == put.file_size and sha256 is not None:
                 self._check_cancelled()
                 await self._disk(_write_all, upload, chunks, commit=sha256)
             else:
@@ -391,6 +410,10 @@ class FileOp:
                 self.link.send(FileCredit(amount=credit))
                 self._allowed += credit
                 credit = 0
+
+    def _received_sha256(self) -> str | None:
+        """The digest of a large upload's bytes hashed apart (None: the Upload hashed them)."""
+        return None if self._hasher is None else self._hasher.hexdigest()
 
     def _take_batch(self) -> list[bytes | memoryview]:
         """The queued chunks to write next: one at least, up to WRITE_BATCH bytes."""
@@ -482,6 +505,12 @@ def _write_all(upload: Upload, chunks: list[bytes | memoryview], *,
         upload.write(chunk)
     if commit is not None:
         upload.commit(commit)
+
+
+def _hash_all(hasher: hashlib._Hash, chunks: list[bytes | memoryview]) -> None:
+    """Add the chunks to ``hasher``, in order (on a thread: hashlib lets go of the GIL)."""
+    for chunk in chunks:
+        hasher.update(chunk)
 
 
 def _next_batch(entries: Iterator[T]) -> list[T]:

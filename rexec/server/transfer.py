@@ -405,12 +405,14 @@ class Upload:
     ``mode`` and ``mtime_ns`` are applied on commit when given. Any failure in write() or
     commit(), and leaving the ``with`` block without a commit, abort: the temporary file is
     removed and the destination is untouched. With ``owns_parent`` the upload closes
-    ``parent`` once it is committed or aborted (otherwise the caller does).
+    ``parent`` once it is committed or aborted (otherwise the caller does). With
+    ``hashed_apart`` the upload does not hash what it writes: its caller hashes the same bytes
+    (on another thread, while they are written) and gives ``commit`` that digest.
     """
 
     def __init__(self, parent: Parent, *, size: int | None = None, mode: int | None = None,
                  mtime_ns: int | None = None, max_size: int | None = None,
-                 owns_parent: bool = False) -> None:
+                 owns_parent: bool = False, hashed_apart: bool = False) -> None:
         self.parent = parent
         self._owns_parent = owns_parent
         self.path = parent.path
@@ -425,7 +427,8 @@ class Upload:
         self.mtime_ns = mtime_ns
         self.written = 0
         self.committed = False
-        self._hash = hashlib.sha256()
+        self.hashed_apart = hashed_apart
+        self._hash = None if hashed_apart else hashlib.sha256()
         existing = self._existing()
         self.mode = mode if mode is not None else (
             stat.S_IMODE(existing.st_mode) if existing else DEFAULT_MODE)
@@ -477,24 +480,32 @@ class Upload:
             whole = memoryview(data).cast("B")
             with _mapped(self.path):
                 self._writer.write(whole)
-            self._hash.update(whole)
+            if self._hash is not None:
+                self._hash.update(whole)
             self.written = total
         except BaseException:
             self.abort()
             raise
 
-    def commit(self, sha256_hex: str) -> None:
+    def commit(self, sha256_hex: str, received_sha256: str | None = None) -> None:
         """Check size and SHA-256, apply mode and mtime, fsync, rename over the destination.
 
-        On a mismatch or any error the upload is aborted and the destination left as it was.
+        ``received_sha256`` is the digest of what was written, from the caller of an upload
+        ``hashed_apart`` (required there, ignored otherwise). On a mismatch or any error the
+        upload is aborted and the destination left as it was.
         """
         try:
+            if self._hash is not None:
+                received_sha256 = self._hash.hexdigest()
+            elif received_sha256 is None:
+                raise ValueError("an upload hashed apart is committed with the digest of"
+                                 " what was written")
             if self._fd < 0:
                 raise TransferError("io_error", f"{self.path}: upload already ended", self.path)
             if self.size is not None and self.written != self.size:
                 raise TransferError("size_mismatch", f"{self.path}: received {self.written} "
                                     f"bytes, {self.size} announced", self.path)
-            if self._hash.hexdigest() != sha256_hex.lower():
+            if received_sha256 != sha256_hex.lower():
                 raise TransferError("checksum_mismatch", f"{self.path}: SHA-256 of the data "
                                     "received does not match the sender's", self.path)
             with _mapped(self.path):

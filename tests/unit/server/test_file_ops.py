@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from rexec.errors import ProtocolError
-from rexec.server.file_ops import CREDIT_BATCH, WRITE_BATCH, FileOp, FileThread, roots_for
+from rexec.server.file_ops import (
+    CREDIT_BATCH,
+    HASH_APART_AT,
+    WRITE_BATCH,
+    FileOp,
+    FileThread,
+    roots_for,
+)
 from rexec.server.identity import Identity, Policy
 from rexec.server.patterns import Pattern
 from rexec.server.transfer import TransferError
@@ -110,6 +117,55 @@ def test_an_upload_is_written_in_order_and_credited_in_batches(tmp_path: Path) -
 
     asyncio.run(main())
     assert target.read_bytes() == data
+
+
+async def _feed(op: FileOp, link: Link, data: bytes) -> None:
+    """Send ``data`` as a client does: as far as the window and the credits allow."""
+    sent, allowed, seen = 0, FILE_WINDOW, 0
+    while sent < len(data) and not op.task.done():
+        while sent < min(allowed, len(data)):
+            op.data(memoryview(data[sent : sent + MAX_BODY_SIZE]), detached=True)
+            sent = min(sent + MAX_BODY_SIZE, len(data))
+        while (not (credits := [h for h in link.sent[seen:] if isinstance(h, FileCredit)])
+               and sent < len(data) and not op.task.done()):
+            await asyncio.sleep(0.001)
+        seen = len(link.sent)
+        allowed += sum(c.amount for c in credits)
+
+
+@pytest.mark.parametrize("digest", ["in the put", "at the end"])
+@pytest.mark.parametrize("sent", ["intact", "one byte changed"])
+def test_a_large_upload_hashed_beside_its_writes_is_checked(tmp_path: Path, digest: str,
+                                                            sent: str) -> None:
+    # From HASH_APART_AT bytes on, the upload is hashed on another thread while it is
+    # written: the digest it is checked against must still be of every byte, in order.
+    data = random.Random(7).randbytes(2 * FILE_WINDOW + HASH_APART_AT + 4321)
+    body = bytearray(data)
+    if sent != "intact":
+        body[len(body) // 2 + 17] ^= 0x40
+    target = tmp_path / "f"
+    target.write_bytes(b"the old file")
+    sha256 = hashlib.sha256(data).hexdigest()
+
+    async def main() -> None:
+        link = Link()
+        op = FileOp(link, identity(), Put(path=str(target), file_size=len(data),
+                                          sha256=sha256 if digest == "in the put" else None,
+                                          force=True))
+        async with asyncio.timeout(30):
+            await _feed(op, link, bytes(body))
+            if digest == "at the end":
+                op.end(sha256)
+            await op.task
+        done = link.sent[-1]
+        if sent == "intact":
+            assert isinstance(done, TransferDone) and done.changed, link.sent
+        else:
+            assert isinstance(done, Error) and done.code == "checksum_mismatch", link.sent
+
+    asyncio.run(main())
+    assert target.read_bytes() == (data if sent == "intact" else b"the old file")
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]  # no temporary file left
 
 
 def test_who_may_transfer_and_where() -> None:

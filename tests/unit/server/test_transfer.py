@@ -807,3 +807,22 @@ def test_a_digest_remembered_is_used_only_while_the_file_is_the_same(tmp_path: P
         cache.put(SimpleNamespace(st_dev=0, st_ino=n, st_size=1, st_mtime_ns=0,  # type: ignore[arg-type]
                                   st_ctime_ns=0), "0" * 64)
     assert len(cache._known) == DigestCache.LIMIT
+
+
+@pytest.mark.parametrize("received", ["right", "wrong", "none"])
+def test_an_upload_hashed_apart_is_checked_against_the_digest_it_is_given(
+        tmp_path: Path, received: str) -> None:
+    data = b"hashed by the caller, on another thread"
+    dest = tmp_path / "f"
+    digest = {"right": hashlib.sha256(data).hexdigest(),
+              "wrong": hashlib.sha256(data + b"!").hexdigest(), "none": None}[received]
+    with open_parent(ANY, str(dest)) as parent, Upload(parent, size=len(data),
+                                                         hashed_apart=True) as up:
+        up.write(data)
+        if received == "right":
+            up.commit(hashlib.sha256(data).hexdigest(), digest)
+        else:
+            with pytest.raises(TransferError if received == "wrong" else ValueError):
+                up.commit(hashlib.sha256(data).hexdigest(), digest)
+    assert (dest.exists() and dest.read_bytes() == data) == (received == "right")
+    assert [p.name for p in tmp_path.iterdir()] == (["f"] if received == "right" else [])
