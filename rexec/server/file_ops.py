@@ -69,13 +69,13 @@ from rexec.wire.frames import (
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CREDIT_BATCH = 1024 * 1024  # credit an upload back in batches, not per frame
 WRITE_BATCH = FILE_WINDOW // 2
+"""The most queued bytes of an upload one call on its thread writes: each call costs two
+thread wake-ups and a credit frame, and with half the window the client still has the rest to
+send meanwhile."""
 HASH_APART_AT = 4 * 1024 * 1024
 """An upload of at least this many bytes is hashed on another thread while it is written: the
 hash (SHA-256) and the O_DIRECT writes each take about as long as the other, and both let go
 of the GIL. A smaller one is hashed where it is written, in the same call."""
-"""The most queued bytes of an upload one call on its thread writes: each call costs two
-thread wake-ups and a credit frame, and with half the window the client still has the rest to
-send meanwhile."""
 READ_CHUNK = MAX_BODY_SIZE  # a download's frames: as large as a frame may be
 T = TypeVar("T")
 FileRequest = Put | Get | PutDir | PutLink | FileList | Stat
