@@ -51,7 +51,7 @@ from rexec.errors import (
 from rexec.result import Result, TransferResult, TreeResult
 from rexec.sockets import READ_SIZE, tune
 from rexec.wire.codec import PEEK_SIZE
-from rexec.wire.frames import INLINE_PUT_MAX, Terminal
+from rexec.wire.frames import INLINE_PUT_MAX, MAX_BODY_SIZE, Terminal
 
 if TYPE_CHECKING:  # the transfer modules are imported by the methods that use them:
     # `rexec run` never loads them (about 14 ms of its start-up)
@@ -65,6 +65,9 @@ PIPELINE_AT = 4 * 1024 * 1024
 """A get of this many bytes or more is hashed on a thread of its own and written on another."""
 PIPELINE_DEPTH = 4
 """The most received chunks (1 MiB each, at most) queued for each of those threads."""
+PIPELINE_BUFFERS = 2 * PIPELINE_DEPTH + 3
+"""The buffers a large get receives its chunks into and uses again: both queues full, one
+chunk in each thread's hands, one being received."""
 PASS_AT = 32 * 1024
 """An output body with this much still to come goes from the socket to a descriptor given as
 ``on_stdout``/``on_stderr`` in the kernel (``os.splice``), where that descriptor allows it. Under a
@@ -423,16 +426,11 @@ class BlockingClient(OptionsClient):
             if info.file_size >= PIPELINE_AT:
                 # a large file is hashed and written on a thread of its own while this one
                 # receives (and decrypts) the next bytes: one after the other, they took turns
+                # chunks received into the pipeline's own buffers, kept there, not copied
                 core.hash_download_elsewhere()
                 pipeline = _WritePipeline(writer)
-                moved = 0
-
-                def write(data: bytes | memoryview) -> None:
-                    nonlocal moved
-                    pipeline.put(data)
-                    moved += len(data)
-                    if on_progress is not None:
-                        on_progress(moved, info.file_size)
+                core.receive_file_into(pipeline.allocate)
+                callbacks = pipeline.callbacks(info.file_size, on_progress)
             else:
                 pipeline = None
 
@@ -441,9 +439,10 @@ class BlockingClient(OptionsClient):
                     if on_progress is not None:
                         on_progress(writer.written, info.file_size)
 
+                callbacks = {"file": write}
             try:
                 try:
-                    done = self._drive(callbacks={"file": write})
+                    done = self._drive(callbacks=callbacks)
                 except LocalFileError:
                     self._abandon(core)
                     raise
@@ -452,6 +451,7 @@ class BlockingClient(OptionsClient):
                 digest = pipeline.finish() if pipeline is not None else None
             finally:
                 if pipeline is not None:
+                    core.receive_file_into(None)
                     pipeline.close()
             assert isinstance(done, TransferFinished)
             if digest is not None and digest != done.sha256:
@@ -598,7 +598,10 @@ class BlockingClient(OptionsClient):
         """Hand decoded output to the callbacks; return the first other event."""
         while (event := core.next_event()) is not None:
             if isinstance(event, FileChunk):
-                if (write := callbacks.get("file")) is not None:
+                keep = callbacks.get("file_owned") if event.owned else None
+                if keep is not None:
+                    keep(event.data)
+                elif (write := callbacks.get("file")) is not None:
                     write(event.data)
                 continue
             if not isinstance(event, Output):
@@ -983,19 +986,29 @@ class _FdSink:
 
 
 class _WritePipeline:
-    """A download's bytes hashed on one thread and written on another (``put`` from the
-    receiving thread, copied; PIPELINE_DEPTH chunks queued for each thread at most), so that
-    receiving and decrypting, hashing and writing all go on at once: hashlib and the writes
-    let go of the GIL, and the hash and an O_DIRECT write of the same bytes take about as long
-    as each other. A failure of a write is raised by the next ``put`` or by ``finish``."""
+    """A download's bytes hashed on one thread and written on another (PIPELINE_DEPTH chunks
+    queued for each thread at most), so that receiving and decrypting, hashing and writing all
+    go on at once: hashlib and the writes let go of the GIL, and the hash and an O_DIRECT
+    write of the same bytes take about as long as each other.
+
+    The chunks are received straight into the pipeline's own buffers (``allocate``, given to
+    ``ClientCore.receive_file_into``) and queued as they are (``put_owned``); each buffer is
+    used again once its bytes are written, so a large get neither copies a chunk nor faults in
+    new memory for it. A chunk in the core's buffer (``put``) is copied. A failure of a write
+    is raised by the next ``put`` or by ``finish``."""
 
     def __init__(self, writer: AtomicWriter) -> None:
         import queue  # a large get's only: off `rexec run`'s start-up
 
         self._writer = writer
         self._digest = hashlib.sha256()
-        self._hashes: queue.Queue[bytes | None] = queue.Queue(PIPELINE_DEPTH)
-        self._writes: queue.Queue[bytes | None] = queue.Queue(PIPELINE_DEPTH)
+        self._hashes: queue.Queue[bytes | memoryview | None] = queue.Queue(PIPELINE_DEPTH)
+        self._writes: queue.Queue[bytes | memoryview | None] = queue.Queue(PIPELINE_DEPTH)
+        # every buffer queued on both threads, one in each thread's hands and one filling
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._made = 0
+        self._empty = queue.Empty
+        self._closed = False
         self._error: BaseException | None = None
         self._threads = [
             threading.Thread(target=self._hash, name="rexec-get-hasher", daemon=True),
@@ -1016,15 +1029,59 @@ class _WritePipeline:
                     self._writer.write(chunk)
                 except BaseException as exc:  # raised on the receiving thread
                     self._error = exc
+            if isinstance(chunk, memoryview):  # one of ours: free for the next chunk
+                self._free.put(chunk.obj)  # type: ignore[arg-type]
 
     def _raise(self) -> None:
         if self._error is not None:  # and again at every call: nothing more is written
             raise self._error
 
+    def allocate(self, size: int) -> memoryview:
+        """A buffer of ``size`` bytes to receive a chunk into: a free one of ours, a new one
+        of ours while fewer than PIPELINE_BUFFERS exist, else a new one used once. With both
+        queues bounded, one of ours is free whenever a chunk is to be received."""
+        if not self._closed and size <= MAX_BODY_SIZE:
+            try:
+                return memoryview(self._free.get_nowait())[:size]
+            except self._empty:
+                pass
+            if self._made < PIPELINE_BUFFERS:
+                self._made += 1
+                return memoryview(bytearray(MAX_BODY_SIZE))[:size]
+        # never a wait: chunks the caller drops (a get being abandoned) come back to no one
+        return memoryview(bytearray(size))
+
     def put(self, data: bytes | memoryview) -> None:
         """Queue a copy of ``data`` (the decoder's buffer is reused); raise what failed."""
         self._raise()
         self._hashes.put(bytes(data))
+
+    def put_owned(self, data: memoryview) -> None:
+        """Queue ``data``, received into a buffer of ``allocate``'s, as it is."""
+        self._raise()
+        self._hashes.put(data)
+
+    def callbacks(self, size: int, on_progress: ProgressCallback | None
+                  ) -> dict[str, OutputCallback | None]:
+        """``_drive``'s callbacks for a get of ``size`` bytes into this pipeline."""
+        moved = 0
+
+        def write(data: bytes | memoryview) -> None:
+            nonlocal moved
+            self.put(data)
+            moved += len(data)
+            if on_progress is not None:
+                on_progress(moved, size)
+
+        def keep(data: bytes | memoryview) -> None:
+            nonlocal moved
+            assert isinstance(data, memoryview)  # an owned FileChunk's
+            self.put_owned(data)
+            moved += len(data)
+            if on_progress is not None:
+                on_progress(moved, size)
+
+        return {"file": write, "file_owned": keep}
 
     def finish(self) -> str:
         """Wait until everything queued is hashed and written; the SHA-256 (hex) of it all."""
@@ -1034,6 +1091,7 @@ class _WritePipeline:
 
     def close(self) -> None:
         """Let the threads end once what is queued is done (idempotent)."""
+        self._closed = True
         if self._threads[0].is_alive():
             self._hashes.put(None)
         for thread in self._threads:

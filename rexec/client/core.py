@@ -87,6 +87,9 @@ from rexec.wire.protocol import Connection, Role, State
 AGENT = f"rexec/{__version__}"
 STDIN_CHUNK = 256 * 1024
 """The most of local stdin either driver reads at once (within the server's credit)."""
+OWNED_CHUNK_MIN = 64 * 1024
+"""A get's smallest chunk that ``receive_file_into`` receives into a buffer of the caller's:
+the server sends a large file in chunks of MAX_BODY_SIZE, and only its last is smaller."""
 CANCEL_WAIT = 10.0
 """Seconds either driver waits for the exit frame after cancelling, before it closes."""
 StreamName: TypeAlias = Literal["stdout", "stderr"]
@@ -134,9 +137,12 @@ class DownloadStarted:
 
 @dataclass(frozen=True, slots=True)
 class FileChunk:
-    """Bytes of a get's file, in order; ``data`` is valid until more bytes are received."""
+    """Bytes of a get's file, in order; ``data`` is valid until more bytes are received,
+    unless it is ``owned``: received into a buffer of ``receive_file_into``'s allocator, which
+    the core never touches again."""
 
     data: memoryview
+    owned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,6 +510,16 @@ class ClientCore:
             raise RuntimeError("hash_download_elsewhere() belongs right after DownloadStarted")
         transfer.digest = None
 
+    def receive_file_into(self, allocate: Callable[[int], memoryview] | None,
+                          at: int = OWNED_CHUNK_MIN) -> None:
+        """From the next frame on, a get's chunks of ``at`` bytes or more are received straight
+        into buffers from ``allocate(size)`` (a writable view of exactly ``size`` bytes, at
+        most MAX_BODY_SIZE) and come as ``FileChunk(owned=True)``: the caller may keep them
+        (hashed and written on other threads, say) with no copy, and recycle them. None: the
+        chunks come in the core's own buffer again. The caller sets it after DownloadStarted
+        and clears it when the get is over, however it ends."""
+        self.conn.detach_bodies(at if allocate is not None else None, allocate)
+
     def start_put_dir(self, path: str, *, base: str | None = None, mode: int | None = None,
                       mtime_ns: int | None = None) -> None:
         """Queue a ``put_dir`` (version 4): make the remote directory ``path`` (with its
@@ -705,11 +721,12 @@ class ClientCore:
                 assert header.type in ("stdout", "stderr")
                 self._counts[header.type] += frame.passed
                 continue
-            event = self._handle(frame.header, frame.body)
+            event = self._handle(frame.header, frame.body, frame.detached)
             if event is not None:
                 return event
 
-    def _handle(self, header: Header, body: memoryview) -> Event | None:
+    def _handle(self, header: Header, body: memoryview, detached: bool = False
+                ) -> Event | None:
         if header.type == "challenge":
             self._answer(header)
         elif header.type == "auth_ok":
@@ -727,11 +744,11 @@ class ClientCore:
         elif header.type == "error":
             raise self._remote_error(header)
         elif self._transfer is not None:
-            return self._handle_transfer(self._transfer, header, body)
+            return self._handle_transfer(self._transfer, header, body, detached)
         return None
 
     def _handle_transfer(self, transfer: _Transfer, header: Header,
-                         body: memoryview) -> Event | None:
+                         body: memoryview, detached: bool = False) -> Event | None:
         """The frames of a put or get (the state table already let only these through)."""
         if header.type == "put_ready":
             if transfer.inline:
@@ -752,7 +769,7 @@ class ClientCore:
                     f" {transfer.path}", "size_mismatch")
             if transfer.digest is not None:
                 transfer.digest.update(body)
-            return FileChunk(body)
+            return FileChunk(body, owned=detached)
         elif header.type == "transfer_done":
             return self._transfer_done(transfer, header)
         elif header.type == "file_entry":

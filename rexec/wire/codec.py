@@ -196,6 +196,7 @@ class FrameDecoder:
         self.max_body = max_body
         self._on_header = on_header
         self._detach_at = detach_at
+        self._allocate: Callable[[int], memoryview] | None = None  # detach_bodies()'s
         self._body: memoryview | None = None  # the detached body being received
         self._body_filled = 0  # bytes of it received
         self._peek = False  # the last frame was detached: offer a small buffer for the next
@@ -250,6 +251,15 @@ class FrameDecoder:
         if self._body is not None:
             return self._body_filled < len(self._body)
         return self._end - self._start < self._header.size
+
+    def detach_bodies(self, at: int | None,
+                      allocate: Callable[[int], memoryview] | None = None) -> None:
+        """From the next header on, receive each body of ``at`` bytes or more into a buffer
+        of its own (None: none), and take that buffer from ``allocate(size)`` (a writable view
+        of exactly ``size`` bytes; by default a new bytearray's): a reader that recycles the
+        buffers it was given receives a stream of large bodies without a copy or a new
+        allocation. A body already being received keeps the buffer it has."""
+        self._detach_at, self._allocate = at, allocate
 
     def passable(self) -> tuple[Header, int] | None:
         """The frame being received, when its header is in and part of its body is still to
@@ -418,7 +428,10 @@ class FrameDecoder:
     def _detach(self, size: int) -> None:
         """Receive the body of ``size`` bytes into a buffer of its own, starting with what of it
         came with its header (little, after a detached body: ``get_buffer()`` offered a peek)."""
-        body = memoryview(bytearray(size))
+        body = memoryview(bytearray(size)) if self._allocate is None else self._allocate(size)
+        if len(body) != size or body.readonly:
+            raise RuntimeError(f"a detached body of {size} bytes was given {len(body)}"
+                               f"{' read-only' if body.readonly else ''} bytes")
         have = min(self._end - self._start, size)
         body[:have] = self._take(have)
         self._body, self._body_filled = body, have

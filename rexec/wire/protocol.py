@@ -8,6 +8,7 @@ possible before ``READY``, which only the server's ``auth_ok`` reaches.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from rexec.errors import ProtocolError
 from rexec.wire.codec import RECEIVE_SIZE, Frame, FrameDecoder, encode, encode_prefix
@@ -166,6 +167,12 @@ class Connection:
     def receive_eof(self) -> None:
         """Record that the peer closed its side."""
         self._decoder.feed_eof()
+
+    def detach_bodies(self, at: int | None,
+                      allocate: Callable[[int], memoryview] | None = None) -> None:
+        """Bodies of ``at`` bytes or more in buffers of their own, from ``allocate``
+        (``FrameDecoder.detach_bodies``)."""
+        self._decoder.detach_bodies(at, allocate)
 
     def passable(self) -> tuple[Header, int] | None:
         """The frame being received and the bytes of its body still to come, if it may be

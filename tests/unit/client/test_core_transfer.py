@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from rexec.client.core import (
+    OWNED_CHUNK_MIN,
     Authenticated,
     ClientCore,
     DownloadStarted,
@@ -298,6 +299,37 @@ def test_a_get_hashed_elsewhere_is_counted_and_its_digest_left_to_the_caller() -
     got = events(core)
     assert got[-1] == TransferFinished(True, len(DATA), wrong, 0.25)
     assert core.ready
+
+
+def test_a_get_received_into_the_callers_buffers_hands_them_over_owned() -> None:
+    core, server = handshake()
+    get(core, server)
+    big = DATA * (OWNED_CHUNK_MIN // len(DATA) + 1)
+    server.send(f.FileInfo(file_size=len(big) + 100, mode=0o600, mtime_ns=99))
+    assert isinstance(core.next_event(), DownloadStarted)
+    buffers: list[bytearray] = []
+
+    def allocate(size: int) -> memoryview:
+        buffers.append(bytearray(size))
+        return memoryview(buffers[-1])
+
+    core.receive_file_into(allocate)
+    server.send(f.FileData(size=len(big)), big)
+    server.send(f.FileData(size=100), big[:100])  # under OWNED_CHUNK_MIN: the core's buffer
+    whole = core.next_event()
+    assert isinstance(whole, FileChunk) and whole.owned and whole.data.obj is buffers[0]
+    assert bytes(whole.data) == big
+    tail = core.next_event()
+    assert isinstance(tail, FileChunk) and not tail.owned and bytes(tail.data) == big[:100]
+    core.receive_file_into(None)
+    server.send(done(size=len(big) + 100, sha=hashlib.sha256(big + big[:100]).hexdigest()))
+    assert isinstance(core.next_event(), TransferFinished)
+    get(core, server)  # the next get: in the core's buffer again
+    server.send(f.FileInfo(file_size=len(big), mode=0o600, mtime_ns=99))
+    server.send(f.FileData(size=len(big)), big)
+    assert isinstance(core.next_event(), DownloadStarted)
+    chunk = core.next_event()
+    assert isinstance(chunk, FileChunk) and not chunk.owned and len(buffers) == 1
 
 
 def test_get_of_an_empty_file() -> None:

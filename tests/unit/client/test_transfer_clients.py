@@ -366,6 +366,37 @@ def test_a_cancel_requested_while_the_source_is_hashed_is_kept(peer: tuple[Peer,
         assert client.put(src, "/srv/f").changed  # the connection goes on
 
 
+def test_a_pipelined_get_is_received_into_a_few_buffers_used_again(
+        peer: tuple[Peer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large get's chunks are received straight into the pipeline's own buffers, hashed and
+    written from there, and the buffers go round: no chunk copied, no more buffers made than
+    the queues can hold, whatever the file's size; the file is intact."""
+    from rexec.client import transfer
+    from rexec.client.blocking import PIPELINE_BUFFERS
+
+    scripted, address = peer
+    chunks = 3 * PIPELINE_BUFFERS
+    data = os.urandom(chunks * f.MAX_BODY_SIZE + 12345)
+    scripted.files["/srv/big"] = Stored(data)
+    real, seen = transfer.AtomicWriter.write, []
+
+    def write(self: transfer.AtomicWriter, chunk: bytes | memoryview) -> None:
+        seen.append(chunk.obj if isinstance(chunk, memoryview) else chunk)
+        real(self, chunk)
+
+    monkeypatch.setattr(transfer.AtomicWriter, "write", write)
+    with BlockingClient(address, token=TOKEN) as client:
+        done = client.get("/srv/big", tmp_path / "big")
+        assert done.sha256 == hashlib.sha256(data).hexdigest()
+        again = client.get("/srv/big", tmp_path / "again")  # the connection as it was
+    assert (tmp_path / "big").read_bytes() == data == (tmp_path / "again").read_bytes()
+    assert again.bytes == len(data)
+    first = seen[: len(seen) // 2]
+    owned = [b for b in first if isinstance(b, bytearray)]
+    assert len(owned) >= chunks  # every whole chunk in a buffer of the pipeline's
+    assert len({id(b) for b in owned}) <= PIPELINE_BUFFERS  # ... and those went round
+
+
 def test_a_pipelined_get_whose_writes_fail_leaves_nothing_and_the_connection_goes_on(
         peer: tuple[Peer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A large get is hashed and written on a thread of its own: its failure (a full disk,

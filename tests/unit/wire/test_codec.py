@@ -815,3 +815,48 @@ def test_missing_counts_what_the_frame_being_received_still_lacks() -> None:
     assert detaching.next_frame() is None and detaching.missing == len(body) - 10
     detaching.feed(body[10:])
     assert detaching.missing == 0
+
+
+def test_detach_bodies_receives_large_bodies_into_the_callers_buffers() -> None:
+    """A reader that recycles its buffers (a large get's pipeline) has each body of ``at``
+    bytes or more received straight into one of them; smaller bodies stay in the decoder's
+    buffer, and None turns it off again from the next header."""
+    given: list[bytearray] = []
+
+    def allocate(size: int) -> memoryview:
+        given.append(bytearray(size + 7))  # a larger buffer of the caller's, sliced
+        return memoryview(given[-1])[:size]
+
+    big, small = b"b" * 3000, b"s" * 10
+    decoder = FrameDecoder()
+    decoder.feed(wire(f.FileData(size=len(big)), big))
+    first = decoder.next_frame()
+    assert first is not None and not first.detached  # not asked yet
+    decoder.detach_bodies(1000, allocate)
+    for piece in (wire(f.FileData(size=len(big)), big),
+                  wire(f.FileData(size=len(small)), small)):
+        for i in range(0, len(piece), 500):  # through get_buffer(), as a socket reader does
+            buf = decoder.get_buffer()
+            n = min(len(buf), len(piece) - i, 500)
+            buf[:n] = piece[i : i + n]
+            decoder.buffer_updated(n)
+    kept = decoder.next_frame()
+    assert kept is not None and kept.detached and bytes(kept.body) == big
+    assert kept.body.obj is given[0] and len(given) == 1  # the caller's own buffer, no copy
+    rest = decoder.next_frame()
+    assert rest is not None and not rest.detached and bytes(rest.body) == small
+    decoder.detach_bodies(None)
+    decoder.feed(wire(f.FileData(size=len(big)), big))
+    last = decoder.next_frame()
+    assert last is not None and not last.detached and len(given) == 1
+
+
+@pytest.mark.parametrize("wrong", [lambda n: memoryview(bytearray(n - 1)),
+                                   lambda n: memoryview(bytes(n))], ids=["short", "read-only"])
+def test_detach_bodies_refuses_a_buffer_that_cannot_take_the_body(
+        wrong: typing.Callable[[int], memoryview]) -> None:
+    decoder = FrameDecoder()
+    decoder.detach_bodies(10, wrong)
+    decoder.feed(wire(f.FileData(size=100), b"z" * 100))
+    with pytest.raises(RuntimeError, match="a detached body of 100 bytes"):
+        decoder.next_frame()
