@@ -119,12 +119,16 @@ class FileWriter:
         """Whether the bytes still go around the page cache."""
         return self._view is not None
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data``."""
+    def write(self, data: bytes | bytearray | memoryview, *, aligned: bool = False) -> None:
+        """Append ``data``. ``aligned``: the caller vouches that ``data`` starts on a page (a
+        view from the start of an mmap): with nothing staged and a length that is a whole
+        number of DIRECT_ALIGN blocks, it goes to the disk from where it is, not staged."""
         view = memoryview(data).cast("B")
         if self._view is None:
             self._write_all(view)
             return
+        if aligned and not self._fill and view and not len(view) % DIRECT_ALIGN:
+            view = self._write_direct(view)
         while view:
             if self._view is None:  # O_DIRECT was refused on the way: the page cache
                 self._write_all(view)
@@ -180,6 +184,27 @@ class FileWriter:
         if left:
             self._view[:left] = self._view[count:self._fill]
         self._fill = left
+
+    def _write_direct(self, view: memoryview) -> memoryview:
+        """Write the aligned ``view`` with O_DIRECT; the part of it not written. A refusal, or
+        a short write that leaves the offset unaligned (a full disk, say), sends the rest of
+        the file through the page cache, as ``_flush_stage`` does."""
+        done = 0
+        refused = False
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+                if done % DIRECT_ALIGN:
+                    refused = True
+                    break
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            refused = True
+        if refused:
+            _set_direct(self._fd, False)
+            self._release()  # nothing is staged: the caller writes the rest, unstaged
+        return view[done:]
 
     def _write_all(self, view: memoryview) -> None:
         total = len(view)

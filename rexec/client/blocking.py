@@ -55,6 +55,7 @@ from rexec.wire.frames import INLINE_PUT_MAX, MAX_BODY_SIZE, Terminal
 
 if TYPE_CHECKING:  # the transfer modules are imported by the methods that use them:
     # `rexec run` never loads them (about 14 ms of its start-up)
+    import mmap
     import queue
 
     from rexec.client import tree as tree_plans
@@ -998,15 +999,17 @@ class _WritePipeline:
     is raised by the next ``put`` or by ``finish``."""
 
     def __init__(self, writer: AtomicWriter) -> None:
-        import queue  # a large get's only: off `rexec run`'s start-up
+        import mmap  # a large get's only: off `rexec run`'s start-up
+        import queue
 
         self._writer = writer
         self._digest = hashlib.sha256()
         self._hashes: queue.Queue[bytes | memoryview | None] = queue.Queue(PIPELINE_DEPTH)
         self._writes: queue.Queue[bytes | memoryview | None] = queue.Queue(PIPELINE_DEPTH)
         # every buffer queued on both threads, one in each thread's hands and one filling
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()  # page-aligned
         self._made = 0
+        self._mmap = mmap.mmap
         self._empty = queue.Empty
         self._closed = False
         self._error: BaseException | None = None
@@ -1024,13 +1027,15 @@ class _WritePipeline:
 
     def _write(self) -> None:
         while (chunk := self._writes.get()) is not None:
+            # from the start of one of our mmaps (not a one-off buffer of allocate's)
+            ours = isinstance(chunk, memoryview) and isinstance(chunk.obj, self._mmap)
             if self._error is None:
                 try:
-                    self._writer.write(chunk)
+                    self._writer.write(chunk, aligned=ours)
                 except BaseException as exc:  # raised on the receiving thread
                     self._error = exc
-            if isinstance(chunk, memoryview):  # one of ours: free for the next chunk
-                self._free.put(chunk.obj)  # type: ignore[arg-type]
+            if ours:  # free for the next chunk
+                self._free.put(chunk.obj)  # type: ignore[union-attr, arg-type]
 
     def _raise(self) -> None:
         if self._error is not None:  # and again at every call: nothing more is written
@@ -1047,7 +1052,7 @@ class _WritePipeline:
                 pass
             if self._made < PIPELINE_BUFFERS:
                 self._made += 1
-                return memoryview(bytearray(MAX_BODY_SIZE))[:size]
+                return memoryview(self._mmap(-1, MAX_BODY_SIZE))[:size]
         # never a wait: chunks the caller drops (a get being abandoned) come back to no one
         return memoryview(bytearray(size))
 

@@ -296,10 +296,10 @@ class AtomicWriter:
             return cls(dest, temp, fd, keep_mode, size)
         raise LocalFileError(f"{dest}: no free temporary name beside it", "exists", str(dest))
 
-    def write(self, data: bytes | memoryview) -> None:
-        """Append ``data`` to the temporary file."""
+    def write(self, data: bytes | memoryview, *, aligned: bool = False) -> None:
+        """Append ``data`` to the temporary file (``aligned``: see ``FileWriter.write``)."""
         try:
-            self._writer.write(data)
+            self._writer.write(data, aligned=aligned)
         except OSError as exc:
             raise local_error(exc, self.dest) from None
         self.written += len(data)

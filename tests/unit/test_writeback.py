@@ -4,6 +4,7 @@ FileWriter writes a large file around the page cache (O_DIRECT), byte-exact on e
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import random
 from pathlib import Path
@@ -63,14 +64,21 @@ def test_loading_the_call_starts_no_child_process(monkeypatch: Any) -> None:
     assert spawned == []
 
 
-def _written(path: Path, chunks: list[bytes], size: int | None) -> tuple[bytes, bool]:
+def _written(path: Path, chunks: list[bytes], size: int | None,
+             aligned: bool = False) -> tuple[bytes, bool]:
     """The chunks through a FileWriter into a new file at path: its content, and whether the
-    writer still wrote around the page cache at the end."""
+    writer still wrote around the page cache at the end. ``aligned``: each chunk is given from
+    the start of an mmap of its own, and said to be."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         w = writeback.FileWriter(fd, size)
         for chunk in chunks:
-            w.write(chunk)
+            if aligned and chunk:
+                page = mmap.mmap(-1, len(chunk))
+                page[:] = chunk
+                w.write(memoryview(page), aligned=True)
+            else:
+                w.write(chunk)
         direct = w.direct
         w.finish()
         w.close()
@@ -97,6 +105,58 @@ def test_a_file_written_around_the_page_cache_is_byte_exact(
     data, direct = _written(tmp_path / "f", chunks, sum(sizes) or 1)
     assert data == b"".join(chunks)
     assert direct  # ext4 (the test's folder) takes O_DIRECT: the direct path ran
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.tuples(st.lists(st.integers(0, 9), max_size=10),
+                      st.lists(st.integers(1, 5000), max_size=3)),
+       seed=st.integers(0, 2**32))
+def test_aligned_chunks_go_to_the_disk_from_where_they_are(
+        tmp_path: Path, small_direct: None, monkeypatch: Any,
+        shape: tuple[list[int], list[int]], seed: int) -> None:
+    """A get's chunks from its own mmaps: written without staging whenever nothing is
+    staged and they are whole blocks, staged otherwise; the file is exact either way."""
+    blocks, odd = shape
+    rng = random.Random(seed)
+    sizes = [n * writeback.DIRECT_ALIGN for n in blocks]
+    for n in odd:  # a chunk that is not whole blocks puts the next ones through the stage
+        sizes.insert(rng.randrange(len(sizes) + 1), n)
+    chunks = [rng.randbytes(n) for n in sizes]
+    real, lengths = os.write, []
+
+    def spy(fd: int, data: Any) -> int:
+        lengths.append(len(data))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", spy)
+    data, direct = _written(tmp_path / "f", chunks, sum(sizes) or 1, aligned=True)
+    assert data == b"".join(chunks)
+    assert direct
+    if sizes and sizes[0] > writeback.DIRECT_CHUNK and not sizes[0] % writeback.DIRECT_ALIGN:
+        # the first chunk in one write from its own buffer: the stage holds less than it
+        assert lengths[0] == sizes[0]
+
+
+@pytest.mark.parametrize("how", ["einval", "short"])
+def test_an_aligned_chunk_refused_or_written_short_goes_on_through_the_page_cache(
+        tmp_path: Path, small_direct: None, monkeypatch: Any, how: str) -> None:
+    real = os.write
+    chunks = [bytes([i]) * (4 * writeback.DIRECT_ALIGN) for i in range(6)]
+    calls = {"n": 0}
+
+    def failing(fd: int, data: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2 and how == "einval":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if calls["n"] == 2:
+            return real(fd, memoryview(data)[:1000])  # not a whole block
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", failing)
+    data, direct = _written(tmp_path / how, chunks, len(chunks) * len(chunks[0]),
+                            aligned=True)
+    assert data == b"".join(chunks) and not direct
 
 
 def test_a_small_file_goes_through_the_page_cache(tmp_path: Path) -> None:
