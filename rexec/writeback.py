@@ -160,19 +160,8 @@ class FileWriter:
     def _flush_stage(self, count: int) -> None:
         """Write the first ``count`` staged bytes (a multiple of DIRECT_ALIGN), keep the rest."""
         assert self._view is not None
-        done = 0
-        refused = False
-        try:
-            while done < count:
-                done += os.write(self._fd, self._view[done:count])
-                if done % DIRECT_ALIGN:  # a short write (a full disk, say): not aligned now
-                    refused = True
-                    break
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            refused = True
-        if refused:  # (past the except block: its traceback no longer holds a staged slice)
+        done = self._write_blocks(self._view[:count])  # (no staged slice is held past it)
+        if done < count:
             # refused (an odd file system), or a short write left the offset unaligned: the
             # rest of the file goes through the page cache
             _set_direct(self._fd, False)
@@ -189,22 +178,25 @@ class FileWriter:
         """Write the aligned ``view`` with O_DIRECT; the part of it not written. A refusal, or
         a short write that leaves the offset unaligned (a full disk, say), sends the rest of
         the file through the page cache, as ``_flush_stage`` does."""
+        done = self._write_blocks(view)
+        if done < len(view):
+            _set_direct(self._fd, False)
+            self._release()  # nothing is staged: the caller writes the rest, unstaged
+        return view[done:]
+
+    def _write_blocks(self, view: memoryview) -> int:
+        """Write the whole blocks of ``view`` with O_DIRECT; how many bytes were written
+        before a refusal (EINVAL) or a short write left the offset unaligned, else all."""
         done = 0
-        refused = False
         try:
             while done < len(view):
                 done += os.write(self._fd, view[done:])
-                if done % DIRECT_ALIGN:
-                    refused = True
+                if done % DIRECT_ALIGN:  # a short write (a full disk, say): not aligned now
                     break
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            refused = True
-        if refused:
-            _set_direct(self._fd, False)
-            self._release()  # nothing is staged: the caller writes the rest, unstaged
-        return view[done:]
+        return done
 
     def _write_all(self, view: memoryview) -> None:
         total = len(view)
