@@ -216,3 +216,58 @@ class FileWriter:
                 self._stage.close()
             self._stage = None
         self._fill = 0
+
+
+class BufferPool:
+    """Page-aligned buffers of ``size`` bytes to receive large bodies into straight from the
+    socket (``FrameDecoder.detach_bodies``'s ``allocate``), each used again once its bytes are
+    written and hashed: a long transfer then neither faults in new memory per chunk nor copies
+    one (an mmap starts on a page, so ``FileWriter.write(aligned=True)`` writes whole blocks of
+    it with O_DIRECT from where they are).
+
+    At most ``count`` are made. ``allocate`` never waits: with none free and ``count`` made (or
+    after ``close``, or for more than ``size`` bytes) it gives a one-off bytearray, so a chunk
+    its taker drops, and never gives back, costs speed, not correctness. ``give_back`` may be
+    called from any thread."""
+
+    def __init__(self, size: int, count: int) -> None:
+        import queue  # a large transfer's only: off `rexec run`'s start-up
+
+        self.size = size
+        self._count = count
+        self._made = 0
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        self._empty = queue.Empty
+        self._closed = False
+
+    def allocate(self, size: int) -> memoryview:
+        """A writable view of exactly ``size`` bytes: from the start of one of the pool's
+        buffers when one is free or may still be made, else of a new bytearray."""
+        if not self._closed and size <= self.size:
+            try:
+                return memoryview(self._free.get_nowait())[:size]
+            except self._empty:
+                pass
+            if self._made < self._count:
+                self._made += 1
+                return memoryview(mmap.mmap(-1, self.size))[:size]
+        return memoryview(bytearray(size))
+
+    @staticmethod
+    def owns(chunk: object) -> bool:
+        """Whether ``chunk`` is a view from the start of a pool's buffer (page-aligned)."""
+        return isinstance(chunk, memoryview) and isinstance(chunk.obj, mmap.mmap)
+
+    def give_back(self, chunk: memoryview) -> None:
+        """``chunk`` (one ``owns``) is written and hashed: its buffer may take the next."""
+        if not self._closed:
+            self._free.put(chunk.obj)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Make no more and keep none: the buffers go once their last views do."""
+        self._closed = True
+        while True:
+            try:
+                self._free.get_nowait()
+            except self._empty:
+                return

@@ -55,7 +55,6 @@ from rexec.wire.frames import INLINE_PUT_MAX, MAX_BODY_SIZE, Terminal
 
 if TYPE_CHECKING:  # the transfer modules are imported by the methods that use them:
     # `rexec run` never loads them (about 14 ms of its start-up)
-    import mmap
     import queue
 
     from rexec.client import tree as tree_plans
@@ -999,19 +998,17 @@ class _WritePipeline:
     is raised by the next ``put`` or by ``finish``."""
 
     def __init__(self, writer: AtomicWriter) -> None:
-        import mmap  # a large get's only: off `rexec run`'s start-up
-        import queue
+        import queue  # a large get's only: off `rexec run`'s start-up
+
+        from rexec.writeback import BufferPool
 
         self._writer = writer
         self._digest = hashlib.sha256()
         self._hashes: queue.Queue[bytes | memoryview | None] = queue.Queue(PIPELINE_DEPTH)
         self._writes: queue.Queue[bytes | memoryview | None] = queue.Queue(PIPELINE_DEPTH)
         # every buffer queued on both threads, one in each thread's hands and one filling
-        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()  # page-aligned
-        self._made = 0
-        self._mmap = mmap.mmap
-        self._empty = queue.Empty
-        self._closed = False
+        self._buffers = BufferPool(MAX_BODY_SIZE, PIPELINE_BUFFERS)
+        self.allocate = self._buffers.allocate
         self._error: BaseException | None = None
         self._threads = [
             threading.Thread(target=self._hash, name="rexec-get-hasher", daemon=True),
@@ -1027,34 +1024,19 @@ class _WritePipeline:
 
     def _write(self) -> None:
         while (chunk := self._writes.get()) is not None:
-            # from the start of one of our mmaps (not a one-off buffer of allocate's)
-            ours = isinstance(chunk, memoryview) and isinstance(chunk.obj, self._mmap)
+            # from the start of one of our buffers (not a one-off of allocate's, nor a copy)
+            ours = self._buffers.owns(chunk)
             if self._error is None:
                 try:
                     self._writer.write(chunk, aligned=ours)
                 except BaseException as exc:  # raised on the receiving thread
                     self._error = exc
             if ours:  # free for the next chunk
-                self._free.put(chunk.obj)  # type: ignore[union-attr, arg-type]
+                self._buffers.give_back(chunk)  # type: ignore[arg-type]
 
     def _raise(self) -> None:
         if self._error is not None:  # and again at every call: nothing more is written
             raise self._error
-
-    def allocate(self, size: int) -> memoryview:
-        """A buffer of ``size`` bytes to receive a chunk into: a free one of ours, a new one
-        of ours while fewer than PIPELINE_BUFFERS exist, else a new one used once. With both
-        queues bounded, one of ours is free whenever a chunk is to be received."""
-        if not self._closed and size <= MAX_BODY_SIZE:
-            try:
-                return memoryview(self._free.get_nowait())[:size]
-            except self._empty:
-                pass
-            if self._made < PIPELINE_BUFFERS:
-                self._made += 1
-                return memoryview(self._mmap(-1, MAX_BODY_SIZE))[:size]
-        # never a wait: chunks the caller drops (a get being abandoned) come back to no one
-        return memoryview(bytearray(size))
 
     def put(self, data: bytes | memoryview) -> None:
         """Queue a copy of ``data`` (the decoder's buffer is reused); raise what failed."""
@@ -1096,7 +1078,7 @@ class _WritePipeline:
 
     def close(self) -> None:
         """Let the threads end once what is queued is done (idempotent)."""
-        self._closed = True
+        self._buffers.close()
         if self._threads[0].is_alive():
             self._hashes.put(None)
         for thread in self._threads:

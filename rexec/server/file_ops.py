@@ -65,6 +65,7 @@ from rexec.wire.frames import (
     Stat,
     TransferDone,
 )
+from rexec.writeback import BufferPool
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CREDIT_BATCH = 1024 * 1024  # credit an upload back in batches, not per frame
@@ -139,6 +140,10 @@ class FileLink(Protocol):
 
     async def drain(self) -> None:
         """Wait until the queued frames are written (backpressure)."""
+
+    def receive_bodies_into(self, allocate: Callable[[int], memoryview] | None) -> None:
+        """Receive the large bodies of the next frames into ``allocate``'s buffers (None: new
+        ones)."""
 
     def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> bool:
         """The transfer's log line and audit record; False if the audit log failed."""
@@ -378,6 +383,21 @@ class FileOp:
     async def _receive(self, put: Put, upload: Upload, sha256: str | None) -> None:
         """Write the upload's bytes as they come, crediting them back, until all are in; the
         last batch is committed by the same call on the thread when the digest is known."""
+        # a large upload's bodies received into buffers used again once written and hashed
+        # (no new memory faulted in per MiB, and O_DIRECT writes them as they are)
+        pool = BufferPool(MAX_BODY_SIZE, FILE_WINDOW // MAX_BODY_SIZE + 2) \
+            if upload.hashed_apart else None
+        if pool is not None:
+            self.link.receive_bodies_into(pool.allocate)
+        try:
+            await self._receive_into(put, upload, sha256, pool)
+        finally:
+            if pool is not None:
+                self.link.receive_bodies_into(None)
+                pool.close()
+
+    async def _receive_into(self, put: Put, upload: Upload, sha256: str | None,
+                            pool: BufferPool | None) -> None:
         self.link.send(PutReady())
         if upload.hashed_apart:
             self._hasher = hashlib.sha256()
@@ -404,6 +424,10 @@ class FileOp:
                 await self._disk(_write_all, upload, chunks, commit=sha256)
             else:
                 await self._disk(_write_all, upload, chunks)  # size_mismatch past file_size
+            if pool is not None:  # written and hashed: their buffers take the next bodies
+                for chunk in chunks:
+                    if pool.owns(chunk):
+                        pool.give_back(cast(memoryview, chunk))
             received += size
             credit += size
             if credit >= CREDIT_BATCH and received < put.file_size:
@@ -502,7 +526,7 @@ def _write_all(upload: Upload, chunks: list[bytes | memoryview], *,
     """Write the chunks in order (on the transfer's thread), then, given the SHA-256 of the
     whole upload, commit it."""
     for chunk in chunks:
-        upload.write(chunk)
+        upload.write(chunk, aligned=BufferPool.owns(chunk))
     if commit is not None:
         upload.commit(commit)
 

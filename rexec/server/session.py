@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from rexec.errors import ConnectionLost, ProtocolError
@@ -35,7 +36,7 @@ from rexec.server.file_ops import FileOp, FileRequest, FileThread
 from rexec.server.handshake import Accepted, HandshakeRefusal, ServerHandshake
 from rexec.server.identity import Identity, Refusal
 from rexec.server.state import ServerState
-from rexec.server.stream import FramedStream, TLSHandshakeFailed
+from rexec.server.stream import DETACH_AT, FramedStream, TLSHandshakeFailed
 from rexec.wire.codec import Frame
 from rexec.wire.frames import (
     CHECK_VERSION,
@@ -456,6 +457,11 @@ class Session:
     async def drain(self) -> None:
         """Wait until the queued frames are written."""
         await self.stream.drain()
+
+    def receive_bodies_into(self, allocate: Callable[[int], memoryview] | None) -> None:
+        """Receive the large bodies of the next frames into ``allocate``'s buffers (None: new
+        ones, as before)."""
+        self.stream.conn.detach_bodies(DETACH_AT, allocate)
 
     @property
     def splices(self) -> bool:

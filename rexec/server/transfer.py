@@ -465,8 +465,9 @@ class Upload:
                 raise _translate(exc, self.path) from exc
         raise TransferError("io_error", f"{self.path}: no free temporary name", self.path)
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data``; raises (and aborts) past the announced size or the size limit."""
+    def write(self, data: bytes | bytearray | memoryview, *, aligned: bool = False) -> None:
+        """Append ``data``; raises (and aborts) past the announced size or the size limit.
+        ``aligned``: see ``FileWriter.write``."""
         if self._fd < 0:
             raise TransferError("io_error", f"{self.path}: upload already ended", self.path)
         total = self.written + len(data)
@@ -479,7 +480,7 @@ class Upload:
                                     f"{self.size} bytes announced", self.path)
             whole = memoryview(data).cast("B")
             with _mapped(self.path):
-                self._writer.write(whole)
+                self._writer.write(whole, aligned=aligned)
             if self._hash is not None:
                 self._hash.update(whole)
             self.written = total

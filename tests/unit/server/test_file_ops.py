@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,16 @@ class Link:
         self.file_thread = FileThread()
         self.sent: list[Header] = []
         self.reports: list[tuple[str, str, str]] = []
+        self.allocate: Callable[[int], memoryview] | None = None  # the decoder's, as set
 
     def send(self, header: Header, body: bytes | memoryview = b"") -> None:
         self.sent.append(header)
 
     async def drain(self) -> None:
         pass
+
+    def receive_bodies_into(self, allocate: Callable[[int], memoryview] | None) -> None:
+        self.allocate = allocate
 
     def transfer_report(self, op: str, path: str, result: str, **fields: Any) -> bool:
         self.reports.append((op, path, result))
@@ -124,7 +129,13 @@ async def _feed(op: FileOp, link: Link, data: bytes) -> None:
     sent, allowed, seen = 0, FILE_WINDOW, 0
     while sent < len(data) and not op.task.done():
         while sent < min(allowed, len(data)):
-            op.data(memoryview(data[sent : sent + MAX_BODY_SIZE]), detached=True)
+            piece = data[sent : sent + MAX_BODY_SIZE]
+            if link.allocate is None:
+                body = memoryview(piece)
+            else:  # received into the transfer's buffer, as the decoder then does
+                body = link.allocate(len(piece))
+                body[:] = piece
+            op.data(body, detached=True)
             sent = min(sent + MAX_BODY_SIZE, len(data))
         while (not (credits := [h for h in link.sent[seen:] if isinstance(h, FileCredit)])
                and sent < len(data) and not op.task.done()):
@@ -166,6 +177,40 @@ def test_a_large_upload_hashed_beside_its_writes_is_checked(tmp_path: Path, dige
     asyncio.run(main())
     assert target.read_bytes() == (data if sent == "intact" else b"the old file")
     assert [p.name for p in tmp_path.iterdir()] == ["f"]  # no temporary file left
+
+
+def test_a_large_upload_is_received_into_a_few_buffers_used_again(tmp_path: Path) -> None:
+    # Once the put is ready, the decoder receives its bodies into the transfer's own page-
+    # aligned buffers, each given back once written and hashed: a window's worth of them
+    # carries a file of any size; the decoder gets its own allocation back at the end.
+    data = random.Random(9).randbytes(4 * FILE_WINDOW + 777)
+    target = tmp_path / "f"
+    buffers: set[int] = set()
+
+    async def main() -> None:
+        link = Link()
+        op = FileOp(link, identity(), Put(path=str(target), file_size=len(data),
+                                          sha256=hashlib.sha256(data).hexdigest()))
+        async with asyncio.timeout(30):
+            while not any(isinstance(h, PutReady) for h in link.sent):
+                await asyncio.sleep(0.001)
+            assert link.allocate is not None
+            allocate = link.allocate
+
+            def spy(size: int) -> memoryview:
+                body = allocate(size)
+                buffers.add(id(body.obj))
+                return body
+
+            link.allocate = spy
+            await _feed(op, link, data)
+            await op.task
+        assert isinstance(link.sent[-1], TransferDone) and link.sent[-1].changed, link.sent
+        assert link.allocate is None
+
+    asyncio.run(main())
+    assert target.read_bytes() == data
+    assert len(buffers) <= FILE_WINDOW // MAX_BODY_SIZE + 2 < len(data) // MAX_BODY_SIZE
 
 
 def test_who_may_transfer_and_where() -> None:
